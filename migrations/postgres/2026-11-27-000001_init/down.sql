@@ -1,0 +1,9 @@
+DROP TABLE test_results;
+DROP TABLE steps;
+DROP TABLE logs;
+DROP TABLE reports;
+DROP TABLE builds;
+DROP TABLE builder_projects;
+DROP TABLE builder_keys;
+DROP TABLE builders;
+DROP TABLE projects;

@@ -1,0 +1,443 @@
+//! Parsing and validation: every rejection names the field it is about.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use thiserror::Error;
+
+use crate::report::{BuildState, FORMAT, Report};
+
+/// Why a body is not an acceptable report.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The body is not JSON at all (HTTP 400).
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// The body is JSON but not a valid report (HTTP 422).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+/// A report that is well-formed JSON but breaks a rule; `field` says where.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// A path such as `steps[2].name`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Size limits on a report's parts. The defaults suit real builds with room to spare.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most steps in one report.
+    pub max_steps: usize,
+    /// Most test results in one report.
+    pub max_tests: usize,
+    /// Most properties.
+    pub max_properties: usize,
+    /// Longest single log, in bytes.
+    pub max_log_bytes: usize,
+    /// Longest test message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_steps: 200,
+            max_tests: 100_000,
+            max_properties: 100,
+            max_log_bytes: 32 << 20,
+            max_message_bytes: 64 << 10,
+        }
+    }
+}
+
+/// How far in the future a `finished_at` may lie (clock skew between volunteer and server).
+const MAX_FUTURE: TimeDelta = TimeDelta::minutes(5);
+
+/// Parses and validates a report body with the default [`Limits`].
+///
+/// `now` is the receiver's clock, used to refuse reports from the future.
+pub fn parse_report(body: &[u8], now: DateTime<Utc>) -> Result<Report, ParseError> {
+    parse_report_with(body, now, &Limits::default())
+}
+
+/// Parses and validates a report body.
+pub fn parse_report_with(
+    body: &[u8],
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Report, ParseError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." {
+                    "report".to_owned()
+                } else {
+                    path
+                };
+                ParseError::Invalid(ValidationError::new(
+                    field,
+                    strip_position(&inner.to_string()),
+                ))
+            }
+            _ => ParseError::Malformed(inner.to_string()),
+        }
+    })?;
+    validate(&report, now, limits)?;
+    Ok(report)
+}
+
+/// serde_json appends " at line 1 column 42"; the field path already says where.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Checks the rules that types alone cannot express.
+pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), ValidationError> {
+    if r.format != FORMAT {
+        return Err(ValidationError::new(
+            "format",
+            format!("must be \"{FORMAT}\", got {:?}", r.format),
+        ));
+    }
+    name("uuid", &r.uuid, 128)?;
+    name("project", &r.project, 64)?;
+    name("builder", &r.builder, 64)?;
+    text("branch", &r.branch, 1, 200)?;
+    token("revision", &r.revision, 200)?;
+    text("reporter", &r.reporter, 0, 200)?;
+
+    let future_limit = now + MAX_FUTURE;
+    match r.state {
+        BuildState::Started => {
+            if r.result.is_some() {
+                return Err(ValidationError::new(
+                    "result",
+                    "must be absent while state is \"started\"",
+                ));
+            }
+            if r.finished_at.is_some() {
+                return Err(ValidationError::new(
+                    "finished_at",
+                    "must be absent while state is \"started\"",
+                ));
+            }
+        }
+        BuildState::Finished => {
+            if r.result.is_none() {
+                return Err(ValidationError::new(
+                    "result",
+                    "is required when state is \"finished\"",
+                ));
+            }
+            let Some(finished) = r.finished_at else {
+                return Err(ValidationError::new(
+                    "finished_at",
+                    "is required when state is \"finished\"",
+                ));
+            };
+            if finished < r.started_at {
+                return Err(ValidationError::new("finished_at", "is before started_at"));
+            }
+            if finished > future_limit {
+                return Err(ValidationError::new(
+                    "finished_at",
+                    format!("{finished} is more than 5 minutes in the future (server time {now})"),
+                ));
+            }
+        }
+    }
+    if r.started_at > future_limit {
+        return Err(ValidationError::new(
+            "started_at",
+            "is more than 5 minutes in the future",
+        ));
+    }
+
+    if r.steps.len() > limits.max_steps {
+        return Err(ValidationError::new(
+            "steps",
+            format!(
+                "{} steps, at most {} allowed",
+                r.steps.len(),
+                limits.max_steps
+            ),
+        ));
+    }
+    for (i, s) in r.steps.iter().enumerate() {
+        let at = |f: &str| format!("steps[{i}].{f}");
+        text(&at("name"), &s.name, 1, 200)?;
+        if s.finished_at < s.started_at {
+            return Err(ValidationError::new(
+                at("finished_at"),
+                "is before started_at",
+            ));
+        }
+        if s.finished_at > future_limit {
+            return Err(ValidationError::new(
+                at("finished_at"),
+                "is more than 5 minutes in the future",
+            ));
+        }
+        if let Some(log) = &s.log {
+            if log.len() > limits.max_log_bytes {
+                return Err(ValidationError::new(
+                    at("log"),
+                    format!(
+                        "{} bytes, at most {} allowed",
+                        log.len(),
+                        limits.max_log_bytes
+                    ),
+                ));
+            }
+        }
+    }
+
+    if r.tests.len() > limits.max_tests {
+        return Err(ValidationError::new(
+            "tests",
+            format!(
+                "{} tests, at most {} allowed",
+                r.tests.len(),
+                limits.max_tests
+            ),
+        ));
+    }
+    for (i, t) in r.tests.iter().enumerate() {
+        text(&format!("tests[{i}].suite"), &t.suite, 0, 1000)?;
+        text(&format!("tests[{i}].name"), &t.name, 1, 2000)?;
+        if let Some(m) = &t.message {
+            if m.len() > limits.max_message_bytes {
+                return Err(ValidationError::new(
+                    format!("tests[{i}].message"),
+                    format!(
+                        "{} bytes, at most {} allowed",
+                        m.len(),
+                        limits.max_message_bytes
+                    ),
+                ));
+            }
+        }
+    }
+
+    if r.properties.len() > limits.max_properties {
+        return Err(ValidationError::new(
+            "properties",
+            format!(
+                "{} properties, at most {} allowed",
+                r.properties.len(),
+                limits.max_properties
+            ),
+        ));
+    }
+    for (k, v) in &r.properties {
+        name(&format!("properties.{k}"), k, 64)
+            .map_err(|e| ValidationError::new(e.field, format!("key {}", e.message)))?;
+        text(&format!("properties.{k}"), v, 0, 1000)?;
+    }
+    Ok(())
+}
+
+/// Builder, project and uuid names: `[A-Za-z0-9._-]{1,max}`.
+pub fn name(field: &str, v: &str, max: usize) -> Result<(), ValidationError> {
+    if v.is_empty() || v.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("must be 1 to {max} characters long"),
+        ));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("may only hold A-Z a-z 0-9 . _ - (found {c:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Free text on one line: no control characters.
+fn text(field: &str, v: &str, min: usize, max: usize) -> Result<(), ValidationError> {
+    if v.len() < min || v.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("must be {min} to {max} bytes long"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A single printable word, such as a commit id.
+fn token(field: &str, v: &str, max: usize) -> Result<(), ValidationError> {
+    text(field, v, 1, max)?;
+    if v.chars().any(char::is_whitespace) {
+        return Err(ValidationError::new(field, "must not contain white space"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .map(|t| t.to_utc())
+            .unwrap_or_default()
+    }
+
+    fn finished() -> Value {
+        json!({
+            "format": "tbox-report/1", "uuid": "0b8e-1", "project": "demo", "builder": "alice-deb12",
+            "state": "finished", "result": "failure", "branch": "main", "revision": "deadbeef",
+            "started_at": "2026-06-01T11:00:00Z", "finished_at": "2026-06-01T13:30:00+02:00",
+            "steps": [{"name": "build", "result": "success", "started_at": "2026-06-01T11:00:00Z",
+                       "finished_at": "2026-06-01T11:10:00Z", "exit_code": 0, "log": "ok\n"},
+                      {"name": "test", "kind": "test", "result": "failure", "started_at": "2026-06-01T11:10:00Z",
+                       "finished_at": "2026-06-01T11:20:00Z", "exit_code": 2}],
+            "tests": [{"suite": "s", "name": "t1", "result": "failed", "duration_ms": 12, "message": "boom"}],
+            "properties": {"os": "linux"}, "reporter": "tbox-report 0.1.0",
+            "some_future_field": {"ignored": true}
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Report, ParseError> {
+        parse_report(v.to_string().as_bytes(), now())
+    }
+
+    fn field_of(v: &Value) -> String {
+        match parse(v) {
+            Err(ParseError::Invalid(e)) => e.field,
+            other => format!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_full_report_and_ignores_unknown_fields() -> Result<(), ParseError> {
+        let r = parse(&finished())?;
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(r.tests[0].duration_ms, Some(12));
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_json_is_not_a_validation_error() {
+        assert!(matches!(
+            parse_report(b"{\"format\": ", now()),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_report(b"not json", now()),
+            Err(ParseError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut v = finished();
+        v["state"] = json!("running");
+        assert_eq!(field_of(&v), "state");
+
+        let mut v = finished();
+        v["steps"][1]["result"] = json!("fine");
+        assert_eq!(field_of(&v), "steps[1].result");
+
+        let mut v = finished();
+        v["builder"] = json!("alice bob");
+        assert_eq!(field_of(&v), "builder");
+
+        let mut v = finished();
+        v["builder"] = json!("a".repeat(65));
+        assert_eq!(field_of(&v), "builder");
+
+        let mut v = finished();
+        v["started_at"] = json!("yesterday");
+        assert_eq!(field_of(&v), "started_at");
+
+        let mut v = finished();
+        v.as_object_mut().map(|o| o.remove("revision"));
+        assert_eq!(field_of(&v), "report");
+
+        let mut v = finished();
+        v["tests"][0]["result"] = json!("ok");
+        assert_eq!(field_of(&v), "tests[0].result");
+
+        let mut v = finished();
+        v["format"] = json!("tbox-report/2");
+        assert_eq!(field_of(&v), "format");
+
+        let mut v = finished();
+        v["properties"]["bad key"] = json!("x");
+        assert_eq!(field_of(&v), "properties.bad key");
+    }
+
+    #[test]
+    fn finished_needs_result_and_time_started_forbids_them() {
+        let mut v = finished();
+        v.as_object_mut().map(|o| o.remove("result"));
+        assert_eq!(field_of(&v), "result");
+
+        let mut v = finished();
+        v["state"] = json!("started");
+        assert_eq!(field_of(&v), "result");
+    }
+
+    #[test]
+    fn future_finished_at_is_refused_but_old_reports_are_fine() {
+        let mut v = finished();
+        v["finished_at"] = json!("2026-06-01T12:06:00Z");
+        assert_eq!(field_of(&v), "finished_at");
+
+        let mut v = finished();
+        v["finished_at"] = json!("2026-06-01T12:04:00Z");
+        assert!(parse(&v).is_ok(), "four minutes of clock skew is tolerated");
+
+        let mut v = finished();
+        v["started_at"] = json!("2020-01-01T00:00:00Z");
+        v["finished_at"] = json!("2020-01-01T01:00:00Z");
+        assert!(
+            parse(&v).is_ok(),
+            "a report spooled for years is still accepted"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            max_steps: 1,
+            max_tests: 0,
+            ..Limits::default()
+        };
+        let body = finished().to_string();
+        match parse_report_with(body.as_bytes(), now(), &limits) {
+            Err(ParseError::Invalid(e)) => assert_eq!(e.field, "steps"),
+            other => panic!("expected a steps error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Builds: a project's list (newest first, cursor-paginated) and one build in full.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::views::{BuildDetail, BuildSummary};
+use crate::AppState;
+use crate::db::builds::{self, Cursor};
+use crate::db::projects;
+use crate::error::AppError;
+
+/// Query of `GET /api/v1/projects/{p}/builds`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct BuildList {
+    builds: Vec<BuildSummary>,
+    next: Option<String>,
+}
+
+/// Most builds one page holds.
+pub const MAX_LIMIT: i64 = 500;
+
+/// `GET /api/v1/projects/{p}/builds?limit=N&cursor=C`.
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let project = path.into_inner();
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AppError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let after = match &query.cursor {
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+            AppError::bad_request("bad_query", "cursor is not one this server gave")
+        })?),
+        None => None,
+    };
+    let pool = state.pool.clone();
+    let rows = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = projects::by_name(&mut conn, &project)?
+            .ok_or_else(|| AppError::not_found(format!("no project named {project:?}")))?;
+        // One extra row tells whether there is a next page.
+        Ok(builds::newest(&mut conn, p.id, after, limit + 1)?)
+    })
+    .await??;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let next = if more {
+        page.last().map(|l| {
+            Cursor {
+                started_at: l.build.started_at,
+                id: l.build.id,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let base = super::base_url(&req);
+    Ok(HttpResponse::Ok().json(BuildList {
+        builds: page
+            .into_iter()
+            .map(|l| BuildSummary::new(l, &base))
+            .collect(),
+        next,
+    }))
+}
+
+/// `GET /api/v1/builds/{id}`.
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let id = path.into_inner();
+    let pool = state.pool.clone();
+    let full =
+        web::block(move || -> Result<_, AppError> { Ok(builds::get(&mut *pool.get()?, id)?) })
+            .await??
+            .ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
+    Ok(HttpResponse::Ok().json(BuildDetail::new(full, &super::base_url(&req))))
+}

@@ -1,0 +1,97 @@
+//! `POST /api/v1/reports`: a builder's signed report.
+
+use actix_web::error::PayloadError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::AppError;
+use crate::ingest::{self, Submission};
+
+/// The answer to an accepted report (201 new, 200 duplicate).
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// The report's id: hex SHA-256 of the body.
+    pub id: String,
+    /// The build it was recorded as.
+    pub build: i64,
+    /// The build's page.
+    pub url: String,
+}
+
+/// Receives a report. The body extractor is configured (in `routes`) with the size limit, so
+/// an oversized body is refused from its Content-Length, or as soon as the limit is passed,
+/// and a gzip body is inflated (and limited) on the way in.
+pub async fn submit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> Result<HttpResponse, AppError> {
+    check_content_type(req.headers())?;
+    let body = body.map_err(|e| body_error(&e, state.max_body))?;
+    let builder = header(req.headers(), "tbox-builder")?;
+    let signature = header(req.headers(), "tbox-signature")?;
+    let pool = state.pool.clone();
+    let outcome = web::block(move || {
+        let mut conn = pool.get()?;
+        let sub = Submission {
+            builder: builder.as_deref(),
+            signature: signature.as_deref(),
+            body: &body,
+        };
+        ingest::ingest(&mut conn, sub, chrono::Utc::now())
+    })
+    .await??;
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let url = format!("{}/builds/{}", super::base_url(&req), outcome.build_id);
+    Ok(HttpResponse::build(status).json(Accepted {
+        id: outcome.report_id,
+        build: outcome.build_id,
+        url,
+    }))
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), AppError> {
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(AppError::unsupported_media_type(format!(
+            "Content-Type must be application/json, got {:?}",
+            if ct.is_empty() { "nothing" } else { ct }
+        )))
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, AppError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
+                AppError::bad_request("bad_header", format!("{name} header is not ASCII"))
+            })
+        })
+        .transpose()
+}
+
+fn body_error(e: &actix_web::Error, limit: usize) -> AppError {
+    match e.as_error::<PayloadError>() {
+        Some(PayloadError::Overflow) => AppError::too_large(format!(
+            "the report is larger than this server's limit of {limit} bytes"
+        )),
+        Some(PayloadError::EncodingCorrupted) => {
+            AppError::bad_request("bad_encoding", "the body could not be decompressed")
+        }
+        _ => AppError::bad_request("bad_body", format!("the body could not be read: {e}")),
+    }
+}

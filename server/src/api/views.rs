@@ -1,0 +1,178 @@
+//! The JSON shapes the API answers with, converted explicitly from database rows.
+
+use chrono::{NaiveDateTime, SecondsFormat};
+use serde::Serialize;
+
+use crate::db::builds::{Full, Listed};
+use crate::db::models::Project;
+
+/// RFC 3339, UTC, as every time in the API.
+pub fn time(t: NaiveDateTime) -> String {
+    t.and_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A build in a list.
+#[derive(Debug, Serialize)]
+pub struct BuildSummary {
+    pub id: i64,
+    pub uuid: String,
+    pub builder: String,
+    pub branch: String,
+    pub revision: String,
+    pub state: String,
+    pub result: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub url: String,
+    pub steps: Vec<StepBrief>,
+}
+
+/// A step in a list: just what a cell shows.
+#[derive(Debug, Serialize)]
+pub struct StepBrief {
+    pub name: String,
+    pub result: String,
+}
+
+impl BuildSummary {
+    pub fn new(l: Listed, base: &str) -> Self {
+        let b = l.build;
+        BuildSummary {
+            url: format!("{base}/builds/{}", b.id),
+            id: b.id,
+            uuid: b.uuid,
+            builder: l.builder,
+            branch: b.branch,
+            revision: b.revision,
+            state: b.state,
+            result: b.result,
+            started_at: time(b.started_at),
+            finished_at: b.finished_at.map(time),
+            steps: l
+                .steps
+                .into_iter()
+                .map(|s| StepBrief {
+                    name: s.name,
+                    result: s.result,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One build in full.
+#[derive(Debug, Serialize)]
+pub struct BuildDetail {
+    pub id: i64,
+    pub uuid: String,
+    pub project: String,
+    pub builder: String,
+    pub branch: String,
+    pub revision: String,
+    pub state: String,
+    pub result: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub received_at: String,
+    pub reporter: String,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    pub url: String,
+    pub steps: Vec<StepDetail>,
+    pub tests: Vec<TestDetail>,
+}
+
+/// A step in full.
+#[derive(Debug, Serialize)]
+pub struct StepDetail {
+    pub name: String,
+    pub kind: Option<String>,
+    pub result: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub exit_code: Option<i32>,
+    pub log_url: Option<String>,
+    pub log_truncated: bool,
+}
+
+/// A test result.
+#[derive(Debug, Serialize)]
+pub struct TestDetail {
+    pub suite: String,
+    pub name: String,
+    pub result: String,
+    pub duration_ms: Option<i64>,
+    pub message: Option<String>,
+}
+
+impl BuildDetail {
+    pub fn new(f: Full, base: &str) -> Self {
+        let b = f.build;
+        let id = b.id;
+        BuildDetail {
+            url: format!("{base}/builds/{id}"),
+            id,
+            uuid: b.uuid,
+            project: f.project,
+            builder: f.builder,
+            branch: b.branch,
+            revision: b.revision,
+            state: b.state,
+            result: b.result,
+            started_at: time(b.started_at),
+            finished_at: b.finished_at.map(time),
+            received_at: time(b.received_at),
+            reporter: b.reporter,
+            properties: serde_json::from_str(&b.properties).unwrap_or_default(),
+            steps: f
+                .steps
+                .into_iter()
+                .map(|s| StepDetail {
+                    log_url: s
+                        .log_digest
+                        .as_ref()
+                        .map(|_| format!("{base}/builds/{id}/steps/{}/log", s.position)),
+                    name: s.name,
+                    kind: s.kind,
+                    result: s.result,
+                    started_at: time(s.started_at),
+                    finished_at: time(s.finished_at),
+                    exit_code: s.exit_code,
+                    log_truncated: s.log_truncated,
+                })
+                .collect(),
+            tests: f
+                .tests
+                .into_iter()
+                .map(|t| TestDetail {
+                    suite: t.suite,
+                    name: t.name,
+                    result: t.result,
+                    duration_ms: t.duration_ms,
+                    message: t.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A project.
+#[derive(Debug, Serialize)]
+pub struct ProjectView {
+    pub name: String,
+    pub title: String,
+    pub repo_url: Option<String>,
+    pub revision_url: Option<String>,
+    pub url: String,
+}
+
+impl ProjectView {
+    pub fn new(p: Project, base: &str) -> Self {
+        ProjectView {
+            url: format!("{base}/projects/{}", p.name),
+            name: p.name,
+            title: p.title,
+            repo_url: p.repo_url,
+            revision_url: p.revision_url,
+        }
+    }
+}

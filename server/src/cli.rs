@@ -1,0 +1,193 @@
+//! The command line: `tbox-server serve | migrate | project … | builder … | prune`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the command failed (bad key, unknown project or builder, database error, …)
+  2  the command line is wrong";
+
+/// Collects signed build reports from volunteers and shows them as a waterfall.
+#[derive(Debug, Parser)]
+#[command(name = "tbox-server", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// sqlite://PATH (created on first use) or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        env = "TBOX_DATABASE_URL",
+        default_value = "sqlite://tbox.db",
+        value_name = "URL"
+    )]
+    pub database: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API and the pages (migrates the database first).
+    #[command(after_help = EXIT_CODES)]
+    Serve(ServeArgs),
+    /// Create or update the database schema, then exit.
+    #[command(after_help = EXIT_CODES)]
+    Migrate(DbArgs),
+    /// Manage projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Manage builders (volunteer machines) and their keys.
+    #[command(subcommand)]
+    Builder(BuilderCommand),
+    /// Delete builds that started before a given age, and logs no build uses any more.
+    #[command(after_help = EXIT_CODES)]
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(
+        long,
+        env = "TBOX_BIND",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub bind: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Largest report body accepted, in bytes (after gzip decompression).
+    #[arg(long, env = "TBOX_MAX_BODY", default_value_t = 32 << 20, value_name = "BYTES")]
+    pub max_body: usize,
+    /// Database connections to keep open.
+    #[arg(long, env = "TBOX_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: u32,
+    /// HTTP worker threads (default: one per CPU).
+    #[arg(long, env = "TBOX_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Add a project.
+    #[command(after_help = EXIT_CODES)]
+    Add(ProjectAddArgs),
+    /// List projects.
+    List(DbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectAddArgs {
+    /// Short name used in URLs and reports ([A-Za-z0-9._-], up to 64).
+    pub name: String,
+    /// Title shown on pages (default: the name).
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The project's source repository.
+    #[arg(long, value_name = "URL")]
+    pub repo_url: Option<String>,
+    /// Link for a revision, with {rev} where the commit id goes.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub revision_url: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuilderCommand {
+    /// Register a builder with its public key (active at once). For an existing builder this
+    /// adds the key (rotation) and the projects.
+    #[command(after_help = EXIT_CODES)]
+    Add(BuilderAddArgs),
+    /// Let a self-registered (pending) builder report.
+    Approve(BuilderNameArgs),
+    /// Refuse a builder's reports from now on, or only one of its keys with --key.
+    Revoke(BuilderRevokeArgs),
+    /// List builders with their status, projects and keys.
+    List(DbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderAddArgs {
+    /// The builder's name ([A-Za-z0-9._-], up to 64), e.g. alice-debian12-x86_64.
+    pub name: String,
+    /// A project it may report for (repeat for several).
+    #[arg(long = "project", required = true, value_name = "P")]
+    pub projects: Vec<String>,
+    /// Its RSA public key, PEM (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY), at least 2048 bits.
+    #[arg(long, value_name = "PUBLIC_KEY.pem")]
+    pub key: PathBuf,
+    /// How to reach the volunteer.
+    #[arg(long, value_name = "EMAIL")]
+    pub owner: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderRevokeArgs {
+    pub name: String,
+    /// Revoke only this key (its SHA256:… fingerprint), e.g. after a rotation.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub key: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Age such as 90d, 12h, 30m or 2w.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub older_than: chrono::TimeDelta,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// Reads `90d`, `12h`, `30m`, `2w` or `45s`.
+pub fn parse_age(s: &str) -> Result<chrono::TimeDelta, String> {
+    let bad = || format!("{s:?} is not an age like 90d, 12h, 30m or 2w");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    let d = match &s[split..] {
+        "s" => chrono::TimeDelta::try_seconds(n),
+        "m" => chrono::TimeDelta::try_minutes(n),
+        "h" => chrono::TimeDelta::try_hours(n),
+        "d" => chrono::TimeDelta::try_days(n),
+        "w" => chrono::TimeDelta::try_weeks(n),
+        _ => None,
+    };
+    d.ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("90d"), Ok(chrono::TimeDelta::days(90)));
+        assert_eq!(parse_age("2w"), Ok(chrono::TimeDelta::weeks(2)));
+        assert!(parse_age("90").is_err());
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("5y").is_err());
+    }
+}

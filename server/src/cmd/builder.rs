@@ -1,0 +1,123 @@
+//! `tbox-server builder add | approve | revoke | list`.
+
+use anyhow::{Context as _, bail};
+use tbox_protocol::PublicKey;
+
+use crate::cli::{BuilderAddArgs, BuilderCommand};
+use crate::db::models::NewBuilder;
+use crate::db::{self, builders, now, projects};
+
+pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
+    match cmd {
+        BuilderCommand::Add(args) => add(&args),
+        BuilderCommand::Approve(args) => {
+            let mut conn = super::connect(&args.db)?;
+            if !builders::set_status(&mut conn, &args.name, builders::ACTIVE)? {
+                bail!("no builder named {:?}", args.name);
+            }
+            println!(
+                "builder {} approved: its reports are accepted from now on",
+                args.name
+            );
+            Ok(())
+        }
+        BuilderCommand::Revoke(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let b = builders::by_name(&mut conn, &args.name)?
+                .with_context(|| format!("no builder named {:?}", args.name))?;
+            match &args.key {
+                Some(fp) => {
+                    if !builders::revoke_key(&mut conn, b.id, fp)? {
+                        bail!("builder {:?} has no unrevoked key {fp}", args.name);
+                    }
+                    println!("key {fp} of builder {} revoked", args.name);
+                }
+                None => {
+                    builders::set_status(&mut conn, &args.name, builders::REVOKED)?;
+                    println!(
+                        "builder {} revoked: its reports are refused from now on",
+                        args.name
+                    );
+                }
+            }
+            Ok(())
+        }
+        BuilderCommand::List(args) => {
+            let mut conn = super::connect(&args)?;
+            for l in builders::list(&mut conn)? {
+                let b = &l.builder;
+                println!(
+                    "{}\t{}\towner={}\tprojects={}\tlast_report={}",
+                    b.name,
+                    b.status,
+                    b.owner.as_deref().unwrap_or("-"),
+                    l.projects.join(","),
+                    b.last_report_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_else(|| "never".into()),
+                );
+                for k in &l.keys {
+                    let state = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!("\tkey {} ({state})", k.fingerprint);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn add(args: &BuilderAddArgs) -> anyhow::Result<()> {
+    tbox_protocol::validate_name("builder name", &args.name, 64)?;
+    let pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("reading {}", args.key.display()))?;
+    let key = PublicKey::from_pem(&pem).with_context(|| format!("{}", args.key.display()))?;
+    let fingerprint = key.fingerprint();
+    let mut conn = super::connect(&args.db)?;
+    let added = db::write_transaction(&mut conn, |conn| -> anyhow::Result<bool> {
+        let mut project_ids = Vec::new();
+        for p in &args.projects {
+            let project = projects::by_name(conn, p)?.with_context(|| {
+                format!("no project named {p:?} (add it with: tbox-server project add {p})")
+            })?;
+            project_ids.push(project.id);
+        }
+        let builder = match builders::by_name(conn, &args.name)? {
+            Some(b) => b,
+            None => builders::add(
+                conn,
+                &NewBuilder {
+                    name: &args.name,
+                    status: builders::ACTIVE,
+                    owner: args.owner.as_deref(),
+                    description: None,
+                    properties: "{}",
+                    created_at: now(),
+                },
+            )?,
+        };
+        for id in project_ids {
+            builders::allow(conn, builder.id, id)?;
+        }
+        Ok(builders::add_key(
+            conn,
+            builder.id,
+            &fingerprint,
+            &key.to_pem(),
+        )?)
+    })?;
+    println!(
+        "builder {} may report for {} with key {fingerprint}{}",
+        args.name,
+        args.projects.join(", "),
+        if added {
+            ""
+        } else {
+            " (key already registered)"
+        }
+    );
+    Ok(())
+}

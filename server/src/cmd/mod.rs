@@ -1,0 +1,32 @@
+//! One file per subcommand.
+
+mod builder;
+mod migrate;
+mod project;
+mod prune;
+mod serve;
+
+use crate::cli::{Cli, Command, DbArgs};
+use crate::db::{self, DatabaseUrl, DbConn};
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Migrate(args) => migrate::run(&args),
+        Command::Project(cmd) => project::run(cmd),
+        Command::Builder(cmd) => builder::run(cmd),
+        Command::Prune(args) => prune::run(&args),
+    }
+}
+
+/// Opens the database for an admin command, migrating it first so a fresh file just works.
+fn connect(args: &DbArgs) -> anyhow::Result<DbConn> {
+    use diesel::r2d2::ManageConnection as _;
+    let url = DatabaseUrl::parse(&args.database)?;
+    let mut conn = db::Manager::new(url.clone())
+        .connect()
+        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", url.redacted()))?;
+    db::migrate(&mut conn)?;
+    Ok(conn)
+}

@@ -1,0 +1,61 @@
+//! `tbox-server serve`: migrate, then serve HTTP until stopped.
+
+use std::io::Write as _;
+
+use actix_web::middleware::{DefaultHeaders, Logger};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+
+use crate::cli::ServeArgs;
+use crate::db::{self, DatabaseUrl};
+use crate::{AppState, routes, web as pages};
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let url = DatabaseUrl::parse(&args.db.database)?;
+    pages::templates::init().context("loading templates")?;
+    let pool = db::pool(&url, args.pool_size)?;
+    let applied = db::migrate(&mut *pool.get()?)?;
+    for m in applied {
+        log::info!("applied migration {m}");
+    }
+    let state = web::Data::new(AppState {
+        pool,
+        max_body: args.max_body,
+    });
+    actix_web::rt::System::new().block_on(async move {
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(security_headers())
+                .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+                .configure(|cfg| routes::configure(cfg, state.max_body))
+        });
+        if let Some(n) = args.workers {
+            server = server.workers(n);
+        }
+        let server = server
+            .bind(&args.bind)
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        // Tests and scripts read this line to learn the port when binding to :0.
+        for addr in server.addrs() {
+            println!(
+                "tbox-server listening on http://{addr} (database {})",
+                url.redacted()
+            );
+        }
+        std::io::stdout().flush()?;
+        server.run().await.context("server stopped with an error")
+    })
+}
+
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("Referrer-Policy", "same-origin"))
+        .add(("X-Frame-Options", "DENY"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; connect-src 'self'; \
+             base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ))
+}

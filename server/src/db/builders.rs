@@ -1,0 +1,183 @@
+//! Builders, their keys and the projects they may report for.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::models::{Builder, BuilderKey, NewBuilder, NewBuilderKey};
+use super::schema::{builder_keys, builder_projects, builders, projects};
+use super::{DbConn, now};
+use crate::dispatch;
+
+/// A builder may report.
+pub const ACTIVE: &str = "active";
+/// A self-registered builder waiting for an admin's approval.
+pub const PENDING: &str = "pending";
+/// A builder whose reports are refused for good.
+pub const REVOKED: &str = "revoked";
+
+/// The builder called `name`.
+pub fn by_name(conn: &mut DbConn, name: &str) -> QueryResult<Option<Builder>> {
+    builders::table
+        .filter(builders::name.eq(name))
+        .select(Builder::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// All of a builder's keys, revoked ones included (a revoked key still identifies who signed).
+pub fn keys(conn: &mut DbConn, builder_id: i64) -> QueryResult<Vec<BuilderKey>> {
+    builder_keys::table
+        .filter(builder_keys::builder_id.eq(builder_id))
+        .order(builder_keys::id)
+        .select(BuilderKey::as_select())
+        .load(conn)
+}
+
+/// Creates a builder.
+pub fn add(conn: &mut DbConn, new: &NewBuilder<'_>) -> QueryResult<Builder> {
+    diesel::insert_into(builders::table)
+        .values(new)
+        .execute(conn)?;
+    builders::table
+        .filter(builders::name.eq(new.name))
+        .select(Builder::as_select())
+        .first(conn)
+}
+
+/// Adds a key unless the builder has it already; true if it was added.
+pub fn add_key(
+    conn: &mut DbConn,
+    builder_id: i64,
+    fingerprint: &str,
+    pem: &str,
+) -> QueryResult<bool> {
+    let row = NewBuilderKey {
+        builder_id,
+        fingerprint,
+        public_key: pem,
+        created_at: now(),
+    };
+    let n = dispatch!(conn, |c| diesel::insert_into(builder_keys::table)
+        .values(&row)
+        .on_conflict((builder_keys::builder_id, builder_keys::fingerprint))
+        .do_nothing()
+        .execute(c))?;
+    Ok(n > 0)
+}
+
+/// Lets a builder report for a project (idempotent).
+pub fn allow(conn: &mut DbConn, builder_id: i64, project_id: i64) -> QueryResult<()> {
+    dispatch!(conn, |c| diesel::insert_into(builder_projects::table)
+        .values((
+            builder_projects::builder_id.eq(builder_id),
+            builder_projects::project_id.eq(project_id)
+        ))
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    Ok(())
+}
+
+/// Whether a builder may report for a project.
+pub fn may_report(conn: &mut DbConn, builder_id: i64, project_id: i64) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        builder_projects::table
+            .filter(builder_projects::builder_id.eq(builder_id))
+            .filter(builder_projects::project_id.eq(project_id)),
+    ))
+    .get_result(conn)
+}
+
+/// Sets a builder's status; false if there is no such builder.
+pub fn set_status(conn: &mut DbConn, name: &str, status: &str) -> QueryResult<bool> {
+    let n = diesel::update(builders::table.filter(builders::name.eq(name)))
+        .set(builders::status.eq(status))
+        .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Revokes one key of a builder; false if it has no such key.
+pub fn revoke_key(conn: &mut DbConn, builder_id: i64, fingerprint: &str) -> QueryResult<bool> {
+    let n = diesel::update(
+        builder_keys::table
+            .filter(builder_keys::builder_id.eq(builder_id))
+            .filter(builder_keys::fingerprint.eq(fingerprint))
+            .filter(builder_keys::revoked_at.is_null()),
+    )
+    .set(builder_keys::revoked_at.eq(Some(now())))
+    .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Records that a builder reported, with the properties it reported.
+pub fn touch(
+    conn: &mut DbConn,
+    builder_id: i64,
+    properties: &str,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(builders::table.find(builder_id))
+        .set((
+            builders::last_report_at.eq(Some(at)),
+            builders::properties.eq(properties),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// A builder with what an admin wants to see of it.
+#[derive(Debug)]
+pub struct Listed {
+    pub builder: Builder,
+    pub projects: Vec<String>,
+    pub keys: Vec<BuilderKey>,
+}
+
+/// Every builder with its projects and keys (three queries, whatever the count).
+pub fn list(conn: &mut DbConn) -> QueryResult<Vec<Listed>> {
+    let all: Vec<Builder> = builders::table
+        .order(builders::name)
+        .select(Builder::as_select())
+        .load(conn)?;
+    let mut projects_of: HashMap<i64, Vec<String>> = HashMap::new();
+    for (b, p) in builder_projects::table
+        .inner_join(projects::table)
+        .order(projects::name)
+        .select((builder_projects::builder_id, projects::name))
+        .load::<(i64, String)>(conn)?
+    {
+        projects_of.entry(b).or_default().push(p);
+    }
+    let mut keys_of: HashMap<i64, Vec<BuilderKey>> = HashMap::new();
+    for k in builder_keys::table
+        .order(builder_keys::id)
+        .select(BuilderKey::as_select())
+        .load(conn)?
+    {
+        keys_of.entry(k.builder_id).or_default().push(k);
+    }
+    Ok(all
+        .into_iter()
+        .map(|b| Listed {
+            projects: projects_of.remove(&b.id).unwrap_or_default(),
+            keys: keys_of.remove(&b.id).unwrap_or_default(),
+            builder: b,
+        })
+        .collect())
+}
+
+/// The builders allowed to report for a project, plus any that have builds in it.
+pub fn for_project(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<Builder>> {
+    builders::table
+        .filter(
+            builders::id.eq_any(
+                builder_projects::table
+                    .filter(builder_projects::project_id.eq(project_id))
+                    .select(builder_projects::builder_id),
+            ),
+        )
+        .order(builders::name)
+        .select(Builder::as_select())
+        .load(conn)
+}

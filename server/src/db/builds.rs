@@ -1,0 +1,286 @@
+//! Builds, their steps, logs and test results.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::DbConn;
+use super::models::{Build, BuildFields, NewLog, NewStep, NewTest, Step, TestRow};
+use super::schema::{builders, builds, logs, projects, reports, steps, test_results};
+use crate::dispatch;
+
+/// The build a report body (by digest) was recorded as.
+pub fn by_report(conn: &mut DbConn, digest: &str) -> QueryResult<Option<i64>> {
+    reports::table
+        .find(digest)
+        .select(reports::build_id)
+        .first(conn)
+        .optional()
+}
+
+/// The build of a builder with this uuid.
+pub fn by_uuid(conn: &mut DbConn, builder_id: i64, uuid: &str) -> QueryResult<Option<Build>> {
+    builds::table
+        .filter(builds::builder_id.eq(builder_id))
+        .filter(builds::uuid.eq(uuid))
+        .select(Build::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Inserts a new build and returns its id.
+pub fn insert(conn: &mut DbConn, fields: &BuildFields<'_>) -> QueryResult<i64> {
+    dispatch!(conn, |c| diesel::insert_into(builds::table)
+        .values(fields)
+        .returning(builds::id)
+        .get_result(c))
+}
+
+/// Overwrites a `started` build with its `finished` report, dropping what the started one had.
+pub fn complete(conn: &mut DbConn, id: i64, fields: &BuildFields<'_>) -> QueryResult<()> {
+    diesel::delete(steps::table.filter(steps::build_id.eq(id))).execute(conn)?;
+    diesel::delete(test_results::table.filter(test_results::build_id.eq(id))).execute(conn)?;
+    diesel::update(builds::table.find(id))
+        .set(fields)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Remembers a report body's digest, so that sending it again changes nothing.
+pub fn record_report(
+    conn: &mut DbConn,
+    digest: &str,
+    build_id: i64,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::insert_into(reports::table)
+        .values((
+            reports::digest.eq(digest),
+            reports::build_id.eq(build_id),
+            reports::received_at.eq(at),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Stores logs; one already stored (same digest) is kept as it is.
+///
+/// Row by row: diesel cannot batch an upsert on SQLite, and a build has only a few logs.
+pub fn insert_logs(conn: &mut DbConn, rows: &[NewLog<'_>]) -> QueryResult<()> {
+    for row in rows {
+        dispatch!(conn, |c| diesel::insert_into(logs::table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .execute(c))?;
+    }
+    Ok(())
+}
+
+/// Stores a build's steps (one statement).
+pub fn insert_steps(conn: &mut DbConn, rows: &[NewStep<'_>]) -> QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    dispatch!(conn, |c| diesel::insert_into(steps::table)
+        .values(rows)
+        .execute(c))?;
+    Ok(())
+}
+
+/// Stores a build's test results, in chunks that stay under SQLite's bound-variable limit.
+pub fn insert_tests(conn: &mut DbConn, rows: &[NewTest<'_>]) -> QueryResult<()> {
+    for chunk in rows.chunks(2000) {
+        dispatch!(conn, |c| diesel::insert_into(test_results::table)
+            .values(chunk)
+            .execute(c))?;
+    }
+    Ok(())
+}
+
+/// A position in the newest-first list of builds: the last build of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub started_at: NaiveDateTime,
+    pub id: i64,
+}
+
+impl Cursor {
+    /// An opaque, URL-safe token.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}.{}",
+            self.started_at.and_utc().timestamp_micros(),
+            self.id
+        )
+    }
+
+    /// Reads a token made by [`Cursor::encode`].
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (micros, id) = s.split_once('.')?;
+        let started_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
+        Some(Cursor {
+            started_at,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+/// A build with the names a listing shows.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub build: Build,
+    pub builder: String,
+    pub steps: Vec<StepSummary>,
+}
+
+/// A step's name and result, for lists.
+#[derive(Debug, Clone, Queryable)]
+pub struct StepSummary {
+    pub build_id: i64,
+    pub name: String,
+    pub kind: Option<String>,
+    pub result: String,
+}
+
+/// A project's builds, newest first (by start time, then id), after `after` if given.
+///
+/// Two indexed queries whatever the page size: the builds, then all their steps.
+pub fn newest(
+    conn: &mut DbConn,
+    project_id: i64,
+    after: Option<Cursor>,
+    limit: i64,
+) -> QueryResult<Vec<Listed>> {
+    let mut query = builds::table
+        .inner_join(builders::table)
+        .filter(builds::project_id.eq(project_id))
+        .select((Build::as_select(), builders::name))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some(c) = after {
+        query = query.filter(
+            builds::started_at
+                .lt(c.started_at)
+                .or(builds::started_at.eq(c.started_at).and(builds::id.lt(c.id))),
+        );
+    }
+    let rows: Vec<(Build, String)> = query.load(conn)?;
+    let ids: Vec<i64> = rows.iter().map(|(b, _)| b.id).collect();
+    let mut steps_of: HashMap<i64, Vec<StepSummary>> = HashMap::new();
+    for s in steps::table
+        .filter(steps::build_id.eq_any(&ids))
+        .order((steps::build_id, steps::position))
+        .select((steps::build_id, steps::name, steps::kind, steps::result))
+        .load::<StepSummary>(conn)?
+    {
+        steps_of.entry(s.build_id).or_default().push(s);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(build, builder)| Listed {
+            steps: steps_of.remove(&build.id).unwrap_or_default(),
+            build,
+            builder,
+        })
+        .collect())
+}
+
+/// One build with its project and builder names.
+#[derive(Debug, Clone)]
+pub struct Full {
+    pub build: Build,
+    pub project: String,
+    pub project_title: String,
+    pub revision_url: Option<String>,
+    pub builder: String,
+    pub steps: Vec<Step>,
+    pub tests: Vec<TestRow>,
+}
+
+/// Loads one build, its steps and tests (three queries).
+pub fn get(conn: &mut DbConn, id: i64) -> QueryResult<Option<Full>> {
+    let Some((build, project, project_title, revision_url, builder)) = builds::table
+        .inner_join(projects::table)
+        .inner_join(builders::table)
+        .filter(builds::id.eq(id))
+        .select((
+            Build::as_select(),
+            projects::name,
+            projects::title,
+            projects::revision_url,
+            builders::name,
+        ))
+        .first::<(Build, String, String, Option<String>, String)>(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let steps = steps::table
+        .filter(steps::build_id.eq(id))
+        .order(steps::position)
+        .select(Step::as_select())
+        .load(conn)?;
+    let tests = test_results::table
+        .filter(test_results::build_id.eq(id))
+        .order(test_results::id)
+        .select(TestRow::as_select())
+        .load(conn)?;
+    Ok(Some(Full {
+        build,
+        project,
+        project_title,
+        revision_url,
+        builder,
+        steps,
+        tests,
+    }))
+}
+
+/// A step's stored log: (uncompressed size, zstd bytes).
+pub fn log(conn: &mut DbConn, build_id: i64, position: i32) -> QueryResult<Option<(i64, Vec<u8>)>> {
+    steps::table
+        .inner_join(logs::table)
+        .filter(steps::build_id.eq(build_id))
+        .filter(steps::position.eq(position))
+        .select((logs::size, logs::compressed))
+        .first(conn)
+        .optional()
+}
+
+/// Whether a build has a step at this position (to tell "no such step" from "no log").
+pub fn has_step(conn: &mut DbConn, build_id: i64, position: i32) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        steps::table
+            .filter(steps::build_id.eq(build_id))
+            .filter(steps::position.eq(position)),
+    ))
+    .get_result(conn)
+}
+
+/// Deletes up to `batch` builds started before `before`; returns how many went.
+pub fn prune_batch(conn: &mut DbConn, before: NaiveDateTime, batch: i64) -> QueryResult<usize> {
+    let ids: Vec<i64> = builds::table
+        .filter(builds::started_at.lt(before))
+        .select(builds::id)
+        .limit(batch)
+        .load(conn)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // Children first: not every SQLite connection is guaranteed to enforce ON DELETE CASCADE.
+    diesel::delete(steps::table.filter(steps::build_id.eq_any(&ids))).execute(conn)?;
+    diesel::delete(test_results::table.filter(test_results::build_id.eq_any(&ids)))
+        .execute(conn)?;
+    diesel::delete(reports::table.filter(reports::build_id.eq_any(&ids))).execute(conn)?;
+    diesel::delete(builds::table.filter(builds::id.eq_any(&ids))).execute(conn)
+}
+
+/// Deletes logs that no step refers to any more; returns how many went.
+pub fn prune_logs(conn: &mut DbConn) -> QueryResult<usize> {
+    diesel::delete(logs::table.filter(diesel::dsl::not(diesel::dsl::exists(
+        steps::table.filter(steps::log_digest.eq(logs::digest.nullable())),
+    ))))
+    .execute(conn)
+}

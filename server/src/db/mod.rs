@@ -1,0 +1,249 @@
+//! Storage: one connection type over SQLite and PostgreSQL, the pool, migrations and queries.
+//!
+//! [`DbConn`] derives diesel's `MultiConnection`, so plain queries are written once and run
+//! on either backend. What the derived enum cannot express (multi-row inserts,
+//! `ON CONFLICT`, SQLite's `BEGIN IMMEDIATE`) goes through [`dispatch!`], which expands the
+//! same code once per concrete connection so each is type-checked against its own backend.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub mod builders;
+pub mod builds;
+pub mod models;
+pub mod projects;
+pub mod schema;
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    /// The embedded default.
+    Sqlite(diesel::SqliteConnection),
+    /// For scale-out: many server processes sharing one database.
+    Pg(diesel::PgConnection),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection inside `$conn`.
+#[macro_export]
+macro_rules! dispatch {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Sqlite($c) => $body,
+            $crate::db::DbConn::Pg($c) => $body,
+        }
+    };
+}
+
+/// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so two
+/// writers queue on the busy timeout instead of failing when a read lock would need upgrading.
+pub fn write_transaction<T, E>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    match conn {
+        // Through diesel's transaction manager, so that what runs inside (diesel wraps some
+        // SQLite batch inserts in a transaction of their own) nests as savepoints.
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConn::Pg(_) => return conn.transaction(f),
+    }
+    let result = f(conn);
+    if let DbConn::Sqlite(c) = conn {
+        match &result {
+            Ok(_) => AnsiTransactionManager::commit_transaction(c)?,
+            // The error that made us roll back is the one worth reporting.
+            Err(_) => {
+                let _ = AnsiTransactionManager::rollback_transaction(c);
+            }
+        }
+    }
+    result
+}
+
+/// Which backend a `--database` URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A file path (or `:memory:`), as SQLite opens it.
+    Sqlite(String),
+    /// A libpq connection URL.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Reads `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        match path {
+            Some("") => anyhow::bail!("database URL {url:?} names no file (try sqlite://tbox.db)"),
+            Some(path) => Ok(DatabaseUrl::Sqlite(path.to_owned())),
+            None => anyhow::bail!(
+                "database URL {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"
+            ),
+        }
+    }
+
+    /// The URL with any password hidden, for log lines.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{path}"),
+            DatabaseUrl::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+                    Some(colon) => format!("{}:***{}", &url[..s + 3 + colon], &url[at..]),
+                    None => url.clone(),
+                },
+                _ => url.clone(),
+            },
+        }
+    }
+}
+
+/// Opens connections of the backend the URL names. (diesel's own manager would try each
+/// backend in turn with the same string; this one knows which to use.)
+#[derive(Debug)]
+pub struct Manager(DatabaseUrl);
+
+impl Manager {
+    /// A manager for the database the URL names.
+    pub fn new(url: DatabaseUrl) -> Self {
+        Manager(url)
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, r2d2::Error> {
+        match &self.0 {
+            DatabaseUrl::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(path)
+                    .map_err(r2d2::Error::ConnectionError)?;
+                // WAL lets readers run while one report is written; the busy timeout makes
+                // concurrent writers wait their turn instead of failing.
+                c.batch_execute(
+                    "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConn::Sqlite(c))
+            }
+            DatabaseUrl::Postgres(url) => diesel::PgConnection::establish(url)
+                .map(DbConn::Pg)
+                .map_err(r2d2::Error::ConnectionError),
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConn) -> bool {
+        false
+    }
+}
+
+/// The shared connection pool.
+pub type Pool = r2d2::Pool<Manager>;
+
+/// Builds the pool and checks that one connection can be made.
+pub fn pool(url: &DatabaseUrl, max_size: u32) -> anyhow::Result<Pool> {
+    use anyhow::Context as _;
+    r2d2::Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(std::time::Duration::from_secs(10))
+        .build(Manager(url.clone()))
+        .with_context(|| format!("cannot open database {}", url.redacted()))
+}
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+
+/// Brings the schema up to date; returns the names of the migrations applied.
+pub fn migrate(conn: &mut DbConn) -> anyhow::Result<Vec<String>> {
+    let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
+        v.iter().map(ToString::to_string).collect()
+    };
+    match conn {
+        DbConn::Sqlite(c) => c
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map(names)
+            .map_err(|e| anyhow::anyhow!(e)),
+        DbConn::Pg(c) => {
+            // Several servers may start at once against one database: let one migrate.
+            c.batch_execute("SELECT pg_advisory_lock(7366120)")?;
+            let result: anyhow::Result<Vec<String>> = c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(names)
+                .map_err(|e| anyhow::anyhow!(e));
+            c.batch_execute("SELECT pg_advisory_unlock(7366120)")?;
+            result
+        }
+    }
+}
+
+/// Reverts and re-applies every migration, exercising each `down.sql`.
+pub fn redo_all(conn: &mut DbConn) -> anyhow::Result<()> {
+    let err = |e| anyhow::anyhow!("{e}");
+    match conn {
+        DbConn::Sqlite(c) => {
+            c.revert_all_migrations(SQLITE_MIGRATIONS).map_err(err)?;
+            c.run_pending_migrations(SQLITE_MIGRATIONS).map_err(err)?;
+        }
+        DbConn::Pg(c) => {
+            c.revert_all_migrations(POSTGRES_MIGRATIONS).map_err(err)?;
+            c.run_pending_migrations(POSTGRES_MIGRATIONS).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The current time as stored: UTC, microsecond precision (PostgreSQL's), so a value read
+/// back compares equal to the one written on both backends.
+pub fn now() -> chrono::NaiveDateTime {
+    to_db_time(chrono::Utc::now())
+}
+
+/// Converts a report's time for storage.
+pub fn to_db_time<Tz: chrono::TimeZone>(t: chrono::DateTime<Tz>) -> chrono::NaiveDateTime {
+    use chrono::SubsecRound as _;
+    t.to_utc().naive_utc().trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_the_backend() -> anyhow::Result<()> {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://tbox.db")?,
+            DatabaseUrl::Sqlite("tbox.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/t.db")?,
+            DatabaseUrl::Sqlite("/var/lib/t.db".into())
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgresql://u@h/db")?,
+            DatabaseUrl::Postgres(_)
+        ));
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:secret@h:5432/db")?.redacted(),
+            "postgres://u:***@h:5432/db"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! Database rows. These are not wire types: `api/` converts them to the JSON it answers.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::*;
+
+/// A project that builders report for.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = projects)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub title: String,
+    pub repo_url: Option<String>,
+    pub revision_url: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = projects)]
+pub struct NewProject<'a> {
+    pub name: &'a str,
+    pub title: &'a str,
+    pub repo_url: Option<&'a str>,
+    pub revision_url: Option<&'a str>,
+    pub created_at: NaiveDateTime,
+}
+
+/// A volunteer machine.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = builders)]
+pub struct Builder {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub properties: String,
+    pub created_at: NaiveDateTime,
+    pub last_report_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = builders)]
+pub struct NewBuilder<'a> {
+    pub name: &'a str,
+    pub status: &'a str,
+    pub owner: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub properties: &'a str,
+    pub created_at: NaiveDateTime,
+}
+
+/// One of a builder's public keys.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = builder_keys)]
+pub struct BuilderKey {
+    pub id: i64,
+    pub builder_id: i64,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub created_at: NaiveDateTime,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = builder_keys)]
+pub struct NewBuilderKey<'a> {
+    pub builder_id: i64,
+    pub fingerprint: &'a str,
+    pub public_key: &'a str,
+    pub created_at: NaiveDateTime,
+}
+
+/// A build: one (builder, uuid).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = builds)]
+pub struct Build {
+    pub id: i64,
+    pub project_id: i64,
+    pub builder_id: i64,
+    pub uuid: String,
+    pub branch: String,
+    pub revision: String,
+    pub state: String,
+    pub result: Option<String>,
+    pub started_at: NaiveDateTime,
+    pub finished_at: Option<NaiveDateTime>,
+    pub reporter: String,
+    pub properties: String,
+    pub received_at: NaiveDateTime,
+}
+
+/// The columns a report sets on a build (insert, or update when `finished` completes it).
+#[derive(Debug, Insertable, AsChangeset)]
+#[diesel(table_name = builds, treat_none_as_null = true)]
+pub struct BuildFields<'a> {
+    pub project_id: i64,
+    pub builder_id: i64,
+    pub uuid: &'a str,
+    pub branch: &'a str,
+    pub revision: &'a str,
+    pub state: &'a str,
+    pub result: Option<&'a str>,
+    pub started_at: NaiveDateTime,
+    pub finished_at: Option<NaiveDateTime>,
+    pub reporter: &'a str,
+    pub properties: &'a str,
+    pub received_at: NaiveDateTime,
+}
+
+/// One step of a build.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = steps)]
+pub struct Step {
+    pub id: i64,
+    pub build_id: i64,
+    pub position: i32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub result: String,
+    pub started_at: NaiveDateTime,
+    pub finished_at: NaiveDateTime,
+    pub exit_code: Option<i32>,
+    pub log_digest: Option<String>,
+    pub log_truncated: bool,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = steps)]
+pub struct NewStep<'a> {
+    pub build_id: i64,
+    pub position: i32,
+    pub name: &'a str,
+    pub kind: Option<&'a str>,
+    pub result: &'a str,
+    pub started_at: NaiveDateTime,
+    pub finished_at: NaiveDateTime,
+    pub exit_code: Option<i32>,
+    pub log_digest: Option<&'a str>,
+    pub log_truncated: bool,
+}
+
+/// A stored log, compressed.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = logs)]
+pub struct NewLog<'a> {
+    pub digest: &'a str,
+    pub size: i64,
+    pub compressed: &'a [u8],
+}
+
+/// One test case's result.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = test_results)]
+pub struct TestRow {
+    pub id: i64,
+    pub build_id: i64,
+    pub suite: String,
+    pub name: String,
+    pub result: String,
+    pub duration_ms: Option<i64>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = test_results)]
+pub struct NewTest<'a> {
+    pub build_id: i64,
+    pub suite: &'a str,
+    pub name: &'a str,
+    pub result: &'a str,
+    pub duration_ms: Option<i64>,
+    pub message: Option<&'a str>,
+}

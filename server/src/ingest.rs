@@ -1,0 +1,303 @@
+//! Where a report goes: verify the signature over the raw bytes, then parse and validate,
+//! then write the whole build (steps, logs, tests) in one transaction.
+//!
+//! Everything here is blocking (RSA, SHA-256, JSON, zstd, diesel): callers run it on the
+//! blocking thread pool, never on the async executor.
+
+use chrono::{DateTime, Utc};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use sha2::{Digest, Sha256};
+use tbox_protocol::{
+    BuildResult, BuildState, ParseError, PublicKey, Report, parse_report, report_id,
+};
+
+use crate::db::models::{BuildFields, Builder, NewLog, NewStep, NewTest};
+use crate::db::{self, DbConn, builders, builds, projects};
+use crate::error::AppError;
+
+/// What a client sent: the two headers and the exact body bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    /// `Tbox-Builder`.
+    pub builder: Option<&'a str>,
+    /// `Tbox-Signature`.
+    pub signature: Option<&'a str>,
+    /// The uncompressed body, as received.
+    pub body: &'a [u8],
+}
+
+/// What became of an accepted report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The report's id: hex SHA-256 of its body.
+    pub report_id: String,
+    /// The build it was recorded as.
+    pub build_id: i64,
+    /// False when this exact body had been received before (nothing new recorded).
+    pub created: bool,
+}
+
+/// Verifies, validates and stores one report.
+pub fn ingest(
+    conn: &mut DbConn,
+    sub: Submission<'_>,
+    now: DateTime<Utc>,
+) -> Result<Outcome, AppError> {
+    let builder = authenticate(conn, sub)?;
+    let id = report_id(sub.body);
+    if let Some(build_id) = builds::by_report(conn, &id)? {
+        return Ok(Outcome {
+            report_id: id,
+            build_id,
+            created: false,
+        });
+    }
+
+    let report = parse_report(sub.body, now).map_err(|e| match e {
+        ParseError::Malformed(m) => AppError::bad_request("malformed", m),
+        ParseError::Invalid(v) => AppError::invalid("invalid", v.to_string()),
+    })?;
+    if report.builder != builder.name {
+        return Err(AppError::forbidden(
+            "builder_mismatch",
+            format!(
+                "the report says builder {:?} but was signed as {:?}",
+                report.builder, builder.name
+            ),
+        ));
+    }
+    let project = projects::by_name(conn, &report.project)?.ok_or_else(|| {
+        AppError::invalid(
+            "unknown_project",
+            format!("project: no project named {:?}", report.project),
+        )
+    })?;
+    if !builders::may_report(conn, builder.id, project.id)? {
+        return Err(AppError::forbidden(
+            "not_allowed",
+            format!(
+                "builder {:?} may not report for project {:?}",
+                builder.name, project.name
+            ),
+        ));
+    }
+
+    // CPU work before the transaction, so the write lock is held only for writing.
+    let logs = compress_logs(&report)?;
+    let write = |conn: &mut DbConn| {
+        db::write_transaction(conn, |conn| {
+            store(conn, &report, &id, builder.id, project.id, &logs)
+        })
+    };
+    let result = match write(conn) {
+        // Another server process stored the same report or build a moment ago: look again.
+        Err(AppError::Internal(e)) if is_unique_violation(&e) => write(conn),
+        other => other,
+    };
+    let (build_id, created) = result?;
+    Ok(Outcome {
+        report_id: id,
+        build_id,
+        created,
+    })
+}
+
+/// Finds the header's builder and checks the signature against its keys.
+///
+/// A revoked or pending status is told only to someone holding one of the builder's keys, so
+/// the answers reveal nothing about builders to strangers.
+fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppError> {
+    let name = sub
+        .builder
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| AppError::unauthorized("unsigned", "missing Tbox-Builder header"))?;
+    let signature = sub
+        .signature
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| AppError::unauthorized("unsigned", "missing Tbox-Signature header"))?;
+    let unknown = || {
+        AppError::unauthorized(
+            "unknown_builder",
+            format!("no builder named {name:?} is registered"),
+        )
+    };
+    if tbox_protocol::validate_name("builder", name, 64).is_err() {
+        return Err(unknown());
+    }
+    let builder = builders::by_name(conn, name)?.ok_or_else(unknown)?;
+    let keys = builders::keys(conn, builder.id)?;
+    let signed_with = keys.iter().find(|k| {
+        PublicKey::from_pem(&k.public_key).is_ok_and(|key| key.verify(sub.body, signature).is_ok())
+    });
+    let Some(key) = signed_with else {
+        return Err(AppError::unauthorized(
+            "bad_signature",
+            format!("the signature does not verify with any key of builder {name:?}"),
+        ));
+    };
+    if key.revoked_at.is_some() {
+        return Err(AppError::forbidden(
+            "key_revoked",
+            format!("key {} has been revoked", key.fingerprint),
+        ));
+    }
+    match builder.status.as_str() {
+        builders::ACTIVE => Ok(builder),
+        builders::PENDING => Err(AppError::forbidden(
+            "builder_pending",
+            format!("builder {name:?} is pending approval by an administrator"),
+        )),
+        _ => Err(AppError::forbidden(
+            "builder_revoked",
+            format!("builder {name:?} has been revoked"),
+        )),
+    }
+}
+
+/// A step's log, ready to store: (digest, uncompressed size, zstd bytes).
+struct Compressed {
+    digest: String,
+    size: i64,
+    bytes: Vec<u8>,
+}
+
+fn compress_logs(report: &Report) -> Result<Vec<Option<Compressed>>, AppError> {
+    report
+        .steps
+        .iter()
+        .map(|s| {
+            let Some(log) = &s.log else { return Ok(None) };
+            let digest = format!("{:x}", Sha256::digest(log.as_bytes()));
+            let bytes = zstd::bulk::compress(log.as_bytes(), 3)
+                .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
+            let size = i64::try_from(log.len()).map_err(|e| anyhow::anyhow!(e))?;
+            Ok(Some(Compressed {
+                digest,
+                size,
+                bytes,
+            }))
+        })
+        .collect()
+}
+
+/// The write itself; runs inside one transaction. Returns (build id, created).
+fn store(
+    conn: &mut DbConn,
+    report: &Report,
+    digest: &str,
+    builder_id: i64,
+    project_id: i64,
+    logs: &[Option<Compressed>],
+) -> Result<(i64, bool), AppError> {
+    let now = db::now();
+    // Checked again inside the transaction: another request may have won the race.
+    if let Some(build_id) = builds::by_report(conn, digest)? {
+        return Ok((build_id, false));
+    }
+    let properties = serde_json::to_string(&report.properties).map_err(|e| anyhow::anyhow!(e))?;
+    let fields = BuildFields {
+        project_id,
+        builder_id,
+        uuid: &report.uuid,
+        branch: &report.branch,
+        revision: &report.revision,
+        state: report.state.as_str(),
+        result: report.result.map(BuildResult::as_str),
+        started_at: db::to_db_time(report.started_at),
+        finished_at: report.finished_at.map(db::to_db_time),
+        reporter: &report.reporter,
+        properties: &properties,
+        received_at: now,
+    };
+
+    let build_id = match builds::by_uuid(conn, builder_id, &report.uuid)? {
+        None => builds::insert(conn, &fields)?,
+        Some(existing) if existing.project_id != project_id => {
+            return Err(AppError::conflict(
+                "build_conflict",
+                format!(
+                    "build {:?} of this builder belongs to another project",
+                    report.uuid
+                ),
+            ));
+        }
+        Some(existing) => match (existing.state.as_str(), report.state) {
+            ("started", BuildState::Finished) => {
+                builds::complete(conn, existing.id, &fields)?;
+                existing.id
+            }
+            // A `started` report arriving after its `finished` one (e.g. flushed late from a
+            // spool) adds nothing: remember it so it is a duplicate next time.
+            ("finished", BuildState::Started) => {
+                builds::record_report(conn, digest, existing.id, now)?;
+                return Ok((existing.id, false));
+            }
+            (state, _) => {
+                return Err(AppError::conflict(
+                    "build_conflict",
+                    format!(
+                        "build {:?} of this builder is already {state} with a different report; \
+                         only a finished report may complete a started build",
+                        report.uuid
+                    ),
+                ));
+            }
+        },
+    };
+
+    let log_rows: Vec<NewLog<'_>> = logs
+        .iter()
+        .flatten()
+        .map(|l| NewLog {
+            digest: &l.digest,
+            size: l.size,
+            compressed: &l.bytes,
+        })
+        .collect();
+    builds::insert_logs(conn, &log_rows)?;
+    let steps: Vec<NewStep<'_>> = report
+        .steps
+        .iter()
+        .zip(logs)
+        .enumerate()
+        .map(|(i, (s, log))| NewStep {
+            build_id,
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            name: &s.name,
+            kind: s.kind.map(|k| k.as_str()),
+            result: s.result.as_str(),
+            started_at: db::to_db_time(s.started_at),
+            finished_at: db::to_db_time(s.finished_at),
+            exit_code: s.exit_code,
+            log_digest: log.as_ref().map(|l| l.digest.as_str()),
+            log_truncated: s.log_truncated,
+        })
+        .collect();
+    builds::insert_steps(conn, &steps)?;
+    let tests: Vec<NewTest<'_>> = report
+        .tests
+        .iter()
+        .map(|t| NewTest {
+            build_id,
+            suite: &t.suite,
+            name: &t.name,
+            result: t.result.as_str(),
+            duration_ms: t.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)),
+            message: t.message.as_deref(),
+        })
+        .collect();
+    builds::insert_tests(conn, &tests)?;
+    builds::record_report(conn, digest, build_id, now)?;
+    builders::touch(conn, builder_id, &properties, now)?;
+    Ok((build_id, true))
+}
+
+fn is_unique_violation(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<DieselError>(),
+        Some(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            _
+        ))
+    )
+}

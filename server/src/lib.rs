@@ -1,0 +1,28 @@
+//! tbox-server: receives signed build reports from volunteers and shows them.
+//!
+//! How a request flows, file by file:
+//! `main.rs` → `cli.rs` (subcommands, one file each in `cmd/`) → `cmd/serve.rs` builds the
+//! pool and the app → `routes.rs` (the one table of URLs) → handlers by resource in `api/`
+//! (JSON) and `web/` (pages) → `db/` (schema, rows, queries).
+//! A report goes `api/reports.rs` → `ingest.rs` (signature, validation, one transaction).
+//! `error.rs` says which error type goes where.
+
+#![allow(missing_docs)] // Internal modules; the crate's public face is its CLI and HTTP API.
+
+pub mod api;
+pub mod cli;
+pub mod cmd;
+pub mod db;
+pub mod error;
+pub mod ingest;
+pub mod routes;
+pub mod web;
+
+/// What every handler shares: built once in `serve`, handed out as `web::Data`.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The database pool.
+    pub pool: db::Pool,
+    /// Largest report body accepted, in bytes.
+    pub max_body: usize,
+}

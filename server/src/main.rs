@@ -1,0 +1,18 @@
+//! The `tbox-server` binary: parse the command line, run it, turn errors into exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tbox_server::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match tbox_server::cmd::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tbox-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

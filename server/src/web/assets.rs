@@ -1,0 +1,27 @@
+//! `/static/…`: files embedded in the binary, so an installed server runs from anywhere.
+
+use actix_web::http::header::{CONTENT_TYPE, CacheControl, CacheDirective};
+use actix_web::{HttpResponse, web};
+
+use crate::error::PageError;
+
+const CSS: &str = include_str!("../../../static/tbox.css");
+
+/// `GET /static/{file}`.
+pub async fn get(path: web::Path<String>) -> Result<HttpResponse, PageError> {
+    let (body, mime) = match path.as_str() {
+        "tbox.css" => (CSS, "text/css; charset=utf-8"),
+        other => {
+            return Err(
+                crate::error::AppError::not_found(format!("no static file {other:?}")).into(),
+            );
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, mime))
+        .insert_header(CacheControl(vec![
+            CacheDirective::Public,
+            CacheDirective::MaxAge(3600),
+        ]))
+        .body(body))
+}

@@ -1,0 +1,59 @@
+//! How a result looks: a CSS class for the colour, plus a glyph and a word, never colour alone.
+
+/// Class, glyph and word for a build.
+///
+/// A failure whose first failing step is a test step is "tests failed" (orange): the code
+/// builds, tests fail. Any other failure is "failed" (red): the tree is broken.
+pub fn of_build(
+    state: &str,
+    result: Option<&str>,
+    failing_step_kind: Option<&str>,
+) -> (&'static str, &'static str, &'static str) {
+    if state == "started" {
+        return ("building", "⟳", "building");
+    }
+    match result {
+        Some("success") => ("success", "✔", "success"),
+        Some("warnings") => ("warnings", "⚠", "warnings"),
+        Some("failure") if failing_step_kind == Some("test") => {
+            ("tests-failed", "✘", "tests failed")
+        }
+        Some("failure") => ("failure", "✘", "failed"),
+        Some("exception") => ("exception", "!", "exception"),
+        Some("skipped") => ("skipped", "–", "skipped"),
+        Some("cancelled") => ("cancelled", "⊘", "cancelled"),
+        _ => ("nodata", "?", "no data"),
+    }
+}
+
+/// Glyph for a step's result.
+pub fn glyph(result: &str) -> &'static str {
+    of_build("finished", Some(result), None).1
+}
+
+/// A duration such as `1h 02m`, `3m 07s` or `12s`.
+pub fn duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_failures_are_orange_and_build_failures_red() {
+        assert_eq!(
+            of_build("finished", Some("failure"), Some("test")).0,
+            "tests-failed"
+        );
+        assert_eq!(of_build("finished", Some("failure"), None).0, "failure");
+        assert_eq!(of_build("started", None, None).2, "building");
+        assert_eq!(duration(3725), "1h 02m");
+        assert_eq!(duration(187), "3m 07s");
+    }
+}

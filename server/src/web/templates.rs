@@ -1,0 +1,55 @@
+//! The tera templates, embedded in the binary and parsed once at start-up.
+
+use std::sync::OnceLock;
+
+use actix_web::http::StatusCode;
+use tera::{Context, Tera};
+
+static TERA: OnceLock<Tera> = OnceLock::new();
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("../../templates/base.html")),
+    ("index.html", include_str!("../../templates/index.html")),
+    (
+        "waterfall.html",
+        include_str!("../../templates/waterfall.html"),
+    ),
+    ("build.html", include_str!("../../templates/build.html")),
+    ("error.html", include_str!("../../templates/error.html")),
+];
+
+/// Parses the templates; `serve` calls this before it binds, so a broken template stops
+/// the server at start instead of failing requests.
+pub fn init() -> Result<(), tera::Error> {
+    if TERA.get().is_none() {
+        let mut tera = Tera::default();
+        // Autoescaping applies to names ending in .html: every user-supplied string is escaped.
+        tera.add_raw_templates(TEMPLATES.iter().copied())?;
+        let _ = TERA.set(tera);
+    }
+    Ok(())
+}
+
+/// Renders a page.
+pub fn render(name: &str, ctx: &Context) -> anyhow::Result<String> {
+    init()?;
+    let tera = TERA
+        .get()
+        .ok_or_else(|| anyhow::anyhow!("templates not loaded"))?;
+    tera.render(name, ctx)
+        .map_err(|e| anyhow::anyhow!("rendering {name}: {e:?}"))
+}
+
+/// The HTML page for an error.
+pub fn error_page(status: StatusCode, message: &str) -> String {
+    let mut ctx = Context::new();
+    ctx.insert("status", &status.to_string());
+    ctx.insert("message", message);
+    render("error.html", &ctx).unwrap_or_else(|e| {
+        log::error!("{e:#}");
+        format!(
+            "<!DOCTYPE html><title>{status}</title><p>{}</p>",
+            tera::escape_html(message)
+        )
+    })
+}
