@@ -167,7 +167,7 @@ pub fn list(conn: &mut DbConn) -> QueryResult<Vec<Listed>> {
         .collect())
 }
 
-/// The builders allowed to report for a project, plus any that have builds in it.
+/// The builders allowed to report for a project: the waterfall's columns.
 pub fn for_project(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<Builder>> {
     builders::table
         .filter(
