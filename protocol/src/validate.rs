@@ -196,17 +196,17 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
                 "is more than 5 minutes in the future",
             ));
         }
-        if let Some(log) = &s.log {
-            if log.len() > limits.max_log_bytes {
-                return Err(ValidationError::new(
-                    at("log"),
-                    format!(
-                        "{} bytes, at most {} allowed",
-                        log.len(),
-                        limits.max_log_bytes
-                    ),
-                ));
-            }
+        if let Some(log) = &s.log
+            && log.len() > limits.max_log_bytes
+        {
+            return Err(ValidationError::new(
+                at("log"),
+                format!(
+                    "{} bytes, at most {} allowed",
+                    log.len(),
+                    limits.max_log_bytes
+                ),
+            ));
         }
     }
 
@@ -223,17 +223,17 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     for (i, t) in r.tests.iter().enumerate() {
         text(&format!("tests[{i}].suite"), &t.suite, 0, 1000)?;
         text(&format!("tests[{i}].name"), &t.name, 1, 2000)?;
-        if let Some(m) = &t.message {
-            if m.len() > limits.max_message_bytes {
-                return Err(ValidationError::new(
-                    format!("tests[{i}].message"),
-                    format!(
-                        "{} bytes, at most {} allowed",
-                        m.len(),
-                        limits.max_message_bytes
-                    ),
-                ));
-            }
+        if let Some(m) = &t.message
+            && m.len() > limits.max_message_bytes
+        {
+            return Err(ValidationError::new(
+                format!("tests[{i}].message"),
+                format!(
+                    "{} bytes, at most {} allowed",
+                    m.len(),
+                    limits.max_message_bytes
+                ),
+            ));
         }
     }
 

@@ -22,6 +22,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                     .app_data(web::PayloadConfig::new(max_body))
                     .route(web::post().to(api::reports::submit)),
             )
+            .service(
+                web::resource("/builders")
+                    .app_data(web::PayloadConfig::new(64 << 10))
+                    .route(web::post().to(api::builders::register)),
+            )
+            .route("/builders/{name}", web::get().to(api::builders::get))
             .route("/projects", web::get().to(api::projects::list))
             .route("/projects/{project}", web::get().to(api::projects::get))
             .route(

@@ -1,5 +1,6 @@
 //! The JSON API under `/api/v1`.
 
+pub mod builders;
 pub mod builds;
 pub mod projects;
 pub mod reports;

@@ -4,7 +4,7 @@ mod builder;
 mod migrate;
 mod project;
 mod prune;
-mod serve;
+pub mod serve;
 
 use crate::cli::{Cli, Command, DbArgs};
 use crate::db::{self, DatabaseUrl, DbConn};

@@ -11,6 +11,22 @@ use crate::db::{self, DatabaseUrl};
 use crate::{AppState, routes, web as pages};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let redacted = DatabaseUrl::parse(&args.db.database)?.redacted();
+    run_with(args, |addrs| {
+        // Tests and scripts read this line to learn the port when binding to :0.
+        for addr in addrs {
+            println!("tbox-server listening on http://{addr} (database {redacted})");
+        }
+        let _ = std::io::stdout().flush();
+    })
+}
+
+/// Serves until stopped, telling `on_bound` the addresses once it listens (port 0 resolved).
+/// Blocks the calling thread; other programs' tests run it on a thread of their own.
+pub fn run_with(
+    args: ServeArgs,
+    on_bound: impl FnOnce(&[std::net::SocketAddr]),
+) -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(&args.db.database)?;
     pages::templates::init().context("loading templates")?;
     let pool = db::pool(&url, args.pool_size)?;
@@ -36,14 +52,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let server = server
             .bind(&args.bind)
             .with_context(|| format!("cannot listen on {}", args.bind))?;
-        // Tests and scripts read this line to learn the port when binding to :0.
-        for addr in server.addrs() {
-            println!(
-                "tbox-server listening on http://{addr} (database {})",
-                url.redacted()
-            );
-        }
-        std::io::stdout().flush()?;
+        on_bound(&server.addrs());
         server.run().await.context("server stopped with an error")
     })
 }

@@ -167,6 +167,25 @@ pub fn list(conn: &mut DbConn) -> QueryResult<Vec<Listed>> {
         .collect())
 }
 
+/// One builder with its projects and keys.
+pub fn listed(conn: &mut DbConn, name: &str) -> QueryResult<Option<Listed>> {
+    let Some(builder) = by_name(conn, name)? else {
+        return Ok(None);
+    };
+    let projects = builder_projects::table
+        .inner_join(projects::table)
+        .filter(builder_projects::builder_id.eq(builder.id))
+        .order(projects::name)
+        .select(projects::name)
+        .load(conn)?;
+    let keys = keys(conn, builder.id)?;
+    Ok(Some(Listed {
+        builder,
+        projects,
+        keys,
+    }))
+}
+
 /// The builders allowed to report for a project: the waterfall's columns.
 pub fn for_project(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<Builder>> {
     builders::table

@@ -2,7 +2,7 @@
 //!
 //! [`DbConn`] derives diesel's `MultiConnection`, so plain queries are written once and run
 //! on either backend. What the derived enum cannot express (multi-row inserts,
-//! `ON CONFLICT`, SQLite's `BEGIN IMMEDIATE`) goes through [`dispatch!`], which expands the
+//! `ON CONFLICT`, SQLite's `BEGIN IMMEDIATE`) goes through [`dispatch!`](crate::dispatch), which expands the
 //! same code once per concrete connection so each is type-checked against its own backend.
 
 use diesel::connection::SimpleConnection;

@@ -100,10 +100,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some((admin, name)) = &self.pg {
-            if let Ok(mut c) = PgConnection::establish(admin) {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+        if let Some((admin, name)) = &self.pg
+            && let Ok(mut c) = PgConnection::establish(admin)
+        {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -1,0 +1,142 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (the report reached the server, whatever the build's result)
+  1  error here (config, key, workdir, …); nothing was sent
+  2  wrong command line
+  3  the server could not be reached: the report is spooled, `flush` (or the next run) sends it
+  4  the server refused the report (4xx); the reason is printed";
+
+/// Build a project on this machine and report the result, signed, to a tbox server.
+#[derive(Debug, Parser)]
+#[command(name = "tbox-report", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Config file [default: ~/.config/tbox/report.toml].
+    #[arg(long, env = "TBOX_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Say more about what happens.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a new RSA key pair for this builder.
+    #[command(after_help = EXIT_CODES)]
+    Keygen(KeygenArgs),
+    /// Ask the server to register this builder (an admin then approves it).
+    #[command(after_help = EXIT_CODES)]
+    Register(RegisterArgs),
+    /// Build the configured projects whose revision changed, and report (the cron entry point).
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Report a build that ran elsewhere: one step per log file.
+    #[command(after_help = EXIT_CODES)]
+    Push(PushArgs),
+    /// Send the reports waiting in the spool.
+    #[command(after_help = EXIT_CODES)]
+    Flush(FlushArgs),
+    /// Check the config, the key and the server, and show what `run` would build.
+    #[command(after_help = EXIT_CODES)]
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key [default: ~/.config/tbox/builder.pem].
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Key size (at least 2048).
+    #[arg(long, default_value_t = 3072)]
+    pub bits: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// A project to report for (repeat for several).
+    #[arg(long = "project", required = true, value_name = "P")]
+    pub projects: Vec<String>,
+    /// How the admins can reach you [default: `owner` from the config].
+    #[arg(long, value_name = "EMAIL")]
+    pub owner: Option<String>,
+    /// A word about this machine.
+    #[arg(long)]
+    pub description: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Only this project.
+    #[arg(long, value_name = "P")]
+    pub project: Option<String>,
+    /// Build even if the revision has not changed since the last report.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[arg(long, value_name = "P")]
+    pub project: String,
+    /// success, warnings, failure, exception, skipped or cancelled.
+    #[arg(long, value_name = "R")]
+    pub result: String,
+    /// A log file; each becomes one step (repeat for several).
+    #[arg(long = "log", value_name = "FILE")]
+    pub logs: Vec<PathBuf>,
+    /// Step names, in the order of --log [default: each log's file name].
+    #[arg(long = "step", value_name = "NAME")]
+    pub steps: Vec<String>,
+    /// The revision built [default: git rev-parse HEAD here].
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// The branch built [default: the project's branch in the config, else main].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// JUnit XML files to read (globs, relative to the current directory).
+    #[arg(long = "junit", value_name = "GLOB")]
+    pub junit: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,96 @@
+//! One file per subcommand.
+
+mod check;
+mod flush;
+mod keygen;
+mod push;
+mod register;
+mod run;
+
+use std::path::Path;
+
+use tbox_protocol::Report;
+
+use crate::cli::{Cli, Command, Common};
+use crate::client::{Client, Sent};
+use crate::config::{self, Config};
+use crate::{exit, keyfile, spool};
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(&a),
+        Command::Register(a) => register::run(&a),
+        Command::Run(a) => run::run(&a),
+        Command::Push(a) => push::run(&a),
+        Command::Flush(a) => flush::run(&a.common),
+        Command::Check(a) => check::run(&a.common),
+    }
+}
+
+/// The config and a client signing with its key.
+fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
+    let config = Config::load(&config::config_path(common.config.as_deref()))?;
+    let key = keyfile::load(&config.key_path())?;
+    let client = Client::new(&config.server, &config.builder, key);
+    Ok((config, client))
+}
+
+/// Serialises, sends (with retries) and, if the server is unreachable, spools a report.
+/// Returns the exit code it deserves.
+fn deliver(
+    report: &Report,
+    client: &Client,
+    spool_dir: &Path,
+    verbose: bool,
+) -> anyhow::Result<u8> {
+    let body = serde_json::to_vec(report)?;
+    Ok(match client.submit(&body) {
+        Sent::Delivered(v) => {
+            if verbose {
+                eprintln!(
+                    "tbox-report: {} {}: reported as {}",
+                    report.project,
+                    report.revision,
+                    v["url"].as_str().unwrap_or("?")
+                );
+            }
+            exit::OK
+        }
+        Sent::Rejected { status, message } => {
+            eprintln!(
+                "tbox-report: the server refused the report for {} ({status}): {message}",
+                report.project
+            );
+            exit::REJECTED
+        }
+        Sent::Unreachable(e) => {
+            let path = spool::save(spool_dir, &body)?;
+            eprintln!(
+                "tbox-report: cannot reach {} ({e}); the report waits in {} and goes with the next run or `tbox-report flush`",
+                client.base(),
+                path.display()
+            );
+            exit::SPOOLED
+        }
+    })
+}
+
+/// A fresh build id: 128 random bits, as hex.
+fn new_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The revision checked out in `dir`, if it is a git work tree.
+fn git_revision(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|r| !r.is_empty())
+}

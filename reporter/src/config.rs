@@ -1,0 +1,277 @@
+//! The volunteer's config file (TOML) and where things live on disk (XDG directories).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// `report.toml`. Unknown keys are refused so that a typo does not silently do nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of the tbox server.
+    pub server: String,
+    /// This machine's registered builder name.
+    pub builder: String,
+    /// The private key (refused if group or others may read it).
+    pub key: String,
+    /// How to reach the volunteer (sent when registering).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Where reports wait while the server cannot be reached.
+    #[serde(default)]
+    pub spool: Option<String>,
+    /// Largest log kept per step, in bytes; longer logs keep their head and tail.
+    #[serde(default = "default_log_cap")]
+    pub max_log_bytes: u64,
+    /// The projects this machine builds.
+    #[serde(default, rename = "project")]
+    pub projects: Vec<Project>,
+}
+
+/// One `[[project]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub name: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Where the source lives and steps run.
+    pub workdir: String,
+    /// If set: clone, or fetch and check out `branch`, before building.
+    #[serde(default)]
+    pub git: Option<String>,
+    /// Shown on the builder page; os, arch, kernel and cpus are detected.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Environment for every step, on top of PATH, HOME, LANG and TZ.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The steps, run in order. Plain data, so that they can one day come from a signed recipe.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
+}
+
+/// One `[[project.step]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    /// Run with `sh -c` in the workdir.
+    pub run: String,
+    /// Such as `30m`, `2h`, `90s`; the whole process group is killed when it runs out.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `"test"`: a failure here means tests failed, not that the build is broken.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Globs under the workdir of JUnit XML files to collect after the step.
+    #[serde(default)]
+    pub junit: Vec<String>,
+    /// Run the next steps even if this one fails.
+    #[serde(default)]
+    pub continue_on_failure: bool,
+    /// Environment for this step only.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+
+fn default_log_cap() -> u64 {
+    4 << 20
+}
+
+/// Default step timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid config", path.display()))?;
+        config
+            .check()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
+            bail!(
+                "server must be an http:// or https:// URL, got {:?}",
+                self.server
+            );
+        }
+        tbox_protocol::validate_name("builder", &self.builder, 64)?;
+        let mut names = std::collections::HashSet::new();
+        for p in &self.projects {
+            tbox_protocol::validate_name("project.name", &p.name, 64)?;
+            if !names.insert(&p.name) {
+                bail!("project {:?} is configured twice", p.name);
+            }
+            if p.steps.is_empty() {
+                bail!("project {:?} has no [[project.step]]", p.name);
+            }
+            for s in &p.steps {
+                if s.name.trim().is_empty() || s.name.len() > 200 {
+                    bail!(
+                        "project {:?}: every step needs a name (up to 200 bytes)",
+                        p.name
+                    );
+                }
+                if let Some(t) = &s.timeout {
+                    parse_duration(t).with_context(|| {
+                        format!("project {:?}, step {:?}: timeout", p.name, s.name)
+                    })?;
+                }
+                if let Some(k) = &s.kind
+                    && k != "test"
+                {
+                    bail!(
+                        "project {:?}, step {:?}: kind may only be \"test\"",
+                        p.name,
+                        s.name
+                    );
+                }
+                for g in &s.junit {
+                    globset::Glob::new(g).with_context(|| {
+                        format!("project {:?}, step {:?}: junit glob {g:?}", p.name, s.name)
+                    })?;
+                }
+            }
+            for k in p.properties.keys() {
+                tbox_protocol::validate_name("properties", k, 64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The private key's path, with `~` expanded.
+    pub fn key_path(&self) -> PathBuf {
+        expand(&self.key)
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool
+            .as_deref()
+            .map(expand)
+            .unwrap_or_else(|| state_dir().join("spool"))
+    }
+
+    /// The project called `name`.
+    pub fn project(&self, name: &str) -> anyhow::Result<&Project> {
+        self.projects
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no project {name:?} in the config"))
+    }
+}
+
+impl Step {
+    /// The step's time limit.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+/// `90s`, `30m`, `2h`, `1h30m`, `1d`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .with_context(|| format!("{s:?} is not a duration like 30m, 2h or 90s"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => bail!("{s:?} is not a duration like 30m, 2h or 90s"),
+        };
+    }
+    if !num.is_empty() || total == 0 {
+        bail!("{s:?} is not a duration like 30m, 2h or 90s");
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// `~/x` → `$HOME/x`.
+pub fn expand(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => home().join(rest),
+        None if path == "~" => home(),
+        None => PathBuf::from(path),
+    }
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| home().join(fallback))
+}
+
+/// `$XDG_CONFIG_HOME/tbox` (default `~/.config/tbox`).
+pub fn config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("tbox")
+}
+
+/// `$XDG_STATE_HOME/tbox` (default `~/.local/state/tbox`): last revisions, locks, the spool.
+pub fn state_dir() -> PathBuf {
+    xdg("XDG_STATE_HOME", ".local/state").join("tbox")
+}
+
+/// The config file to use: `--config`, else `TBOX_CONFIG` (clap fills it in), else the default.
+pub fn config_path(given: Option<&Path>) -> PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| config_dir().join("report.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() -> anyhow::Result<()> {
+        assert_eq!(parse_duration("30m")?, Duration::from_secs(1800));
+        assert_eq!(parse_duration("1h30m")?, Duration::from_secs(5400));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("0s").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn design_example_config_parses() -> anyhow::Result<()> {
+        let text = include_str!("../../scripts/report.toml.example");
+        let c: Config = toml::from_str(text)?;
+        c.check()?;
+        assert_eq!(c.projects[0].steps.len(), 2);
+        assert_eq!(c.projects[0].steps[1].kind.as_deref(), Some("test"));
+        Ok(())
+    }
+}

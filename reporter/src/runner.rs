@@ -1,0 +1,203 @@
+//! Runs one step: `sh -c` in the workdir, a scrubbed environment, its own process group, a
+//! timeout that kills the whole group, and output streamed to a file so memory stays flat.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Variables a step inherits from the caller; everything else (tokens, keys, …) stays out.
+pub const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+
+/// Time between TERM and KILL when a step runs out of time.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// How a step's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signalled(i32),
+    /// It ran out of time and its process group was killed.
+    TimedOut(Duration),
+    /// It could not be started (no shell, no workdir…): the reporter's problem, not the build's.
+    NotStarted(String),
+}
+
+impl Ending {
+    /// The exit code to report, when there is one.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Ending::Exited(c) => Some(*c),
+            _ => None,
+        }
+    }
+}
+
+/// What to run.
+pub struct Spec<'a> {
+    pub command: &'a str,
+    pub workdir: &'a Path,
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// Runs a step with its output going to `log` (stdout and stderr interleaved).
+///
+/// `tick` is called about every 200 ms while it runs (for a progress display).
+pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Ending {
+    let started = Instant::now();
+    let (out, err) = match (log.try_clone(), log.try_clone()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return Ending::NotStarted(format!("cannot open the step log: {e}"));
+        }
+    };
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(spec.command)
+        .current_dir(spec.workdir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group, so that a timeout can kill everything it started.
+        .process_group(0);
+    for name in INHERITED {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.envs(spec.env);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = if spec.workdir.is_dir() {
+                format!("cannot start sh: {e}")
+            } else {
+                format!("workdir {} does not exist", spec.workdir.display())
+            };
+            return Ending::NotStarted(why);
+        }
+    };
+    let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let ending = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                break match (status.code(), status.signal()) {
+                    (Some(code), _) => Ending::Exited(code),
+                    (None, Some(sig)) => Ending::Signalled(sig),
+                    (None, None) => Ending::Exited(-1),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => break Ending::NotStarted(format!("lost track of the step: {e}")),
+        }
+        if started.elapsed() >= spec.timeout {
+            let _ = killpg(pgid, Signal::SIGTERM);
+            let deadline = Instant::now() + GRACE;
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) && killpg(pgid, None).is_err() {
+                    break; // the leader and every other member are gone
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = child.wait();
+            break Ending::TimedOut(spec.timeout);
+        }
+        tick(started.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Whatever the step left running in the background goes with it.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    ending
+}
+
+/// Reads a step log, keeping at most `cap` bytes: the head and the tail, with a line in the
+/// middle saying how much was cut. Returns (text, truncated).
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<(String, bool)> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len <= cap {
+        let mut bytes = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut bytes)?;
+        return Ok((String::from_utf8_lossy(&bytes).into_owned(), false));
+    }
+    let half = cap / 2;
+    let mut head = vec![0; half as usize];
+    f.read_exact(&mut head)?;
+    let mut tail = vec![0; half as usize];
+    f.seek(SeekFrom::Start(len - half))?;
+    f.read_exact(&mut tail)?;
+    // Cut at line boundaries so neither part starts or ends mid-line.
+    if let Some(nl) = head.iter().rposition(|&b| b == b'\n') {
+        head.truncate(nl + 1);
+    }
+    if let Some(nl) = tail.iter().position(|&b| b == b'\n') {
+        tail.drain(..=nl);
+    }
+    let cut = len - head.len() as u64 - tail.len() as u64;
+    let mut text = String::from_utf8_lossy(&head).into_owned();
+    text.push_str(&format!(
+        "\n[tbox-report] … {cut} bytes cut from the middle of this {len}-byte log (limit {cap} bytes) …\n\n"
+    ));
+    text.push_str(&String::from_utf8_lossy(&tail));
+    Ok((text, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("tbox-runner-{tag}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn captures_output_and_exit_code() -> std::io::Result<()> {
+        let dir = tmp("exit");
+        let log_path = dir.join("log");
+        let log = File::create(&log_path)?;
+        let env = BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]);
+        let spec = Spec {
+            command: "echo $GREETING; echo oops >&2; exit 3",
+            workdir: &dir,
+            env: &env,
+            timeout: Duration::from_secs(30),
+        };
+        assert_eq!(run(&spec, &log, |_| {}), Ending::Exited(3));
+        assert_eq!(read_capped(&log_path, 1 << 20)?.0, "hi\noops\n");
+        let missing = dir.join("nope");
+        let spec = Spec {
+            workdir: &missing,
+            ..spec
+        };
+        assert!(
+            matches!(run(&spec, &log, |_| {}), Ending::NotStarted(m) if m.contains("does not exist"))
+        );
+        std::fs::remove_dir_all(dir)
+    }
+
+    #[test]
+    fn long_logs_keep_head_and_tail() -> std::io::Result<()> {
+        let dir = tmp("cap");
+        let path = dir.join("log");
+        let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, &text)?;
+        let (kept, cut) = read_capped(&path, 10_000)?;
+        assert!(cut && kept.len() < 10_300);
+        assert!(kept.starts_with("line 0\n") && kept.ends_with("line 9999\n"));
+        assert!(kept.contains("bytes cut from the middle"));
+        std::fs::remove_dir_all(dir)
+    }
+}

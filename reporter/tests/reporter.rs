@@ -1,0 +1,558 @@
+//! The real `tbox-report` binary against a real server on 127.0.0.1 (run in this process, on
+//! a fresh SQLite database per test), as a volunteer would use them.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use serde_json::Value;
+use tbox_server::cli::{Cli, Command as ServerCommand};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tbox-report");
+const SECRET: &str = "hunter2-do-not-leak-4f9a";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A volunteer's machine: its own HOME, config, key, workdir; and a server for it.
+struct Volunteer {
+    dir: PathBuf,
+    db: String,
+    base: String,
+    agent: ureq::Agent,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn admin(db: &str, args: &[&str]) {
+    let mut argv = vec!["tbox-server"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--database", db]);
+    tbox_server::cmd::run(Cli::try_parse_from(argv).unwrap()).unwrap();
+}
+
+/// Starts a server in this process; returns its base URL.
+fn start_server(db: &str, port: u16) -> String {
+    let cli = Cli::try_parse_from([
+        "tbox-server",
+        "serve",
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--database",
+        db,
+        "--workers",
+        "1",
+    ])
+    .unwrap();
+    let ServerCommand::Serve(args) = cli.command else {
+        unreachable!()
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    std::thread::spawn(move || {
+        let _ = tbox_server::cmd::serve::run_with(args, |addrs| {
+            let _ = tx.send(addrs[0]);
+        });
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    format!("http://{addr}")
+}
+
+impl Volunteer {
+    /// A volunteer whose builder is registered and approved, with the given steps config.
+    fn new(steps: &str) -> Volunteer {
+        let v = Volunteer::unregistered(steps, Some(free_port()));
+        v.keygen();
+        admin(
+            &v.db,
+            &[
+                "builder",
+                "add",
+                "vol",
+                "--project",
+                "demo",
+                "--key",
+                v.dir.join("home/builder.pub").to_str().unwrap(),
+            ],
+        );
+        v
+    }
+
+    /// A fresh machine and server (started unless `port` is None: then it is started later).
+    fn unregistered(steps: &str, port: Option<u16>) -> Volunteer {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tbox-reporter-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        let db = format!("sqlite://{}", dir.join("server.db").display());
+        admin(&db, &["project", "add", "demo"]);
+        let port = port.unwrap_or_else(free_port);
+        let base = format!("http://127.0.0.1:{port}");
+        std::fs::write(
+            dir.join("report.toml"),
+            format!(
+                "server = \"{base}\"\nbuilder = \"vol\"\nkey = \"~/builder.pem\"\nowner = \"vol@example.org\"\n\
+                 max_log_bytes = 65536\n\n[[project]]\nname = \"demo\"\nworkdir = \"{}\"\n{steps}",
+                dir.join("work").display()
+            ),
+        )
+        .unwrap();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Volunteer {
+            dir,
+            db,
+            base,
+            agent,
+        }
+    }
+
+    fn serve(&self) {
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(start_server(&self.db, port), self.base);
+    }
+
+    fn keygen(&self) {
+        let out = self.cmd(&[
+            "keygen",
+            "--out",
+            self.dir.join("home/builder.pem").to_str().unwrap(),
+            "--bits",
+            "2048",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs tbox-report the way cron would: a bare environment, plus a secret in it.
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.join("home"))
+            .env("TBOX_CONFIG", self.dir.join("report.toml"))
+            .env("TBOX_RETRY_DELAYS", "0.05")
+            .env("SECRET_TOKEN", SECRET)
+            .current_dir(self.dir.join("work"))
+            .output()
+            .unwrap()
+    }
+
+    fn builds(&self) -> Vec<Value> {
+        let mut resp = self
+            .agent
+            .get(format!(
+                "{}/api/v1/projects/demo/builds?limit=100",
+                self.base
+            ))
+            .call()
+            .unwrap();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        v["builds"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn build(&self, id: &Value) -> Value {
+        let mut resp = self
+            .agent
+            .get(format!("{}/api/v1/builds/{id}", self.base))
+            .call()
+            .unwrap();
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    fn text(&self, url: &str) -> String {
+        self.agent
+            .get(url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
+    fn git(&self, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(self.dir.join("work"))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+}
+
+impl Drop for Volunteer {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const JUNIT: &str = r#"<testsuite name="unit"><testcase classname="unit" name="adds" time="0.01"/><testcase classname="unit" name="divides" time="0.02"><failure message="division by zero">at calc.c:7</failure></testcase></testsuite>"#;
+
+#[test]
+fn keygen_writes_a_private_key_only_its_owner_can_read() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let v = Volunteer::unregistered("[[project.step]]\nname = \"b\"\nrun = \"true\"\n", None);
+    let key = v.dir.join("home/builder.pem");
+    let out = v.cmd(&["keygen", "--out", key.to_str().unwrap(), "--bits", "2048"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("SHA256:") && stdout.contains("BEGIN PUBLIC KEY"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    let again = v.cmd(&["keygen", "--out", key.to_str().unwrap(), "--bits", "2048"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("refusing to overwrite"));
+    let small = v.cmd(&[
+        "keygen",
+        "--out",
+        v.dir.join("small.pem").to_str().unwrap(),
+        "--bits",
+        "1024",
+    ]);
+    assert_eq!(small.status.code(), Some(1));
+    Ok(())
+}
+
+#[test]
+fn register_then_approve_then_report() -> TestResult {
+    let v = Volunteer::unregistered(
+        "[[project.step]]\nname = \"build\"\nrun = \"echo built\"\n",
+        None,
+    );
+    v.serve();
+    v.keygen();
+    let out = v.cmd(&["register", "--project", "demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pending"));
+
+    // Pending: the report is refused, and the volunteer is told why.
+    let out = v.cmd(&["run"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pending approval"),
+        "{}",
+        stderr(&out)
+    );
+    let out = v.cmd(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is pending"));
+
+    // Nobody can take the name over with another key.
+    std::fs::rename(v.dir.join("home/builder.pem"), v.dir.join("home/first.pem"))?;
+    v.keygen();
+    let out = v.cmd(&["register", "--project", "demo"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("already registered"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::rename(v.dir.join("home/first.pem"), v.dir.join("home/builder.pem"))?;
+
+    admin(&v.db, &["builder", "approve", "vol"]);
+    let out = v.cmd(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = v.cmd(&["run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(v.builds().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn passing_and_failing_steps_with_junit_and_no_leaked_environment() -> TestResult {
+    let v = Volunteer::new(&format!(
+        "[[project.step]]\nname = \"build\"\nrun = \"echo building; env; echo token=$SECRET_TOKEN; echo to-stderr >&2\"\n\n\
+         [[project.step]]\nname = \"test\"\nkind = \"test\"\nrun = '''mkdir -p out && printf '%s' '{JUNIT}' > out/junit.xml; exit 1'''\n\
+         junit = [\"out/*.xml\"]\n\n[[project.step]]\nname = \"package\"\nrun = \"echo never\"\n"
+    ));
+    v.serve();
+    let out = v.cmd(&["run", "-v"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let builds = v.builds();
+    assert_eq!(builds.len(), 1);
+    let b = v.build(&builds[0]["id"]);
+    assert_eq!(b["result"], "failure");
+    let steps: Vec<(&str, &str)> = b["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("build", "success"),
+            ("test", "failure"),
+            ("package", "skipped")
+        ]
+    );
+    assert_eq!(b["steps"][1]["kind"], "test");
+    assert_eq!(b["steps"][1]["exit_code"], 1);
+    let tests: Vec<(&str, &str)> = b["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tests, [("adds", "passed"), ("divides", "failed")]);
+    for p in ["os", "arch", "cpus", "reporter"] {
+        assert!(
+            b["properties"][p].is_string(),
+            "property {p} detected: {}",
+            b["properties"]
+        );
+    }
+
+    let log = v.text(b["steps"][0]["log_url"].as_str().unwrap());
+    assert!(
+        log.contains("building") && log.contains("to-stderr"),
+        "{log}"
+    );
+    assert!(
+        log.contains("token=\n"),
+        "the step does not see the caller's variables: {log}"
+    );
+    assert!(
+        !log.contains("SECRET_TOKEN") && !log.contains("TBOX_CONFIG"),
+        "{log}"
+    );
+    assert!(
+        !b.to_string().contains(SECRET),
+        "the secret is nowhere in the report"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_timed_out_step_leaves_no_process_behind() -> TestResult {
+    let v = Volunteer::new(
+        "[[project.step]]\nname = \"hang\"\nrun = \"sleep 1001 & sleep 1002 & sleep 1003\"\ntimeout = \"2s\"\n",
+    );
+    v.serve();
+    let t = Instant::now();
+    let out = v.cmd(&["run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let left = Command::new("pgrep")
+        .args(["-f", "sleep 100[123]"])
+        .output()?;
+    assert!(
+        left.stdout.is_empty(),
+        "left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let b = v.build(&v.builds()[0]["id"]);
+    assert_eq!(b["steps"][0]["result"], "failure");
+    assert!(
+        v.text(b["steps"][0]["log_url"].as_str().unwrap())
+            .contains("timed out after 2s")
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_concurrent_run_exits_without_building() -> TestResult {
+    let v = Volunteer::new("[[project.step]]\nname = \"slow\"\nrun = \"sleep 3\"\n");
+    v.serve();
+    let first = Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", v.dir.join("home"))
+        .env("TBOX_CONFIG", v.dir.join("report.toml"))
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let second = v.cmd(&["run"]);
+    assert_eq!(second.status.code(), Some(0));
+    assert!(
+        stderr(&second).contains("another run is building demo"),
+        "{}",
+        stderr(&second)
+    );
+    let first = first.wait_with_output()?;
+    assert!(first.status.success());
+    assert_eq!(v.builds().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn unchanged_revision_is_skipped_and_force_builds() -> TestResult {
+    let v = Volunteer::new(
+        "[[project.step]]\nname = \"build\"\nrun = \"git log --oneline | head -1\"\n",
+    );
+    v.serve();
+    v.git(&["init", "-q", "-b", "main"]);
+    std::fs::write(v.dir.join("work/a.txt"), "1")?;
+    v.git(&["add", "."]);
+    v.git(&["commit", "-qm", "one"]);
+    assert!(v.cmd(&["run"]).status.success());
+    assert!(v.cmd(&["run"]).status.success());
+    assert_eq!(v.builds().len(), 1, "same revision: built once");
+    assert!(v.cmd(&["run", "--force"]).status.success());
+    assert_eq!(v.builds().len(), 2);
+    std::fs::write(v.dir.join("work/a.txt"), "2")?;
+    v.git(&["commit", "-qam", "two"]);
+    assert!(v.cmd(&["run"]).status.success());
+    let builds = v.builds();
+    assert_eq!(builds.len(), 3, "new revision: built again");
+    assert_ne!(builds[0]["revision"], builds[1]["revision"]);
+    assert_eq!(builds[0]["revision"].as_str().map(str::len), Some(40));
+    Ok(())
+}
+
+#[test]
+fn server_down_spools_and_flush_delivers_exactly_once() -> TestResult {
+    let v = Volunteer::unregistered(
+        "[[project.step]]\nname = \"build\"\nrun = \"echo ok\"\n",
+        Some(free_port()),
+    );
+    v.keygen();
+    admin(
+        &v.db,
+        &[
+            "builder",
+            "add",
+            "vol",
+            "--project",
+            "demo",
+            "--key",
+            v.dir.join("home/builder.pub").to_str().unwrap(),
+        ],
+    );
+    // No server yet.
+    let out = v.cmd(&["run"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("waits in"), "{}", stderr(&out));
+    let out = v.cmd(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(3));
+    let spool = v.dir.join("home/.local/state/tbox/spool");
+    assert_eq!(std::fs::read_dir(&spool)?.count(), 2);
+    assert_eq!(
+        v.cmd(&["flush"]).status.code(),
+        Some(3),
+        "still down: still spooled"
+    );
+
+    v.serve();
+    let out = v.cmd(&["flush"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 2"));
+    assert!(v.cmd(&["flush"]).status.success());
+    assert_eq!(
+        v.builds().len(),
+        2,
+        "each spooled report arrives exactly once"
+    );
+    assert_eq!(
+        std::fs::read_dir(&spool)?
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+            .count(),
+        0
+    );
+    Ok(())
+}
+
+#[test]
+fn a_world_readable_key_is_refused() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"true\"\n");
+    let key = v.dir.join("home/builder.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    for cmd in ["run", "check", "flush"] {
+        let out = v.cmd(&[cmd]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(
+            stderr(&out).contains("chmod 600"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn push_records_a_build_that_ran_elsewhere() -> TestResult {
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"true\"\n");
+    v.serve();
+    let work = v.dir.join("work");
+    std::fs::write(
+        work.join("compile.log"),
+        "gcc -c x.c\nx.c:1:1: error: expected identifier\n",
+    )?;
+    std::fs::write(work.join("results.xml"), JUNIT)?;
+    let out = v.cmd(&[
+        "push",
+        "--project",
+        "demo",
+        "--result",
+        "failure",
+        "--log",
+        "compile.log",
+        "--step",
+        "compile",
+        "--revision",
+        "abc123",
+        "--junit",
+        "*.xml",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = v.build(&v.builds()[0]["id"]);
+    assert_eq!(
+        (b["result"].as_str(), b["revision"].as_str()),
+        (Some("failure"), Some("abc123"))
+    );
+    assert_eq!(b["steps"][0]["name"], "compile");
+    assert_eq!(b["tests"].as_array().map(Vec::len), Some(2));
+    assert!(
+        v.text(b["steps"][0]["log_url"].as_str().unwrap())
+            .contains("expected identifier")
+    );
+    let bad = v.cmd(&[
+        "push",
+        "--project",
+        "demo",
+        "--result",
+        "meh",
+        "--revision",
+        "x",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("--result must be one of"));
+    Ok(())
+}
