@@ -468,15 +468,27 @@ fn server_down_spools_and_flush_delivers_exactly_once() -> TestResult {
         Some(3),
         "still down: still spooled"
     );
+    let out = v.cmd(&["run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a backlog, and a third build spooled: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("2 earlier report(s) still wait"),
+        "{}",
+        stderr(&out)
+    );
 
     v.serve();
     let out = v.cmd(&["flush"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 3"));
     assert!(v.cmd(&["flush"]).status.success());
     assert_eq!(
         v.builds().len(),
-        2,
+        3,
         "each spooled report arrives exactly once"
     );
     assert_eq!(

@@ -82,6 +82,19 @@ fn run_project(
             flushed.delivered
         );
     }
+    // Reports still waiting make this run's outcome "spooled", even if it builds nothing.
+    let floor = match &flushed.last_error {
+        Some(e) => {
+            eprintln!(
+                "tbox-report: cannot reach {} ({e}); {} earlier report(s) still wait in {}",
+                client.base(),
+                flushed.waiting,
+                config.spool_dir().display()
+            );
+            exit::SPOOLED
+        }
+        None => exit::OK,
+    };
 
     let workdir = config::expand(&project.workdir);
     let started_at = Utc::now();
@@ -105,7 +118,12 @@ fn run_project(
                 vec![s],
                 Vec::new(),
             );
-            return super::deliver(&report, client, &config.spool_dir(), verbose);
+            return Ok(floor.max(super::deliver(
+                &report,
+                client,
+                &config.spool_dir(),
+                verbose,
+            )?));
         }
         steps.push(step.clone());
     }
@@ -120,7 +138,7 @@ fn run_project(
                 project.name
             );
         }
-        return Ok(exit::OK);
+        return Ok(floor);
     }
     let revision = revision.unwrap_or_else(|| "unversioned".into());
     let uuid = super::new_uuid();
@@ -256,7 +274,12 @@ fn run_project(
         steps,
         tests,
     );
-    let code = super::deliver(&report, client, &config.spool_dir(), verbose)?;
+    let code = floor.max(super::deliver(
+        &report,
+        client,
+        &config.spool_dir(),
+        verbose,
+    )?);
     if code != exit::REJECTED {
         // Delivered or safely spooled: this revision is reported.
         let path = revision_file(&project.name);
