@@ -139,19 +139,22 @@ impl Volunteer {
         );
     }
 
-    /// Runs tbox-report the way cron would: a bare environment, plus a secret in it.
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+    /// tbox-report the way cron runs it: a bare environment, plus a secret in it.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.join("home"))
             .env("TBOX_CONFIG", self.dir.join("report.toml"))
             .env("TBOX_RETRY_DELAYS", "0.05")
             .env("SECRET_TOKEN", SECRET)
-            .current_dir(self.dir.join("work"))
-            .output()
-            .unwrap()
+            .current_dir(self.dir.join("work"));
+        c
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn builds(&self) -> Vec<Value> {
@@ -390,13 +393,7 @@ fn a_timed_out_step_leaves_no_process_behind() -> TestResult {
 fn a_second_concurrent_run_exits_without_building() -> TestResult {
     let v = Volunteer::new("[[project.step]]\nname = \"slow\"\nrun = \"sleep 3\"\n");
     v.serve();
-    let first = Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", v.dir.join("home"))
-        .env("TBOX_CONFIG", v.dir.join("report.toml"))
-        .spawn()?;
+    let first = v.command(&["run"]).spawn()?;
     std::thread::sleep(Duration::from_millis(1000));
     let second = v.cmd(&["run"]);
     assert_eq!(second.status.code(), Some(0));
@@ -438,23 +435,7 @@ fn unchanged_revision_is_skipped_and_force_builds() -> TestResult {
 
 #[test]
 fn server_down_spools_and_flush_delivers_exactly_once() -> TestResult {
-    let v = Volunteer::unregistered(
-        "[[project.step]]\nname = \"build\"\nrun = \"echo ok\"\n",
-        Some(free_port()),
-    );
-    v.keygen();
-    admin(
-        &v.db,
-        &[
-            "builder",
-            "add",
-            "vol",
-            "--project",
-            "demo",
-            "--key",
-            v.dir.join("home/builder.pub").to_str().unwrap(),
-        ],
-    );
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"echo ok\"\n");
     // No server yet.
     let out = v.cmd(&["run"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
