@@ -95,6 +95,10 @@ pub struct ProjectAddArgs {
     /// Link for a revision, with {rev} where the commit id goes.
     #[arg(long, value_name = "TEMPLATE")]
     pub revision_url: Option<String>,
+    /// Link for the changes between two revisions, with {from} and {to}
+    /// (e.g. https://github.com/o/r/compare/{from}...{to}).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub compare_url: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }

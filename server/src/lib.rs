@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod db;
 pub mod error;
 pub mod ingest;
+pub mod logscan;
 pub mod routes;
 pub mod web;
 

@@ -143,7 +143,7 @@ fn migrations_redo_cleanly(backend: Backend) -> TestResult {
     };
     let mut conn =
         diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&test_db.url)?))?;
-    assert_eq!(db::migrate(&mut conn)?.len(), 1);
+    assert_eq!(db::migrate(&mut conn)?.len(), 2);
     assert!(
         db::migrate(&mut conn)?.is_empty(),
         "a second migrate does nothing"

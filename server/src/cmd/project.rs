@@ -32,6 +32,12 @@ fn add(args: &ProjectAddArgs) -> anyhow::Result<()> {
             "--revision-url must contain {{rev}} where the commit id goes"
         );
     }
+    if let Some(t) = &args.compare_url {
+        anyhow::ensure!(
+            t.contains("{from}") && t.contains("{to}"),
+            "--compare-url must contain {{from}} and {{to}}"
+        );
+    }
     let mut conn = super::connect(&args.db)?;
     anyhow::ensure!(
         projects::by_name(&mut conn, &args.name)?.is_none(),
@@ -44,6 +50,7 @@ fn add(args: &ProjectAddArgs) -> anyhow::Result<()> {
         repo_url: args.repo_url.as_deref(),
         revision_url: args.revision_url.as_deref(),
         created_at: now(),
+        compare_url: args.compare_url.as_deref(),
     };
     projects::add(&mut conn, &new).with_context(|| format!("adding project {:?}", args.name))?;
     println!("project {} added", args.name);

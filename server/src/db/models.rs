@@ -15,6 +15,7 @@ pub struct Project {
     pub repo_url: Option<String>,
     pub revision_url: Option<String>,
     pub created_at: NaiveDateTime,
+    pub compare_url: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -25,6 +26,7 @@ pub struct NewProject<'a> {
     pub repo_url: Option<&'a str>,
     pub revision_url: Option<&'a str>,
     pub created_at: NaiveDateTime,
+    pub compare_url: Option<&'a str>,
 }
 
 /// A volunteer machine.

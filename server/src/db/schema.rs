@@ -66,6 +66,7 @@ diesel::table! {
         repo_url -> Nullable<Text>,
         revision_url -> Nullable<Text>,
         created_at -> Timestamp,
+        compare_url -> Nullable<Text>,
     }
 }
 
