@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Database connections to keep open.
     #[arg(long, env = "TBOX_POOL_SIZE", default_value_t = 16)]
     pub pool_size: u32,
+    /// A builder not heard from for this long is marked stale (e.g. 48h, 7d).
+    #[arg(long, env = "TBOX_STALE_AFTER", default_value = "48h", value_parser = parse_age, value_name = "AGE")]
+    pub stale_after: chrono::TimeDelta,
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "TBOX_WORKERS")]
     pub workers: Option<usize>,

@@ -26,4 +26,6 @@ pub struct AppState {
     pub pool: db::Pool,
     /// Largest report body accepted, in bytes.
     pub max_body: usize,
+    /// A builder not heard from for this long is shown as stale.
+    pub stale_after: chrono::TimeDelta,
 }

@@ -48,6 +48,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
             }))
             .route("/", web::get().to(pages::index::page))
             .route("/projects/{project}", web::get().to(pages::waterfall::page))
+            .route("/projects/{project}/console", web::get().to(pages::console::page))
+            .route("/projects/{project}/builders/{builder}", web::get().to(pages::builder::page))
             .route("/builds/{id}", web::get().to(pages::build::page))
             .route(
                 "/builds/{id}/steps/{position}/log",

@@ -52,7 +52,7 @@ pub async fn list(
         let p = projects::by_name(&mut conn, &project)?
             .ok_or_else(|| AppError::not_found(format!("no project named {project:?}")))?;
         // One extra row tells whether there is a next page.
-        Ok(builds::newest(&mut conn, p.id, after, limit + 1)?)
+        Ok(builds::newest(&mut conn, p.id, &builds::Filter::default(), after, limit + 1)?)
     })
     .await??;
     let more = rows.len() as i64 > limit;

@@ -37,6 +37,7 @@ pub fn run_with(
     let state = web::Data::new(AppState {
         pool,
         max_body: args.max_body,
+        stale_after: args.stale_after,
     });
     actix_web::rt::System::new().block_on(async move {
         let mut server = HttpServer::new(move || {

@@ -143,12 +143,22 @@ pub struct StepSummary {
     pub result: String,
 }
 
+/// Which builds a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this branch.
+    pub branch: Option<String>,
+    /// Only these builders.
+    pub builders: Option<Vec<i64>>,
+}
+
 /// A project's builds, newest first (by start time, then id), after `after` if given.
 ///
 /// Two indexed queries whatever the page size: the builds, then all their steps.
 pub fn newest(
     conn: &mut DbConn,
     project_id: i64,
+    filter: &Filter,
     after: Option<Cursor>,
     limit: i64,
 ) -> QueryResult<Vec<Listed>> {
@@ -159,6 +169,12 @@ pub fn newest(
         .order((builds::started_at.desc(), builds::id.desc()))
         .limit(limit)
         .into_boxed();
+    if let Some(branch) = &filter.branch {
+        query = query.filter(builds::branch.eq(branch.clone()));
+    }
+    if let Some(ids) = &filter.builders {
+        query = query.filter(builds::builder_id.eq_any(ids.clone()));
+    }
     if let Some(c) = after {
         query = query.filter(
             builds::started_at
@@ -283,4 +299,62 @@ pub fn prune_logs(conn: &mut DbConn) -> QueryResult<usize> {
         steps::table.filter(steps::log_digest.eq(logs::digest.nullable())),
     ))))
     .execute(conn)
+}
+
+/// A builder's newest builds in a project.
+pub fn of_builder(conn: &mut DbConn, builder_id: i64, project_id: i64, limit: i64) -> QueryResult<Vec<Build>> {
+    builds::table
+        .filter(builds::builder_id.eq(builder_id))
+        .filter(builds::project_id.eq(project_id))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .limit(limit)
+        .select(Build::as_select())
+        .load(conn)
+}
+
+/// The same builder's build in the same project just before and just after this one.
+pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Option<i64>)> {
+    let same = builds::table.filter(builds::builder_id.eq(b.builder_id)).filter(builds::project_id.eq(b.project_id));
+    let prev = same
+        .filter(builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.lt(b.id))))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .select(builds::id)
+        .first(conn)
+        .optional()?;
+    let next = same
+        .filter(builds::started_at.gt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.gt(b.id))))
+        .order((builds::started_at.asc(), builds::id.asc()))
+        .select(builds::id)
+        .first(conn)
+        .optional()?;
+    Ok((prev, next))
+}
+
+/// For a red build: the first red build of this builder and branch after its last green one.
+pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
+    let same = || {
+        builds::table
+            .filter(builds::builder_id.eq(b.builder_id))
+            .filter(builds::project_id.eq(b.project_id))
+            .filter(builds::branch.eq(b.branch.clone()))
+            .filter(builds::state.eq("finished"))
+    };
+    let before_this =
+        builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.le(b.id)));
+    let last_green: Option<(NaiveDateTime, i64)> = same()
+        .filter(before_this)
+        .filter(builds::result.eq_any(["success", "warnings"]))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .select((builds::started_at, builds::id))
+        .first(conn)
+        .optional()?;
+    let mut first_red = same().filter(builds::result.eq_any(["failure", "exception"])).into_boxed();
+    if let Some((t, id)) = last_green {
+        first_red = first_red.filter(builds::started_at.gt(t).or(builds::started_at.eq(t).and(builds::id.gt(id))));
+    }
+    first_red
+        .order((builds::started_at.asc(), builds::id.asc()))
+        .select(Build::as_select())
+        .first(conn)
+        .optional()
 }

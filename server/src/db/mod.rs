@@ -15,6 +15,7 @@ pub mod builds;
 pub mod models;
 pub mod projects;
 pub mod schema;
+pub mod status;
 
 /// A connection to either backend.
 #[derive(diesel::MultiConnection)]

@@ -6,11 +6,13 @@ use actix_web::{HttpResponse, web};
 use crate::error::PageError;
 
 const CSS: &str = include_str!("../../../static/tbox.css");
+const JS: &str = include_str!("../../../static/tbox.js");
 
 /// `GET /static/{file}`.
 pub async fn get(path: web::Path<String>) -> Result<HttpResponse, PageError> {
     let (body, mime) = match path.as_str() {
         "tbox.css" => (CSS, "text/css; charset=utf-8"),
+        "tbox.js" => (JS, "text/javascript; charset=utf-8"),
         other => {
             return Err(
                 crate::error::AppError::not_found(format!("no static file {other:?}")).into(),

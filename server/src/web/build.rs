@@ -8,10 +8,11 @@ use super::status;
 use crate::AppState;
 use crate::api::views::time;
 use crate::db::builds;
+use crate::logscan;
 use crate::error::{AppError, PageError};
 
-/// Lines of a failed step's log shown on the page; the raw log has the rest.
-const TAIL_LINES: usize = 200;
+/// Error lines listed as jump links above a brief.
+const JUMPS: usize = 20;
 
 #[derive(Serialize)]
 struct StepRow {
@@ -27,13 +28,12 @@ struct StepRow {
 }
 
 #[derive(Serialize)]
-struct Tail {
+struct BriefView {
     position: i32,
     name: String,
     result: String,
-    text: String,
-    shown: usize,
-    skipped: usize,
+    brief: logscan::Brief,
+    jumps: Vec<(u64, String)>,
 }
 
 /// `GET /builds/{id}`.
@@ -43,23 +43,33 @@ pub async fn page(
 ) -> Result<HttpResponse, PageError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
-    let (full, tails) = web::block(move || -> Result<_, PageError> {
+    let (full, briefs, (prev, next), since) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
-        let full = builds::get(&mut conn, id)?
-            .ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
-        let mut tails = Vec::new();
-        for s in full.steps.iter().filter(|s| {
-            s.log_digest.is_some() && !matches!(s.result.as_str(), "success" | "skipped")
-        }) {
-            if let Some(text) = super::logs::load(&mut conn, id, s.position)? {
-                tails.push(tail(s.position, &s.name, &s.result, &text));
+        let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
+        let mut briefs = Vec::new();
+        for s in full.steps.iter().filter(|s| s.log_digest.is_some() && !matches!(s.result.as_str(), "success" | "skipped")) {
+            if let Some(brief) = super::logs::brief(&mut conn, id, s.position)? {
+                let jumps = brief
+                    .blocks
+                    .iter()
+                    .flat_map(|b| b.lines.iter())
+                    .filter(|l| l.kind != logscan::Kind::Context)
+                    .take(JUMPS)
+                    .map(|l| (l.number, l.text.chars().take(140).collect()))
+                    .collect();
+                briefs.push(BriefView { position: s.position, name: s.name.clone(), result: s.result.clone(), brief, jumps });
             }
         }
-        Ok((full, tails))
+        let neighbours = builds::neighbours(&mut conn, &full.build)?;
+        let red = matches!(full.build.result.as_deref(), Some("failure" | "exception"));
+        let since = if red { builds::failing_since(&mut conn, &full.build)? } else { None };
+        Ok((full, briefs, neighbours, since))
     })
     .await??;
 
     let b = &full.build;
+    // This build is itself the first red one after the last green: it broke the builder.
+    let since_is_this = since.as_ref().is_some_and(|f| f.id == b.id);
     let failing_kind = full
         .steps
         .iter()
@@ -102,7 +112,17 @@ pub async fn page(
     let mut ctx = Context::new();
     ctx.insert("b", &summary);
     ctx.insert("steps", &steps);
-    ctx.insert("tails", &tails);
+    ctx.insert("briefs", &briefs);
+    ctx.insert("prev", &prev);
+    ctx.insert("next", &next);
+    ctx.insert(
+        "since",
+        &since.filter(|f| f.id != b.id).map(|f| {
+            serde_json::json!({"id": f.id, "revision": f.revision.chars().take(10).collect::<String>(),
+                               "time": time(f.started_at), "label": f.started_at.format("%Y-%m-%d %H:%M").to_string()})
+        }),
+    );
+    ctx.insert("first_red", &(since_is_this));
     ctx.insert(
         "tests",
         &tests
@@ -120,16 +140,3 @@ pub async fn page(
     super::html(&super::templates::render("build.html", &ctx).map_err(AppError::from)?)
 }
 
-fn tail(position: i32, name: &str, result: &str, text: &[u8]) -> Tail {
-    let text = String::from_utf8_lossy(text);
-    let lines: Vec<&str> = text.lines().collect();
-    let skipped = lines.len().saturating_sub(TAIL_LINES);
-    Tail {
-        position,
-        name: name.to_owned(),
-        result: result.to_owned(),
-        shown: lines.len() - skipped,
-        skipped,
-        text: lines[skipped..].join("\n"),
-    }
-}

@@ -18,6 +18,17 @@ pub fn load(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<Ve
     Ok(Some(text))
 }
 
+/// The brief view of a step's log, decompressed as a stream: only the compressed bytes and
+/// the lines of the brief are ever in memory, whatever the log's size.
+pub fn brief(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<crate::logscan::Brief>, AppError> {
+    let Some((_size, compressed)) = builds::log(conn, build_id, position)? else {
+        return Ok(None);
+    };
+    let decoder = zstd::stream::read::Decoder::new(compressed.as_slice()).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
+    let brief = crate::logscan::scan(std::io::BufReader::new(decoder)).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
+    Ok(Some(brief))
+}
+
 /// `GET /builds/{id}/steps/{n}/log`.
 pub async fn raw(
     state: web::Data<AppState>,

@@ -2,6 +2,8 @@
 
 pub mod assets;
 pub mod build;
+pub mod builder;
+pub mod console;
 pub mod index;
 pub mod logs;
 pub mod status;

@@ -16,6 +16,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("build.html", include_str!("../../templates/build.html")),
     ("error.html", include_str!("../../templates/error.html")),
+    ("console.html", include_str!("../../templates/console.html")),
+    ("builder.html", include_str!("../../templates/builder.html")),
 ];
 
 /// Parses the templates; `serve` calls this before it binds, so a broken template stops

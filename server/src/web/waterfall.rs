@@ -1,39 +1,192 @@
-//! `/projects/{p}`: the waterfall. Time flows down, one column per builder.
+//! `/projects/{p}`: the waterfall. Time flows down (newest at the top), one column per
+//! builder, each build a cell spanning its start to its end.
+
+use std::collections::{BTreeSet, HashMap};
 
 use actix_web::{HttpResponse, web};
+use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use tera::Context;
 
 use super::status;
 use crate::AppState;
 use crate::api::views::time;
-use crate::db::builds::{self, Cursor};
-use crate::db::{builders, projects};
+use crate::db::builds::{self, Cursor, Filter, Listed};
+use crate::db::models::{Builder, Project};
+use crate::db::{builders, projects, status as latest};
 use crate::error::{AppError, PageError};
 
-/// Builds on one page.
-const PAGE: i64 = 100;
+/// Builds on one page by default, and at most.
+const PAGE: i64 = 150;
+const MAX_PAGE: i64 = 500;
+/// A quiet stretch longer than this, with nothing running across it, is collapsed to one row.
+const IDLE: chrono::TimeDelta = chrono::TimeDelta::hours(2);
 
-/// Query of the waterfall page.
-#[derive(Debug, Deserialize)]
+/// Query of the waterfall (and console) pages: filters and the time range, all linkable.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct Query {
-    cursor: Option<String>,
+    /// Only this branch.
+    pub branch: Option<String>,
+    /// Only these builders, comma-separated.
+    pub builders: Option<String>,
+    /// Only builders with this property, `key:value` (e.g. `os:linux`, matched as a substring).
+    pub property: Option<String>,
+    /// Builds started before this point: a cursor from an "older" link, or an RFC 3339 time.
+    pub before: Option<String>,
+    /// Builds per page.
+    pub limit: Option<i64>,
+    /// Smaller cells, no step lists: for very many builders.
+    pub compact: Option<u8>,
+}
+
+impl Query {
+    fn cursor(&self) -> Result<Option<Cursor>, AppError> {
+        let Some(b) = self.before.as_deref().filter(|b| !b.is_empty()) else { return Ok(None) };
+        if let Some(c) = Cursor::decode(b) {
+            return Ok(Some(c));
+        }
+        let t = chrono::DateTime::parse_from_rfc3339(b)
+            .map_err(|_| AppError::bad_request("bad_query", "before: give an RFC 3339 time or an \"older\" link's value"))?;
+        Ok(Some(Cursor { started_at: crate::db::to_db_time(t), id: i64::MAX }))
+    }
+
+    /// The query string for these filters with another `before`.
+    pub fn with_before(&self, before: Option<String>) -> String {
+        let mut q = self.clone();
+        q.before = before;
+        serde_urlencoded_like(&q)
+    }
+}
+
+/// A tiny encoder: the filters are few and known, so no extra dependency is needed.
+fn serde_urlencoded_like(q: &Query) -> String {
+    let mut parts = Vec::new();
+    let mut add = |k: &str, v: &Option<String>| {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            parts.push(format!("{k}={}", urlencode(v)));
+        }
+    };
+    add("branch", &q.branch);
+    add("builders", &q.builders);
+    add("property", &q.property);
+    add("before", &q.before);
+    add("limit", &q.limit.map(|l| l.to_string()));
+    add("compact", &q.compact.map(|c| c.to_string()));
+    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The builders a page shows as columns, after the builder and property filters.
+pub fn columns(all: Vec<Builder>, q: &Query) -> Vec<Builder> {
+    let wanted: Option<BTreeSet<&str>> =
+        q.builders.as_deref().filter(|s| !s.is_empty()).map(|s| s.split(',').map(str::trim).collect());
+    let property = q.property.as_deref().and_then(|p| p.split_once(':'));
+    all.into_iter()
+        .filter(|b| wanted.as_ref().is_none_or(|w| w.contains(b.name.as_str())))
+        .filter(|b| {
+            property.is_none_or(|(k, v)| {
+                serde_json::from_str::<HashMap<String, String>>(&b.properties)
+                    .ok()
+                    .and_then(|p| p.get(k).cloned())
+                    .is_some_and(|have| have.to_lowercase().contains(&v.to_lowercase()))
+            })
+        })
+        .collect()
+}
+
+/// A column header: who the builder is and how it is doing.
+#[derive(Serialize)]
+pub struct Header {
+    pub name: String,
+    pub status: String,
+    pub stale: bool,
+    pub seen: String,
+    pub seen_at: Option<String>,
+    pub os: Option<String>,
+    pub arch: Option<String>,
+    pub class: &'static str,
+    pub glyph: &'static str,
+    pub word: &'static str,
+    pub latest_id: Option<i64>,
+}
+
+/// Headers for the columns, from each builder's newest build.
+pub fn headers(cols: &[Builder], latest: &[latest::Latest], state: &AppState) -> Vec<Header> {
+    let now = crate::db::now();
+    cols.iter()
+        .map(|b| {
+            let l = latest.iter().find(|l| l.builder_id == b.id);
+            let build = l.and_then(|l| l.build.as_ref());
+            let (class, glyph, word) = match build {
+                Some(x) => status::of_build(&x.state, x.result.as_deref(), l.and_then(|l| l.failing_kind())),
+                None => ("nodata", "?", "no builds"),
+            };
+            let props: HashMap<String, String> = serde_json::from_str(&b.properties).unwrap_or_default();
+            Header {
+                name: b.name.clone(),
+                status: b.status.clone(),
+                stale: b.last_report_at.is_none_or(|t| now - t > state.stale_after),
+                seen: b.last_report_at.map(|t| status::age(now - t)).unwrap_or_else(|| "never".into()),
+                seen_at: b.last_report_at.map(time),
+                os: props.get("os").cloned(),
+                arch: props.get("arch").cloned(),
+                class,
+                glyph,
+                word,
+                latest_id: build.map(|x| x.id),
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Cell {
+    id: i64,
+    rowspan: usize,
+    class: &'static str,
+    glyph: &'static str,
+    word: &'static str,
+    revision: String,
+    revision_short: String,
+    revision_url: Option<String>,
+    changes_url: Option<String>,
+    since: Option<String>,
+    duration: String,
+    steps: Vec<StepCell>,
+}
+
+#[derive(Serialize)]
+struct StepCell {
+    position: usize,
+    name: String,
+    result: String,
+    failed: bool,
+}
+
+#[derive(Serialize)]
+enum Slot {
+    Start(Cell),
+    Covered,
+    Empty,
 }
 
 #[derive(Serialize)]
 struct Row {
-    id: i64,
-    column: usize,
-    started_at: String,
-    started_short: String,
-    revision: String,
-    revision_short: String,
-    revision_url: Option<String>,
-    branch: String,
-    class: &'static str,
-    glyph: &'static str,
-    word: &'static str,
-    steps: Vec<serde_json::Value>,
+    time: String,
+    label: String,
+    day: Option<String>,
+    revisions: Vec<(String, Option<String>)>,
+    slots: Vec<Slot>,
+    idle_after: Option<String>,
 }
 
 /// `GET /projects/{p}`.
@@ -43,82 +196,155 @@ pub async fn page(
     query: web::Query<Query>,
 ) -> Result<HttpResponse, PageError> {
     let name = path.into_inner();
-    let after = match &query.cursor {
-        Some(c) => Some(
-            Cursor::decode(c)
-                .ok_or_else(|| AppError::bad_request("bad_query", "unknown cursor"))?,
-        ),
-        None => None,
-    };
+    let q = query.into_inner();
+    let after = q.cursor()?;
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let pool = state.pool.clone();
-    let (project, columns, rows) = web::block(move || -> Result<_, PageError> {
+    let q2 = q.clone();
+    let (project, cols, latest, rows) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let project = projects::by_name(&mut conn, &name)?
             .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
-        let columns = builders::for_project(&mut conn, project.id)?;
-        let rows = builds::newest(&mut conn, project.id, after, PAGE + 1)?;
-        Ok((project, columns, rows))
+        let cols = columns(builders::for_project(&mut conn, project.id)?, &q2);
+        let latest = latest::latest(&mut conn, Some(project.id))?;
+        let filter = Filter { branch: q2.branch.clone().filter(|b| !b.is_empty()), builders: Some(cols.iter().map(|b| b.id).collect()) };
+        let rows = builds::newest(&mut conn, project.id, &filter, after, limit + 1)?;
+        Ok((project, cols, latest, rows))
     })
     .await??;
 
-    let next = (rows.len() as i64 > PAGE)
-        .then(|| {
-            rows.get(PAGE as usize - 1).map(|l| {
-                Cursor {
-                    started_at: l.build.started_at,
-                    id: l.build.id,
-                }
-                .encode()
-            })
-        })
-        .flatten();
-    let rows: Vec<Row> = rows
-        .into_iter()
-        .take(PAGE as usize)
-        .filter_map(|l| {
-            let column = columns.iter().position(|b| b.name == l.builder)?;
-            let failing_kind = l
-                .steps
-                .iter()
-                .find(|s| s.result == "failure")
-                .and_then(|s| s.kind.as_deref());
-            let (class, glyph, word) =
-                status::of_build(&l.build.state, l.build.result.as_deref(), failing_kind);
-            let b = l.build;
-            Some(Row {
+    let more = rows.len() as i64 > limit;
+    let rows: Vec<Listed> = rows.into_iter().take(limit as usize).collect();
+    let older = more.then(|| rows.last().map(|l| Cursor { started_at: l.build.started_at, id: l.build.id }.encode())).flatten();
+    let headers = headers(&cols, &latest, &state);
+    let branches: BTreeSet<String> =
+        latest.iter().filter_map(|l| l.build.as_ref().map(|b| b.branch.clone())).chain(rows.iter().map(|l| l.build.branch.clone())).collect();
+    let table = layout(&project, &cols, rows);
+
+    let mut ctx = Context::new();
+    ctx.insert("project", &project_json(&project));
+    ctx.insert("headers", &headers);
+    ctx.insert("rows", &table);
+    ctx.insert("q", &q);
+    ctx.insert("compact", &(q.compact == Some(1)));
+    ctx.insert("branches", &branches);
+    ctx.insert("older", &older.map(|c| q.with_before(Some(c))));
+    ctx.insert("newest", &q.before.as_ref().map(|_| q.with_before(None)));
+    ctx.insert("compact_toggle", &{
+        let mut t = q.clone();
+        t.compact = if q.compact == Some(1) { None } else { Some(1) };
+        t.with_before(q.before.clone())
+    });
+    ctx.insert("stale_after", &status::age(state.stale_after));
+    ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
+    super::html(&super::templates::render("waterfall.html", &ctx).map_err(AppError::from)?)
+}
+
+/// What every page of a project shows about it.
+pub fn project_json(p: &Project) -> serde_json::Value {
+    serde_json::json!({"name": p.name, "title": p.title, "repo_url": p.repo_url})
+}
+
+/// Places each build in its column, spanning the rows from its end (top) to its start.
+fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> {
+    let now = crate::db::now();
+    let end_of = |l: &Listed| l.build.finished_at.unwrap_or(now).max(l.build.started_at);
+    let times: Vec<NaiveDateTime> = {
+        let set: BTreeSet<NaiveDateTime> = builds.iter().flat_map(|l| [l.build.started_at, end_of(l)]).collect();
+        set.into_iter().rev().collect()
+    };
+    let row_of = |t: NaiveDateTime| times.iter().position(|x| *x == t).unwrap_or(0);
+    let col_of: HashMap<i64, usize> = cols.iter().enumerate().map(|(i, b)| (b.id, i)).collect();
+
+    // Per column, newest first; each build's previous one (for "changes since") is the next.
+    let mut per_col: Vec<Vec<Listed>> = (0..cols.len()).map(|_| Vec::new()).collect();
+    for l in builds {
+        if let Some(&c) = col_of.get(&l.build.builder_id) {
+            per_col[c].push(l);
+        }
+    }
+    let mut slots: Vec<Vec<Slot>> = (0..times.len()).map(|_| (0..cols.len()).map(|_| Slot::Empty).collect()).collect();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut starts: Vec<Vec<(String, Option<String>)>> = vec![Vec::new(); times.len()];
+    for (c, col) in per_col.iter().enumerate() {
+        let mut free_from = 0; // first row not yet taken in this column
+        for (k, l) in col.iter().enumerate() {
+            let b = &l.build;
+            let bottom = row_of(b.started_at);
+            let top = row_of(end_of(l)).max(free_from);
+            if top >= times.len() || top > bottom && bottom < free_from {
+                continue; // overlaps a newer build of the same builder entirely; rare
+            }
+            let bottom = bottom.max(top);
+            let failing_kind = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
+            let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
+            let previous = col.get(k + 1).map(|p| p.build.revision.clone()).filter(|p| *p != b.revision);
+            let revision_url = super::revision_link(project.revision_url.as_deref(), &b.revision);
+            let changes_url = previous.as_ref().and_then(|p| {
+                project.compare_url.as_deref().map(|t| t.replace("{from}", p).replace("{to}", &b.revision))
+            });
+            let cell = Cell {
                 id: b.id,
-                column,
-                started_at: time(b.started_at),
-                started_short: b.started_at.format("%Y-%m-%d %H:%M").to_string(),
-                revision_short: b.revision.chars().take(12).collect(),
-                revision_url: super::revision_link(project.revision_url.as_deref(), &b.revision),
-                revision: b.revision,
-                branch: b.branch,
+                rowspan: bottom - top + 1,
                 class,
                 glyph,
                 word,
+                revision_short: short(&b.revision),
+                revision: b.revision.clone(),
+                revision_url: revision_url.clone(),
+                changes_url,
+                since: previous.as_deref().map(short),
+                duration: status::duration((end_of(l) - b.started_at).num_seconds()),
                 steps: l
                     .steps
-                    .into_iter()
-                    .map(|s| serde_json::json!({"name": s.name, "result": s.result}))
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| StepCell {
+                        position: i,
+                        name: s.name.clone(),
+                        result: s.result.clone(),
+                        failed: !matches!(s.result.as_str(), "success" | "skipped"),
+                    })
                     .collect(),
-            })
-        })
-        .collect();
+            };
+            slots[top][c] = Slot::Start(cell);
+            for row in slots.iter_mut().take(bottom + 1).skip(top + 1) {
+                row[c] = Slot::Covered;
+            }
+            spans.push((top, bottom));
+            if !starts[bottom].iter().any(|(r, _)| *r == b.revision) {
+                starts[bottom].push((b.revision.clone(), revision_url));
+            }
+            free_from = bottom + 1;
+        }
+    }
 
-    let mut ctx = Context::new();
-    ctx.insert(
-        "project",
-        &serde_json::json!({"name": project.name, "title": project.title}),
-    );
-    ctx.insert(
-        "builders",
-        &columns
-            .iter()
-            .map(|b| serde_json::json!({"name": b.name, "status": b.status}))
-            .collect::<Vec<_>>(),
-    );
-    ctx.insert("rows", &rows);
-    ctx.insert("next", &next);
-    super::html(&super::templates::render("waterfall.html", &ctx).map_err(AppError::from)?)
+    let mut last_day = None;
+    times
+        .iter()
+        .enumerate()
+        .zip(slots)
+        .map(|((i, t), slots)| {
+            let day = t.format("%a %Y-%m-%d").to_string();
+            let new_day = last_day.as_ref() != Some(&day);
+            last_day = Some(day.clone());
+            let idle_after = times.get(i + 1).and_then(|next| {
+                let gap = *t - *next;
+                let spanned = spans.iter().any(|&(top, bottom)| top <= i && bottom > i);
+                (gap > IDLE && !spanned).then(|| status::age(gap))
+            });
+            Row {
+                time: time(*t),
+                label: t.format("%H:%M").to_string(),
+                day: new_day.then_some(day),
+                revisions: starts[i].iter().map(|(r, u)| (short(r), u.clone())).collect(),
+                slots,
+                idle_after,
+            }
+        })
+        .collect()
+}
+
+fn short(rev: &str) -> String {
+    rev.chars().take(10).collect()
 }

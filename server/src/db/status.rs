@@ -1,0 +1,80 @@
+//! Where things stand: the newest build of every builder in a project (or in all projects),
+//! in a fixed number of indexed queries whatever the number of builds stored.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
+
+use super::DbConn;
+use super::builds::StepSummary;
+use super::models::Build;
+use super::schema::{builds, steps};
+
+/// The newest build of a builder in a project, with its steps.
+#[derive(Debug, Clone)]
+pub struct Latest {
+    pub project_id: i64,
+    pub builder_id: i64,
+    pub build: Option<Build>,
+    pub steps: Vec<StepSummary>,
+}
+
+impl Latest {
+    /// The kind of the first failing step (a `test` failure is orange, others red).
+    pub fn failing_kind(&self) -> Option<&str> {
+        self.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref())
+    }
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    project_id: i64,
+    #[diesel(sql_type = BigInt)]
+    builder_id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    build_id: Option<i64>,
+}
+
+/// One row per (project, builder allowed to report for it), each found through the
+/// `builds_builder_project_newest` index.
+const LATEST: &str = "SELECT bp.project_id, bp.builder_id, \
+     (SELECT x.id FROM builds x WHERE x.builder_id = bp.builder_id AND x.project_id = bp.project_id \
+      ORDER BY x.started_at DESC, x.id DESC LIMIT 1) AS build_id \
+     FROM builder_projects bp";
+
+/// The newest build of each builder of `project` (or of every project when `None`).
+pub fn latest(conn: &mut DbConn, project: Option<i64>) -> QueryResult<Vec<Latest>> {
+    let rows: Vec<Row> = match (&mut *conn, project) {
+        (DbConn::Sqlite(c), Some(p)) => {
+            diesel::sql_query(format!("{LATEST} WHERE bp.project_id = ?")).bind::<BigInt, _>(p).load(c)?
+        }
+        (DbConn::Pg(c), Some(p)) => {
+            diesel::sql_query(format!("{LATEST} WHERE bp.project_id = $1")).bind::<BigInt, _>(p).load(c)?
+        }
+        (DbConn::Sqlite(c), None) => diesel::sql_query(LATEST).load(c)?,
+        (DbConn::Pg(c), None) => diesel::sql_query(LATEST).load(c)?,
+    };
+    let ids: Vec<i64> = rows.iter().filter_map(|r| r.build_id).collect();
+    let mut by_id: HashMap<i64, Build> =
+        builds::table.filter(builds::id.eq_any(&ids)).select(Build::as_select()).load(conn)?.into_iter().map(|b| (b.id, b)).collect();
+    let mut steps_of: HashMap<i64, Vec<StepSummary>> = HashMap::new();
+    for s in steps::table
+        .filter(steps::build_id.eq_any(&ids))
+        .order((steps::build_id, steps::position))
+        .select((steps::build_id, steps::name, steps::kind, steps::result))
+        .load::<StepSummary>(conn)?
+    {
+        steps_of.entry(s.build_id).or_default().push(s);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Latest {
+            project_id: r.project_id,
+            builder_id: r.builder_id,
+            steps: r.build_id.and_then(|id| steps_of.remove(&id)).unwrap_or_default(),
+            build: r.build_id.and_then(|id| by_id.remove(&id)),
+        })
+        .collect())
+}

@@ -1,0 +1,134 @@
+//! `/projects/{p}/console`: revisions down, builders across. For every red cell it says
+//! whether that revision broke the builder (new regression) or it was failing already.
+
+use std::collections::{BTreeSet, HashMap};
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use tera::Context;
+
+use super::status;
+use super::waterfall::{Query, columns, headers, project_json};
+use crate::AppState;
+use crate::api::views::time;
+use crate::db::builds::{self, Filter, Listed};
+use crate::db::{builders, projects, status as latest};
+use crate::error::{AppError, PageError};
+
+/// Builds read to fill the console; revisions shown at most.
+const WINDOW: i64 = 800;
+const REVISIONS: usize = 40;
+
+#[derive(Serialize)]
+struct Cell {
+    id: i64,
+    class: &'static str,
+    glyph: &'static str,
+    word: &'static str,
+    why: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct RevisionRow {
+    revision: String,
+    short: String,
+    url: Option<String>,
+    branch: String,
+    time: String,
+    label: String,
+    cells: Vec<Option<Cell>>,
+}
+
+fn is_red(b: &crate::db::models::Build) -> bool {
+    matches!(b.result.as_deref(), Some("failure" | "exception"))
+}
+
+fn is_green(b: &crate::db::models::Build) -> bool {
+    matches!(b.result.as_deref(), Some("success" | "warnings"))
+}
+
+/// `GET /projects/{p}/console`.
+pub async fn page(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<Query>,
+) -> Result<HttpResponse, PageError> {
+    let name = path.into_inner();
+    let q = query.into_inner();
+    let pool = state.pool.clone();
+    let q2 = q.clone();
+    let (project, cols, latest, builds) = web::block(move || -> Result<_, PageError> {
+        let mut conn = pool.get()?;
+        let project = projects::by_name(&mut conn, &name)?
+            .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
+        let cols = columns(builders::for_project(&mut conn, project.id)?, &q2);
+        let latest = latest::latest(&mut conn, Some(project.id))?;
+        let filter = Filter { branch: q2.branch.clone().filter(|b| !b.is_empty()), builders: Some(cols.iter().map(|b| b.id).collect()) };
+        let builds = builds::newest(&mut conn, project.id, &filter, None, WINDOW)?;
+        Ok((project, cols, latest, builds))
+    })
+    .await??;
+
+    // Each builder's builds, newest first: a build's predecessor is the next one (same branch).
+    let mut by_builder: HashMap<i64, Vec<&Listed>> = HashMap::new();
+    for l in &builds {
+        by_builder.entry(l.build.builder_id).or_default().push(l);
+    }
+    let previous = |l: &Listed| -> Option<&Listed> {
+        let list = by_builder.get(&l.build.builder_id)?;
+        let i = list.iter().position(|x| x.build.id == l.build.id)?;
+        list[i + 1..].iter().find(|x| x.build.branch == l.build.branch && x.build.state == "finished").copied()
+    };
+
+    let mut order: Vec<&str> = Vec::new();
+    for l in &builds {
+        if !order.contains(&l.build.revision.as_str()) {
+            if order.len() == REVISIONS {
+                break;
+            }
+            order.push(&l.build.revision);
+        }
+    }
+    let revisions: Vec<RevisionRow> = order
+        .iter()
+        .map(|rev| {
+            let of_rev: Vec<&Listed> = builds.iter().filter(|l| l.build.revision == *rev).collect();
+            let first = of_rev.iter().map(|l| l.build.started_at).min().unwrap_or_default();
+            let cells = cols
+                .iter()
+                .map(|col| {
+                    // The newest build of this builder for this revision.
+                    let l = of_rev.iter().find(|l| l.build.builder_id == col.id)?;
+                    let failing = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
+                    let (class, glyph, word) = status::of_build(&l.build.state, l.build.result.as_deref(), failing);
+                    let why = is_red(&l.build).then(|| match previous(l) {
+                        Some(p) if is_green(&p.build) => "new regression",
+                        Some(p) if is_red(&p.build) => "already failing",
+                        _ => "failing",
+                    });
+                    Some(Cell { id: l.build.id, class, glyph, word, why })
+                })
+                .collect();
+            let sample = &of_rev[0].build;
+            RevisionRow {
+                revision: rev.to_string(),
+                short: rev.chars().take(10).collect(),
+                url: super::revision_link(project.revision_url.as_deref(), rev),
+                branch: sample.branch.clone(),
+                time: time(first),
+                label: first.format("%Y-%m-%d %H:%M").to_string(),
+                cells,
+            }
+        })
+        .collect();
+
+    let branches: BTreeSet<String> = builds.iter().map(|l| l.build.branch.clone()).collect();
+    let mut ctx = Context::new();
+    ctx.insert("project", &project_json(&project));
+    ctx.insert("headers", &headers(&cols, &latest, &state));
+    ctx.insert("revisions", &revisions);
+    ctx.insert("branches", &branches);
+    ctx.insert("q", &q);
+    ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
+    super::html(&super::templates::render("console.html", &ctx).map_err(AppError::from)?)
+}
