@@ -7,9 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
-};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::rand_core::CryptoRngCore;
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
 use rsa::traits::PublicKeyParts;
@@ -75,11 +73,7 @@ impl PublicKey {
     ///
     /// The same value as `openssl pkey -pubin -outform DER | sha256sum`.
     pub fn fingerprint(&self) -> String {
-        let der = self
-            .0
-            .to_public_key_der()
-            .map(|d| d.as_bytes().to_vec())
-            .unwrap_or_default();
+        let der = self.0.to_public_key_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
         format!("SHA256:{}", hex(&Sha256::digest(der)))
     }
 
@@ -90,13 +84,9 @@ impl PublicKey {
 
     /// Checks a base64 signature over `body`.
     pub fn verify(&self, body: &[u8], signature_b64: &str) -> Result<(), SignatureError> {
-        let raw = BASE64
-            .decode(signature_b64.trim())
-            .map_err(|_| SignatureError::NotBase64)?;
+        let raw = BASE64.decode(signature_b64.trim()).map_err(|_| SignatureError::NotBase64)?;
         let sig = Signature::try_from(raw.as_slice()).map_err(|_| SignatureError::Mismatch)?;
-        VerifyingKey::<Sha256>::new(self.0.clone())
-            .verify(body, &sig)
-            .map_err(|_| SignatureError::Mismatch)
+        VerifyingKey::<Sha256>::new(self.0.clone()).verify(body, &sig).map_err(|_| SignatureError::Mismatch)
     }
 }
 
@@ -115,9 +105,7 @@ impl PrivateKey {
     /// Makes a new key of `bits` bits (at least 2048).
     pub fn generate(rng: &mut impl CryptoRngCore, bits: usize) -> Result<Self, KeyError> {
         check_size(bits)?;
-        RsaPrivateKey::new(rng, bits)
-            .map(PrivateKey)
-            .map_err(|e| KeyError::Crypto(e.to_string()))
+        RsaPrivateKey::new(rng, bits).map(PrivateKey).map_err(|e| KeyError::Crypto(e.to_string()))
     }
 
     /// Reads a PEM private key, PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA PRIVATE KEY`).
@@ -132,10 +120,7 @@ impl PrivateKey {
 
     /// The key as PKCS#8 PEM (`BEGIN PRIVATE KEY`), as `openssl genpkey` writes it.
     pub fn to_pem(&self) -> Result<String, KeyError> {
-        self.0
-            .to_pkcs8_pem(LineEnding::LF)
-            .map(|pem| pem.to_string())
-            .map_err(|e| KeyError::Crypto(e.to_string()))
+        self.0.to_pkcs8_pem(LineEnding::LF).map(|pem| pem.to_string()).map_err(|e| KeyError::Crypto(e.to_string()))
     }
 
     /// The matching public key.
@@ -157,20 +142,14 @@ pub fn report_id(body: &[u8]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn check_size(bits: usize) -> Result<(), KeyError> {
-    if (MIN_BITS..=MAX_BITS).contains(&bits) {
-        Ok(())
-    } else {
-        Err(KeyError::BadSize(bits))
-    }
+    if (MIN_BITS..=MAX_BITS).contains(&bits) { Ok(()) } else { Err(KeyError::BadSize(bits)) }
 }
 
 #[cfg(test)]
@@ -182,15 +161,9 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn openssl_available() -> bool {
-        let ok = Command::new("openssl")
-            .arg("version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let ok = Command::new("openssl").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
         if !ok {
-            eprintln!(
-                "SKIPPED: the `openssl` command is not installed, so OpenSSL interoperability is not checked"
-            );
+            eprintln!("SKIPPED: the `openssl` command is not installed, so OpenSSL interoperability is not checked");
         }
         ok
     }
@@ -198,11 +171,7 @@ mod tests {
     fn openssl(args: &[&str]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
         let out = Command::new("openssl").args(args).output()?;
         if !out.status.success() {
-            return Err(format!(
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
+            return Err(format!("openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
         Ok(out.stdout)
     }
@@ -237,14 +206,7 @@ mod tests {
             let pubkey = dir.join(format!("k{bits}.pub"));
             let mut args = vec!["pkey", "-in", p(&key), "-pubout", "-out", p(&pubkey)];
             if pkcs1 {
-                args = vec![
-                    "rsa",
-                    "-in",
-                    p(&key),
-                    "-RSAPublicKey_out",
-                    "-out",
-                    p(&pubkey),
-                ];
+                args = vec!["rsa", "-in", p(&key), "-RSAPublicKey_out", "-out", p(&pubkey)];
             }
             openssl(&args)?;
             let body = dir.join("body.json");
@@ -254,17 +216,11 @@ mod tests {
 
             let public = PublicKey::from_pem(&std::fs::read_to_string(&pubkey)?)?;
             public.verify(&std::fs::read(&body)?, &sig_b64)?;
-            assert_eq!(
-                public.verify(b"{\"format\":\"tbox-report/2\"}", &sig_b64),
-                Err(SignatureError::Mismatch)
-            );
+            assert_eq!(public.verify(b"{\"format\":\"tbox-report/2\"}", &sig_b64), Err(SignatureError::Mismatch));
 
             // The fingerprint is the one openssl's DER gives.
             let der = openssl(&["pkey", "-pubin", "-in", p(&pubkey), "-outform", "DER"])?;
-            assert_eq!(
-                public.fingerprint(),
-                format!("SHA256:{}", hex(&Sha256::digest(der)))
-            );
+            assert_eq!(public.fingerprint(), format!("SHA256:{}", hex(&Sha256::digest(der))));
 
             // The same key read through our private-key parser signs identically.
             let private = PrivateKey::from_pem(&std::fs::read_to_string(&key)?)?;
@@ -287,15 +243,7 @@ mod tests {
         std::fs::write(&body, b"{\"any\": \"bytes\"}\n")?;
         let sig = dir.join("sig.bin");
         std::fs::write(&sig, BASE64.decode(key.sign(&std::fs::read(&body)?))?)?;
-        let out = openssl(&[
-            "dgst",
-            "-sha256",
-            "-verify",
-            p(&pubkey),
-            "-signature",
-            p(&sig),
-            p(&body),
-        ])?;
+        let out = openssl(&["dgst", "-sha256", "-verify", p(&pubkey), "-signature", p(&sig), p(&body)])?;
         assert_eq!(String::from_utf8(out)?.trim(), "Verified OK");
         std::fs::remove_dir_all(dir)?;
         Ok(())
@@ -318,14 +266,8 @@ mod tests {
         let sig = key.sign(b"body");
         public.verify(b"body", &sig)?;
         assert_eq!(public.verify(b"bodY", &sig), Err(SignatureError::Mismatch));
-        assert_eq!(
-            public.verify(b"body", "***"),
-            Err(SignatureError::NotBase64)
-        );
-        assert_eq!(
-            public.verify(b"body", "AAAA"),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(public.verify(b"body", "***"), Err(SignatureError::NotBase64));
+        assert_eq!(public.verify(b"body", "AAAA"), Err(SignatureError::Mismatch));
         assert!(public.fingerprint().starts_with("SHA256:"));
         assert_eq!(public.fingerprint().len(), 7 + 64);
         assert!(!format!("{key:?}").contains("BEGIN"));
@@ -334,9 +276,6 @@ mod tests {
 
     #[test]
     fn report_id_is_sha256_hex() {
-        assert_eq!(
-            report_id(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(report_id(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }

@@ -25,9 +25,5 @@ mod report;
 mod validate;
 
 pub use keys::{KeyError, PrivateKey, PublicKey, SignatureError, report_id};
-pub use report::{
-    BuildResult, BuildState, FORMAT, Report, Step, StepKind, TestOutcome, TestResult,
-};
-pub use validate::{
-    Limits, ParseError, ValidationError, name as validate_name, parse_report, parse_report_with,
-};
+pub use report::{BuildResult, BuildState, FORMAT, Report, Step, StepKind, TestOutcome, TestResult};
+pub use validate::{Limits, ParseError, ValidationError, name as validate_name, parse_report, parse_report_with};

@@ -28,10 +28,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError {
-            field: field.into(),
-            message: message.into(),
-        }
+        ValidationError { field: field.into(), message: message.into() }
     }
 }
 
@@ -73,26 +70,15 @@ pub fn parse_report(body: &[u8], now: DateTime<Utc>) -> Result<Report, ParseErro
 }
 
 /// Parses and validates a report body.
-pub fn parse_report_with(
-    body: &[u8],
-    now: DateTime<Utc>,
-    limits: &Limits,
-) -> Result<Report, ParseError> {
+pub fn parse_report_with(body: &[u8], now: DateTime<Utc>, limits: &Limits) -> Result<Report, ParseError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
-                let field = if path == "." {
-                    "report".to_owned()
-                } else {
-                    path
-                };
-                ParseError::Invalid(ValidationError::new(
-                    field,
-                    strip_position(&inner.to_string()),
-                ))
+                let field = if path == "." { "report".to_owned() } else { path };
+                ParseError::Invalid(ValidationError::new(field, strip_position(&inner.to_string())))
             }
             _ => ParseError::Malformed(inner.to_string()),
         }
@@ -112,10 +98,7 @@ fn strip_position(msg: &str) -> String {
 /// Checks the rules that types alone cannot express.
 pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), ValidationError> {
     if r.format != FORMAT {
-        return Err(ValidationError::new(
-            "format",
-            format!("must be \"{FORMAT}\", got {:?}", r.format),
-        ));
+        return Err(ValidationError::new("format", format!("must be \"{FORMAT}\", got {:?}", r.format)));
     }
     name("uuid", &r.uuid, 128)?;
     name("project", &r.project, 64)?;
@@ -128,30 +111,18 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     match r.state {
         BuildState::Started => {
             if r.result.is_some() {
-                return Err(ValidationError::new(
-                    "result",
-                    "must be absent while state is \"started\"",
-                ));
+                return Err(ValidationError::new("result", "must be absent while state is \"started\""));
             }
             if r.finished_at.is_some() {
-                return Err(ValidationError::new(
-                    "finished_at",
-                    "must be absent while state is \"started\"",
-                ));
+                return Err(ValidationError::new("finished_at", "must be absent while state is \"started\""));
             }
         }
         BuildState::Finished => {
             if r.result.is_none() {
-                return Err(ValidationError::new(
-                    "result",
-                    "is required when state is \"finished\"",
-                ));
+                return Err(ValidationError::new("result", "is required when state is \"finished\""));
             }
             let Some(finished) = r.finished_at else {
-                return Err(ValidationError::new(
-                    "finished_at",
-                    "is required when state is \"finished\"",
-                ));
+                return Err(ValidationError::new("finished_at", "is required when state is \"finished\""));
             };
             if finished < r.started_at {
                 return Err(ValidationError::new("finished_at", "is before started_at"));
@@ -165,47 +136,30 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
         }
     }
     if r.started_at > future_limit {
-        return Err(ValidationError::new(
-            "started_at",
-            "is more than 5 minutes in the future",
-        ));
+        return Err(ValidationError::new("started_at", "is more than 5 minutes in the future"));
     }
 
     if r.steps.len() > limits.max_steps {
         return Err(ValidationError::new(
             "steps",
-            format!(
-                "{} steps, at most {} allowed",
-                r.steps.len(),
-                limits.max_steps
-            ),
+            format!("{} steps, at most {} allowed", r.steps.len(), limits.max_steps),
         ));
     }
     for (i, s) in r.steps.iter().enumerate() {
         let at = |f: &str| format!("steps[{i}].{f}");
         text(&at("name"), &s.name, 1, 200)?;
         if s.finished_at < s.started_at {
-            return Err(ValidationError::new(
-                at("finished_at"),
-                "is before started_at",
-            ));
+            return Err(ValidationError::new(at("finished_at"), "is before started_at"));
         }
         if s.finished_at > future_limit {
-            return Err(ValidationError::new(
-                at("finished_at"),
-                "is more than 5 minutes in the future",
-            ));
+            return Err(ValidationError::new(at("finished_at"), "is more than 5 minutes in the future"));
         }
         if let Some(log) = &s.log
             && log.len() > limits.max_log_bytes
         {
             return Err(ValidationError::new(
                 at("log"),
-                format!(
-                    "{} bytes, at most {} allowed",
-                    log.len(),
-                    limits.max_log_bytes
-                ),
+                format!("{} bytes, at most {} allowed", log.len(), limits.max_log_bytes),
             ));
         }
     }
@@ -213,11 +167,7 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     if r.tests.len() > limits.max_tests {
         return Err(ValidationError::new(
             "tests",
-            format!(
-                "{} tests, at most {} allowed",
-                r.tests.len(),
-                limits.max_tests
-            ),
+            format!("{} tests, at most {} allowed", r.tests.len(), limits.max_tests),
         ));
     }
     for (i, t) in r.tests.iter().enumerate() {
@@ -228,11 +178,7 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
         {
             return Err(ValidationError::new(
                 format!("tests[{i}].message"),
-                format!(
-                    "{} bytes, at most {} allowed",
-                    m.len(),
-                    limits.max_message_bytes
-                ),
+                format!("{} bytes, at most {} allowed", m.len(), limits.max_message_bytes),
             ));
         }
     }
@@ -240,11 +186,7 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     if r.properties.len() > limits.max_properties {
         return Err(ValidationError::new(
             "properties",
-            format!(
-                "{} properties, at most {} allowed",
-                r.properties.len(),
-                limits.max_properties
-            ),
+            format!("{} properties, at most {} allowed", r.properties.len(), limits.max_properties),
         ));
     }
     for (k, v) in &r.properties {
@@ -258,19 +200,10 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
 /// Builder, project and uuid names: `[A-Za-z0-9._-]{1,max}`.
 pub fn name(field: &str, v: &str, max: usize) -> Result<(), ValidationError> {
     if v.is_empty() || v.len() > max {
-        return Err(ValidationError::new(
-            field,
-            format!("must be 1 to {max} characters long"),
-        ));
+        return Err(ValidationError::new(field, format!("must be 1 to {max} characters long")));
     }
-    if let Some(c) = v
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(ValidationError::new(
-            field,
-            format!("may only hold A-Z a-z 0-9 . _ - (found {c:?})"),
-        ));
+    if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(ValidationError::new(field, format!("may only hold A-Z a-z 0-9 . _ - (found {c:?})")));
     }
     Ok(())
 }
@@ -278,16 +211,10 @@ pub fn name(field: &str, v: &str, max: usize) -> Result<(), ValidationError> {
 /// Free text on one line: no control characters.
 fn text(field: &str, v: &str, min: usize, max: usize) -> Result<(), ValidationError> {
     if v.len() < min || v.len() > max {
-        return Err(ValidationError::new(
-            field,
-            format!("must be {min} to {max} bytes long"),
-        ));
+        return Err(ValidationError::new(field, format!("must be {min} to {max} bytes long")));
     }
     if v.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(ValidationError::new(field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -307,9 +234,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
-            .map(|t| t.to_utc())
-            .unwrap_or_default()
+        DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z").map(|t| t.to_utc()).unwrap_or_default()
     }
 
     fn finished() -> Value {
@@ -348,14 +273,8 @@ mod tests {
 
     #[test]
     fn malformed_json_is_not_a_validation_error() {
-        assert!(matches!(
-            parse_report(b"{\"format\": ", now()),
-            Err(ParseError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_report(b"not json", now()),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(parse_report(b"{\"format\": ", now()), Err(ParseError::Malformed(_))));
+        assert!(matches!(parse_report(b"not json", now()), Err(ParseError::Malformed(_))));
     }
 
     #[test]
@@ -421,19 +340,12 @@ mod tests {
         let mut v = finished();
         v["started_at"] = json!("2020-01-01T00:00:00Z");
         v["finished_at"] = json!("2020-01-01T01:00:00Z");
-        assert!(
-            parse(&v).is_ok(),
-            "a report spooled for years is still accepted"
-        );
+        assert!(parse(&v).is_ok(), "a report spooled for years is still accepted");
     }
 
     #[test]
     fn limits_are_enforced() {
-        let limits = Limits {
-            max_steps: 1,
-            max_tests: 0,
-            ..Limits::default()
-        };
+        let limits = Limits { max_steps: 1, max_tests: 0, ..Limits::default() };
         let body = finished().to_string();
         match parse_report_with(body.as_bytes(), now(), &limits) {
             Err(ParseError::Invalid(e)) => assert_eq!(e.field, "steps"),

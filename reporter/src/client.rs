@@ -37,26 +37,9 @@ impl Client {
         // TBOX_RETRY_DELAYS (seconds, comma-separated) lets tests and impatient people shorten it.
         let backoff = std::env::var("TBOX_RETRY_DELAYS")
             .ok()
-            .map(|s| {
-                s.split(',')
-                    .filter_map(|d| d.trim().parse().ok())
-                    .map(Duration::from_secs_f64)
-                    .collect()
-            })
-            .unwrap_or_else(|| {
-                vec![
-                    Duration::from_secs(2),
-                    Duration::from_secs(10),
-                    Duration::from_secs(30),
-                ]
-            });
-        Client {
-            agent,
-            base: server.trim_end_matches('/').to_owned(),
-            builder: builder.to_owned(),
-            key,
-            backoff,
-        }
+            .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).map(Duration::from_secs_f64).collect())
+            .unwrap_or_else(|| vec![Duration::from_secs(2), Duration::from_secs(10), Duration::from_secs(30)]);
+        Client { agent, base: server.trim_end_matches('/').to_owned(), builder: builder.to_owned(), key, backoff }
     }
 
     pub fn base(&self) -> &str {
@@ -122,10 +105,7 @@ fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Sent {
         200..=299 => Sent::Delivered(json),
         400..=499 => Sent::Rejected {
             status,
-            message: json["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| text.chars().take(300).collect()),
+            message: json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
         },
         _ => Sent::Unreachable(format!("the server answered {status}")),
     }

@@ -92,22 +92,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid config", path.display()))?;
-        config
-            .check()
-            .with_context(|| format!("in {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
+        config.check().with_context(|| format!("in {}", path.display()))?;
         Ok(config)
     }
 
     fn check(&self) -> anyhow::Result<()> {
         if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
-            bail!(
-                "server must be an http:// or https:// URL, got {:?}",
-                self.server
-            );
+            bail!("server must be an http:// or https:// URL, got {:?}", self.server);
         }
         tbox_protocol::validate_name("builder", &self.builder, 64)?;
         let mut names = std::collections::HashSet::new();
@@ -121,29 +115,19 @@ impl Config {
             }
             for s in &p.steps {
                 if s.name.trim().is_empty() || s.name.len() > 200 {
-                    bail!(
-                        "project {:?}: every step needs a name (up to 200 bytes)",
-                        p.name
-                    );
+                    bail!("project {:?}: every step needs a name (up to 200 bytes)", p.name);
                 }
                 if let Some(t) = &s.timeout {
-                    parse_duration(t).with_context(|| {
-                        format!("project {:?}, step {:?}: timeout", p.name, s.name)
-                    })?;
+                    parse_duration(t).with_context(|| format!("project {:?}, step {:?}: timeout", p.name, s.name))?;
                 }
                 if let Some(k) = &s.kind
                     && k != "test"
                 {
-                    bail!(
-                        "project {:?}, step {:?}: kind may only be \"test\"",
-                        p.name,
-                        s.name
-                    );
+                    bail!("project {:?}, step {:?}: kind may only be \"test\"", p.name, s.name);
                 }
                 for g in &s.junit {
-                    globset::Glob::new(g).with_context(|| {
-                        format!("project {:?}, step {:?}: junit glob {g:?}", p.name, s.name)
-                    })?;
+                    globset::Glob::new(g)
+                        .with_context(|| format!("project {:?}, step {:?}: junit glob {g:?}", p.name, s.name))?;
                 }
             }
             for k in p.properties.keys() {
@@ -160,28 +144,19 @@ impl Config {
 
     /// The spool directory.
     pub fn spool_dir(&self) -> PathBuf {
-        self.spool
-            .as_deref()
-            .map(expand)
-            .unwrap_or_else(|| state_dir().join("spool"))
+        self.spool.as_deref().map(expand).unwrap_or_else(|| state_dir().join("spool"))
     }
 
     /// The project called `name`.
     pub fn project(&self, name: &str) -> anyhow::Result<&Project> {
-        self.projects
-            .iter()
-            .find(|p| p.name == name)
-            .with_context(|| format!("no project {name:?} in the config"))
+        self.projects.iter().find(|p| p.name == name).with_context(|| format!("no project {name:?} in the config"))
     }
 }
 
 impl Step {
     /// The step's time limit.
     pub fn timeout(&self) -> Duration {
-        self.timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_TIMEOUT)
+        self.timeout.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TIMEOUT)
     }
 }
 
@@ -194,9 +169,7 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
             num.push(c);
             continue;
         }
-        let n: u64 = num
-            .parse()
-            .with_context(|| format!("{s:?} is not a duration like 30m, 2h or 90s"))?;
+        let n: u64 = num.parse().with_context(|| format!("{s:?} is not a duration like 30m, 2h or 90s"))?;
         num.clear();
         total += n * match c {
             's' => 1,
@@ -213,9 +186,7 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// `~/x` → `$HOME/x`.
@@ -228,10 +199,7 @@ pub fn expand(path: &str) -> PathBuf {
 }
 
 fn xdg(var: &str, fallback: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home().join(fallback))
+    std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute()).unwrap_or_else(|| home().join(fallback))
 }
 
 /// `$XDG_CONFIG_HOME/tbox` (default `~/.config/tbox`).
@@ -246,9 +214,7 @@ pub fn state_dir() -> PathBuf {
 
 /// The config file to use: `--config`, else `TBOX_CONFIG` (clap fills it in), else the default.
 pub fn config_path(given: Option<&Path>) -> PathBuf {
-    given
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| config_dir().join("report.toml"))
+    given.map(Path::to_path_buf).unwrap_or_else(|| config_dir().join("report.toml"))
 }
 
 #[cfg(test)]

@@ -162,10 +162,7 @@ pub fn parse(xml: &str) -> Result<Vec<TestResult>, JunitError> {
             }
             Event::GeneralRef(r) => {
                 let text = if r.is_char_ref() {
-                    r.resolve_char_ref()
-                        .map_err(|e| at(&reader, e))?
-                        .map(String::from)
-                        .unwrap_or_default()
+                    r.resolve_char_ref().map_err(|e| at(&reader, e))?.map(String::from).unwrap_or_default()
                 } else {
                     match r.into_inner().as_ref() {
                         "amp" => "&".into(),
@@ -188,9 +185,7 @@ pub fn parse(xml: &str) -> Result<Vec<TestResult>, JunitError> {
         return Err(JunitError("the file holds no XML element".into()));
     }
     if case.is_some() || !suites.is_empty() {
-        return Err(JunitError(
-            "the file ends before its elements are closed (truncated?)".into(),
-        ));
+        return Err(JunitError("the file ends before its elements are closed (truncated?)".into()));
     }
     Ok(results)
 }
@@ -212,12 +207,7 @@ fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, JunitError> {
     Ok(None)
 }
 
-fn push_text(
-    case: &mut Option<Case>,
-    suite_error: &mut Option<Case>,
-    capture: &Capture,
-    text: &str,
-) {
+fn push_text(case: &mut Option<Case>, suite_error: &mut Option<Case>, capture: &Capture, text: &str) {
     let target = match capture {
         Capture::CaseMessage => case.as_mut(),
         Capture::SuiteMessage => suite_error.as_mut(),
@@ -280,10 +270,7 @@ fn finish(c: Case) -> TestResult {
 
 /// Names go on one line in reports: control characters become spaces, and length is capped.
 fn clean(s: &str, max: usize) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     truncate(s.trim(), max).to_owned()
 }
 
@@ -324,14 +311,8 @@ pub fn collect(
     };
     let mut results = Vec::new();
     let mut matched = 0;
-    let walk = walkdir::WalkDir::new(base)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.file_name() != ".git");
-    for entry in walk
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-    {
+    let walk = walkdir::WalkDir::new(base).sort_by_file_name().into_iter().filter_entry(|e| e.file_name() != ".git");
+    for entry in walk.filter_map(Result::ok).filter(|e| e.file_type().is_file()) {
         let Ok(rel) = entry.path().strip_prefix(base) else {
             continue;
         };
@@ -339,40 +320,27 @@ pub fn collect(
             continue;
         }
         let meta = entry.metadata().ok();
-        if let (Some(since), Some(modified)) =
-            (since, meta.as_ref().and_then(|m| m.modified().ok()))
+        if let (Some(since), Some(modified)) = (since, meta.as_ref().and_then(|m| m.modified().ok()))
             && modified < since
         {
-            notes.push(format!(
-                "JUnit file {} is older than this step; not used",
-                rel.display()
-            ));
+            notes.push(format!("JUnit file {} is older than this step; not used", rel.display()));
             continue;
         }
         matched += 1;
         if meta.is_some_and(|m| m.len() > MAX_FILE) {
-            notes.push(format!(
-                "JUnit file {} is larger than {MAX_FILE} bytes; not read",
-                rel.display()
-            ));
+            notes.push(format!("JUnit file {} is larger than {MAX_FILE} bytes; not read", rel.display()));
             continue;
         }
         let text = match std::fs::read(entry.path()) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => {
-                notes.push(format!(
-                    "JUnit file {} could not be read: {e}",
-                    rel.display()
-                ));
+                notes.push(format!("JUnit file {} could not be read: {e}", rel.display()));
                 continue;
             }
         };
         match parse(&text) {
             Ok(mut r) => results.append(&mut r),
-            Err(e) => notes.push(format!(
-                "JUnit file {} is not valid JUnit XML: {e}",
-                rel.display()
-            )),
+            Err(e) => notes.push(format!("JUnit file {} is not valid JUnit XML: {e}", rel.display())),
         }
     }
     if matched == 0 && !globs.is_empty() {
@@ -400,37 +368,19 @@ mod tests {
 </testsuite></testsuites>"#;
         let r = parse(xml)?;
         assert_eq!(r.len(), 5);
-        assert_eq!(
-            (r[0].suite.as_str(), r[0].result, r[0].duration_ms),
-            ("pkg.A", TestOutcome::Passed, Some(500))
-        );
-        assert_eq!(
-            (r[1].result, r[1].duration_ms),
-            (TestOutcome::Failed, Some(1_200_250))
-        );
-        assert_eq!(
-            r[1].message.as_deref(),
-            Some("expected 1 & got 2\ntrace <here>")
-        );
-        assert_eq!(
-            (r[2].suite.as_str(), r[2].result, r[2].message.as_deref()),
-            ("pkg", TestOutcome::Skipped, None)
-        );
-        assert_eq!(
-            r[3].result,
-            TestOutcome::Passed,
-            "a flaky test that passed on rerun passed"
-        );
-        assert_eq!(
-            (r[4].name.as_str(), r[4].result),
-            (SUITE_LEVEL, TestOutcome::Error)
-        );
+        assert_eq!((r[0].suite.as_str(), r[0].result, r[0].duration_ms), ("pkg.A", TestOutcome::Passed, Some(500)));
+        assert_eq!((r[1].result, r[1].duration_ms), (TestOutcome::Failed, Some(1_200_250)));
+        assert_eq!(r[1].message.as_deref(), Some("expected 1 & got 2\ntrace <here>"));
+        assert_eq!((r[2].suite.as_str(), r[2].result, r[2].message.as_deref()), ("pkg", TestOutcome::Skipped, None));
+        assert_eq!(r[3].result, TestOutcome::Passed, "a flaky test that passed on rerun passed");
+        assert_eq!((r[4].name.as_str(), r[4].result), (SUITE_LEVEL, TestOutcome::Error));
         Ok(())
     }
 
     #[test]
     fn refuses_entities_and_truncation() {
-        let xxe = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % x SYSTEM "http://example.invalid/">%x;]><r>&oob;</r>"#;
+        let xxe =
+            r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY % x SYSTEM "http://example.invalid/">%x;]><r>&oob;</r>"#;
         assert!(parse(xxe).is_err());
         assert!(parse("<testsuite><testcase name=\"a\">").is_err());
         assert!(parse("").is_err());
@@ -452,15 +402,8 @@ mod tests {
         let mut checked = 0;
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let file = path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            let Some(line) = readme
-                .lines()
-                .find(|l| l.contains(&format!("`junit/{file}`")))
-            else {
+            let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_owned();
+            let Some(line) = readme.lines().find(|l| l.contains(&format!("`junit/{file}`"))) else {
                 continue;
             };
             let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
@@ -474,10 +417,7 @@ mod tests {
             let counts = expected_counts(line).ok_or(format!("no counts for {file}"))?;
             let cases: Vec<_> = results.iter().filter(|t| t.name != SUITE_LEVEL).collect();
             assert_eq!(cases.len(), counts.0, "{file}: testcases");
-            let bad = cases
-                .iter()
-                .filter(|t| matches!(t.result, TestOutcome::Failed | TestOutcome::Error))
-                .count();
+            let bad = cases.iter().filter(|t| matches!(t.result, TestOutcome::Failed | TestOutcome::Error)).count();
             assert!(
                 bad >= counts.1.max(counts.2) && bad <= counts.1 + counts.2 + 1,
                 "{file}: {bad} failed or errored, README says {} with failure, {} with error",
@@ -485,11 +425,7 @@ mod tests {
                 counts.2
             );
             for t in &results {
-                assert!(
-                    !t.name.is_empty() && !t.name.chars().any(char::is_control),
-                    "{file}: name {:?}",
-                    t.name
-                );
+                assert!(!t.name.is_empty() && !t.name.chars().any(char::is_control), "{file}: name {:?}", t.name);
             }
             checked += 1;
         }

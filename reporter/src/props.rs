@@ -24,13 +24,7 @@ fn os_name() -> String {
         .and_then(|t| {
             t.lines()
                 .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| {
-                    v.trim_matches('"')
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(200)
-                        .collect()
-                })
+                .map(|v| v.trim_matches('"').chars().filter(|c| !c.is_control()).take(200).collect())
         })
         .unwrap_or_else(|| std::env::consts::OS.to_owned())
 }

@@ -178,13 +178,8 @@ mod tests {
         assert_eq!(run(&spec, &log, |_| {}), Ending::Exited(3));
         assert_eq!(read_capped(&log_path, 1 << 20)?.0, "hi\noops\n");
         let missing = dir.join("nope");
-        let spec = Spec {
-            workdir: &missing,
-            ..spec
-        };
-        assert!(
-            matches!(run(&spec, &log, |_| {}), Ending::NotStarted(m) if m.contains("does not exist"))
-        );
+        let spec = Spec { workdir: &missing, ..spec };
+        assert!(matches!(run(&spec, &log, |_| {}), Ending::NotStarted(m) if m.contains("does not exist")));
         std::fs::remove_dir_all(dir)
     }
 

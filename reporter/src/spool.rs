@@ -11,15 +11,10 @@ use crate::client::{Client, Sent};
 
 /// Writes a report atomically (temporary file, then rename); returns its path.
 pub fn save(dir: &Path, body: &[u8]) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create spool {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create spool {}", dir.display()))?;
     let now = chrono::Utc::now();
     // Sortable by name = oldest first.
-    let name = format!(
-        "{}-{}.json",
-        now.format("%Y%m%dT%H%M%S%.9fZ"),
-        &tbox_protocol::report_id(body)[..16]
-    );
+    let name = format!("{}-{}.json", now.format("%Y%m%dT%H%M%S%.9fZ"), &tbox_protocol::report_id(body)[..16]);
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
     let path = dir.join(name);
@@ -36,11 +31,7 @@ pub fn pending(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-        })
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
         .collect();
     files.sort();
     Ok(files)
@@ -62,8 +53,7 @@ pub fn flush(dir: &Path, client: &Client) -> anyhow::Result<Flushed> {
     let files = pending(dir)?;
     let mut done = Flushed::default();
     for (i, path) in files.iter().enumerate() {
-        let body =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let body = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         match client.submit(&body) {
             Sent::Delivered(_) => {
                 std::fs::remove_file(path)?;
@@ -74,10 +64,7 @@ pub fn flush(dir: &Path, client: &Client) -> anyhow::Result<Flushed> {
                 std::fs::create_dir_all(&aside)?;
                 let name = path.file_name().map(PathBuf::from).unwrap_or_default();
                 std::fs::rename(path, aside.join(&name))?;
-                std::fs::write(
-                    aside.join(name.with_extension("reason")),
-                    format!("HTTP {status}: {message}\n"),
-                )?;
+                std::fs::write(aside.join(name.with_extension("reason")), format!("HTTP {status}: {message}\n"))?;
                 eprintln!(
                     "tbox-report: the server refused spooled report {} ({status}: {message}); moved to {}",
                     name.display(),

@@ -28,10 +28,7 @@ struct Volunteer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
 }
 
 fn admin(db: &str, args: &[&str]) {
@@ -54,9 +51,7 @@ fn start_server(db: &str, port: u16) -> String {
         "1",
     ])
     .unwrap();
-    let ServerCommand::Serve(args) = cli.command else {
-        unreachable!()
-    };
+    let ServerCommand::Serve(args) = cli.command else { unreachable!() };
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
     std::thread::spawn(move || {
         let _ = tbox_server::cmd::serve::run_with(args, |addrs| {
@@ -74,15 +69,7 @@ impl Volunteer {
         v.keygen();
         admin(
             &v.db,
-            &[
-                "builder",
-                "add",
-                "vol",
-                "--project",
-                "demo",
-                "--key",
-                v.dir.join("home/builder.pub").to_str().unwrap(),
-            ],
+            &["builder", "add", "vol", "--project", "demo", "--key", v.dir.join("home/builder.pub").to_str().unwrap()],
         );
         v
     }
@@ -107,16 +94,8 @@ impl Volunteer {
             ),
         )
         .unwrap();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Volunteer {
-            dir,
-            db,
-            base,
-            agent,
-        }
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Volunteer { dir, db, base, agent }
     }
 
     fn serve(&self) {
@@ -125,18 +104,8 @@ impl Volunteer {
     }
 
     fn keygen(&self) {
-        let out = self.cmd(&[
-            "keygen",
-            "--out",
-            self.dir.join("home/builder.pem").to_str().unwrap(),
-            "--bits",
-            "2048",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.cmd(&["keygen", "--out", self.dir.join("home/builder.pem").to_str().unwrap(), "--bits", "2048"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// tbox-report the way cron runs it: a bare environment, plus a secret in it.
@@ -158,35 +127,18 @@ impl Volunteer {
     }
 
     fn builds(&self) -> Vec<Value> {
-        let mut resp = self
-            .agent
-            .get(format!(
-                "{}/api/v1/projects/demo/builds?limit=100",
-                self.base
-            ))
-            .call()
-            .unwrap();
+        let mut resp = self.agent.get(format!("{}/api/v1/projects/demo/builds?limit=100", self.base)).call().unwrap();
         let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
         v["builds"].as_array().cloned().unwrap_or_default()
     }
 
     fn build(&self, id: &Value) -> Value {
-        let mut resp = self
-            .agent
-            .get(format!("{}/api/v1/builds/{id}", self.base))
-            .call()
-            .unwrap();
+        let mut resp = self.agent.get(format!("{}/api/v1/builds/{id}", self.base)).call().unwrap();
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
     }
 
     fn text(&self, url: &str) -> String {
-        self.agent
-            .get(url)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
+        self.agent.get(url).call().unwrap().body_mut().read_to_string().unwrap()
     }
 
     fn git(&self, args: &[&str]) {
@@ -199,11 +151,7 @@ impl Volunteer {
             .env("GIT_COMMITTER_EMAIL", "t@example.org")
             .output()
             .unwrap();
-        assert!(
-            ok.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
+        assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
     }
 }
 
@@ -229,31 +177,19 @@ fn keygen_writes_a_private_key_only_its_owner_can_read() -> TestResult {
     let out = v.cmd(&["keygen", "--out", key.to_str().unwrap(), "--bits", "2048"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("SHA256:") && stdout.contains("BEGIN PUBLIC KEY"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("SHA256:") && stdout.contains("BEGIN PUBLIC KEY"), "{stdout}");
     assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
     let again = v.cmd(&["keygen", "--out", key.to_str().unwrap(), "--bits", "2048"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("refusing to overwrite"));
-    let small = v.cmd(&[
-        "keygen",
-        "--out",
-        v.dir.join("small.pem").to_str().unwrap(),
-        "--bits",
-        "1024",
-    ]);
+    let small = v.cmd(&["keygen", "--out", v.dir.join("small.pem").to_str().unwrap(), "--bits", "1024"]);
     assert_eq!(small.status.code(), Some(1));
     Ok(())
 }
 
 #[test]
 fn register_then_approve_then_report() -> TestResult {
-    let v = Volunteer::unregistered(
-        "[[project.step]]\nname = \"build\"\nrun = \"echo built\"\n",
-        None,
-    );
+    let v = Volunteer::unregistered("[[project.step]]\nname = \"build\"\nrun = \"echo built\"\n", None);
     v.serve();
     v.keygen();
     let out = v.cmd(&["register", "--project", "demo"]);
@@ -263,11 +199,7 @@ fn register_then_approve_then_report() -> TestResult {
     // Pending: the report is refused, and the volunteer is told why.
     let out = v.cmd(&["run"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("pending approval"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("pending approval"), "{}", stderr(&out));
     let out = v.cmd(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("is pending"));
@@ -277,20 +209,12 @@ fn register_then_approve_then_report() -> TestResult {
     v.keygen();
     let out = v.cmd(&["register", "--project", "demo"]);
     assert_eq!(out.status.code(), Some(4));
-    assert!(
-        stderr(&out).contains("already registered"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("already registered"), "{}", stderr(&out));
     std::fs::rename(v.dir.join("home/first.pem"), v.dir.join("home/builder.pem"))?;
 
     admin(&v.db, &["builder", "approve", "vol"]);
     let out = v.cmd(&["check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let out = v.cmd(&["run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(v.builds().len(), 1);
@@ -317,14 +241,7 @@ fn passing_and_failing_steps_with_junit_and_no_leaked_environment() -> TestResul
         .iter()
         .map(|s| (s["name"].as_str().unwrap(), s["result"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        steps,
-        [
-            ("build", "success"),
-            ("test", "failure"),
-            ("package", "skipped")
-        ]
-    );
+    assert_eq!(steps, [("build", "success"), ("test", "failure"), ("package", "skipped")]);
     assert_eq!(b["steps"][1]["kind"], "test");
     assert_eq!(b["steps"][1]["exit_code"], 1);
     let tests: Vec<(&str, &str)> = b["tests"]
@@ -335,30 +252,14 @@ fn passing_and_failing_steps_with_junit_and_no_leaked_environment() -> TestResul
         .collect();
     assert_eq!(tests, [("adds", "passed"), ("divides", "failed")]);
     for p in ["os", "arch", "cpus", "reporter"] {
-        assert!(
-            b["properties"][p].is_string(),
-            "property {p} detected: {}",
-            b["properties"]
-        );
+        assert!(b["properties"][p].is_string(), "property {p} detected: {}", b["properties"]);
     }
 
     let log = v.text(b["steps"][0]["log_url"].as_str().unwrap());
-    assert!(
-        log.contains("building") && log.contains("to-stderr"),
-        "{log}"
-    );
-    assert!(
-        log.contains("token=\n"),
-        "the step does not see the caller's variables: {log}"
-    );
-    assert!(
-        !log.contains("SECRET_TOKEN") && !log.contains("TBOX_CONFIG"),
-        "{log}"
-    );
-    assert!(
-        !b.to_string().contains(SECRET),
-        "the secret is nowhere in the report"
-    );
+    assert!(log.contains("building") && log.contains("to-stderr"), "{log}");
+    assert!(log.contains("token=\n"), "the step does not see the caller's variables: {log}");
+    assert!(!log.contains("SECRET_TOKEN") && !log.contains("TBOX_CONFIG"), "{log}");
+    assert!(!b.to_string().contains(SECRET), "the secret is nowhere in the report");
     Ok(())
 }
 
@@ -372,20 +273,11 @@ fn a_timed_out_step_leaves_no_process_behind() -> TestResult {
     let out = v.cmd(&["run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(30));
-    let left = Command::new("pgrep")
-        .args(["-f", "sleep 100[123]"])
-        .output()?;
-    assert!(
-        left.stdout.is_empty(),
-        "left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    let left = Command::new("pgrep").args(["-f", "sleep 100[123]"]).output()?;
+    assert!(left.stdout.is_empty(), "left behind: {}", String::from_utf8_lossy(&left.stdout));
     let b = v.build(&v.builds()[0]["id"]);
     assert_eq!(b["steps"][0]["result"], "failure");
-    assert!(
-        v.text(b["steps"][0]["log_url"].as_str().unwrap())
-            .contains("timed out after 2s")
-    );
+    assert!(v.text(b["steps"][0]["log_url"].as_str().unwrap()).contains("timed out after 2s"));
     Ok(())
 }
 
@@ -397,11 +289,7 @@ fn a_second_concurrent_run_exits_without_building() -> TestResult {
     std::thread::sleep(Duration::from_millis(1000));
     let second = v.cmd(&["run"]);
     assert_eq!(second.status.code(), Some(0));
-    assert!(
-        stderr(&second).contains("another run is building demo"),
-        "{}",
-        stderr(&second)
-    );
+    assert!(stderr(&second).contains("another run is building demo"), "{}", stderr(&second));
     let first = first.wait_with_output()?;
     assert!(first.status.success());
     assert_eq!(v.builds().len(), 1);
@@ -410,9 +298,7 @@ fn a_second_concurrent_run_exits_without_building() -> TestResult {
 
 #[test]
 fn unchanged_revision_is_skipped_and_force_builds() -> TestResult {
-    let v = Volunteer::new(
-        "[[project.step]]\nname = \"build\"\nrun = \"git log --oneline | head -1\"\n",
-    );
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"git log --oneline | head -1\"\n");
     v.serve();
     v.git(&["init", "-q", "-b", "main"]);
     std::fs::write(v.dir.join("work/a.txt"), "1")?;
@@ -444,40 +330,18 @@ fn server_down_spools_and_flush_delivers_exactly_once() -> TestResult {
     assert_eq!(out.status.code(), Some(3));
     let spool = v.dir.join("home/.local/state/tbox/spool");
     assert_eq!(std::fs::read_dir(&spool)?.count(), 2);
-    assert_eq!(
-        v.cmd(&["flush"]).status.code(),
-        Some(3),
-        "still down: still spooled"
-    );
+    assert_eq!(v.cmd(&["flush"]).status.code(), Some(3), "still down: still spooled");
     let out = v.cmd(&["run"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "a backlog, and a third build spooled: {}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("2 earlier report(s) still wait"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(3), "a backlog, and a third build spooled: {}", stderr(&out));
+    assert!(stderr(&out).contains("2 earlier report(s) still wait"), "{}", stderr(&out));
 
     v.serve();
     let out = v.cmd(&["flush"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 3"));
     assert!(v.cmd(&["flush"]).status.success());
-    assert_eq!(
-        v.builds().len(),
-        3,
-        "each spooled report arrives exactly once"
-    );
-    assert_eq!(
-        std::fs::read_dir(&spool)?
-            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
-            .count(),
-        0
-    );
+    assert_eq!(v.builds().len(), 3, "each spooled report arrives exactly once");
+    assert_eq!(std::fs::read_dir(&spool)?.filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file())).count(), 0);
     Ok(())
 }
 
@@ -490,11 +354,7 @@ fn a_world_readable_key_is_refused() -> TestResult {
     for cmd in ["run", "check", "flush"] {
         let out = v.cmd(&[cmd]);
         assert_eq!(out.status.code(), Some(1), "{cmd}");
-        assert!(
-            stderr(&out).contains("chmod 600"),
-            "{cmd}: {}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("chmod 600"), "{cmd}: {}", stderr(&out));
     }
     Ok(())
 }
@@ -504,10 +364,7 @@ fn push_records_a_build_that_ran_elsewhere() -> TestResult {
     let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"true\"\n");
     v.serve();
     let work = v.dir.join("work");
-    std::fs::write(
-        work.join("compile.log"),
-        "gcc -c x.c\nx.c:1:1: error: expected identifier\n",
-    )?;
+    std::fs::write(work.join("compile.log"), "gcc -c x.c\nx.c:1:1: error: expected identifier\n")?;
     std::fs::write(work.join("results.xml"), JUNIT)?;
     let out = v.cmd(&[
         "push",
@@ -526,25 +383,11 @@ fn push_records_a_build_that_ran_elsewhere() -> TestResult {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let b = v.build(&v.builds()[0]["id"]);
-    assert_eq!(
-        (b["result"].as_str(), b["revision"].as_str()),
-        (Some("failure"), Some("abc123"))
-    );
+    assert_eq!((b["result"].as_str(), b["revision"].as_str()), (Some("failure"), Some("abc123")));
     assert_eq!(b["steps"][0]["name"], "compile");
     assert_eq!(b["tests"].as_array().map(Vec::len), Some(2));
-    assert!(
-        v.text(b["steps"][0]["log_url"].as_str().unwrap())
-            .contains("expected identifier")
-    );
-    let bad = v.cmd(&[
-        "push",
-        "--project",
-        "demo",
-        "--result",
-        "meh",
-        "--revision",
-        "x",
-    ]);
+    assert!(v.text(b["steps"][0]["log_url"].as_str().unwrap()).contains("expected identifier"));
+    let bad = v.cmd(&["push", "--project", "demo", "--result", "meh", "--revision", "x"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("--result must be one of"));
     Ok(())

@@ -33,9 +33,11 @@ fn report(n: usize, builder: &str) -> Vec<u8> {
         })
         .collect();
     let tests: Vec<_> = (0..200)
-        .map(|i| json!({"suite": format!("suite{}", i / 20), "name": format!("test_{i}"),
+        .map(|i| {
+            json!({"suite": format!("suite{}", i / 20), "name": format!("test_{i}"),
                         "result": if i % 50 == 0 { "failed" } else { "passed" }, "duration_ms": i,
-                        "message": if i % 50 == 0 { Some("assertion failed: left == right") } else { None }}))
+                        "message": if i % 50 == 0 { Some("assertion failed: left == right") } else { None }})
+        })
         .collect();
     json!({"format": "tbox-report/1", "uuid": format!("bench-{n}-{}", std::process::id()), "project": "bench",
            "builder": builder, "state": "finished", "result": "success", "branch": "main",
@@ -85,10 +87,7 @@ fn main() {
             let url = url.clone();
             let builder = builder.clone();
             std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
                 let mut lat = Vec::with_capacity(chunk.len());
                 for (body, sig) in chunk {
                     let t = Instant::now();
@@ -106,10 +105,7 @@ fn main() {
             })
         })
         .collect();
-    let mut lat: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+    let mut lat: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
     let elapsed = start.elapsed();
     lat.sort();
     println!(

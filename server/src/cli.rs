@@ -22,12 +22,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// sqlite://PATH (created on first use) or postgres://USER@HOST/DB.
-    #[arg(
-        long,
-        env = "TBOX_DATABASE_URL",
-        default_value = "sqlite://tbox.db",
-        value_name = "URL"
-    )]
+    #[arg(long, env = "TBOX_DATABASE_URL", default_value = "sqlite://tbox.db", value_name = "URL")]
     pub database: String,
 }
 
@@ -53,12 +48,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(
-        long,
-        env = "TBOX_BIND",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "TBOX_BIND", default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub bind: String,
     #[command(flatten)]
     pub db: DbArgs,

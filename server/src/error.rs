@@ -20,11 +20,7 @@ use serde::Serialize;
 pub enum AppError {
     /// The client's mistake: status, stable code, message for humans.
     #[error("{message}")]
-    Client {
-        status: StatusCode,
-        code: &'static str,
-        message: String,
-    },
+    Client { status: StatusCode, code: &'static str, message: String },
     /// Too busy to take a database connection now; try again.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -41,11 +37,7 @@ struct ErrorBody<'a> {
 
 impl AppError {
     fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        AppError::Client {
-            status,
-            code,
-            message: message.into(),
-        }
+        AppError::Client { status, code, message: message.into() }
     }
     /// 400: the request cannot be read.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -73,11 +65,7 @@ impl AppError {
     }
     /// 415.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
-        Self::client(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            message,
-        )
+        Self::client(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
     }
     /// 422: readable, but breaks a rule.
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -88,14 +76,8 @@ impl AppError {
     fn public(&self) -> (&'static str, String) {
         match self {
             AppError::Client { code, message, .. } => (code, message.clone()),
-            AppError::Unavailable(_) => (
-                "unavailable",
-                "the server is busy; try again shortly".to_owned(),
-            ),
-            AppError::Internal(_) => (
-                "internal",
-                "internal server error; the server log has the details".to_owned(),
-            ),
+            AppError::Unavailable(_) => ("unavailable", "the server is busy; try again shortly".to_owned()),
+            AppError::Internal(_) => ("internal", "internal server error; the server log has the details".to_owned()),
         }
     }
 
@@ -138,10 +120,7 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         self.log();
         let (code, message) = self.public();
-        HttpResponse::build(self.status_code()).json(ErrorBody {
-            error: code,
-            message: &message,
-        })
+        HttpResponse::build(self.status_code()).json(ErrorBody { error: code, message: &message })
     }
 }
 
@@ -178,8 +157,6 @@ impl ResponseError for PageError {
         let (_, message) = self.0.public();
         let status = self.status_code();
         let html = crate::web::templates::error_page(status, &message);
-        HttpResponse::build(status)
-            .content_type(ContentType::html())
-            .body(html)
+        HttpResponse::build(status).content_type(ContentType::html()).body(html)
     }
 }

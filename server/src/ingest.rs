@@ -7,9 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use sha2::{Digest, Sha256};
-use tbox_protocol::{
-    BuildResult, BuildState, ParseError, PublicKey, Report, parse_report, report_id,
-};
+use tbox_protocol::{BuildResult, BuildState, ParseError, PublicKey, Report, parse_report, report_id};
 
 use crate::db::models::{BuildFields, Builder, NewLog, NewStep, NewTest};
 use crate::db::{self, DbConn, builders, builds, projects};
@@ -38,19 +36,11 @@ pub struct Outcome {
 }
 
 /// Verifies, validates and stores one report.
-pub fn ingest(
-    conn: &mut DbConn,
-    sub: Submission<'_>,
-    now: DateTime<Utc>,
-) -> Result<Outcome, AppError> {
+pub fn ingest(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Result<Outcome, AppError> {
     let builder = authenticate(conn, sub)?;
     let id = report_id(sub.body);
     if let Some(build_id) = builds::by_report(conn, &id)? {
-        return Ok(Outcome {
-            report_id: id,
-            build_id,
-            created: false,
-        });
+        return Ok(Outcome { report_id: id, build_id, created: false });
     }
 
     let report = parse_report(sub.body, now).map_err(|e| match e {
@@ -60,34 +50,23 @@ pub fn ingest(
     if report.builder != builder.name {
         return Err(AppError::forbidden(
             "builder_mismatch",
-            format!(
-                "the report says builder {:?} but was signed as {:?}",
-                report.builder, builder.name
-            ),
+            format!("the report says builder {:?} but was signed as {:?}", report.builder, builder.name),
         ));
     }
     let project = projects::by_name(conn, &report.project)?.ok_or_else(|| {
-        AppError::invalid(
-            "unknown_project",
-            format!("project: no project named {:?}", report.project),
-        )
+        AppError::invalid("unknown_project", format!("project: no project named {:?}", report.project))
     })?;
     if !builders::may_report(conn, builder.id, project.id)? {
         return Err(AppError::forbidden(
             "not_allowed",
-            format!(
-                "builder {:?} may not report for project {:?}",
-                builder.name, project.name
-            ),
+            format!("builder {:?} may not report for project {:?}", builder.name, project.name),
         ));
     }
 
     // CPU work before the transaction, so the write lock is held only for writing.
     let logs = compress_logs(&report)?;
     let write = |conn: &mut DbConn| {
-        db::write_transaction(conn, |conn| {
-            store(conn, &report, &id, builder.id, project.id, &logs)
-        })
+        db::write_transaction(conn, |conn| store(conn, &report, &id, builder.id, project.id, &logs))
     };
     let result = match write(conn) {
         // Another server process stored the same report or build a moment ago: look again.
@@ -95,11 +74,7 @@ pub fn ingest(
         other => other,
     };
     let (build_id, created) = result?;
-    Ok(Outcome {
-        report_id: id,
-        build_id,
-        created,
-    })
+    Ok(Outcome { report_id: id, build_id, created })
 }
 
 /// Finds the header's builder and checks the signature against its keys.
@@ -115,20 +90,15 @@ fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppEr
         .signature
         .filter(|s| !s.is_empty())
         .ok_or_else(|| AppError::unauthorized("unsigned", "missing Tbox-Signature header"))?;
-    let unknown = || {
-        AppError::unauthorized(
-            "unknown_builder",
-            format!("no builder named {name:?} is registered"),
-        )
-    };
+    let unknown = || AppError::unauthorized("unknown_builder", format!("no builder named {name:?} is registered"));
     if tbox_protocol::validate_name("builder", name, 64).is_err() {
         return Err(unknown());
     }
     let builder = builders::by_name(conn, name)?.ok_or_else(unknown)?;
     let keys = builders::keys(conn, builder.id)?;
-    let signed_with = keys.iter().find(|k| {
-        PublicKey::from_pem(&k.public_key).is_ok_and(|key| key.verify(sub.body, signature).is_ok())
-    });
+    let signed_with = keys
+        .iter()
+        .find(|k| PublicKey::from_pem(&k.public_key).is_ok_and(|key| key.verify(sub.body, signature).is_ok()));
     let Some(key) = signed_with else {
         return Err(AppError::unauthorized(
             "bad_signature",
@@ -136,10 +106,7 @@ fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppEr
         ));
     };
     if key.revoked_at.is_some() {
-        return Err(AppError::forbidden(
-            "key_revoked",
-            format!("key {} has been revoked", key.fingerprint),
-        ));
+        return Err(AppError::forbidden("key_revoked", format!("key {} has been revoked", key.fingerprint)));
     }
     match builder.status.as_str() {
         builders::ACTIVE => Ok(builder),
@@ -147,10 +114,7 @@ fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppEr
             "builder_pending",
             format!("builder {name:?} is pending approval by an administrator"),
         )),
-        _ => Err(AppError::forbidden(
-            "builder_revoked",
-            format!("builder {name:?} has been revoked"),
-        )),
+        _ => Err(AppError::forbidden("builder_revoked", format!("builder {name:?} has been revoked"))),
     }
 }
 
@@ -168,14 +132,9 @@ fn compress_logs(report: &Report) -> Result<Vec<Option<Compressed>>, AppError> {
         .map(|s| {
             let Some(log) = &s.log else { return Ok(None) };
             let digest = format!("{:x}", Sha256::digest(log.as_bytes()));
-            let bytes = zstd::bulk::compress(log.as_bytes(), 3)
-                .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
+            let bytes = zstd::bulk::compress(log.as_bytes(), 3).map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
             let size = i64::try_from(log.len()).map_err(|e| anyhow::anyhow!(e))?;
-            Ok(Some(Compressed {
-                digest,
-                size,
-                bytes,
-            }))
+            Ok(Some(Compressed { digest, size, bytes }))
         })
         .collect()
 }
@@ -215,10 +174,7 @@ fn store(
         Some(existing) if existing.project_id != project_id => {
             return Err(AppError::conflict(
                 "build_conflict",
-                format!(
-                    "build {:?} of this builder belongs to another project",
-                    report.uuid
-                ),
+                format!("build {:?} of this builder belongs to another project", report.uuid),
             ));
         }
         Some(existing) => match (existing.state.as_str(), report.state) {
@@ -245,15 +201,8 @@ fn store(
         },
     };
 
-    let log_rows: Vec<NewLog<'_>> = logs
-        .iter()
-        .flatten()
-        .map(|l| NewLog {
-            digest: &l.digest,
-            size: l.size,
-            compressed: &l.bytes,
-        })
-        .collect();
+    let log_rows: Vec<NewLog<'_>> =
+        logs.iter().flatten().map(|l| NewLog { digest: &l.digest, size: l.size, compressed: &l.bytes }).collect();
     builds::insert_logs(conn, &log_rows)?;
     let steps: Vec<NewStep<'_>> = report
         .steps
@@ -293,11 +242,5 @@ fn store(
 }
 
 fn is_unique_violation(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<DieselError>(),
-        Some(DieselError::DatabaseError(
-            DatabaseErrorKind::UniqueViolation,
-            _
-        ))
-    )
+    matches!(e.downcast_ref::<DieselError>(), Some(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)))
 }

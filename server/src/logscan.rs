@@ -44,9 +44,8 @@ static WARNING: LazyLock<Regex> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("warning pattern: {e}"))
 });
 
-static ANSI: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").unwrap_or_else(|e| panic!("ansi pattern: {e}"))
-});
+static ANSI: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").unwrap_or_else(|e| panic!("ansi pattern: {e}")));
 
 /// What a line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,13 +112,7 @@ struct Gatherer {
 
 impl Gatherer {
     fn new() -> Self {
-        Gatherer {
-            blocks: Vec::new(),
-            lines: 0,
-            after: 0,
-            last: 0,
-            omitted: 0,
-        }
+        Gatherer { blocks: Vec::new(), lines: 0, after: 0, last: 0, omitted: 0 }
     }
 
     fn hit(&mut self, ring: &VecDeque<Line>, line: &Line) {
@@ -139,9 +132,7 @@ impl Gatherer {
         }
         if let Some(block) = self.blocks.last_mut() {
             let before = block.lines.len();
-            block
-                .lines
-                .extend(ring.iter().filter(|l| l.number > self.last).cloned());
+            block.lines.extend(ring.iter().filter(|l| l.number > self.last).cloned());
             block.lines.push(line.clone());
             self.lines += block.lines.len() - before;
             self.last = line.number;
@@ -188,11 +179,7 @@ pub fn scan(reader: impl BufRead) -> std::io::Result<Brief> {
             text.push_str(" …");
         }
         let kind = classify(&text);
-        let line = Line {
-            number: brief.total_lines,
-            text,
-            kind,
-        };
+        let line = Line { number: brief.total_lines, text, kind };
         match kind {
             Kind::Error => {
                 brief.errors += 1;
@@ -219,18 +206,8 @@ pub fn scan(reader: impl BufRead) -> std::io::Result<Brief> {
     } else if !warnings.blocks.is_empty() {
         (warnings.blocks, "warnings", warnings.omitted)
     } else {
-        let tail = Block {
-            lines: ring.into_iter().collect(),
-        };
-        (
-            if tail.lines.is_empty() {
-                Vec::new()
-            } else {
-                vec![tail]
-            },
-            "tail",
-            0,
-        )
+        let tail = Block { lines: ring.into_iter().collect() };
+        (if tail.lines.is_empty() { Vec::new() } else { vec![tail] }, "tail", 0)
     };
     Ok(brief)
 }
@@ -255,11 +232,7 @@ mod tests {
         assert_eq!(b.blocks.len(), 1);
         let lines = &b.blocks[0].lines;
         assert_eq!(lines.first().map(|l| l.number), Some(71), "30 lines before");
-        assert_eq!(
-            lines.last().map(|l| l.number),
-            Some(107),
-            "5 lines after the last hit"
-        );
+        assert_eq!(lines.last().map(|l| l.number), Some(107), "5 lines after the last hit");
         assert_eq!(lines.iter().filter(|l| l.kind == Kind::Error).count(), 2);
     }
 
@@ -282,9 +255,7 @@ mod tests {
     #[test]
     fn many_hits_stay_bounded() {
         let filler = "filler\n".repeat(40);
-        let log: String = (0..1000)
-            .map(|i| format!("x.c:{i}:1: error: bad\n{filler}"))
-            .collect();
+        let log: String = (0..1000).map(|i| format!("x.c:{i}:1: error: bad\n{filler}")).collect();
         let b = brief(&log);
         assert_eq!(b.blocks.len(), MAX_BLOCKS);
         assert_eq!(b.errors, 1000);
@@ -311,73 +282,26 @@ mod tests {
         let expect: &[(&str, &str, &str)] = &[
             ("go-test-build-failed.log", "errors", "undefined: x"),
             ("go-test-verbose-gotestsum.log", "errors", "--- FAIL"),
-            (
-                "python-wpt-harness-tracebacks-excerpt.log",
-                "errors",
-                "Traceback (most recent call last)",
-            ),
-            (
-                "cargo-rustc-firefox-win64-link-failure-excerpt.log",
-                "errors",
-                "error: linking with",
-            ),
-            (
-                "mozharness-taskcluster-max-runtime-aborted.log",
-                "errors",
-                "TEST-UNEXPECTED-TIMEOUT",
-            ),
-            (
-                "buildbot-macosx64-debug-steps-excerpt.log",
-                "errors",
-                "TEST-UNEXPECTED-FAIL",
-            ),
-            (
-                "cargo-clippy-warnings.log",
-                "errors",
-                "error: using `clone` on a double-reference",
-            ),
-            (
-                "make-gcc-daos-centos7.log",
-                "warnings",
-                "warning: ignoring return value",
-            ),
-            (
-                "gradle-geckoview-android-build-tail-excerpt.log",
-                "warnings",
-                "warning:",
-            ),
-            (
-                "maven-javac-deprecation-warnings.log",
-                "errors",
-                "error: binary operator expected",
-            ),
+            ("python-wpt-harness-tracebacks-excerpt.log", "errors", "Traceback (most recent call last)"),
+            ("cargo-rustc-firefox-win64-link-failure-excerpt.log", "errors", "error: linking with"),
+            ("mozharness-taskcluster-max-runtime-aborted.log", "errors", "TEST-UNEXPECTED-TIMEOUT"),
+            ("buildbot-macosx64-debug-steps-excerpt.log", "errors", "TEST-UNEXPECTED-FAIL"),
+            ("cargo-clippy-warnings.log", "errors", "error: using `clone` on a double-reference"),
+            ("make-gcc-daos-centos7.log", "warnings", "warning: ignoring return value"),
+            ("gradle-geckoview-android-build-tail-excerpt.log", "warnings", "warning:"),
+            ("maven-javac-deprecation-warnings.log", "errors", "error: binary operator expected"),
             ("maven-errorprone-warnings.log", "warnings", "[WARNING]"),
             ("ninja-gcc-qt-warnings.log", "warnings", "warning:"),
-            (
-                "cmake-ninja-configure-build.log",
-                "warnings",
-                "CMake Warning",
-            ),
+            ("cmake-ninja-configure-build.log", "warnings", "CMake Warning"),
         ];
         for (file, showing, needle) in expect {
             let f = std::fs::File::open(dir.join(file))?;
             let b = scan(std::io::BufReader::new(f))?;
             assert_eq!(b.showing, *showing, "{file}");
-            let shown: Vec<&str> = b
-                .blocks
-                .iter()
-                .flat_map(|bl| bl.lines.iter())
-                .map(|l| l.text.as_str())
-                .collect();
-            assert!(
-                shown.iter().any(|l| l.contains(needle)),
-                "{file}: {needle:?} not in the brief"
-            );
+            let shown: Vec<&str> = b.blocks.iter().flat_map(|bl| bl.lines.iter()).map(|l| l.text.as_str()).collect();
+            assert!(shown.iter().any(|l| l.contains(needle)), "{file}: {needle:?} not in the brief");
             let lines: usize = b.blocks.iter().map(|bl| bl.lines.len()).sum();
-            assert!(
-                lines <= MAX_BLOCKS * (BEFORE + AFTER + 200),
-                "{file}: brief too long ({lines} lines)"
-            );
+            assert!(lines <= MAX_BLOCKS * (BEFORE + AFTER + 200), "{file}: brief too long ({lines} lines)");
         }
         // Every fixture scans without trouble and the line count is right.
         for entry in std::fs::read_dir(&dir)? {
@@ -385,11 +309,7 @@ mod tests {
             let bytes = std::fs::read(&path)?;
             let b = scan(bytes.as_slice())?;
             let newlines = bytes.iter().filter(|&&c| c == b'\n').count() as u64;
-            assert!(
-                b.total_lines == newlines || b.total_lines == newlines + 1,
-                "{}",
-                path.display()
-            );
+            assert!(b.total_lines == newlines || b.total_lines == newlines + 1, "{}", path.display());
         }
         Ok(())
     }

@@ -9,10 +9,7 @@ use crate::{api, web as pages};
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     cfg.service(
         web::scope("/api/v1")
-            .app_data(
-                web::PathConfig::default()
-                    .error_handler(|e, _| AppError::not_found(e.to_string()).into()),
-            )
+            .app_data(web::PathConfig::default().error_handler(|e, _| AppError::not_found(e.to_string()).into()))
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| AppError::bad_request("bad_query", e.to_string()).into()),
@@ -30,31 +27,25 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
             .route("/builders/{name}", web::get().to(api::builders::get))
             .route("/projects", web::get().to(api::projects::list))
             .route("/projects/{project}", web::get().to(api::projects::get))
-            .route(
-                "/projects/{project}/builds",
-                web::get().to(api::builds::list),
-            )
+            .route("/projects/{project}/builds", web::get().to(api::builds::list))
             .route("/builds/{id}", web::get().to(api::builds::get))
             .default_service(web::to(api_not_found)),
     )
     .service(
         web::scope("")
             .app_data(
-                web::PathConfig::default()
-                    .error_handler(|e, _| PageError(AppError::not_found(e.to_string())).into()),
+                web::PathConfig::default().error_handler(|e, _| PageError(AppError::not_found(e.to_string())).into()),
             )
-            .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                PageError(AppError::bad_request("bad_query", e.to_string())).into()
-            }))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| PageError(AppError::bad_request("bad_query", e.to_string())).into()),
+            )
             .route("/", web::get().to(pages::index::page))
             .route("/projects/{project}", web::get().to(pages::waterfall::page))
             .route("/projects/{project}/console", web::get().to(pages::console::page))
             .route("/projects/{project}/builders/{builder}", web::get().to(pages::builder::page))
             .route("/builds/{id}", web::get().to(pages::build::page))
-            .route(
-                "/builds/{id}/steps/{position}/log",
-                web::get().to(pages::logs::raw),
-            )
+            .route("/builds/{id}/steps/{position}/log", web::get().to(pages::logs::raw))
             .route("/static/{file}", web::get().to(pages::assets::get))
             .default_service(web::to(page_not_found)),
     );

@@ -22,13 +22,7 @@ fn builder_add_refuses_small_keys_and_unknown_projects(backend: Backend) -> Test
     s.setup();
     let small = s.db.dir.join("small.pub");
     let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:1024",
-        ])
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"])
         .output();
     let Ok(out) = out else {
         common::say("SKIPPED small-key check: openssl is not installed");
@@ -37,38 +31,15 @@ fn builder_add_refuses_small_keys_and_unknown_projects(backend: Backend) -> Test
     let private = s.db.dir.join("small.pem");
     std::fs::write(&private, &out.stdout)?;
     let pubout = std::process::Command::new("openssl")
-        .args([
-            "pkey",
-            "-pubout",
-            "-in",
-            private.to_str().unwrap(),
-            "-out",
-            small.to_str().unwrap(),
-        ])
+        .args(["pkey", "-pubout", "-in", private.to_str().unwrap(), "-out", small.to_str().unwrap()])
         .status()?;
     assert!(pubout.success());
-    let out = s.admin(&[
-        "builder",
-        "add",
-        "weak",
-        "--project",
-        "demo",
-        "--key",
-        small.to_str().unwrap(),
-    ]);
+    let out = s.admin(&["builder", "add", "weak", "--project", "demo", "--key", small.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1024 bits") && err.contains("2048"), "{err}");
 
-    let out = s.admin(&[
-        "builder",
-        "add",
-        "carol",
-        "--project",
-        "nope",
-        "--key",
-        &s.pubkey_file(key(1)),
-    ]);
+    let out = s.admin(&["builder", "add", "carol", "--project", "nope", "--key", &s.pubkey_file(key(1))]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no project named \"nope\""));
     let out = s.admin(&["builder", "approve", "nobody"]);
@@ -81,10 +52,7 @@ fn builder_add_refuses_small_keys_and_unknown_projects(backend: Backend) -> Test
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 
     let listed = s.admin_ok(&["builder", "list"]);
-    assert!(
-        !listed.contains("weak") && !listed.contains("carol"),
-        "nothing half-made stays behind: {listed}"
-    );
+    assert!(!listed.contains("weak") && !listed.contains("carol"), "nothing half-made stays behind: {listed}");
     Ok(())
 }
 
@@ -100,10 +68,7 @@ fn prune_deletes_old_builds_and_unused_logs(backend: Backend) -> TestResult {
     assert_eq!(s.send(&old).0, 201);
     let mut recent = report("recent");
     let now = chrono::Utc::now();
-    let (start, end) = (
-        json!((now - chrono::TimeDelta::hours(1)).to_rfc3339()),
-        json!(now.to_rfc3339()),
-    );
+    let (start, end) = (json!((now - chrono::TimeDelta::hours(1)).to_rfc3339()), json!(now.to_rfc3339()));
     recent["started_at"] = start.clone();
     recent["finished_at"] = end.clone();
     for step in recent["steps"].as_array_mut().unwrap() {
@@ -113,26 +78,15 @@ fn prune_deletes_old_builds_and_unused_logs(backend: Backend) -> TestResult {
     assert_eq!(s.send(&recent).0, 201);
 
     let out = s.admin_ok(&["prune", "--older-than", "90d"]);
-    assert!(
-        out.contains("pruned 1 builds") && out.contains("1 unused logs"),
-        "{out}"
-    );
+    assert!(out.contains("pruned 1 builds") && out.contains("1 unused logs"), "{out}");
     let builds = s.builds("demo");
     assert_eq!(builds.len(), 1);
     assert_eq!(builds[0]["uuid"], "recent");
     // The shared log of the recent build survives and still reads.
     let (status, full) = s.get_json(&format!("/api/v1/builds/{}", builds[0]["id"]));
     assert_eq!(status, 200);
-    let (status, text) = s.get(
-        full["steps"][1]["log_url"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches(&s.base),
-    );
-    assert_eq!(
-        (status, text.as_str()),
-        (200, "FAIL: parses_empty\n1 of 2 failed\n")
-    );
+    let (status, text) = s.get(full["steps"][1]["log_url"].as_str().unwrap().trim_start_matches(&s.base));
+    assert_eq!((status, text.as_str()), (200, "FAIL: parses_empty\n1 of 2 failed\n"));
     Ok(())
 }
 
@@ -141,19 +95,13 @@ fn migrations_redo_cleanly(backend: Backend) -> TestResult {
     let Some(test_db) = TestDb::new(backend) else {
         return Ok(());
     };
-    let mut conn =
-        diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&test_db.url)?))?;
+    let mut conn = diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&test_db.url)?))?;
     assert_eq!(db::migrate(&mut conn)?.len(), 2);
-    assert!(
-        db::migrate(&mut conn)?.is_empty(),
-        "a second migrate does nothing"
-    );
+    assert!(db::migrate(&mut conn)?.is_empty(), "a second migrate does nothing");
     // Every down.sql runs, and up again gives a working schema.
     db::redo_all(&mut conn)?;
     drop(conn);
-    let out = std::process::Command::new(common::BIN)
-        .args(["migrate", "--database", &test_db.url])
-        .output()?;
+    let out = std::process::Command::new(common::BIN).args(["migrate", "--database", &test_db.url]).output()?;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
     Ok(())
@@ -175,23 +123,13 @@ fn builds_list_pages_with_a_cursor(backend: Backend) -> TestResult {
     loop {
         let (status, page) = s.get_json(&path);
         assert_eq!(status, 200, "{page}");
-        seen.extend(
-            page["builds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b["uuid"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page["builds"].as_array().unwrap().iter().map(|b| b["uuid"].as_str().unwrap().to_owned()));
         match page["next"].as_str() {
             Some(c) => path = format!("/api/v1/projects/demo/builds?limit=3&cursor={c}"),
             None => break,
         }
     }
-    assert_eq!(
-        seen,
-        ["b6", "b5", "b4", "b3", "b2", "b1", "b0"],
-        "newest first, each build once"
-    );
+    assert_eq!(seen, ["b6", "b5", "b4", "b3", "b2", "b1", "b0"], "newest first, each build once");
     Ok(())
 }
 
@@ -212,17 +150,11 @@ fn read_api_errors_are_json(backend: Backend) -> TestResult {
     ] {
         let (got, body) = s.get_json(path);
         assert_eq!(got, status, "{path}: {body}");
-        assert!(
-            body["error"].is_string() && body["message"].is_string(),
-            "{path}: {body}"
-        );
+        assert!(body["error"].is_string() && body["message"].is_string(), "{path}: {body}");
     }
     let (status, html) = s.get("/projects/nope");
     assert_eq!(status, 404);
-    assert!(
-        html.contains("<!DOCTYPE html>") && html.contains("no project named"),
-        "{html}"
-    );
+    assert!(html.contains("<!DOCTYPE html>") && html.contains("no project named"), "{html}");
     let (status, v) = s.get_json("/api/v1/projects");
     assert_eq!(status, 200);
     assert_eq!(v["projects"][0]["name"], "demo");
@@ -249,30 +181,12 @@ fn pages_escape_everything_a_builder_sends(backend: Backend) -> TestResult {
     for path in ["/projects/demo".to_owned(), format!("/builds/{build}")] {
         let (status, html) = s.get(&path);
         assert_eq!(status, 200);
-        assert!(
-            !html.contains("<script>") && !html.contains("<img"),
-            "{path} lets markup through:\n{html}"
-        );
-        assert!(
-            html.contains("&lt;script&gt;"),
-            "{path} should show the text, escaped"
-        );
+        assert!(!html.contains("<script>") && !html.contains("<img"), "{path} lets markup through:\n{html}");
+        assert!(html.contains("&lt;script&gt;"), "{path} should show the text, escaped");
     }
     let resp = s.agent.get(s.url(&format!("/builds/{build}"))).call()?;
-    let csp = resp
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    assert!(
-        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
-        "{csp}"
-    );
-    assert_eq!(
-        resp.headers()
-            .get("x-content-type-options")
-            .and_then(|v| v.to_str().ok()),
-        Some("nosniff")
-    );
+    let csp = resp.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(resp.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
     Ok(())
 }

@@ -49,18 +49,11 @@ fn accepted_report_is_stored_and_readable(backend: Backend) -> TestResult {
     assert_eq!(builds.len(), 1);
     let b = &builds[0];
     assert_eq!(
-        (
-            b["builder"].as_str(),
-            b["result"].as_str(),
-            b["state"].as_str()
-        ),
+        (b["builder"].as_str(), b["result"].as_str(), b["state"].as_str()),
         (Some("alice"), Some("failure"), Some("finished"))
     );
     assert_eq!(b["started_at"], "2026-11-01T10:00:00Z");
-    assert_eq!(
-        b["steps"],
-        json!([{"name": "build", "result": "success"}, {"name": "test", "result": "failure"}])
-    );
+    assert_eq!(b["steps"], json!([{"name": "build", "result": "success"}, {"name": "test", "result": "failure"}]));
 
     let (status, full) = s.get_json(&format!("/api/v1/builds/{build}"));
     assert_eq!(status, 200);
@@ -69,32 +62,17 @@ fn accepted_report_is_stored_and_readable(backend: Backend) -> TestResult {
     assert_eq!(full["steps"][1]["exit_code"], 2);
     let log_url = full["steps"][1]["log_url"].as_str().unwrap();
     let mut resp = s.agent.get(log_url).call()?;
-    assert_eq!(
-        resp.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("text/plain; charset=utf-8")
-    );
-    assert_eq!(
-        resp.body_mut().read_to_string()?,
-        "FAIL: parses_empty\n1 of 2 failed\n"
-    );
+    assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/plain; charset=utf-8"));
+    assert_eq!(resp.body_mut().read_to_string()?, "FAIL: parses_empty\n1 of 2 failed\n");
 
     // The pages show it too.
     let (status, html) = s.get("/projects/demo");
     assert_eq!(status, 200);
-    assert!(
-        html.contains("alice") && html.contains("tests failed"),
-        "{html}"
-    );
+    assert!(html.contains("alice") && html.contains("tests failed"), "{html}");
     let (status, html) = s.get(&format!("/builds/{build}"));
     assert_eq!(status, 200);
     let html = html.replace("&#x2F;", "/"); // tera escapes slashes in attributes
-    assert!(
-        html.contains("parses_empty")
-            && html.contains("https://example.org/c/0123456789abcdef0123"),
-        "{html}"
-    );
+    assert!(html.contains("parses_empty") && html.contains("https://example.org/c/0123456789abcdef0123"), "{html}");
     Ok(())
 }
 
@@ -122,21 +100,12 @@ fn tampered_body_is_401(backend: Backend) -> TestResult {
     let mut tampered = body.clone();
     let i = tampered.iter().position(|&c| c == b'6').unwrap();
     tampered[i] = b'7';
-    let (status, v) = s.post(
-        &tampered,
-        &[
-            ("Content-Type", "application/json"),
-            ("Tbox-Builder", "alice"),
-            ("Tbox-Signature", &sig),
-        ],
-    );
+    let (status, v) =
+        s.post(&tampered, &[("Content-Type", "application/json"), ("Tbox-Builder", "alice"), ("Tbox-Signature", &sig)]);
     assert_eq!(status, 401, "{v}");
     assert_eq!(v["error"], "bad_signature");
     let text = v.to_string();
-    assert!(
-        !text.contains(&sig[..20]) && !text.contains("BEGIN"),
-        "an error never echoes key material: {text}"
-    );
+    assert!(!text.contains(&sig[..20]) && !text.contains("BEGIN"), "an error never echoes key material: {text}");
     assert!(s.builds("demo").is_empty());
     Ok(())
 }
@@ -147,38 +116,14 @@ fn unsigned_is_401(backend: Backend) -> TestResult {
     };
     s.setup();
     let body = report("b1").to_string();
-    let (status, v) = s.post(
-        body.as_bytes(),
-        &[
-            ("Content-Type", "application/json"),
-            ("Tbox-Builder", "alice"),
-        ],
-    );
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (401, Some("unsigned")),
-        "{v}"
-    );
+    let (status, v) = s.post(body.as_bytes(), &[("Content-Type", "application/json"), ("Tbox-Builder", "alice")]);
+    assert_eq!((status, v["error"].as_str()), (401, Some("unsigned")), "{v}");
     let sig = key(0).sign(body.as_bytes());
-    let (status, v) = s.post(
-        body.as_bytes(),
-        &[
-            ("Content-Type", "application/json"),
-            ("Tbox-Signature", &sig),
-        ],
-    );
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (401, Some("unsigned")),
-        "{v}"
-    );
+    let (status, v) = s.post(body.as_bytes(), &[("Content-Type", "application/json"), ("Tbox-Signature", &sig)]);
+    assert_eq!((status, v["error"].as_str()), (401, Some("unsigned")), "{v}");
     let (status, _) = s.post(
         body.as_bytes(),
-        &[
-            ("Content-Type", "application/json"),
-            ("Tbox-Builder", "alice"),
-            ("Tbox-Signature", "not base64!"),
-        ],
+        &[("Content-Type", "application/json"), ("Tbox-Builder", "alice"), ("Tbox-Signature", "not base64!")],
     );
     assert_eq!(status, 401);
     assert!(s.builds("demo").is_empty());
@@ -193,11 +138,7 @@ fn unknown_builder_is_401(backend: Backend) -> TestResult {
     let mut r = report("b1");
     r["builder"] = json!("mallory");
     let (status, v) = s.send_as("mallory", key(0), r.to_string().as_bytes());
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (401, Some("unknown_builder")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (401, Some("unknown_builder")), "{v}");
     Ok(())
 }
 
@@ -207,11 +148,7 @@ fn wrong_key_is_401(backend: Backend) -> TestResult {
     };
     s.setup();
     let (status, v) = s.send_as("alice", key(1), report("b1").to_string().as_bytes());
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (401, Some("bad_signature")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (401, Some("bad_signature")), "{v}");
     assert!(s.builds("demo").is_empty());
     Ok(())
 }
@@ -224,18 +161,10 @@ fn project_not_allowed_is_403(backend: Backend) -> TestResult {
     let mut r = report("b1");
     r["project"] = json!("other");
     let (status, v) = s.send(&r);
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (403, Some("not_allowed")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (403, Some("not_allowed")), "{v}");
     r["project"] = json!("nonexistent");
     let (status, v) = s.send(&r);
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (422, Some("unknown_project")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (422, Some("unknown_project")), "{v}");
     assert!(s.builds("other").is_empty());
     Ok(())
 }
@@ -248,42 +177,19 @@ fn revoked_builder_and_revoked_key_are_403(backend: Backend) -> TestResult {
     assert_eq!(s.send(&report("b1")).0, 201);
 
     // Rotation: a second key, then the first is revoked.
-    s.admin_ok(&[
-        "builder",
-        "add",
-        "alice",
-        "--project",
-        "demo",
-        "--key",
-        &s.pubkey_file(key(1)),
-    ]);
+    s.admin_ok(&["builder", "add", "alice", "--project", "demo", "--key", &s.pubkey_file(key(1))]);
     let old = key(0).public_key().fingerprint();
     s.admin_ok(&["builder", "revoke", "alice", "--key", &old]);
     let (status, v) = s.send(&report("b2"));
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (403, Some("key_revoked")),
-        "{v}"
-    );
-    assert_eq!(
-        s.send_as("alice", key(1), report("b3").to_string().as_bytes())
-            .0,
-        201
-    );
+    assert_eq!((status, v["error"].as_str()), (403, Some("key_revoked")), "{v}");
+    assert_eq!(s.send_as("alice", key(1), report("b3").to_string().as_bytes()).0, 201);
 
     // Revoking the builder refuses every key.
     s.admin_ok(&["builder", "revoke", "alice"]);
     let (status, v) = s.send_as("alice", key(1), report("b4").to_string().as_bytes());
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (403, Some("builder_revoked")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (403, Some("builder_revoked")), "{v}");
     let listed = s.admin_ok(&["builder", "list"]);
-    assert!(
-        listed.contains("alice\trevoked") && listed.contains(&format!("{old} (revoked)")),
-        "{listed}"
-    );
+    assert!(listed.contains("alice\trevoked") && listed.contains(&format!("{old} (revoked)")), "{listed}");
 
     // What was stored before is still there.
     assert_eq!(s.builds("demo").len(), 2);
@@ -295,22 +201,10 @@ fn builder_header_must_match_body(backend: Backend) -> TestResult {
         return Ok(());
     };
     s.setup();
-    s.admin_ok(&[
-        "builder",
-        "add",
-        "bob",
-        "--project",
-        "demo",
-        "--key",
-        &s.pubkey_file(key(1)),
-    ]);
+    s.admin_ok(&["builder", "add", "bob", "--project", "demo", "--key", &s.pubkey_file(key(1))]);
     // Bob signs, correctly, a report that claims to come from alice.
     let (status, v) = s.send_as("bob", key(1), report("b1").to_string().as_bytes());
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (403, Some("builder_mismatch")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (403, Some("builder_mismatch")), "{v}");
     assert!(s.builds("demo").is_empty());
     Ok(())
 }
@@ -321,11 +215,7 @@ fn malformed_json_is_400(backend: Backend) -> TestResult {
     };
     s.setup();
     let (status, v) = s.send_as("alice", key(0), b"{\"format\": \"tbox-report/1\", ");
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (400, Some("malformed")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (400, Some("malformed")), "{v}");
     Ok(())
 }
 
@@ -338,13 +228,7 @@ fn invalid_field_is_422_naming_it(backend: Backend) -> TestResult {
     r["steps"][1]["result"] = json!("kaput");
     let (status, v) = s.send(&r);
     assert_eq!(status, 422, "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("steps[1].result:"),
-        "{v}"
-    );
+    assert!(v["message"].as_str().unwrap().starts_with("steps[1].result:"), "{v}");
 
     let mut r = report("b1");
     r["builder"] = json!("alice"); // valid, but the uuid is not
@@ -366,10 +250,7 @@ fn future_finished_at_is_422(backend: Backend) -> TestResult {
     r["finished_at"] = json!(future);
     let (status, v) = s.send(&r);
     assert_eq!(status, 422, "{v}");
-    assert!(
-        v["message"].as_str().unwrap().starts_with("finished_at:"),
-        "{v}"
-    );
+    assert!(v["message"].as_str().unwrap().starts_with("finished_at:"), "{v}");
     // Old reports (spooled while the server was down) are fine.
     let mut r = report("b2");
     r["started_at"] = json!("2024-01-01T00:00:00Z");
@@ -414,12 +295,7 @@ fn oversized_body_is_413_before_it_is_read(backend: Backend) -> TestResult {
     // The server may close the connection before the client has finished sending; either
     // way nothing is stored.
     if let Ok(mut r) = resp {
-        assert_eq!(
-            r.status().as_u16(),
-            413,
-            "{}",
-            r.body_mut().read_to_string()?
-        );
+        assert_eq!(r.status().as_u16(), 413, "{}", r.body_mut().read_to_string()?);
     }
     assert!(s.builds("demo").is_empty());
     Ok(())
@@ -433,31 +309,17 @@ fn started_then_finished_is_one_build(backend: Backend) -> TestResult {
     let (status, a) = s.send(&started("b1"));
     assert_eq!(status, 201, "{a}");
     let builds = s.builds("demo");
-    assert_eq!(
-        (
-            builds.len(),
-            builds[0]["state"].as_str(),
-            &builds[0]["result"]
-        ),
-        (1, Some("started"), &json!(null))
-    );
+    assert_eq!((builds.len(), builds[0]["state"].as_str(), &builds[0]["result"]), (1, Some("started"), &json!(null)));
     let (html_status, html) = s.get("/projects/demo");
     assert_eq!(html_status, 200);
-    assert!(
-        html.contains("building"),
-        "a running build shows as building"
-    );
+    assert!(html.contains("building"), "a running build shows as building");
 
     let (status, b) = s.send(&report("b1"));
     assert_eq!(status, 201, "{b}");
     assert_eq!(a["build"], b["build"]);
     let builds = s.builds("demo");
     assert_eq!(
-        (
-            builds.len(),
-            builds[0]["state"].as_str(),
-            builds[0]["result"].as_str()
-        ),
+        (builds.len(), builds[0]["state"].as_str(), builds[0]["result"].as_str()),
         (1, Some("finished"), Some("failure"))
     );
 
@@ -465,18 +327,11 @@ fn started_then_finished_is_one_build(backend: Backend) -> TestResult {
     let mut other = report("b1");
     other["result"] = json!("success");
     let (status, v) = s.send(&other);
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (409, Some("build_conflict")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (409, Some("build_conflict")), "{v}");
     // ...while the same started report sent late is simply a duplicate.
     assert_eq!(s.send(&started("b1")).0, 200);
     let builds = s.builds("demo");
-    assert_eq!(
-        (builds.len(), builds[0]["result"].as_str()),
-        (1, Some("failure"))
-    );
+    assert_eq!((builds.len(), builds[0]["result"].as_str()), (1, Some("failure")));
     Ok(())
 }
 
@@ -489,17 +344,9 @@ fn wrong_content_type_is_415(backend: Backend) -> TestResult {
     let sig = key(0).sign(body.as_bytes());
     let (status, v) = s.post(
         body.as_bytes(),
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Tbox-Builder", "alice"),
-            ("Tbox-Signature", &sig),
-        ],
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Tbox-Builder", "alice"), ("Tbox-Signature", &sig)],
     );
-    assert_eq!(
-        (status, v["error"].as_str()),
-        (415, Some("unsupported_media_type")),
-        "{v}"
-    );
+    assert_eq!((status, v["error"].as_str()), (415, Some("unsupported_media_type")), "{v}");
     Ok(())
 }
 
@@ -522,11 +369,7 @@ fn gzip_body_is_accepted(backend: Backend) -> TestResult {
         ],
     );
     assert_eq!(status, 201, "{v}");
-    assert_eq!(
-        v["id"],
-        sha256_hex(body.as_bytes()),
-        "the id is the digest of the uncompressed JSON"
-    );
+    assert_eq!(v["id"], sha256_hex(body.as_bytes()), "the id is the digest of the uncompressed JSON");
     Ok(())
 }
 
@@ -539,8 +382,7 @@ fn identical_logs_are_stored_once(backend: Backend) -> TestResult {
     s.setup();
     assert_eq!(s.send(&report("b1")).0, 201);
     assert_eq!(s.send(&report("b2")).0, 201);
-    let mut conn =
-        diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&s.db.url)?))?;
+    let mut conn = diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&s.db.url)?))?;
     let count: i64 = logs::table.count().get_result(&mut conn)?;
     assert_eq!(count, 2, "two builds with the same two logs store two logs");
     Ok(())

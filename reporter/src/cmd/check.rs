@@ -8,12 +8,7 @@ use crate::{exit, keyfile, spool};
 pub fn run(common: &Common) -> anyhow::Result<u8> {
     let path = config::config_path(common.config.as_deref());
     let config = Config::load(&path)?;
-    println!(
-        "config   {} is valid: builder {} → {}",
-        path.display(),
-        config.builder,
-        config.server
-    );
+    println!("config   {} is valid: builder {} → {}", path.display(), config.builder, config.server);
     let key = keyfile::load(&config.key_path())?;
     println!(
         "key      {} ({} bits, {})",
@@ -27,10 +22,9 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         Sent::Delivered(v) => {
             let status = v["status"].as_str().unwrap_or("?");
             let mine = key.public_key().fingerprint();
-            let key_known = v["keys"].as_array().is_some_and(|ks| {
-                ks.iter()
-                    .any(|k| k["fingerprint"] == mine.as_str() && k["revoked"] == false)
-            });
+            let key_known = v["keys"]
+                .as_array()
+                .is_some_and(|ks| ks.iter().any(|k| k["fingerprint"] == mine.as_str() && k["revoked"] == false));
             println!("server   reachable; builder {} is {status}", config.builder);
             if status != "active" {
                 println!(
@@ -61,10 +55,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         }
     }
     let waiting = spool::pending(&config.spool_dir())?.len();
-    println!(
-        "spool    {} ({waiting} report(s) waiting)",
-        config.spool_dir().display()
-    );
+    println!("spool    {} ({waiting} report(s) waiting)", config.spool_dir().display());
     for p in &config.projects {
         let workdir = config::expand(&p.workdir);
         let revision = super::git_revision(&workdir);
@@ -78,13 +69,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             (None, false) => "builds (not a git checkout, so every run builds)".to_owned(),
         };
         let steps: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
-        println!(
-            "project  {} ({}): {}; steps {}",
-            p.name,
-            p.branch,
-            plan,
-            steps.join(" → ")
-        );
+        println!("project  {} ({}): {}; steps {}", p.name, p.branch, plan, steps.join(" → "));
         if !workdir.is_dir() && p.git.is_none() {
             println!("         ! workdir {} does not exist", workdir.display());
             problems += 1;

@@ -22,9 +22,5 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         );
         return Ok(exit::SPOOLED);
     }
-    Ok(if done.rejected > 0 {
-        exit::REJECTED
-    } else {
-        exit::OK
-    })
+    Ok(if done.rejected > 0 { exit::REJECTED } else { exit::OK })
 }

@@ -6,25 +6,16 @@ use crate::cli::KeygenArgs;
 use crate::{config, exit, keyfile};
 
 pub fn run(args: &KeygenArgs) -> anyhow::Result<u8> {
-    let path = args
-        .out
-        .clone()
-        .unwrap_or_else(|| config::config_dir().join("builder.pem"));
+    let path = args.out.clone().unwrap_or_else(|| config::config_dir().join("builder.pem"));
     if path.exists() {
-        anyhow::bail!(
-            "{} already exists; refusing to overwrite a key (use --out for another path)",
-            path.display()
-        );
+        anyhow::bail!("{} already exists; refusing to overwrite a key (use --out for another path)", path.display());
     }
     let key = PrivateKey::generate(&mut rand_core::OsRng, args.bits)?;
     keyfile::write_new(&path, &key)?;
     let public = key.public_key();
     let pub_path = path.with_extension("pub");
     std::fs::write(&pub_path, public.to_pem())?;
-    println!(
-        "private key: {} (mode 600; keep it on this machine)",
-        path.display()
-    );
+    println!("private key: {} (mode 600; keep it on this machine)", path.display());
     println!("public key:  {}", pub_path.display());
     println!("fingerprint: {}", public.fingerprint());
     println!();

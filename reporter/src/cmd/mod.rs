@@ -37,12 +37,7 @@ fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
 
 /// Serialises, sends (with retries) and, if the server is unreachable, spools a report.
 /// Returns the exit code it deserves.
-fn deliver(
-    report: &Report,
-    client: &Client,
-    spool_dir: &Path,
-    verbose: bool,
-) -> anyhow::Result<u8> {
+fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) -> anyhow::Result<u8> {
     let body = serde_json::to_vec(report)?;
     Ok(match client.submit(&body) {
         Sent::Delivered(v) => {
@@ -57,10 +52,7 @@ fn deliver(
             exit::OK
         }
         Sent::Rejected { status, message } => {
-            eprintln!(
-                "tbox-report: the server refused the report for {} ({status}): {message}",
-                report.project
-            );
+            eprintln!("tbox-report: the server refused the report for {} ({status}): {message}", report.project);
             exit::REJECTED
         }
         Sent::Unreachable(e) => {
@@ -84,13 +76,6 @@ fn new_uuid() -> String {
 
 /// The revision checked out in `dir`, if it is a git work tree.
 fn git_revision(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(dir)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|r| !r.is_empty())
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|r| !r.is_empty())
 }

@@ -12,18 +12,10 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
     let (config, client) = super::load(&args.common)?;
     let Some(result) = BuildResult::parse(&args.result) else {
         let all: Vec<&str> = BuildResult::ALL.iter().map(|r| r.as_str()).collect();
-        bail!(
-            "--result must be one of {}, got {:?}",
-            all.join(", "),
-            args.result
-        );
+        bail!("--result must be one of {}, got {:?}", all.join(", "), args.result);
     };
     if args.steps.len() > args.logs.len() {
-        bail!(
-            "{} --step names for {} --log files",
-            args.steps.len(),
-            args.logs.len()
-        );
+        bail!("{} --step names for {} --log files", args.steps.len(), args.logs.len());
     }
     let project_cfg = config.projects.iter().find(|p| p.name == args.project);
     let cwd = std::env::current_dir()?;
@@ -31,32 +23,20 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         Some(r) => r.clone(),
         None => super::git_revision(&cwd).context("--revision is needed outside a git checkout")?,
     };
-    let branch = args
-        .branch
-        .clone()
-        .or_else(|| project_cfg.map(|p| p.branch.clone()))
-        .unwrap_or_else(|| "main".into());
+    let branch = args.branch.clone().or_else(|| project_cfg.map(|p| p.branch.clone())).unwrap_or_else(|| "main".into());
     let now = Utc::now().fixed_offset();
     let mut steps = Vec::new();
     for (i, path) in args.logs.iter().enumerate() {
         let (log, truncated) = runner::read_capped(path, config.max_log_bytes)
             .with_context(|| format!("cannot read log {}", path.display()))?;
         let name = args.steps.get(i).cloned().unwrap_or_else(|| {
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("step {}", i + 1))
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("step {}", i + 1))
         });
-        let modified = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .map(chrono::DateTime::<Utc>::from);
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok().map(chrono::DateTime::<Utc>::from);
         steps.push(Step {
             name,
             result,
-            started_at: modified
-                .map(|m| m.fixed_offset())
-                .filter(|m| *m <= now)
-                .unwrap_or(now),
+            started_at: modified.map(|m| m.fixed_offset()).filter(|m| *m <= now).unwrap_or(now),
             finished_at: now,
             exit_code: None,
             kind: None,
@@ -64,11 +44,8 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
             log_truncated: truncated,
         });
     }
-    let (tests, notes) = if args.junit.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        junit::collect(&cwd, &args.junit, None)
-    };
+    let (tests, notes) =
+        if args.junit.is_empty() { (Vec::new(), Vec::new()) } else { junit::collect(&cwd, &args.junit, None) };
     for n in notes {
         eprintln!("tbox-report: {n}");
     }
@@ -86,11 +63,7 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         finished_at: Some(now),
         steps,
         tests,
-        properties: props::detect(
-            &project_cfg
-                .map(|p| p.properties.clone())
-                .unwrap_or_default(),
-        ),
+        properties: props::detect(&project_cfg.map(|p| p.properties.clone()).unwrap_or_default()),
         reporter: crate::REPORTER.into(),
     };
     super::deliver(&report, &client, &config.spool_dir(), true)

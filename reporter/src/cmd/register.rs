@@ -19,11 +19,7 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
     match client.register(&body) {
         Sent::Delivered(v) => {
             let status = v["status"].as_str().unwrap_or("?");
-            println!(
-                "builder {} is registered for {}: status {status}",
-                config.builder,
-                args.projects.join(", ")
-            );
+            println!("builder {} is registered for {}: status {status}", config.builder, args.projects.join(", "));
             println!("key fingerprint {}", key.public_key().fingerprint());
             if status == "pending" {
                 println!(

@@ -24,10 +24,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         Some(name) => vec![config.project(name)?],
         None => config.projects.iter().collect(),
     };
-    anyhow::ensure!(
-        !projects.is_empty(),
-        "the config has no [[project]] to build"
-    );
+    anyhow::ensure!(!projects.is_empty(), "the config has no [[project]] to build");
     let mut code = exit::OK;
     for project in projects {
         code = code.max(run_project(&config, &client, project, args)?);
@@ -37,36 +34,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
 
 /// The revision last reported for a project, if any.
 pub fn last_revision(project: &str) -> Option<String> {
-    std::fs::read_to_string(revision_file(project))
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+    std::fs::read_to_string(revision_file(project)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 fn revision_file(project: &str) -> PathBuf {
     config::state_dir().join("last-revision").join(project)
 }
 
-fn run_project(
-    config: &Config,
-    client: &Client,
-    project: &Project,
-    args: &RunArgs,
-) -> anyhow::Result<u8> {
+fn run_project(config: &Config, client: &Client, project: &Project, args: &RunArgs) -> anyhow::Result<u8> {
     let verbose = args.common.verbose;
     let state = config::state_dir();
-    std::fs::create_dir_all(state.join("locks"))
-        .with_context(|| format!("cannot create {}", state.display()))?;
+    std::fs::create_dir_all(state.join("locks")).with_context(|| format!("cannot create {}", state.display()))?;
     let lock_path = state.join("locks").join(format!("{}.lock", project.name));
-    let lock = File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            eprintln!(
-                "tbox-report: another run is building {}; skipping",
-                project.name
-            );
+            eprintln!("tbox-report: another run is building {}; skipping", project.name);
             return Ok(exit::OK);
         }
         Err(TryLockError::Error(e)) => {
@@ -77,10 +61,7 @@ fn run_project(
     // Results of earlier runs go first, in order.
     let flushed = spool::flush(&config.spool_dir(), client)?;
     if verbose && flushed.delivered > 0 {
-        eprintln!(
-            "tbox-report: delivered {} spooled report(s)",
-            flushed.delivered
-        );
+        eprintln!("tbox-report: delivered {} spooled report(s)", flushed.delivered);
     }
     // Reports still waiting make this run's outcome "spooled", even if it builds nothing.
     let floor = match &flushed.last_error {
@@ -99,31 +80,15 @@ fn run_project(
     let workdir = config::expand(&project.workdir);
     let started_at = Utc::now();
     let mut steps = Vec::new();
-    let checkout = project
-        .git
-        .as_ref()
-        .map(|url| checkout(url, &project.branch, &workdir));
+    let checkout = project.git.as_ref().map(|url| checkout(url, &project.branch, &workdir));
     if let Some((step, ok)) = &checkout {
         if !ok {
             // The source could not be updated: report it (the reporter's trouble, purple),
             // without a revision to skip on next time.
             let mut s = step.clone();
             s.started_at = started_at.fixed_offset();
-            let report = finish(
-                project,
-                config,
-                super::new_uuid(),
-                "unknown".into(),
-                started_at,
-                vec![s],
-                Vec::new(),
-            );
-            return Ok(floor.max(super::deliver(
-                &report,
-                client,
-                &config.spool_dir(),
-                verbose,
-            )?));
+            let report = finish(project, config, super::new_uuid(), "unknown".into(), started_at, vec![s], Vec::new());
+            return Ok(floor.max(super::deliver(&report, client, &config.spool_dir(), verbose)?));
         }
         steps.push(step.clone());
     }
@@ -161,10 +126,7 @@ fn run_project(
         reporter: crate::REPORTER.into(),
     };
     if let Sent::Rejected { status, message } = client.submit_once(&serde_json::to_vec(&started)?) {
-        eprintln!(
-            "tbox-report: the server refused the started report for {} ({status}): {message}",
-            project.name
-        );
+        eprintln!("tbox-report: the server refused the started report for {} ({status}): {message}", project.name);
     }
 
     let scratch = state.join("work").join(&uuid);
@@ -194,20 +156,10 @@ fn run_project(
         let log = File::create(&log_path)?;
         let mut env = project.env.clone();
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let spec = Spec {
-            command: &cfg.run,
-            workdir: &workdir,
-            env: &env,
-            timeout: cfg.timeout(),
-        };
+        let spec = Spec { command: &cfg.run, workdir: &workdir, env: &env, timeout: cfg.timeout() };
         let ending = runner::run(&spec, &log, |elapsed| {
             if let Some(bar) = &progress {
-                bar.set_message(format!(
-                    "{}: {} ({}s)",
-                    project.name,
-                    cfg.name,
-                    elapsed.as_secs()
-                ));
+                bar.set_message(format!("{}: {} ({}s)", project.name, cfg.name, elapsed.as_secs()));
                 bar.tick();
             }
         });
@@ -229,9 +181,7 @@ fn run_project(
             }
         };
         if let Ending::Signalled(sig) = ending {
-            text.push_str(&format!(
-                "\n[tbox-report] the step was killed by signal {sig}\n"
-            ));
+            text.push_str(&format!("\n[tbox-report] the step was killed by signal {sig}\n"));
         }
         if !cfg.junit.is_empty() {
             let (mut found, notes) = junit::collect(&workdir, &cfg.junit, Some(since));
@@ -241,10 +191,7 @@ fn run_project(
             }
         }
         if verbose {
-            eprintln!(
-                "tbox-report: {}: step {} → {}",
-                project.name, cfg.name, result
-            );
+            eprintln!("tbox-report: {}: step {} → {}", project.name, cfg.name, result);
         }
         if result != BuildResult::Success && !cfg.continue_on_failure {
             stop = true;
@@ -265,21 +212,8 @@ fn run_project(
     }
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let report = finish(
-        project,
-        config,
-        uuid,
-        revision.clone(),
-        started_at,
-        steps,
-        tests,
-    );
-    let code = floor.max(super::deliver(
-        &report,
-        client,
-        &config.spool_dir(),
-        verbose,
-    )?);
+    let report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
+    let code = floor.max(super::deliver(&report, client, &config.spool_dir(), verbose)?);
     if code != exit::REJECTED {
         // Delivered or safely spooled: this revision is reported.
         let path = revision_file(&project.name);
@@ -332,28 +266,16 @@ fn checkout(url: &str, branch: &str, workdir: &Path) -> (Step, bool) {
     let mut log = String::new();
     let ok = if workdir.join(".git").is_dir() {
         git(&["fetch", "--quiet", "origin", branch], workdir, &mut log)
-            && git(
-                &["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"],
-                workdir,
-                &mut log,
-            )
+            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"], workdir, &mut log)
     } else {
         let parent = workdir.parent().unwrap_or(Path::new("/"));
         let _ = std::fs::create_dir_all(parent);
         let target = workdir.to_string_lossy();
-        git(
-            &["clone", "--quiet", "--branch", branch, url, &target],
-            parent,
-            &mut log,
-        )
+        git(&["clone", "--quiet", "--branch", branch, url, &target], parent, &mut log)
     };
     let step = Step {
         name: "checkout".into(),
-        result: if ok {
-            BuildResult::Success
-        } else {
-            BuildResult::Exception
-        },
+        result: if ok { BuildResult::Success } else { BuildResult::Exception },
         started_at: start,
         finished_at: Utc::now().fixed_offset(),
         exit_code: None,
@@ -368,10 +290,7 @@ fn checkout(url: &str, branch: &str, workdir: &Path) -> (Step, bool) {
 fn git(args: &[&str], dir: &Path, log: &mut String) -> bool {
     log.push_str(&format!("$ git {}\n", args.join(" ")));
     let mut cmd = std::process::Command::new("git");
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("GIT_TERMINAL_PROMPT", "0");
+    cmd.args(args).current_dir(dir).env_clear().env("GIT_TERMINAL_PROMPT", "0");
     for name in runner::INHERITED {
         if let Some(v) = std::env::var_os(name) {
             cmd.env(name, v);
@@ -396,9 +315,6 @@ fn progress_bar() -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
     Some(bar)
 }

@@ -46,9 +46,7 @@ pub async fn register(
     state: web::Data<AppState>,
     body: Result<web::Bytes, actix_web::Error>,
 ) -> Result<HttpResponse, AppError> {
-    let body = body.map_err(|e| {
-        AppError::bad_request("bad_body", format!("the body could not be read: {e}"))
-    })?;
+    let body = body.map_err(|e| AppError::bad_request("bad_body", format!("the body could not be read: {e}")))?;
     let signature = req
         .headers()
         .get("tbox-signature")
@@ -61,43 +59,24 @@ pub async fn register(
             .map_err(|e| AppError::bad_request("malformed", format!("not a registration: {e}")))?;
         let key = PublicKey::from_pem(&reg.public_key)
             .map_err(|e| AppError::invalid("invalid", format!("public_key: {e}")))?;
-        key.verify(&body, &signature).map_err(|_| {
-            AppError::unauthorized(
-                "bad_signature",
-                "the signature does not verify with public_key",
-            )
-        })?;
+        key.verify(&body, &signature)
+            .map_err(|_| AppError::unauthorized("bad_signature", "the signature does not verify with public_key"))?;
         let mut conn = pool.get()?;
         db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key))
     })
     .await??;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(HttpResponse::build(status).json(view))
 }
 
-fn register_in(
-    conn: &mut DbConn,
-    reg: &Registration,
-    key: &PublicKey,
-) -> Result<(bool, BuilderView), AppError> {
-    tbox_protocol::validate_name("name", &reg.name, 64)
-        .map_err(|e| AppError::invalid("invalid", e.to_string()))?;
+fn register_in(conn: &mut DbConn, reg: &Registration, key: &PublicKey) -> Result<(bool, BuilderView), AppError> {
+    tbox_protocol::validate_name("name", &reg.name, 64).map_err(|e| AppError::invalid("invalid", e.to_string()))?;
     if reg.projects.is_empty() {
-        return Err(AppError::invalid(
-            "invalid",
-            "projects: name at least one project",
-        ));
+        return Err(AppError::invalid("invalid", "projects: name at least one project"));
     }
     for text in [&reg.owner, &reg.description].into_iter().flatten() {
         if text.len() > 500 {
-            return Err(AppError::invalid(
-                "invalid",
-                "owner and description: at most 500 bytes",
-            ));
+            return Err(AppError::invalid("invalid", "owner and description: at most 500 bytes"));
         }
     }
     let fingerprint = key.fingerprint();
@@ -105,28 +84,18 @@ fn register_in(
         // Only the holder of a key the builder already has may ask again (to learn its
         // status); nobody can take a name over or add a key to it through this door.
         let keys = builders::keys(conn, existing.id)?;
-        if keys
-            .iter()
-            .any(|k| k.fingerprint == fingerprint && k.revoked_at.is_none())
-        {
+        if keys.iter().any(|k| k.fingerprint == fingerprint && k.revoked_at.is_none()) {
             return Ok((false, view(conn, &reg.name)?));
         }
         return Err(AppError::conflict(
             "builder_exists",
-            format!(
-                "a builder named {:?} is already registered; choose another name",
-                reg.name
-            ),
+            format!("a builder named {:?} is already registered; choose another name", reg.name),
         ));
     }
     let mut project_ids = Vec::new();
     for p in &reg.projects {
-        let project = projects::by_name(conn, p)?.ok_or_else(|| {
-            AppError::invalid(
-                "unknown_project",
-                format!("projects: no project named {p:?}"),
-            )
-        })?;
+        let project = projects::by_name(conn, p)?
+            .ok_or_else(|| AppError::invalid("unknown_project", format!("projects: no project named {p:?}")))?;
         project_ids.push(project.id);
     }
     let builder = builders::add(
@@ -148,8 +117,8 @@ fn register_in(
 }
 
 fn view(conn: &mut DbConn, name: &str) -> Result<BuilderView, AppError> {
-    let listed = builders::listed(conn, name)?
-        .ok_or_else(|| AppError::not_found(format!("no builder named {name:?}")))?;
+    let listed =
+        builders::listed(conn, name)?.ok_or_else(|| AppError::not_found(format!("no builder named {name:?}")))?;
     Ok(BuilderView {
         name: listed.builder.name,
         status: listed.builder.status,
@@ -157,20 +126,14 @@ fn view(conn: &mut DbConn, name: &str) -> Result<BuilderView, AppError> {
         keys: listed
             .keys
             .into_iter()
-            .map(|k| KeyView {
-                fingerprint: k.fingerprint,
-                revoked: k.revoked_at.is_some(),
-            })
+            .map(|k| KeyView { fingerprint: k.fingerprint, revoked: k.revoked_at.is_some() })
             .collect(),
         last_report_at: listed.builder.last_report_at.map(super::views::time),
     })
 }
 
 /// `GET /api/v1/builders/{name}`: status, projects and key fingerprints (public information).
-pub async fn get(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
+pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, AppError> {
     let name = path.into_inner();
     let pool = state.pool.clone();
     let v = web::block(move || -> Result<_, AppError> { view(&mut *pool.get()?, &name) }).await??;

@@ -35,15 +35,13 @@ pub async fn list(
     let project = path.into_inner();
     let limit = query.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AppError::bad_request(
-            "bad_query",
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        ));
+        return Err(AppError::bad_request("bad_query", format!("limit must be 1 to {MAX_LIMIT}")));
     }
     let after = match &query.cursor {
-        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
-            AppError::bad_request("bad_query", "cursor is not one this server gave")
-        })?),
+        Some(c) => Some(
+            Cursor::decode(c)
+                .ok_or_else(|| AppError::bad_request("bad_query", "cursor is not one this server gave"))?,
+        ),
         None => None,
     };
     let pool = state.pool.clone();
@@ -58,37 +56,21 @@ pub async fn list(
     let more = rows.len() as i64 > limit;
     let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
     let next = if more {
-        page.last().map(|l| {
-            Cursor {
-                started_at: l.build.started_at,
-                id: l.build.id,
-            }
-            .encode()
-        })
+        page.last().map(|l| Cursor { started_at: l.build.started_at, id: l.build.id }.encode())
     } else {
         None
     };
     let base = super::base_url(&req);
-    Ok(HttpResponse::Ok().json(BuildList {
-        builds: page
-            .into_iter()
-            .map(|l| BuildSummary::new(l, &base))
-            .collect(),
-        next,
-    }))
+    Ok(HttpResponse::Ok()
+        .json(BuildList { builds: page.into_iter().map(|l| BuildSummary::new(l, &base)).collect(), next }))
 }
 
 /// `GET /api/v1/builds/{id}`.
-pub async fn get(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<i64>,
-) -> Result<HttpResponse, AppError> {
+pub async fn get(req: HttpRequest, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, AppError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
-    let full =
-        web::block(move || -> Result<_, AppError> { Ok(builds::get(&mut *pool.get()?, id)?) })
-            .await??
-            .ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
+    let full = web::block(move || -> Result<_, AppError> { Ok(builds::get(&mut *pool.get()?, id)?) })
+        .await??
+        .ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
     Ok(HttpResponse::Ok().json(BuildDetail::new(full, &super::base_url(&req))))
 }

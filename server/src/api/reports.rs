@@ -36,32 +36,17 @@ pub async fn submit(
     let pool = state.pool.clone();
     let outcome = web::block(move || {
         let mut conn = pool.get()?;
-        let sub = Submission {
-            builder: builder.as_deref(),
-            signature: signature.as_deref(),
-            body: &body,
-        };
+        let sub = Submission { builder: builder.as_deref(), signature: signature.as_deref(), body: &body };
         ingest::ingest(&mut conn, sub, chrono::Utc::now())
     })
     .await??;
-    let status = if outcome.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
     let url = format!("{}/builds/{}", super::base_url(&req), outcome.build_id);
-    Ok(HttpResponse::build(status).json(Accepted {
-        id: outcome.report_id,
-        build: outcome.build_id,
-        url,
-    }))
+    Ok(HttpResponse::build(status).json(Accepted { id: outcome.report_id, build: outcome.build_id, url }))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), AppError> {
-    let ct = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
@@ -77,18 +62,18 @@ fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, AppError> {
     headers
         .get(name)
         .map(|v| {
-            v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
-                AppError::bad_request("bad_header", format!("{name} header is not ASCII"))
-            })
+            v.to_str()
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| AppError::bad_request("bad_header", format!("{name} header is not ASCII")))
         })
         .transpose()
 }
 
 fn body_error(e: &actix_web::Error, limit: usize) -> AppError {
     match e.as_error::<PayloadError>() {
-        Some(PayloadError::Overflow) => AppError::too_large(format!(
-            "the report is larger than this server's limit of {limit} bytes"
-        )),
+        Some(PayloadError::Overflow) => {
+            AppError::too_large(format!("the report is larger than this server's limit of {limit} bytes"))
+        }
         Some(PayloadError::EncodingCorrupted) => {
             AppError::bad_request("bad_encoding", "the body could not be decompressed")
         }

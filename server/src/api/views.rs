@@ -48,14 +48,7 @@ impl BuildSummary {
             result: b.result,
             started_at: time(b.started_at),
             finished_at: b.finished_at.map(time),
-            steps: l
-                .steps
-                .into_iter()
-                .map(|s| StepBrief {
-                    name: s.name,
-                    result: s.result,
-                })
-                .collect(),
+            steps: l.steps.into_iter().map(|s| StepBrief { name: s.name, result: s.result }).collect(),
         }
     }
 }
@@ -127,10 +120,7 @@ impl BuildDetail {
                 .steps
                 .into_iter()
                 .map(|s| StepDetail {
-                    log_url: s
-                        .log_digest
-                        .as_ref()
-                        .map(|_| format!("{base}/builds/{id}/steps/{}/log", s.position)),
+                    log_url: s.log_digest.as_ref().map(|_| format!("{base}/builds/{id}/steps/{}/log", s.position)),
                     name: s.name,
                     kind: s.kind,
                     result: s.result,

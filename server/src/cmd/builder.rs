@@ -15,10 +15,7 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
             if !builders::set_status(&mut conn, &args.name, builders::ACTIVE)? {
                 bail!("no builder named {:?}", args.name);
             }
-            println!(
-                "builder {} approved: its reports are accepted from now on",
-                args.name
-            );
+            println!("builder {} approved: its reports are accepted from now on", args.name);
             Ok(())
         }
         BuilderCommand::Revoke(args) => {
@@ -34,10 +31,7 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                 }
                 None => {
                     builders::set_status(&mut conn, &args.name, builders::REVOKED)?;
-                    println!(
-                        "builder {} revoked: its reports are refused from now on",
-                        args.name
-                    );
+                    println!("builder {} revoked: its reports are refused from now on", args.name);
                 }
             }
             Ok(())
@@ -52,16 +46,10 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                     b.status,
                     b.owner.as_deref().unwrap_or("-"),
                     l.projects.join(","),
-                    b.last_report_at
-                        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
-                        .unwrap_or_else(|| "never".into()),
+                    b.last_report_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()),
                 );
                 for k in &l.keys {
-                    let state = if k.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    };
+                    let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     println!("\tkey {} ({state})", k.fingerprint);
                 }
             }
@@ -72,17 +60,15 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
 
 fn add(args: &BuilderAddArgs) -> anyhow::Result<()> {
     tbox_protocol::validate_name("builder name", &args.name, 64)?;
-    let pem = std::fs::read_to_string(&args.key)
-        .with_context(|| format!("reading {}", args.key.display()))?;
+    let pem = std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let key = PublicKey::from_pem(&pem).with_context(|| format!("{}", args.key.display()))?;
     let fingerprint = key.fingerprint();
     let mut conn = super::connect(&args.db)?;
     let added = db::write_transaction(&mut conn, |conn| -> anyhow::Result<bool> {
         let mut project_ids = Vec::new();
         for p in &args.projects {
-            let project = projects::by_name(conn, p)?.with_context(|| {
-                format!("no project named {p:?} (add it with: tbox-server project add {p})")
-            })?;
+            let project = projects::by_name(conn, p)?
+                .with_context(|| format!("no project named {p:?} (add it with: tbox-server project add {p})"))?;
             project_ids.push(project.id);
         }
         let builder = match builders::by_name(conn, &args.name)? {
@@ -102,22 +88,13 @@ fn add(args: &BuilderAddArgs) -> anyhow::Result<()> {
         for id in project_ids {
             builders::allow(conn, builder.id, id)?;
         }
-        Ok(builders::add_key(
-            conn,
-            builder.id,
-            &fingerprint,
-            &key.to_pem(),
-        )?)
+        Ok(builders::add_key(conn, builder.id, &fingerprint, &key.to_pem())?)
     })?;
     println!(
         "builder {} may report for {} with key {fingerprint}{}",
         args.name,
         args.projects.join(", "),
-        if added {
-            ""
-        } else {
-            " (key already registered)"
-        }
+        if added { "" } else { " (key already registered)" }
     );
     Ok(())
 }

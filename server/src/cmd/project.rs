@@ -12,12 +12,7 @@ pub fn run(cmd: ProjectCommand) -> anyhow::Result<()> {
         ProjectCommand::List(db) => {
             let mut conn = super::connect(&db)?;
             for p in projects::list(&mut conn)? {
-                println!(
-                    "{}\t{}\t{}",
-                    p.name,
-                    p.title,
-                    p.repo_url.unwrap_or_default()
-                );
+                println!("{}\t{}\t{}", p.name, p.title, p.repo_url.unwrap_or_default());
             }
             Ok(())
         }
@@ -27,23 +22,13 @@ pub fn run(cmd: ProjectCommand) -> anyhow::Result<()> {
 fn add(args: &ProjectAddArgs) -> anyhow::Result<()> {
     tbox_protocol::validate_name("project name", &args.name, 64)?;
     if let Some(t) = &args.revision_url {
-        anyhow::ensure!(
-            t.contains("{rev}"),
-            "--revision-url must contain {{rev}} where the commit id goes"
-        );
+        anyhow::ensure!(t.contains("{rev}"), "--revision-url must contain {{rev}} where the commit id goes");
     }
     if let Some(t) = &args.compare_url {
-        anyhow::ensure!(
-            t.contains("{from}") && t.contains("{to}"),
-            "--compare-url must contain {{from}} and {{to}}"
-        );
+        anyhow::ensure!(t.contains("{from}") && t.contains("{to}"), "--compare-url must contain {{from}} and {{to}}");
     }
     let mut conn = super::connect(&args.db)?;
-    anyhow::ensure!(
-        projects::by_name(&mut conn, &args.name)?.is_none(),
-        "project {:?} already exists",
-        args.name
-    );
+    anyhow::ensure!(projects::by_name(&mut conn, &args.name)?.is_none(), "project {:?} already exists", args.name);
     let new = NewProject {
         name: &args.name,
         title: args.title.as_deref().unwrap_or(&args.name),

@@ -23,10 +23,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Serves until stopped, telling `on_bound` the addresses once it listens (port 0 resolved).
 /// Blocks the calling thread; other programs' tests run it on a thread of their own.
-pub fn run_with(
-    args: ServeArgs,
-    on_bound: impl FnOnce(&[std::net::SocketAddr]),
-) -> anyhow::Result<()> {
+pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr])) -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(&args.db.database)?;
     pages::templates::init().context("loading templates")?;
     let pool = db::pool(&url, args.pool_size)?;
@@ -34,11 +31,7 @@ pub fn run_with(
     for m in applied {
         log::info!("applied migration {m}");
     }
-    let state = web::Data::new(AppState {
-        pool,
-        max_body: args.max_body,
-        stale_after: args.stale_after,
-    });
+    let state = web::Data::new(AppState { pool, max_body: args.max_body, stale_after: args.stale_after });
     actix_web::rt::System::new().block_on(async move {
         let mut server = HttpServer::new(move || {
             App::new()
@@ -50,9 +43,7 @@ pub fn run_with(
         if let Some(n) = args.workers {
             server = server.workers(n);
         }
-        let server = server
-            .bind(&args.bind)
-            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        let server = server.bind(&args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
         on_bound(&server.addrs());
         server.run().await.context("server stopped with an error")
     })

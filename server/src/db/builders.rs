@@ -19,11 +19,7 @@ pub const REVOKED: &str = "revoked";
 
 /// The builder called `name`.
 pub fn by_name(conn: &mut DbConn, name: &str) -> QueryResult<Option<Builder>> {
-    builders::table
-        .filter(builders::name.eq(name))
-        .select(Builder::as_select())
-        .first(conn)
-        .optional()
+    builders::table.filter(builders::name.eq(name)).select(Builder::as_select()).first(conn).optional()
 }
 
 /// All of a builder's keys, revoked ones included (a revoked key still identifies who signed).
@@ -37,28 +33,13 @@ pub fn keys(conn: &mut DbConn, builder_id: i64) -> QueryResult<Vec<BuilderKey>> 
 
 /// Creates a builder.
 pub fn add(conn: &mut DbConn, new: &NewBuilder<'_>) -> QueryResult<Builder> {
-    diesel::insert_into(builders::table)
-        .values(new)
-        .execute(conn)?;
-    builders::table
-        .filter(builders::name.eq(new.name))
-        .select(Builder::as_select())
-        .first(conn)
+    diesel::insert_into(builders::table).values(new).execute(conn)?;
+    builders::table.filter(builders::name.eq(new.name)).select(Builder::as_select()).first(conn)
 }
 
 /// Adds a key unless the builder has it already; true if it was added.
-pub fn add_key(
-    conn: &mut DbConn,
-    builder_id: i64,
-    fingerprint: &str,
-    pem: &str,
-) -> QueryResult<bool> {
-    let row = NewBuilderKey {
-        builder_id,
-        fingerprint,
-        public_key: pem,
-        created_at: now(),
-    };
+pub fn add_key(conn: &mut DbConn, builder_id: i64, fingerprint: &str, pem: &str) -> QueryResult<bool> {
+    let row = NewBuilderKey { builder_id, fingerprint, public_key: pem, created_at: now() };
     let n = dispatch!(conn, |c| diesel::insert_into(builder_keys::table)
         .values(&row)
         .on_conflict((builder_keys::builder_id, builder_keys::fingerprint))
@@ -70,10 +51,7 @@ pub fn add_key(
 /// Lets a builder report for a project (idempotent).
 pub fn allow(conn: &mut DbConn, builder_id: i64, project_id: i64) -> QueryResult<()> {
     dispatch!(conn, |c| diesel::insert_into(builder_projects::table)
-        .values((
-            builder_projects::builder_id.eq(builder_id),
-            builder_projects::project_id.eq(project_id)
-        ))
+        .values((builder_projects::builder_id.eq(builder_id), builder_projects::project_id.eq(project_id)))
         .on_conflict_do_nothing()
         .execute(c))?;
     Ok(())
@@ -111,17 +89,9 @@ pub fn revoke_key(conn: &mut DbConn, builder_id: i64, fingerprint: &str) -> Quer
 }
 
 /// Records that a builder reported, with the properties it reported.
-pub fn touch(
-    conn: &mut DbConn,
-    builder_id: i64,
-    properties: &str,
-    at: NaiveDateTime,
-) -> QueryResult<()> {
+pub fn touch(conn: &mut DbConn, builder_id: i64, properties: &str, at: NaiveDateTime) -> QueryResult<()> {
     diesel::update(builders::table.find(builder_id))
-        .set((
-            builders::last_report_at.eq(Some(at)),
-            builders::properties.eq(properties),
-        ))
+        .set((builders::last_report_at.eq(Some(at)), builders::properties.eq(properties)))
         .execute(conn)?;
     Ok(())
 }
@@ -136,10 +106,7 @@ pub struct Listed {
 
 /// Every builder with its projects and keys (three queries, whatever the count).
 pub fn list(conn: &mut DbConn) -> QueryResult<Vec<Listed>> {
-    let all: Vec<Builder> = builders::table
-        .order(builders::name)
-        .select(Builder::as_select())
-        .load(conn)?;
+    let all: Vec<Builder> = builders::table.order(builders::name).select(Builder::as_select()).load(conn)?;
     let mut projects_of: HashMap<i64, Vec<String>> = HashMap::new();
     for (b, p) in builder_projects::table
         .inner_join(projects::table)
@@ -150,11 +117,7 @@ pub fn list(conn: &mut DbConn) -> QueryResult<Vec<Listed>> {
         projects_of.entry(b).or_default().push(p);
     }
     let mut keys_of: HashMap<i64, Vec<BuilderKey>> = HashMap::new();
-    for k in builder_keys::table
-        .order(builder_keys::id)
-        .select(BuilderKey::as_select())
-        .load(conn)?
-    {
+    for k in builder_keys::table.order(builder_keys::id).select(BuilderKey::as_select()).load(conn)? {
         keys_of.entry(k.builder_id).or_default().push(k);
     }
     Ok(all
@@ -179,11 +142,7 @@ pub fn listed(conn: &mut DbConn, name: &str) -> QueryResult<Option<Listed>> {
         .select(projects::name)
         .load(conn)?;
     let keys = keys(conn, builder.id)?;
-    Ok(Some(Listed {
-        builder,
-        projects,
-        keys,
-    }))
+    Ok(Some(Listed { builder, projects, keys }))
 }
 
 /// The builders allowed to report for a project: the waterfall's columns.

@@ -12,11 +12,7 @@ use crate::dispatch;
 
 /// The build a report body (by digest) was recorded as.
 pub fn by_report(conn: &mut DbConn, digest: &str) -> QueryResult<Option<i64>> {
-    reports::table
-        .find(digest)
-        .select(reports::build_id)
-        .first(conn)
-        .optional()
+    reports::table.find(digest).select(reports::build_id).first(conn).optional()
 }
 
 /// The build of a builder with this uuid.
@@ -31,35 +27,21 @@ pub fn by_uuid(conn: &mut DbConn, builder_id: i64, uuid: &str) -> QueryResult<Op
 
 /// Inserts a new build and returns its id.
 pub fn insert(conn: &mut DbConn, fields: &BuildFields<'_>) -> QueryResult<i64> {
-    dispatch!(conn, |c| diesel::insert_into(builds::table)
-        .values(fields)
-        .returning(builds::id)
-        .get_result(c))
+    dispatch!(conn, |c| diesel::insert_into(builds::table).values(fields).returning(builds::id).get_result(c))
 }
 
 /// Overwrites a `started` build with its `finished` report, dropping what the started one had.
 pub fn complete(conn: &mut DbConn, id: i64, fields: &BuildFields<'_>) -> QueryResult<()> {
     diesel::delete(steps::table.filter(steps::build_id.eq(id))).execute(conn)?;
     diesel::delete(test_results::table.filter(test_results::build_id.eq(id))).execute(conn)?;
-    diesel::update(builds::table.find(id))
-        .set(fields)
-        .execute(conn)?;
+    diesel::update(builds::table.find(id)).set(fields).execute(conn)?;
     Ok(())
 }
 
 /// Remembers a report body's digest, so that sending it again changes nothing.
-pub fn record_report(
-    conn: &mut DbConn,
-    digest: &str,
-    build_id: i64,
-    at: NaiveDateTime,
-) -> QueryResult<()> {
+pub fn record_report(conn: &mut DbConn, digest: &str, build_id: i64, at: NaiveDateTime) -> QueryResult<()> {
     diesel::insert_into(reports::table)
-        .values((
-            reports::digest.eq(digest),
-            reports::build_id.eq(build_id),
-            reports::received_at.eq(at),
-        ))
+        .values((reports::digest.eq(digest), reports::build_id.eq(build_id), reports::received_at.eq(at)))
         .execute(conn)?;
     Ok(())
 }
@@ -69,10 +51,7 @@ pub fn record_report(
 /// Row by row: diesel cannot batch an upsert on SQLite, and a build has only a few logs.
 pub fn insert_logs(conn: &mut DbConn, rows: &[NewLog<'_>]) -> QueryResult<()> {
     for row in rows {
-        dispatch!(conn, |c| diesel::insert_into(logs::table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(c))?;
+        dispatch!(conn, |c| diesel::insert_into(logs::table).values(row).on_conflict_do_nothing().execute(c))?;
     }
     Ok(())
 }
@@ -82,18 +61,14 @@ pub fn insert_steps(conn: &mut DbConn, rows: &[NewStep<'_>]) -> QueryResult<()> 
     if rows.is_empty() {
         return Ok(());
     }
-    dispatch!(conn, |c| diesel::insert_into(steps::table)
-        .values(rows)
-        .execute(c))?;
+    dispatch!(conn, |c| diesel::insert_into(steps::table).values(rows).execute(c))?;
     Ok(())
 }
 
 /// Stores a build's test results, in chunks that stay under SQLite's bound-variable limit.
 pub fn insert_tests(conn: &mut DbConn, rows: &[NewTest<'_>]) -> QueryResult<()> {
     for chunk in rows.chunks(2000) {
-        dispatch!(conn, |c| diesel::insert_into(test_results::table)
-            .values(chunk)
-            .execute(c))?;
+        dispatch!(conn, |c| diesel::insert_into(test_results::table).values(chunk).execute(c))?;
     }
     Ok(())
 }
@@ -108,21 +83,14 @@ pub struct Cursor {
 impl Cursor {
     /// An opaque, URL-safe token.
     pub fn encode(&self) -> String {
-        format!(
-            "{}.{}",
-            self.started_at.and_utc().timestamp_micros(),
-            self.id
-        )
+        format!("{}.{}", self.started_at.and_utc().timestamp_micros(), self.id)
     }
 
     /// Reads a token made by [`Cursor::encode`].
     pub fn decode(s: &str) -> Option<Cursor> {
         let (micros, id) = s.split_once('.')?;
         let started_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
-        Some(Cursor {
-            started_at,
-            id: id.parse().ok()?,
-        })
+        Some(Cursor { started_at, id: id.parse().ok()? })
     }
 }
 
@@ -177,9 +145,7 @@ pub fn newest(
     }
     if let Some(c) = after {
         query = query.filter(
-            builds::started_at
-                .lt(c.started_at)
-                .or(builds::started_at.eq(c.started_at).and(builds::id.lt(c.id))),
+            builds::started_at.lt(c.started_at).or(builds::started_at.eq(c.started_at).and(builds::id.lt(c.id))),
         );
     }
     let rows: Vec<(Build, String)> = query.load(conn)?;
@@ -195,11 +161,7 @@ pub fn newest(
     }
     Ok(rows
         .into_iter()
-        .map(|(build, builder)| Listed {
-            steps: steps_of.remove(&build.id).unwrap_or_default(),
-            build,
-            builder,
-        })
+        .map(|(build, builder)| Listed { steps: steps_of.remove(&build.id).unwrap_or_default(), build, builder })
         .collect())
 }
 
@@ -221,37 +183,20 @@ pub fn get(conn: &mut DbConn, id: i64) -> QueryResult<Option<Full>> {
         .inner_join(projects::table)
         .inner_join(builders::table)
         .filter(builds::id.eq(id))
-        .select((
-            Build::as_select(),
-            projects::name,
-            projects::title,
-            projects::revision_url,
-            builders::name,
-        ))
+        .select((Build::as_select(), projects::name, projects::title, projects::revision_url, builders::name))
         .first::<(Build, String, String, Option<String>, String)>(conn)
         .optional()?
     else {
         return Ok(None);
     };
-    let steps = steps::table
-        .filter(steps::build_id.eq(id))
-        .order(steps::position)
-        .select(Step::as_select())
-        .load(conn)?;
+    let steps =
+        steps::table.filter(steps::build_id.eq(id)).order(steps::position).select(Step::as_select()).load(conn)?;
     let tests = test_results::table
         .filter(test_results::build_id.eq(id))
         .order(test_results::id)
         .select(TestRow::as_select())
         .load(conn)?;
-    Ok(Some(Full {
-        build,
-        project,
-        project_title,
-        revision_url,
-        builder,
-        steps,
-        tests,
-    }))
+    Ok(Some(Full { build, project, project_title, revision_url, builder, steps, tests }))
 }
 
 /// A step's stored log: (uncompressed size, zstd bytes).
@@ -268,27 +213,21 @@ pub fn log(conn: &mut DbConn, build_id: i64, position: i32) -> QueryResult<Optio
 /// Whether a build has a step at this position (to tell "no such step" from "no log").
 pub fn has_step(conn: &mut DbConn, build_id: i64, position: i32) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(
-        steps::table
-            .filter(steps::build_id.eq(build_id))
-            .filter(steps::position.eq(position)),
+        steps::table.filter(steps::build_id.eq(build_id)).filter(steps::position.eq(position)),
     ))
     .get_result(conn)
 }
 
 /// Deletes up to `batch` builds started before `before`; returns how many went.
 pub fn prune_batch(conn: &mut DbConn, before: NaiveDateTime, batch: i64) -> QueryResult<usize> {
-    let ids: Vec<i64> = builds::table
-        .filter(builds::started_at.lt(before))
-        .select(builds::id)
-        .limit(batch)
-        .load(conn)?;
+    let ids: Vec<i64> =
+        builds::table.filter(builds::started_at.lt(before)).select(builds::id).limit(batch).load(conn)?;
     if ids.is_empty() {
         return Ok(0);
     }
     // Children first: not every SQLite connection is guaranteed to enforce ON DELETE CASCADE.
     diesel::delete(steps::table.filter(steps::build_id.eq_any(&ids))).execute(conn)?;
-    diesel::delete(test_results::table.filter(test_results::build_id.eq_any(&ids)))
-        .execute(conn)?;
+    diesel::delete(test_results::table.filter(test_results::build_id.eq_any(&ids))).execute(conn)?;
     diesel::delete(reports::table.filter(reports::build_id.eq_any(&ids))).execute(conn)?;
     diesel::delete(builds::table.filter(builds::id.eq_any(&ids))).execute(conn)
 }
@@ -352,9 +291,5 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
     if let Some((t, id)) = last_green {
         first_red = first_red.filter(builds::started_at.gt(t).or(builds::started_at.eq(t).and(builds::id.gt(id))));
     }
-    first_red
-        .order((builds::started_at.asc(), builds::id.asc()))
-        .select(Build::as_select())
-        .first(conn)
-        .optional()
+    first_red.order((builds::started_at.asc(), builds::id.asc())).select(Build::as_select()).first(conn).optional()
 }

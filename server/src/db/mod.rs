@@ -39,10 +39,7 @@ macro_rules! dispatch {
 
 /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so two
 /// writers queue on the busy timeout instead of failing when a read lock would need upgrading.
-pub fn write_transaction<T, E>(
-    conn: &mut DbConn,
-    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
-) -> Result<T, E>
+pub fn write_transaction<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
 where
     E: From<diesel::result::Error>,
 {
@@ -81,15 +78,11 @@ impl DatabaseUrl {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseUrl::Postgres(url.to_owned()));
         }
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"));
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
         match path {
             Some("") => anyhow::bail!("database URL {url:?} names no file (try sqlite://tbox.db)"),
             Some(path) => Ok(DatabaseUrl::Sqlite(path.to_owned())),
-            None => anyhow::bail!(
-                "database URL {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"
-            ),
+            None => anyhow::bail!("database URL {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"),
         }
     }
 
@@ -127,8 +120,7 @@ impl ManageConnection for Manager {
     fn connect(&self) -> Result<DbConn, r2d2::Error> {
         match &self.0 {
             DatabaseUrl::Sqlite(path) => {
-                let mut c = diesel::SqliteConnection::establish(path)
-                    .map_err(r2d2::Error::ConnectionError)?;
+                let mut c = diesel::SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // WAL lets readers run while one report is written; the busy timeout makes
                 // concurrent writers wait their turn instead of failing.
                 c.batch_execute(
@@ -138,15 +130,14 @@ impl ManageConnection for Manager {
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(c))
             }
-            DatabaseUrl::Postgres(url) => diesel::PgConnection::establish(url)
-                .map(DbConn::Pg)
-                .map_err(r2d2::Error::ConnectionError),
+            DatabaseUrl::Postgres(url) => {
+                diesel::PgConnection::establish(url).map(DbConn::Pg).map_err(r2d2::Error::ConnectionError)
+            }
         }
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1")
-            .map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut DbConn) -> bool {
@@ -172,21 +163,14 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations
 
 /// Brings the schema up to date; returns the names of the migrations applied.
 pub fn migrate(conn: &mut DbConn) -> anyhow::Result<Vec<String>> {
-    let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
-        v.iter().map(ToString::to_string).collect()
-    };
+    let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| v.iter().map(ToString::to_string).collect();
     match conn {
-        DbConn::Sqlite(c) => c
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(names)
-            .map_err(|e| anyhow::anyhow!(e)),
+        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names).map_err(|e| anyhow::anyhow!(e)),
         DbConn::Pg(c) => {
             // Several servers may start at once against one database: let one migrate.
             c.batch_execute("SELECT pg_advisory_lock(7366120)")?;
-            let result: anyhow::Result<Vec<String>> = c
-                .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(names)
-                .map_err(|e| anyhow::anyhow!(e));
+            let result: anyhow::Result<Vec<String>> =
+                c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names).map_err(|e| anyhow::anyhow!(e));
             c.batch_execute("SELECT pg_advisory_unlock(7366120)")?;
             result
         }
@@ -227,24 +211,12 @@ mod tests {
 
     #[test]
     fn urls_choose_the_backend() -> anyhow::Result<()> {
-        assert_eq!(
-            DatabaseUrl::parse("sqlite://tbox.db")?,
-            DatabaseUrl::Sqlite("tbox.db".into())
-        );
-        assert_eq!(
-            DatabaseUrl::parse("sqlite:///var/lib/t.db")?,
-            DatabaseUrl::Sqlite("/var/lib/t.db".into())
-        );
-        assert!(matches!(
-            DatabaseUrl::parse("postgresql://u@h/db")?,
-            DatabaseUrl::Postgres(_)
-        ));
+        assert_eq!(DatabaseUrl::parse("sqlite://tbox.db")?, DatabaseUrl::Sqlite("tbox.db".into()));
+        assert_eq!(DatabaseUrl::parse("sqlite:///var/lib/t.db")?, DatabaseUrl::Sqlite("/var/lib/t.db".into()));
+        assert!(matches!(DatabaseUrl::parse("postgresql://u@h/db")?, DatabaseUrl::Postgres(_)));
         assert!(DatabaseUrl::parse("mysql://x").is_err());
         assert!(DatabaseUrl::parse("sqlite://").is_err());
-        assert_eq!(
-            DatabaseUrl::parse("postgres://u:secret@h:5432/db")?.redacted(),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(DatabaseUrl::parse("postgres://u:secret@h:5432/db")?.redacted(), "postgres://u:***@h:5432/db");
         Ok(())
     }
 }

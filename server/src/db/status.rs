@@ -57,8 +57,13 @@ pub fn latest(conn: &mut DbConn, project: Option<i64>) -> QueryResult<Vec<Latest
         (DbConn::Pg(c), None) => diesel::sql_query(LATEST).load(c)?,
     };
     let ids: Vec<i64> = rows.iter().filter_map(|r| r.build_id).collect();
-    let mut by_id: HashMap<i64, Build> =
-        builds::table.filter(builds::id.eq_any(&ids)).select(Build::as_select()).load(conn)?.into_iter().map(|b| (b.id, b)).collect();
+    let mut by_id: HashMap<i64, Build> = builds::table
+        .filter(builds::id.eq_any(&ids))
+        .select(Build::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|b| (b.id, b))
+        .collect();
     let mut steps_of: HashMap<i64, Vec<StepSummary>> = HashMap::new();
     for s in steps::table
         .filter(steps::build_id.eq_any(&ids))

@@ -8,22 +8,27 @@ use crate::error::PageError;
 const CSS: &str = include_str!("../../../static/tbox.css");
 const JS: &str = include_str!("../../../static/tbox.js");
 
+/// A short digest of the embedded files, for cache-busting URLs (`?v=…`).
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new().chain_update(CSS).chain_update(JS).finalize();
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 /// `GET /static/{file}`.
 pub async fn get(path: web::Path<String>) -> Result<HttpResponse, PageError> {
     let (body, mime) = match path.as_str() {
         "tbox.css" => (CSS, "text/css; charset=utf-8"),
         "tbox.js" => (JS, "text/javascript; charset=utf-8"),
         other => {
-            return Err(
-                crate::error::AppError::not_found(format!("no static file {other:?}")).into(),
-            );
+            return Err(crate::error::AppError::not_found(format!("no static file {other:?}")).into());
         }
     };
     Ok(HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, mime))
-        .insert_header(CacheControl(vec![
-            CacheDirective::Public,
-            CacheDirective::MaxAge(3600),
-        ]))
+        .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(7 * 86400)]))
         .body(body))
 }

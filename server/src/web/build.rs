@@ -8,8 +8,8 @@ use super::status;
 use crate::AppState;
 use crate::api::views::time;
 use crate::db::builds;
-use crate::logscan;
 use crate::error::{AppError, PageError};
+use crate::logscan;
 
 /// Error lines listed as jump links above a brief.
 const JUMPS: usize = 20;
@@ -37,17 +37,16 @@ struct BriefView {
 }
 
 /// `GET /builds/{id}`.
-pub async fn page(
-    state: web::Data<AppState>,
-    path: web::Path<i64>,
-) -> Result<HttpResponse, PageError> {
+pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, PageError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
     let (full, briefs, (prev, next), since) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
         let mut briefs = Vec::new();
-        for s in full.steps.iter().filter(|s| s.log_digest.is_some() && !matches!(s.result.as_str(), "success" | "skipped")) {
+        for s in
+            full.steps.iter().filter(|s| s.log_digest.is_some() && !matches!(s.result.as_str(), "success" | "skipped"))
+        {
             if let Some(brief) = super::logs::brief(&mut conn, id, s.position)? {
                 let jumps = brief
                     .blocks
@@ -57,7 +56,13 @@ pub async fn page(
                     .take(JUMPS)
                     .map(|l| (l.number, l.text.chars().take(140).collect()))
                     .collect();
-                briefs.push(BriefView { position: s.position, name: s.name.clone(), result: s.result.clone(), brief, jumps });
+                briefs.push(BriefView {
+                    position: s.position,
+                    name: s.name.clone(),
+                    result: s.result.clone(),
+                    brief,
+                    jumps,
+                });
             }
         }
         let neighbours = builds::neighbours(&mut conn, &full.build)?;
@@ -70,11 +75,7 @@ pub async fn page(
     let b = &full.build;
     // This build is itself the first red one after the last green: it broke the builder.
     let since_is_this = since.as_ref().is_some_and(|f| f.id == b.id);
-    let failing_kind = full
-        .steps
-        .iter()
-        .find(|s| s.result == "failure")
-        .and_then(|s| s.kind.as_deref());
+    let failing_kind = full.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
     let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
     let properties: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&b.properties).unwrap_or_default();
@@ -139,4 +140,3 @@ pub async fn page(
     );
     super::html(&super::templates::render("build.html", &ctx).map_err(AppError::from)?)
 }
-

@@ -56,7 +56,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
     let b = &listed.builder;
     let finished: Vec<_> = history.iter().filter(|x| x.state == "finished").collect();
     let green = finished.iter().filter(|x| matches!(x.result.as_deref(), Some("success" | "warnings"))).count();
-    let durations: Vec<i64> = finished.iter().filter_map(|x| x.finished_at.map(|f| (f - x.started_at).num_seconds())).collect();
+    let durations: Vec<i64> =
+        finished.iter().filter_map(|x| x.finished_at.map(|f| (f - x.started_at).num_seconds())).collect();
     let rows: Vec<HistoryRow> = history
         .iter()
         .map(|x| {
@@ -89,7 +90,11 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
             .map(|k| (k.clone(), a.get(k).cloned().unwrap_or_default(), n.get(k).cloned().unwrap_or_default()))
             .collect();
         if !diff.is_empty() {
-            changes.push(PropertyChange { id: newer.id, label: newer.started_at.format("%Y-%m-%d %H:%M").to_string(), changes: diff });
+            changes.push(PropertyChange {
+                id: newer.id,
+                label: newer.started_at.format("%Y-%m-%d %H:%M").to_string(),
+                changes: diff,
+            });
         }
     }
     let properties: BTreeMap<String, String> = serde_json::from_str(&b.properties).unwrap_or_default();
@@ -111,8 +116,10 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
         &listed
             .keys
             .iter()
-            .map(|k| serde_json::json!({"fingerprint": k.fingerprint, "added": k.created_at.format("%Y-%m-%d").to_string(),
-                                        "revoked": k.revoked_at.map(|r| r.format("%Y-%m-%d").to_string())}))
+            .map(|k| {
+                serde_json::json!({"fingerprint": k.fingerprint, "added": k.created_at.format("%Y-%m-%d").to_string(),
+                                        "revoked": k.revoked_at.map(|r| r.format("%Y-%m-%d").to_string())})
+            })
             .collect::<Vec<_>>(),
     );
     ctx.insert("properties", &properties);

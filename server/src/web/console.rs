@@ -63,7 +63,10 @@ pub async fn page(
             .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
         let cols = columns(builders::for_project(&mut conn, project.id)?, &q2);
         let latest = latest::latest(&mut conn, Some(project.id))?;
-        let filter = Filter { branch: q2.branch.clone().filter(|b| !b.is_empty()), builders: Some(cols.iter().map(|b| b.id).collect()) };
+        let filter = Filter {
+            branch: q2.branch.clone().filter(|b| !b.is_empty()),
+            builders: Some(cols.iter().map(|b| b.id).collect()),
+        };
         let builds = builds::newest(&mut conn, project.id, &filter, None, WINDOW)?;
         Ok((project, cols, latest, builds))
     })

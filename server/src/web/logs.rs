@@ -13,8 +13,7 @@ pub fn load(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<Ve
     let Some((_size, compressed)) = builds::log(conn, build_id, position)? else {
         return Ok(None);
     };
-    let text = zstd::stream::decode_all(compressed.as_slice())
-        .map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
+    let text = zstd::stream::decode_all(compressed.as_slice()).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
     Ok(Some(text))
 }
 
@@ -24,37 +23,31 @@ pub fn brief(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<c
     let Some((_size, compressed)) = builds::log(conn, build_id, position)? else {
         return Ok(None);
     };
-    let decoder = zstd::stream::read::Decoder::new(compressed.as_slice()).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
-    let brief = crate::logscan::scan(std::io::BufReader::new(decoder)).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
+    let decoder =
+        zstd::stream::read::Decoder::new(compressed.as_slice()).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
+    let brief =
+        crate::logscan::scan(std::io::BufReader::new(decoder)).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
     Ok(Some(brief))
 }
 
 /// `GET /builds/{id}/steps/{n}/log`.
-pub async fn raw(
-    state: web::Data<AppState>,
-    path: web::Path<(i64, i32)>,
-) -> Result<HttpResponse, AppError> {
+pub async fn raw(state: web::Data<AppState>, path: web::Path<(i64, i32)>) -> Result<HttpResponse, AppError> {
     let (build_id, position) = path.into_inner();
     let pool = state.pool.clone();
     let text = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         match load(&mut conn, build_id, position)? {
             Some(text) => Ok(text),
-            None if builds::has_step(&mut conn, build_id, position)? => Err(AppError::not_found(
-                format!("step {position} of build {build_id} has no log"),
-            )),
-            None => Err(AppError::not_found(format!(
-                "build {build_id} has no step {position}"
-            ))),
+            None if builds::has_step(&mut conn, build_id, position)? => {
+                Err(AppError::not_found(format!("step {position} of build {build_id} has no log")))
+            }
+            None => Err(AppError::not_found(format!("build {build_id} has no step {position}"))),
         }
     })
     .await??;
     // A stored log never changes, so browsers and proxies may keep it.
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .insert_header(CacheControl(vec![
-            CacheDirective::Public,
-            CacheDirective::MaxAge(86400),
-        ]))
+        .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(86400)]))
         .body(text))
 }

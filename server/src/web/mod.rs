@@ -17,14 +17,10 @@ use crate::error::PageError;
 
 /// A rendered page as a response.
 pub fn html(body: &str) -> Result<HttpResponse, PageError> {
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::html())
-        .body(body.to_owned()))
+    Ok(HttpResponse::Ok().content_type(ContentType::html()).body(body.to_owned()))
 }
 
 /// A project's revision-URL template filled in, or nothing when it has none.
 pub fn revision_link(template: Option<&str>, revision: &str) -> Option<String> {
-    template
-        .filter(|t| t.contains("{rev}"))
-        .map(|t| t.replace("{rev}", revision))
+    template.filter(|t| t.contains("{rev}")).map(|t| t.replace("{rev}", revision))
 }

@@ -15,9 +15,7 @@ pub fn of_build(
     match result {
         Some("success") => ("success", "✔", "success"),
         Some("warnings") => ("warnings", "⚠", "warnings"),
-        Some("failure") if failing_step_kind == Some("test") => {
-            ("tests-failed", "✘", "tests failed")
-        }
+        Some("failure") if failing_step_kind == Some("test") => ("tests-failed", "✘", "tests failed"),
         Some("failure") => ("failure", "✘", "failed"),
         Some("exception") => ("exception", "!", "exception"),
         Some("skipped") => ("skipped", "–", "skipped"),
@@ -58,10 +56,7 @@ mod tests {
 
     #[test]
     fn test_failures_are_orange_and_build_failures_red() {
-        assert_eq!(
-            of_build("finished", Some("failure"), Some("test")).0,
-            "tests-failed"
-        );
+        assert_eq!(of_build("finished", Some("failure"), Some("test")).0, "tests-failed");
         assert_eq!(of_build("finished", Some("failure"), None).0, "failure");
         assert_eq!(of_build("started", None, None).2, "building");
         assert_eq!(duration(3725), "1h 02m");

@@ -10,10 +10,7 @@ static TERA: OnceLock<Tera> = OnceLock::new();
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../templates/base.html")),
     ("index.html", include_str!("../../templates/index.html")),
-    (
-        "waterfall.html",
-        include_str!("../../templates/waterfall.html"),
-    ),
+    ("waterfall.html", include_str!("../../templates/waterfall.html")),
     ("build.html", include_str!("../../templates/build.html")),
     ("error.html", include_str!("../../templates/error.html")),
     ("console.html", include_str!("../../templates/console.html")),
@@ -35,11 +32,12 @@ pub fn init() -> Result<(), tera::Error> {
 /// Renders a page.
 pub fn render(name: &str, ctx: &Context) -> anyhow::Result<String> {
     init()?;
-    let tera = TERA
-        .get()
-        .ok_or_else(|| anyhow::anyhow!("templates not loaded"))?;
-    tera.render(name, ctx)
-        .map_err(|e| anyhow::anyhow!("rendering {name}: {e:?}"))
+    let tera = TERA.get().ok_or_else(|| anyhow::anyhow!("templates not loaded"))?;
+    // Every page gets `asset_version`: stylesheet and script URLs change whenever their
+    // content does, so browsers may cache them for long.
+    let mut ctx = ctx.clone();
+    ctx.insert("asset_version", super::assets::version());
+    tera.render(name, &ctx).map_err(|e| anyhow::anyhow!("rendering {name}: {e:?}"))
 }
 
 /// The HTML page for an error.
@@ -49,9 +47,6 @@ pub fn error_page(status: StatusCode, message: &str) -> String {
     ctx.insert("message", message);
     render("error.html", &ctx).unwrap_or_else(|e| {
         log::error!("{e:#}");
-        format!(
-            "<!DOCTYPE html><title>{status}</title><p>{}</p>",
-            tera::escape_html(message)
-        )
+        format!("<!DOCTYPE html><title>{status}</title><p>{}</p>", tera::escape_html(message))
     })
 }

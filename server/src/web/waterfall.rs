@@ -45,8 +45,9 @@ impl Query {
         if let Some(c) = Cursor::decode(b) {
             return Ok(Some(c));
         }
-        let t = chrono::DateTime::parse_from_rfc3339(b)
-            .map_err(|_| AppError::bad_request("bad_query", "before: give an RFC 3339 time or an \"older\" link's value"))?;
+        let t = chrono::DateTime::parse_from_rfc3339(b).map_err(|_| {
+            AppError::bad_request("bad_query", "before: give an RFC 3339 time or an \"older\" link's value")
+        })?;
         Ok(Some(Cursor { started_at: crate::db::to_db_time(t), id: i64::MAX }))
     }
 
@@ -207,7 +208,10 @@ pub async fn page(
             .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
         let cols = columns(builders::for_project(&mut conn, project.id)?, &q2);
         let latest = latest::latest(&mut conn, Some(project.id))?;
-        let filter = Filter { branch: q2.branch.clone().filter(|b| !b.is_empty()), builders: Some(cols.iter().map(|b| b.id).collect()) };
+        let filter = Filter {
+            branch: q2.branch.clone().filter(|b| !b.is_empty()),
+            builders: Some(cols.iter().map(|b| b.id).collect()),
+        };
         let rows = builds::newest(&mut conn, project.id, &filter, after, limit + 1)?;
         Ok((project, cols, latest, rows))
     })
@@ -215,10 +219,14 @@ pub async fn page(
 
     let more = rows.len() as i64 > limit;
     let rows: Vec<Listed> = rows.into_iter().take(limit as usize).collect();
-    let older = more.then(|| rows.last().map(|l| Cursor { started_at: l.build.started_at, id: l.build.id }.encode())).flatten();
+    let older =
+        more.then(|| rows.last().map(|l| Cursor { started_at: l.build.started_at, id: l.build.id }.encode())).flatten();
     let headers = headers(&cols, &latest, &state);
-    let branches: BTreeSet<String> =
-        latest.iter().filter_map(|l| l.build.as_ref().map(|b| b.branch.clone())).chain(rows.iter().map(|l| l.build.branch.clone())).collect();
+    let branches: BTreeSet<String> = latest
+        .iter()
+        .filter_map(|l| l.build.as_ref().map(|b| b.branch.clone()))
+        .chain(rows.iter().map(|l| l.build.branch.clone()))
+        .collect();
     let table = layout(&project, &cols, rows);
 
     let mut ctx = Context::new();

@@ -37,15 +37,9 @@ pub fn say(msg: &str) {
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{tag}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{tag}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// A fresh, empty database, removed again on drop.
@@ -61,16 +55,13 @@ impl TestDb {
         let dir = std::env::temp_dir().join(unique("tbox-test"));
         std::fs::create_dir_all(&dir).unwrap();
         match backend {
-            Backend::Sqlite => Some(TestDb {
-                url: format!("sqlite://{}", dir.join("tbox.db").display()),
-                dir,
-                pg: None,
-            }),
+            Backend::Sqlite => {
+                Some(TestDb { url: format!("sqlite://{}", dir.join("tbox.db").display()), dir, pg: None })
+            }
             Backend::Postgres => {
                 let explicit = std::env::var("TBOX_TEST_POSTGRES_URL").ok();
                 let must_run = explicit.is_some() || std::env::var_os("CI").is_some();
-                let admin = explicit
-                    .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+                let admin = explicit.unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
                 let mut conn = match PgConnection::establish(&admin) {
                     Ok(c) => c,
                     Err(e) if !must_run => {
@@ -80,19 +71,12 @@ impl TestDb {
                         ));
                         return None;
                     }
-                    Err(e) => panic!(
-                        "PostgreSQL at {admin} is required here (CI or TBOX_TEST_POSTGRES_URL set): {e}"
-                    ),
+                    Err(e) => panic!("PostgreSQL at {admin} is required here (CI or TBOX_TEST_POSTGRES_URL set): {e}"),
                 };
                 let name = unique("tbox_test");
-                conn.batch_execute(&format!("CREATE DATABASE {name}"))
-                    .unwrap();
+                conn.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                Some(TestDb {
-                    url: format!("{base}/{name}"),
-                    dir,
-                    pg: Some((admin, name)),
-                })
+                Some(TestDb { url: format!("{base}/{name}"), dir, pg: Some((admin, name)) })
             }
         }
     }
@@ -128,17 +112,7 @@ impl Server {
         let db = TestDb::new(backend)?;
         let log = db.dir.join("server.log");
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--database",
-                &db.url,
-                "--pool-size",
-                "4",
-                "--workers",
-                "2",
-            ])
+            .args(["serve", "--bind", "127.0.0.1:0", "--database", &db.url, "--pool-size", "4", "--workers", "2"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -146,50 +120,27 @@ impl Server {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let base = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| {
-                panic!(
-                    "server did not start: {line:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
+                panic!("server did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
             })
             .to_owned();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Some(Server {
-            child,
-            base,
-            db,
-            agent,
-            log,
-        })
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Some(Server { child, base, db, agent, log })
     }
 
     /// Runs `tbox-server ARGS --database <this server's db>`.
     pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .args(["--database", &self.db.url])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
+        Command::new(BIN).args(args).args(["--database", &self.db.url]).env("RUST_LOG", "warn").output().unwrap()
     }
 
     /// Like [`Server::admin`], failing the test if the command fails.
     pub fn admin_ok(&self, args: &[&str]) -> String {
         let out = self.admin(args);
-        assert!(
-            out.status.success(),
-            "tbox-server {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tbox-server {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -202,25 +153,9 @@ impl Server {
 
     /// The usual fixture: projects `demo` and `other`, builder `alice` (key 0) allowed for demo.
     pub fn setup(&self) {
-        self.admin_ok(&[
-            "project",
-            "add",
-            "demo",
-            "--title",
-            "Demo",
-            "--revision-url",
-            "https://example.org/c/{rev}",
-        ]);
+        self.admin_ok(&["project", "add", "demo", "--title", "Demo", "--revision-url", "https://example.org/c/{rev}"]);
         self.admin_ok(&["project", "add", "other"]);
-        self.admin_ok(&[
-            "builder",
-            "add",
-            "alice",
-            "--project",
-            "demo",
-            "--key",
-            &self.pubkey_file(key(0)),
-        ]);
+        self.admin_ok(&["builder", "add", "alice", "--project", "demo", "--key", &self.pubkey_file(key(0))]);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -236,23 +171,13 @@ impl Server {
         let mut resp = req.send(body).unwrap();
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
-        )
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
     }
 
     /// Signs `body` with `key` as `builder` and POSTs it.
     pub fn send_as(&self, builder: &str, key: &PrivateKey, body: &[u8]) -> (u16, Value) {
         let sig = key.sign(body);
-        self.post(
-            body,
-            &[
-                ("Content-Type", "application/json"),
-                ("Tbox-Builder", builder),
-                ("Tbox-Signature", &sig),
-            ],
-        )
+        self.post(body, &[("Content-Type", "application/json"), ("Tbox-Builder", builder), ("Tbox-Signature", &sig)])
     }
 
     /// Sends a report as alice with key 0.
@@ -268,10 +193,7 @@ impl Server {
 
     pub fn get_json(&self, path: &str) -> (u16, Value) {
         let (status, text) = self.get(path);
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
-        )
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
     }
 
     /// The project's builds as the API lists them.
@@ -287,10 +209,7 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            say(&format!(
-                "--- server log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            ));
+            say(&format!("--- server log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default()));
         }
     }
 }
@@ -298,11 +217,7 @@ impl Drop for Server {
 /// Test keys, made once per test binary (key generation is the slow part).
 pub fn key(i: usize) -> &'static PrivateKey {
     static KEYS: OnceLock<Vec<PrivateKey>> = OnceLock::new();
-    &KEYS.get_or_init(|| {
-        (0..3)
-            .map(|_| PrivateKey::generate(&mut rand_core::OsRng, 2048).unwrap())
-            .collect()
-    })[i]
+    &KEYS.get_or_init(|| (0..3).map(|_| PrivateKey::generate(&mut rand_core::OsRng, 2048).unwrap()).collect())[i]
 }
 
 /// A finished report of alice for demo, with two steps, logs and tests.
