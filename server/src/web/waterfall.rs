@@ -175,7 +175,7 @@ struct StepCell {
 
 #[derive(Serialize)]
 enum Slot {
-    Start(Cell),
+    Start(Box<Cell>),
     Covered,
     Empty,
 }
@@ -315,7 +315,7 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
                     })
                     .collect(),
             };
-            slots[top][c] = Slot::Start(cell);
+            slots[top][c] = Slot::Start(Box::new(cell));
             for row in slots.iter_mut().take(bottom + 1).skip(top + 1) {
                 row[c] = Slot::Covered;
             }
