@@ -120,7 +120,7 @@ fn fill(conn: &mut DbConn, n_builders: usize, per_builder: usize) -> i64 {
             .execute(conn)
             .unwrap();
         let uuids: Vec<String> = (0..per_builder).map(|i| format!("b{b}-{i}")).collect();
-        let revisions: Vec<String> = (0..per_builder).map(|i| format!("{:040x}", i * 7919 + 1)).collect();
+        let revisions: Vec<String> = (0..per_builder).map(|i| digest(&i.to_string())[..40].to_owned()).collect();
         for chunk_start in (0..per_builder).step_by(BATCH) {
             let range = chunk_start..(chunk_start + BATCH).min(per_builder);
             let result_of = |i: usize| if (i + b) % 17 == 0 { "failure" } else { "success" };
@@ -146,7 +146,8 @@ fn fill(conn: &mut DbConn, n_builders: usize, per_builder: usize) -> i64 {
                 .collect();
             db::write_transaction(conn, |c| -> QueryResult<()> {
                 dispatch!(&mut *c, |cc| diesel::insert_into(builds::table).values(&rows).execute(cc))?;
-                let last: i64 = builds::table.select(diesel::dsl::max(builds::id)).first::<Option<i64>>(c)?.unwrap_or(0);
+                let last: i64 =
+                    builds::table.select(diesel::dsl::max(builds::id)).first::<Option<i64>>(c)?.unwrap_or(0);
                 let first = last - rows.len() as i64 + 1;
                 let step_rows: Vec<NewStep<'_>> = range
                     .clone()
@@ -185,7 +186,8 @@ fn fill(conn: &mut DbConn, n_builders: usize, per_builder: usize) -> i64 {
                     .collect();
                 dispatch!(&mut *c, |cc| diesel::insert_into(steps::table).values(&step_rows).execute(cc))?;
                 if failing == 0 {
-                    failing = range.clone().position(|i| result_of(i) == "failure").map(|k| first + k as i64).unwrap_or(0);
+                    failing =
+                        range.clone().position(|i| result_of(i) == "failure").map(|k| first + k as i64).unwrap_or(0);
                 }
                 Ok(())
             })

@@ -268,6 +268,40 @@ mod tests {
         assert!(b.omitted > 0);
     }
 
+    /// A 50 MB log streams through: the brief holds its error and context, nothing else.
+    #[test]
+    fn fifty_megabytes_stream_through() -> std::io::Result<()> {
+        struct Generated {
+            line: u64,
+            lines: u64,
+            pending: Vec<u8>,
+        }
+        impl std::io::Read for Generated {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.pending.is_empty() {
+                    if self.line == self.lines {
+                        return Ok(0);
+                    }
+                    self.line += 1;
+                    self.pending = if self.line == self.lines / 2 {
+                        b"src/deep.c:9:1: error: the one error in the middle\n".to_vec()
+                    } else {
+                        format!("compiling object number {:>12} with some flags\n", self.line).into_bytes()
+                    };
+                }
+                let n = buf.len().min(self.pending.len());
+                buf[..n].copy_from_slice(&self.pending[..n]);
+                self.pending.drain(..n);
+                Ok(n)
+            }
+        }
+        let lines = 50_000_000 / 50;
+        let b = scan(std::io::BufReader::new(Generated { line: 0, lines, pending: Vec::new() }))?;
+        assert_eq!((b.total_lines, b.errors, b.showing), (lines, 1, "errors"));
+        assert_eq!(b.blocks[0].lines.len(), BEFORE + 1 + AFTER);
+        Ok(())
+    }
+
     /// The real logs in ../shared/fixtures/logs: each failing log's brief shows its failure.
     #[test]
     fn shared_fixture_logs() -> std::io::Result<()> {

@@ -144,7 +144,8 @@ pub fn newest(
         query = query.filter(builds::builder_id.eq_any(ids.clone()));
     }
     if let Some(c) = after {
-        query = query.filter(
+        // The plain range on started_at lets the index seek; the OR only breaks ties.
+        query = query.filter(builds::started_at.le(c.started_at)).filter(
             builds::started_at.lt(c.started_at).or(builds::started_at.eq(c.started_at).and(builds::id.lt(c.id))),
         );
     }
@@ -255,12 +256,14 @@ pub fn of_builder(conn: &mut DbConn, builder_id: i64, project_id: i64, limit: i6
 pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Option<i64>)> {
     let same = builds::table.filter(builds::builder_id.eq(b.builder_id)).filter(builds::project_id.eq(b.project_id));
     let prev = same
+        .filter(builds::started_at.le(b.started_at))
         .filter(builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.lt(b.id))))
         .order((builds::started_at.desc(), builds::id.desc()))
         .select(builds::id)
         .first(conn)
         .optional()?;
     let next = same
+        .filter(builds::started_at.ge(b.started_at))
         .filter(builds::started_at.gt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.gt(b.id))))
         .order((builds::started_at.asc(), builds::id.asc()))
         .select(builds::id)
@@ -281,6 +284,7 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
     let before_this =
         builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.le(b.id)));
     let last_green: Option<(NaiveDateTime, i64)> = same()
+        .filter(builds::started_at.le(b.started_at))
         .filter(before_this)
         .filter(builds::result.eq_any(["success", "warnings"]))
         .order((builds::started_at.desc(), builds::id.desc()))
@@ -289,7 +293,9 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
         .optional()?;
     let mut first_red = same().filter(builds::result.eq_any(["failure", "exception"])).into_boxed();
     if let Some((t, id)) = last_green {
-        first_red = first_red.filter(builds::started_at.gt(t).or(builds::started_at.eq(t).and(builds::id.gt(id))));
+        first_red = first_red
+            .filter(builds::started_at.ge(t))
+            .filter(builds::started_at.gt(t).or(builds::started_at.eq(t).and(builds::id.gt(id))));
     }
     first_red.order((builds::started_at.asc(), builds::id.asc())).select(Build::as_select()).first(conn).optional()
 }
