@@ -123,7 +123,7 @@ fn fill(conn: &mut DbConn, n_builders: usize, per_builder: usize) -> i64 {
         let revisions: Vec<String> = (0..per_builder).map(|i| digest(&i.to_string())[..40].to_owned()).collect();
         for chunk_start in (0..per_builder).step_by(BATCH) {
             let range = chunk_start..(chunk_start + BATCH).min(per_builder);
-            let result_of = |i: usize| if (i + b) % 17 == 0 { "failure" } else { "success" };
+            let result_of = |i: usize| if (i + b).is_multiple_of(17) { "failure" } else { "success" };
             let rows: Vec<BuildFields<'_>> = range
                 .clone()
                 .map(|i| {
