@@ -210,7 +210,8 @@ pub async fn page(
         let latest = latest::latest(&mut conn, Some(project.id))?;
         let filter = Filter {
             branch: q2.branch.clone().filter(|b| !b.is_empty()),
-            builders: Some(cols.iter().map(|b| b.id).collect()),
+            // Restrict by builder only when filtering: the plain project index is the fastest path.
+            builders: (q2.builders.is_some() || q2.property.is_some()).then(|| cols.iter().map(|b| b.id).collect()),
         };
         let rows = builds::newest(&mut conn, project.id, &filter, after, limit + 1)?;
         Ok((project, cols, latest, rows))
