@@ -145,7 +145,7 @@ fn pages_show_what_is_red_since_when_and_why(backend: Backend) -> TestResult {
     for needle in ["alice", "bob", "carol", "✘ failed", "✘ tests failed", "✔ success", "os-of-bob"] {
         assert!(wf.contains(needle), "waterfall lacks {needle:?}");
     }
-    assert!(wf.contains(&format!("href=\"/builds/{b3}#step-0\"")), "a red cell links to its failed step's log");
+    assert!(wf.contains(&format!("href=\"/builds/{b3}#log-0\"")), "a red cell links to its failed step's log");
     // Filters: one builder, and a property.
     let (_, only_bob) = s.get("/projects/demo?builders=bob");
     assert!(only_bob.contains(">bob</a>") && !only_bob.contains(">alice</a>"));
