@@ -37,6 +37,14 @@ fn main() {
         total as f64 / t.elapsed().as_secs_f64()
     );
     // As a live database's autovacuum would: planner statistics for the new rows.
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut conn,
+        "INSERT INTO heads (project_id, builder_id, branch, build_id, started_at) \
+         SELECT b.project_id, b.builder_id, b.branch, b.id, b.started_at FROM builds b \
+         WHERE b.id = (SELECT x.id FROM builds x WHERE x.project_id = b.project_id AND x.builder_id = b.builder_id \
+                       AND x.branch = b.branch ORDER BY x.started_at DESC, x.id DESC LIMIT 1)",
+    )
+    .unwrap();
     diesel::connection::SimpleConnection::batch_execute(&mut conn, "ANALYZE").unwrap();
     drop(conn);
 

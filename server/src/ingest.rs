@@ -33,6 +33,8 @@ pub struct Outcome {
     pub build_id: i64,
     /// False when this exact body had been received before (nothing new recorded).
     pub created: bool,
+    /// The build's result as reported (none while it runs).
+    pub result: Option<String>,
 }
 
 /// Verifies, validates and stores one report.
@@ -40,7 +42,7 @@ pub fn ingest(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Res
     let builder = authenticate(conn, sub)?;
     let id = report_id(sub.body);
     if let Some(build_id) = builds::by_report(conn, &id)? {
-        return Ok(Outcome { report_id: id, build_id, created: false });
+        return Ok(Outcome { report_id: id, build_id, created: false, result: None });
     }
 
     let report = parse_report(sub.body, now).map_err(|e| match e {
@@ -74,7 +76,7 @@ pub fn ingest(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Res
         other => other,
     };
     let (build_id, created) = result?;
-    Ok(Outcome { report_id: id, build_id, created })
+    Ok(Outcome { report_id: id, build_id, created, result: report.result.map(|r| r.as_str().to_owned()) })
 }
 
 /// Finds the header's builder and checks the signature against its keys.
@@ -237,6 +239,7 @@ fn store(
         .collect();
     builds::insert_tests(conn, &tests)?;
     builds::record_report(conn, digest, build_id, now)?;
+    builds::update_head(conn, &fields, build_id)?;
     builders::touch(conn, builder_id, &properties, now)?;
     Ok((build_id, true))
 }

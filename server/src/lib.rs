@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod ingest;
 pub mod logscan;
+pub mod metrics;
 pub mod routes;
 pub mod web;
 

@@ -14,6 +14,22 @@ use crate::error::AppError;
 pub struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
+    builder: Option<String>,
+    branch: Option<String>,
+    result: Option<String>,
+    revision: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn parse_time(field: &str, v: &Option<String>) -> Result<Option<chrono::NaiveDateTime>, AppError> {
+    v.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(crate::db::to_db_time)
+                .map_err(|_| AppError::bad_request("bad_query", format!("{field}: not an RFC 3339 time: {t:?}")))
+        })
+        .transpose()
 }
 
 #[derive(Debug, Serialize)]
@@ -44,13 +60,33 @@ pub async fn list(
         ),
         None => None,
     };
+    if let Some(r) = &query.result
+        && tbox_protocol::BuildResult::parse(r).is_none()
+    {
+        return Err(AppError::bad_request("bad_query", format!("result: unknown result {r:?}")));
+    }
+    let mut filter = builds::Filter {
+        branch: query.branch.clone(),
+        revision: query.revision.clone(),
+        result: query.result.clone(),
+        since: parse_time("since", &query.since)?,
+        until: parse_time("until", &query.until)?,
+        ..builds::Filter::default()
+    };
+    let builder = query.builder.clone();
     let pool = state.pool.clone();
     let rows = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
-        let p = projects::by_name(&mut conn, &project)?
+        let p = projects::by_name(&mut conn, &project)
+            .map_err(AppError::from)?
             .ok_or_else(|| AppError::not_found(format!("no project named {project:?}")))?;
+        if let Some(name) = builder {
+            // An unknown builder simply has no builds.
+            let id = crate::db::builders::by_name(&mut conn, &name)?.map(|b| b.id).unwrap_or(-1);
+            filter.builders = Some(vec![id]);
+        }
         // One extra row tells whether there is a next page.
-        Ok(builds::newest(&mut conn, p.id, &builds::Filter::default(), after, limit + 1)?)
+        Ok(builds::newest(&mut conn, p.id, &filter, after, limit + 1)?)
     })
     .await??;
     let more = rows.len() as i64 > limit;

@@ -2,8 +2,10 @@
 
 pub mod builders;
 pub mod builds;
+pub mod openapi;
 pub mod projects;
 pub mod reports;
+pub mod status;
 pub mod views;
 
 use actix_web::HttpRequest;

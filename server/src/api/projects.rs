@@ -1,8 +1,9 @@
-//! Projects.
+//! Projects, each with how its builders are doing.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
+use super::status::summaries;
 use super::views::ProjectView;
 use crate::AppState;
 use crate::db::projects;
@@ -16,9 +17,21 @@ struct ProjectList {
 /// `GET /api/v1/projects`.
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let pool = state.pool.clone();
-    let all = web::block(move || -> Result<_, AppError> { Ok(projects::list(&mut *pool.get()?)?) }).await??;
+    let stale_after = state.stale_after;
+    let (all, counts) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        Ok((projects::list(&mut conn)?, summaries(&mut conn, None, stale_after)?))
+    })
+    .await??;
     let base = super::base_url(&req);
-    Ok(HttpResponse::Ok().json(ProjectList { projects: all.into_iter().map(|p| ProjectView::new(p, &base)).collect() }))
+    let projects = all
+        .into_iter()
+        .map(|p| {
+            let c = counts.get(&p.id).cloned().unwrap_or_default();
+            ProjectView::new(p, &base, c)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(ProjectList { projects }))
 }
 
 /// `GET /api/v1/projects/{p}`.
@@ -29,9 +42,14 @@ pub async fn get(
 ) -> Result<HttpResponse, AppError> {
     let name = path.into_inner();
     let pool = state.pool.clone();
-    let lookup = name.clone();
-    let p = web::block(move || -> Result<_, AppError> { Ok(projects::by_name(&mut *pool.get()?, &lookup)?) })
-        .await??
-        .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
-    Ok(HttpResponse::Ok().json(ProjectView::new(p, &super::base_url(&req))))
+    let stale_after = state.stale_after;
+    let (p, counts) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = super::status::project(&mut conn, &name)?;
+        let counts = summaries(&mut conn, Some(p.id), stale_after)?;
+        Ok((p, counts))
+    })
+    .await??;
+    let c = counts.get(&p.id).cloned().unwrap_or_default();
+    Ok(HttpResponse::Ok().json(ProjectView::new(p, &super::base_url(&req), c)))
 }

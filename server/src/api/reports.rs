@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::AppState;
 use crate::error::AppError;
 use crate::ingest::{self, Submission};
+use crate::metrics;
 
 /// The answer to an accepted report (201 new, 200 duplicate).
 #[derive(Debug, Serialize)]
@@ -29,17 +30,32 @@ pub async fn submit(
     state: web::Data<AppState>,
     body: Result<web::Bytes, actix_web::Error>,
 ) -> Result<HttpResponse, AppError> {
+    let answer = accept(req, state, body).await;
+    if let Err(AppError::Client { code, .. }) = &answer {
+        metrics::rejected(code);
+    }
+    answer
+}
+
+async fn accept(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> Result<HttpResponse, AppError> {
     check_content_type(req.headers())?;
     let body = body.map_err(|e| body_error(&e, state.max_body))?;
     let builder = header(req.headers(), "tbox-builder")?;
     let signature = header(req.headers(), "tbox-signature")?;
     let pool = state.pool.clone();
+    let started = std::time::Instant::now();
     let outcome = web::block(move || {
         let mut conn = pool.get()?;
         let sub = Submission { builder: builder.as_deref(), signature: signature.as_deref(), body: &body };
         ingest::ingest(&mut conn, sub, chrono::Utc::now())
     })
-    .await??;
+    .await?;
+    let outcome = outcome?;
+    metrics::accepted(outcome.created, outcome.result.as_deref(), started.elapsed());
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
     let url = format!("{}/builds/{}", super::base_url(&req), outcome.build_id);
     Ok(HttpResponse::build(status).json(Accepted { id: outcome.report_id, build: outcome.build_id, url }))

@@ -145,7 +145,7 @@ impl BuildDetail {
     }
 }
 
-/// A project.
+/// A project, with its builders by colour and the addresses of its feeds.
 #[derive(Debug, Serialize)]
 pub struct ProjectView {
     pub name: String,
@@ -153,12 +153,53 @@ pub struct ProjectView {
     pub repo_url: Option<String>,
     pub revision_url: Option<String>,
     pub url: String,
+    /// Builders by the colour of their newest build: green, red, building, stale, nodata.
+    pub status: StatusCounts,
+    pub feeds: Feeds,
+}
+
+/// Builders by colour.
+#[derive(Debug, Serialize)]
+pub struct StatusCounts {
+    pub green: usize,
+    pub red: usize,
+    pub building: usize,
+    pub stale: usize,
+    pub nodata: usize,
+}
+
+/// Where a project's feeds are.
+#[derive(Debug, Serialize)]
+pub struct Feeds {
+    pub builds: String,
+    pub status: String,
+    pub atom: String,
+    pub badge: String,
+    pub shields: String,
+    pub cctray: String,
 }
 
 impl ProjectView {
-    pub fn new(p: Project, base: &str) -> Self {
+    pub fn new(p: Project, base: &str, counts: std::collections::BTreeMap<&'static str, usize>) -> Self {
+        let n = &p.name;
+        let c = |k: &str| counts.get(k).copied().unwrap_or(0);
         ProjectView {
-            url: format!("{base}/projects/{}", p.name),
+            url: format!("{base}/projects/{n}"),
+            status: StatusCounts {
+                green: c("green"),
+                red: c("red"),
+                building: c("building"),
+                stale: c("stale"),
+                nodata: c("nodata"),
+            },
+            feeds: Feeds {
+                builds: format!("{base}/api/v1/projects/{n}/builds"),
+                status: format!("{base}/api/v1/projects/{n}/status"),
+                atom: format!("{base}/projects/{n}/feed.atom"),
+                badge: format!("{base}/projects/{n}/badge.svg"),
+                shields: format!("{base}/api/v1/projects/{n}/shields.json"),
+                cctray: format!("{base}/projects/{n}/cctray.xml"),
+            },
             name: p.name,
             title: p.title,
             repo_url: p.repo_url,

@@ -36,7 +36,9 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(pages::manners::etag))
                 .wrap(security_headers())
+                .wrap(actix_web::middleware::Compress::default())
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
                 .configure(|cfg| routes::configure(cfg, state.max_body))
         });

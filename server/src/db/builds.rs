@@ -118,6 +118,14 @@ pub struct Filter {
     pub branch: Option<String>,
     /// Only these builders.
     pub builders: Option<Vec<i64>>,
+    /// Only this revision.
+    pub revision: Option<String>,
+    /// Only this result.
+    pub result: Option<String>,
+    /// Started at or after.
+    pub since: Option<NaiveDateTime>,
+    /// Started before.
+    pub until: Option<NaiveDateTime>,
 }
 
 /// A project's builds, newest first (by start time, then id), after `after` if given.
@@ -142,6 +150,18 @@ pub fn newest(
     }
     if let Some(ids) = &filter.builders {
         query = query.filter(builds::builder_id.eq_any(ids.clone()));
+    }
+    if let Some(rev) = &filter.revision {
+        query = query.filter(builds::revision.eq(rev.clone()));
+    }
+    if let Some(result) = &filter.result {
+        query = query.filter(builds::result.eq(result.clone()));
+    }
+    if let Some(t) = filter.since {
+        query = query.filter(builds::started_at.ge(t));
+    }
+    if let Some(t) = filter.until {
+        query = query.filter(builds::started_at.lt(t));
     }
     if let Some(c) = after {
         // The plain range on started_at lets the index seek; the OR only breaks ties.
@@ -230,6 +250,7 @@ pub fn prune_batch(conn: &mut DbConn, before: NaiveDateTime, batch: i64) -> Quer
     diesel::delete(steps::table.filter(steps::build_id.eq_any(&ids))).execute(conn)?;
     diesel::delete(test_results::table.filter(test_results::build_id.eq_any(&ids))).execute(conn)?;
     diesel::delete(reports::table.filter(reports::build_id.eq_any(&ids))).execute(conn)?;
+    diesel::delete(super::schema::heads::table.filter(super::schema::heads::build_id.eq_any(&ids))).execute(conn)?;
     diesel::delete(builds::table.filter(builds::id.eq_any(&ids))).execute(conn)
 }
 
@@ -298,4 +319,34 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
             .filter(builds::started_at.gt(t).or(builds::started_at.eq(t).and(builds::id.gt(id))));
     }
     first_red.order((builds::started_at.asc(), builds::id.asc())).select(Build::as_select()).first(conn).optional()
+}
+
+/// Makes this build the head of its (project, builder, branch) unless a newer one is.
+pub fn update_head(conn: &mut DbConn, b: &BuildFields<'_>, build_id: i64) -> QueryResult<()> {
+    use super::schema::heads;
+    let row = (
+        heads::project_id.eq(b.project_id),
+        heads::builder_id.eq(b.builder_id),
+        heads::branch.eq(b.branch),
+        heads::build_id.eq(build_id),
+        heads::started_at.eq(b.started_at),
+    );
+    // A report spooled for days may arrive after newer ones: it must not become the head.
+    let current: Option<(NaiveDateTime, i64)> = heads::table
+        .find((b.project_id, b.builder_id, b.branch))
+        .select((heads::started_at, heads::build_id))
+        .first(conn)
+        .optional()?;
+    match current {
+        None => {
+            diesel::insert_into(heads::table).values(row).execute(conn)?;
+        }
+        Some((t, id)) if (b.started_at, build_id) >= (t, id) => {
+            diesel::update(heads::table.find((b.project_id, b.builder_id, b.branch)))
+                .set((heads::build_id.eq(build_id), heads::started_at.eq(b.started_at)))
+                .execute(conn)?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }

@@ -51,6 +51,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    heads (project_id, builder_id, branch) {
+        project_id -> Int8,
+        builder_id -> Int8,
+        branch -> Text,
+        build_id -> Int8,
+        started_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     logs (digest) {
         digest -> Text,
         size -> Int8,
@@ -111,6 +121,7 @@ diesel::joinable!(builder_projects -> builders (builder_id));
 diesel::joinable!(builder_projects -> projects (project_id));
 diesel::joinable!(builds -> builders (builder_id));
 diesel::joinable!(builds -> projects (project_id));
+diesel::joinable!(heads -> builds (build_id));
 diesel::joinable!(reports -> builds (build_id));
 diesel::joinable!(steps -> builds (build_id));
 diesel::joinable!(steps -> logs (log_digest));
@@ -121,6 +132,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     builder_projects,
     builders,
     builds,
+    heads,
     logs,
     projects,
     reports,

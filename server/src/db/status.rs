@@ -83,3 +83,52 @@ pub fn latest(conn: &mut DbConn, project: Option<i64>) -> QueryResult<Vec<Latest
         })
         .collect())
 }
+
+/// The newest build of one builder on one branch.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub builder: crate::db::models::Builder,
+    pub build: Build,
+    /// Kind of the first failing step, if any (`test` failures are orange).
+    pub failing_kind: Option<String>,
+}
+
+/// Every (builder, branch) head of a project, optionally narrowed; two queries.
+pub fn heads(
+    conn: &mut DbConn,
+    project_id: i64,
+    builder: Option<&str>,
+    branch: Option<&str>,
+) -> QueryResult<Vec<Head>> {
+    use super::models::Builder;
+    use super::schema::{builders, heads};
+    let mut q = heads::table
+        .inner_join(builds::table)
+        .inner_join(builders::table.on(builders::id.eq(heads::builder_id)))
+        .filter(heads::project_id.eq(project_id))
+        .select((Builder::as_select(), Build::as_select()))
+        .order((builders::name, heads::branch))
+        .into_boxed();
+    if let Some(b) = builder {
+        q = q.filter(builders::name.eq(b.to_owned()));
+    }
+    if let Some(br) = branch {
+        q = q.filter(heads::branch.eq(br.to_owned()));
+    }
+    let rows: Vec<(Builder, Build)> = q.load(conn)?;
+    let ids: Vec<i64> = rows.iter().map(|(_, b)| b.id).collect();
+    let mut failing: HashMap<i64, Option<String>> = HashMap::new();
+    for (id, kind) in steps::table
+        .filter(steps::build_id.eq_any(&ids))
+        .filter(steps::result.eq("failure"))
+        .order((steps::build_id, steps::position))
+        .select((steps::build_id, steps::kind))
+        .load::<(i64, Option<String>)>(conn)?
+    {
+        failing.entry(id).or_insert(kind);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(builder, build)| Head { failing_kind: failing.get(&build.id).cloned().flatten(), builder, build })
+        .collect())
+}

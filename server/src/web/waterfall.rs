@@ -212,6 +212,7 @@ pub async fn page(
             branch: q2.branch.clone().filter(|b| !b.is_empty()),
             // Restrict by builder only when filtering: the plain project index is the fastest path.
             builders: (q2.builders.is_some() || q2.property.is_some()).then(|| cols.iter().map(|b| b.id).collect()),
+            ..Filter::default()
         };
         let rows = builds::newest(&mut conn, project.id, &filter, after, limit + 1)?;
         Ok((project, cols, latest, rows))

@@ -1,0 +1,2 @@
+DROP INDEX test_results_name;
+DROP TABLE heads;

@@ -1,0 +1,336 @@
+//! Where a project stands, for programs: latest per builder and branch, builders, one
+//! revision across builders, failing tests and one test's history.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::views::{BuildSummary, time};
+use crate::AppState;
+use crate::db::builds::{self, Filter};
+use crate::db::models::{Build, Project};
+use crate::db::schema::{builders, builds as builds_t, test_results};
+use crate::db::status::{Head, heads};
+use crate::db::{DbConn, builders as builders_db, projects};
+use crate::error::AppError;
+use crate::web::status::of_build;
+
+/// Loads a project or answers 404.
+pub fn project(conn: &mut DbConn, name: &str) -> Result<Project, AppError> {
+    projects::by_name(conn, name)?.ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))
+}
+
+/// A head as programs see it.
+#[derive(Debug, Serialize)]
+pub struct HeadView {
+    pub builder: String,
+    pub branch: String,
+    pub state: String,
+    pub result: Option<String>,
+    /// The result in words, as on the waterfall: "success", "tests failed", "failed", …
+    pub status: &'static str,
+    pub stale: bool,
+    pub build: i64,
+    pub revision: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub url: String,
+}
+
+impl HeadView {
+    pub fn new(h: &Head, base: &str, stale_after: chrono::TimeDelta) -> HeadView {
+        let b = &h.build;
+        HeadView {
+            builder: h.builder.name.clone(),
+            branch: b.branch.clone(),
+            state: b.state.clone(),
+            result: b.result.clone(),
+            status: of_build(&b.state, b.result.as_deref(), h.failing_kind.as_deref()).2,
+            stale: is_stale(h.builder.last_report_at, stale_after),
+            build: b.id,
+            revision: b.revision.clone(),
+            started_at: time(b.started_at),
+            finished_at: b.finished_at.map(time),
+            url: format!("{base}/builds/{}", b.id),
+        }
+    }
+}
+
+/// Not heard from within `stale_after` (or never).
+pub fn is_stale(last: Option<NaiveDateTime>, stale_after: chrono::TimeDelta) -> bool {
+    last.is_none_or(|t| crate::db::now() - t > stale_after)
+}
+
+/// Query narrowing heads.
+#[derive(Debug, Deserialize)]
+pub struct HeadQuery {
+    pub builder: Option<String>,
+    pub branch: Option<String>,
+}
+
+/// `GET /api/v1/projects/{p}/status`: the newest build of every builder on every branch.
+pub async fn status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<HeadQuery>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let pool = state.pool.clone();
+    let q = q.into_inner();
+    let (p, hs) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let hs = heads(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref())?;
+        Ok((p, hs))
+    })
+    .await??;
+    let base = super::base_url(&req);
+    let views: Vec<HeadView> = hs.iter().map(|h| HeadView::new(h, &base, state.stale_after)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"project": p.name, "status": views})))
+}
+
+/// `GET /api/v1/projects/{p}/builders`: each builder with its latest result per branch.
+pub async fn builders(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let pname = name.clone();
+    let pool = state.pool.clone();
+    let (all, hs) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        Ok((builders_db::for_project(&mut conn, p.id)?, heads(&mut conn, p.id, None, None)?))
+    })
+    .await??;
+    let base = super::base_url(&req);
+    let list: Vec<serde_json::Value> = all
+        .iter()
+        .map(|b| {
+            let branches: Vec<HeadView> = hs
+                .iter()
+                .filter(|h| h.builder.id == b.id)
+                .map(|h| HeadView::new(h, &base, state.stale_after))
+                .collect();
+            serde_json::json!({
+                "name": b.name, "status": b.status, "owner": b.owner,
+                "stale": is_stale(b.last_report_at, state.stale_after),
+                "last_seen": b.last_report_at.map(time),
+                "properties": serde_json::from_str::<serde_json::Value>(&b.properties).unwrap_or_default(),
+                "url": format!("{base}/projects/{pname}/builders/{}", b.name),
+                "branches": branches,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "builders": list })))
+}
+
+/// `GET /api/v1/projects/{p}/revisions/{rev}`: every builder's builds of one revision.
+pub async fn revision(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (name, rev) = path.into_inner();
+    let pool = state.pool.clone();
+    let rev2 = rev.clone();
+    let rows = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let filter = Filter { revision: Some(rev2), ..Filter::default() };
+        Ok(builds::newest(&mut conn, p.id, &filter, None, 1000)?)
+    })
+    .await??;
+    let base = super::base_url(&req);
+    let list: Vec<BuildSummary> = rows.into_iter().map(|l| BuildSummary::new(l, &base)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"revision": rev, "builds": list})))
+}
+
+/// Failing tests whose "since" is worked out at most (each costs two indexed queries).
+const MAX_FAILING: usize = 200;
+
+/// `GET /api/v1/projects/{p}/tests/failing`: tests failing in the newest build of each builder
+/// and branch, and since which build they have been failing there.
+pub async fn failing(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<HeadQuery>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let q = q.into_inner();
+    let pool = state.pool.clone();
+    let base = super::base_url(&req);
+    let list = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let hs: Vec<Head> = heads(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref())?
+            .into_iter()
+            .filter(|h| h.build.state == "finished")
+            .collect();
+        let ids: Vec<i64> = hs.iter().map(|h| h.build.id).collect();
+        let failing: Vec<(i64, String, String, String, Option<String>)> = test_results::table
+            .filter(test_results::build_id.eq_any(&ids))
+            .filter(test_results::result.eq_any(["failed", "error"]))
+            .order((test_results::build_id, test_results::suite, test_results::name))
+            .limit(MAX_FAILING as i64)
+            .select((
+                test_results::build_id,
+                test_results::suite,
+                test_results::name,
+                test_results::result,
+                test_results::message,
+            ))
+            .load(&mut conn)?;
+        let by_build: HashMap<i64, &Head> = hs.iter().map(|h| (h.build.id, h)).collect();
+        let mut out = Vec::new();
+        for (build_id, suite, test, result, message) in failing {
+            let Some(h) = by_build.get(&build_id) else { continue };
+            let since = failing_since(&mut conn, &h.build, &suite, &test)?;
+            out.push(serde_json::json!({
+                "suite": suite, "name": test, "result": result, "message": message,
+                "builder": h.builder.name, "branch": h.build.branch, "build": build_id,
+                "url": format!("{base}/builds/{build_id}"),
+                "since": since.map(|b| serde_json::json!({"build": b.id, "revision": b.revision,
+                    "started_at": time(b.started_at), "url": format!("{base}/builds/{}", b.id)})),
+            }));
+        }
+        Ok(out)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "failing": list })))
+}
+
+/// The first build of this builder and branch, after the last one where the test passed,
+/// in which it did not pass.
+fn failing_since(conn: &mut DbConn, head: &Build, suite: &str, test: &str) -> QueryResult<Option<Build>> {
+    let runs = || {
+        test_results::table
+            .inner_join(builds_t::table)
+            .filter(test_results::name.eq(test.to_owned()))
+            .filter(test_results::suite.eq(suite.to_owned()))
+            .filter(builds_t::builder_id.eq(head.builder_id))
+            .filter(builds_t::project_id.eq(head.project_id))
+            .filter(builds_t::branch.eq(head.branch.clone()))
+            .filter(builds_t::started_at.le(head.started_at))
+    };
+    let last_pass: Option<NaiveDateTime> = runs()
+        .filter(test_results::result.eq("passed"))
+        .order(builds_t::started_at.desc())
+        .select(builds_t::started_at)
+        .first(conn)
+        .optional()?;
+    let mut first_fail = runs().filter(test_results::result.eq_any(["failed", "error"])).into_boxed();
+    if let Some(t) = last_pass {
+        first_fail = first_fail.filter(builds_t::started_at.gt(t));
+    }
+    first_fail.order(builds_t::started_at.asc()).select(Build::as_select()).first(conn).optional()
+}
+
+/// Query of the test history.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub name: Option<String>,
+    pub suite: Option<String>,
+    pub builder: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/projects/{p}/tests/history?name=…[&suite=…][&builder=…]`: one test's results
+/// across builders, newest first.
+pub async fn history(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let q = q.into_inner();
+    let test = q
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| AppError::bad_request("bad_query", "name: give the test's name"))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::bad_request("bad_query", "limit must be 1 to 1000"));
+    }
+    let pool = state.pool.clone();
+    let base = super::base_url(&req);
+    let test2 = test.clone();
+    let rows = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let mut query = test_results::table
+            .inner_join(builds_t::table.inner_join(builders::table))
+            .filter(test_results::name.eq(test2))
+            .filter(builds_t::project_id.eq(p.id))
+            .order((builds_t::started_at.desc(), builds_t::id.desc()))
+            .limit(limit)
+            .select((
+                builds_t::id,
+                builders::name,
+                builds_t::branch,
+                builds_t::revision,
+                builds_t::started_at,
+                test_results::suite,
+                test_results::result,
+                test_results::duration_ms,
+                test_results::message,
+            ))
+            .into_boxed();
+        if let Some(s) = q.suite {
+            query = query.filter(test_results::suite.eq(s));
+        }
+        if let Some(b) = q.builder {
+            query = query.filter(builders::name.eq(b));
+        }
+        type Row = (i64, String, String, String, NaiveDateTime, String, String, Option<i64>, Option<String>);
+        Ok(query.load::<Row>(&mut conn)?)
+    })
+    .await??;
+    let list: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|(id, builder, branch, revision, started, suite, result, duration, message)| {
+            serde_json::json!({"build": id, "url": format!("{base}/builds/{id}"), "builder": builder, "branch": branch,
+                "revision": revision, "started_at": time(started), "suite": suite, "result": result,
+                "duration_ms": duration, "message": message})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"name": test, "results": list})))
+}
+
+/// Builders of each project by colour: green, red, building, stale, nodata (newest build of each
+/// builder, whatever its branch). Keyed by project id.
+pub fn summaries(
+    conn: &mut DbConn,
+    project: Option<i64>,
+    stale_after: chrono::TimeDelta,
+) -> QueryResult<HashMap<i64, std::collections::BTreeMap<&'static str, usize>>> {
+    let latest = crate::db::status::latest(conn, project)?;
+    let seen: HashMap<i64, Option<NaiveDateTime>> =
+        builders_db::list(conn)?.into_iter().map(|l| (l.builder.id, l.builder.last_report_at)).collect();
+    let mut out: HashMap<i64, std::collections::BTreeMap<&'static str, usize>> = HashMap::new();
+    for l in &latest {
+        let stale = is_stale(seen.get(&l.builder_id).copied().flatten(), stale_after);
+        let class = match &l.build {
+            _ if stale => "stale",
+            None => "nodata",
+            Some(b) => of_build(&b.state, b.result.as_deref(), l.failing_kind()).0,
+        };
+        let group = match class {
+            "success" | "warnings" => "green",
+            "failure" | "tests-failed" | "exception" => "red",
+            "building" => "building",
+            "stale" => "stale",
+            _ => "nodata",
+        };
+        *out.entry(l.project_id).or_default().entry(group).or_default() += 1;
+    }
+    Ok(out)
+}

@@ -1,0 +1,410 @@
+//! Feeds in the formats other tools already read: Atom (status changes), SVG badges, the
+//! shields.io endpoint JSON and cctray XML (CCMenu, CCTray, nevergreen).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::NaiveDateTime;
+use serde::Deserialize;
+use tera::escape_html as esc;
+
+use super::status::of_build;
+use crate::AppState;
+use crate::api::status::{is_stale, project};
+use crate::api::views::time;
+use crate::db::builds::{self, Filter};
+use crate::db::models::{Build, Builder};
+use crate::db::status::{Head, heads};
+use crate::db::{DbConn, builders};
+use crate::error::{AppError, PageError};
+
+/// Narrowing for every feed: one builder and/or one branch.
+#[derive(Debug, Default, Deserialize)]
+pub struct FeedQuery {
+    pub builder: Option<String>,
+    pub branch: Option<String>,
+}
+
+/// Green, red or neither: what a status change is a change between.
+fn colour(b: &Build) -> Option<&'static str> {
+    match b.result.as_deref() {
+        Some("success" | "warnings") => Some("green"),
+        Some("failure" | "exception") => Some("red"),
+        _ => None,
+    }
+}
+
+/// One Atom entry.
+struct Entry {
+    id: String,
+    title: String,
+    updated: NaiveDateTime,
+    link: String,
+    summary: String,
+}
+
+/// Builds read to find status changes.
+const WINDOW: i64 = 1000;
+/// Entries in a feed.
+const ENTRIES: usize = 50;
+
+fn changes(
+    conn: &mut DbConn,
+    project_id: i64,
+    cols: &[Builder],
+    branch: Option<&str>,
+    base: &str,
+    stale_after: chrono::TimeDelta,
+) -> Result<Vec<Entry>, AppError> {
+    let filter = Filter {
+        builders: Some(cols.iter().map(|b| b.id).collect()),
+        branch: branch.map(str::to_owned),
+        ..Filter::default()
+    };
+    let listed = builds::newest(conn, project_id, &filter, None, WINDOW)?;
+    let host = base.split("://").nth(1).unwrap_or("tbox");
+    let mut entries = Vec::new();
+    // Oldest first per (builder, branch), so each build is compared with the one before it.
+    let mut runs: HashMap<(i64, String), Vec<&Build>> = HashMap::new();
+    for l in listed.iter().rev().filter(|l| l.build.state == "finished") {
+        runs.entry((l.build.builder_id, l.build.branch.clone())).or_default().push(&l.build);
+    }
+    for ((builder_id, branch), run) in &runs {
+        let Some(builder) = cols.iter().find(|b| b.id == *builder_id) else { continue };
+        let first_in_window = run[0];
+        if builds::neighbours(conn, first_in_window)?.0.is_none() {
+            entries.push(Entry {
+                id: format!("tag:{host},2026:build/{}/new", first_in_window.id),
+                title: format!("{} reported for the first time on {branch}: {}", builder.name, word(first_in_window)),
+                updated: first_in_window.finished_at.unwrap_or(first_in_window.started_at),
+                link: format!("{base}/builds/{}", first_in_window.id),
+                summary: format!("New builder {} on {branch}, revision {}.", builder.name, first_in_window.revision),
+            });
+        }
+        let mut last: Option<&Build> = None;
+        for b in run {
+            if let (Some(prev), Some(now)) = (last, colour(b))
+                && colour(prev).is_some_and(|c| c != now)
+            {
+                let what = if now == "red" { "broke" } else { "is fixed" };
+                entries.push(Entry {
+                    id: format!("tag:{host},2026:build/{}/{now}", b.id),
+                    title: format!("{} {what} on {branch}: {} (was {})", builder.name, word(b), word(prev)),
+                    updated: b.finished_at.unwrap_or(b.started_at),
+                    link: format!("{base}/builds/{}", b.id),
+                    summary: format!(
+                        "{} went from {} to {} at revision {}.",
+                        builder.name,
+                        word(prev),
+                        word(b),
+                        b.revision
+                    ),
+                });
+            }
+            if colour(b).is_some() {
+                last = Some(b);
+            }
+        }
+    }
+    for b in cols {
+        if let Some(seen) = b.last_report_at.filter(|_| is_stale(b.last_report_at, stale_after)) {
+            let at = seen + stale_after;
+            entries.push(Entry {
+                id: format!("tag:{host},2026:builder/{}/stale/{}", b.name, seen.and_utc().timestamp()),
+                title: format!("{} has gone stale", b.name),
+                updated: at,
+                link: format!("{base}/projects/{}/builders/{}", "{project}", b.name),
+                summary: format!("Nothing heard from {} since {}.", b.name, time(seen)),
+            });
+        }
+    }
+    entries.sort_by(|a, b| b.updated.cmp(&a.updated));
+    entries.truncate(ENTRIES);
+    Ok(entries)
+}
+
+fn word(b: &Build) -> &'static str {
+    of_build(&b.state, b.result.as_deref(), None).2
+}
+
+/// `GET /projects/{p}/feed.atom` (and `/projects/{p}/builders/{b}/feed.atom`): status changes.
+pub async fn atom(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<FeedQuery>,
+) -> Result<HttpResponse, PageError> {
+    atom_for(req, state, path.into_inner(), q.into_inner()).await
+}
+
+/// `GET /projects/{p}/builders/{b}/feed.atom`.
+pub async fn builder_atom(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, PageError> {
+    let (p, b) = path.into_inner();
+    atom_for(req, state, p, FeedQuery { builder: Some(b), branch: None }).await
+}
+
+async fn atom_for(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    name: String,
+    q: FeedQuery,
+) -> Result<HttpResponse, PageError> {
+    let base = crate::api::base_url(&req);
+    let pool = state.pool.clone();
+    let stale_after = state.stale_after;
+    let self_url = format!("{base}{}", req.uri());
+    let base2 = base.clone();
+    let (p, entries) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let mut cols = builders::for_project(&mut conn, p.id)?;
+        if let Some(b) = &q.builder {
+            cols.retain(|c| &c.name == b);
+            if cols.is_empty() {
+                return Err(AppError::not_found(format!("no builder {b:?} in project {name:?}")));
+            }
+        }
+        let mut entries = changes(&mut conn, p.id, &cols, q.branch.as_deref(), &base2, stale_after)?;
+        for e in &mut entries {
+            e.link = e.link.replace("{project}", &p.name);
+        }
+        Ok((p, entries))
+    })
+    .await??;
+    let updated = entries.first().map(|e| e.updated).unwrap_or(p.created_at);
+    let mut x = String::new();
+    let _ = write!(
+        x,
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\n\
+         <id>{}</id>\n<title>{} build status changes</title>\n<updated>{}</updated>\n\
+         <link rel=\"self\" type=\"application/atom+xml\" href=\"{}\"/>\n<link rel=\"alternate\" type=\"text/html\" href=\"{}\"/>\n\
+         <author><name>tbox</name></author>\n<generator>tbox-server</generator>\n",
+        esc(&self_url),
+        esc(&p.title),
+        time(updated),
+        esc(&self_url),
+        esc(&format!("{base}/projects/{}", p.name)),
+    );
+    for e in entries {
+        let _ = write!(
+            x,
+            "<entry>\n<id>{}</id>\n<title>{}</title>\n<updated>{}</updated>\n<link rel=\"alternate\" type=\"text/html\" href=\"{}\"/>\n<summary>{}</summary>\n</entry>\n",
+            esc(&e.id),
+            esc(&e.title),
+            time(e.updated),
+            esc(&e.link),
+            esc(&e.summary)
+        );
+    }
+    x.push_str("</feed>\n");
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "application/atom+xml; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "public, max-age=60"))
+        .body(x))
+}
+
+/// What a badge or shields endpoint says about a set of heads.
+struct Verdict {
+    message: String,
+    /// shields.io colour name.
+    colour: &'static str,
+    /// The waterfall's colour, for our own SVG.
+    hex: &'static str,
+}
+
+fn verdict(hs: &[Head]) -> Verdict {
+    if hs.is_empty() {
+        return Verdict { message: "no data".into(), colour: "lightgrey", hex: "#9f9f9f" };
+    }
+    let red = hs.iter().filter(|h| colour(&h.build) == Some("red")).count();
+    let building = hs.iter().filter(|h| h.build.state == "started").count();
+    let warned = hs.iter().any(|h| h.build.result.as_deref() == Some("warnings"));
+    if hs.len() == 1 {
+        let h = &hs[0];
+        let (class, _, word) = of_build(&h.build.state, h.build.result.as_deref(), h.failing_kind.as_deref());
+        let (colour, hex) = match class {
+            "success" => ("brightgreen", "#2da44e"),
+            "warnings" | "tests-failed" => ("orange", "#bc4c00"),
+            "failure" => ("red", "#cf222e"),
+            "exception" => ("blueviolet", "#8250df"),
+            "building" => ("yellow", "#bf8700"),
+            _ => ("lightgrey", "#9f9f9f"),
+        };
+        return Verdict { message: if word == "success" { "passing".into() } else { word.into() }, colour, hex };
+    }
+    if red > 0 {
+        Verdict { message: format!("failing on {red} of {}", hs.len()), colour: "red", hex: "#cf222e" }
+    } else if building == hs.len() {
+        Verdict { message: "building".into(), colour: "yellow", hex: "#bf8700" }
+    } else if warned {
+        Verdict { message: "passing, warnings".into(), colour: "orange", hex: "#bc4c00" }
+    } else {
+        Verdict { message: "passing".into(), colour: "brightgreen", hex: "#2da44e" }
+    }
+}
+
+fn load_heads(
+    state: &web::Data<AppState>,
+    name: String,
+    q: FeedQuery,
+) -> impl std::future::Future<
+    Output = Result<Result<(crate::db::models::Project, Vec<Head>), AppError>, actix_web::error::BlockingError>,
+> {
+    let pool = state.pool.clone();
+    web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let hs = heads(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref())?;
+        Ok((p, hs))
+    })
+}
+
+/// Approximate advance widths of Verdana 11px (what badges use), so the text fits its box.
+fn text_width(s: &str) -> f64 {
+    s.chars()
+        .map(|c| match c {
+            'i' | 'j' | 'l' | '.' | ',' | ':' | ';' | '!' | '|' | '\'' => 3.2,
+            'f' | 'r' | 't' | 'I' | ' ' | '(' | ')' | '[' | ']' | '-' => 4.6,
+            'm' | 'w' | 'M' | 'W' => 10.0,
+            'A'..='Z' => 7.6,
+            '0'..='9' => 7.0,
+            _ if c.is_ascii() => 6.6,
+            _ => 8.0,
+        })
+        .sum()
+}
+
+/// The SVG of a two-part badge.
+pub fn badge_svg(label: &str, message: &str, hex: &str) -> String {
+    let lw = (text_width(label) + 12.0).round();
+    let mw = (text_width(message) + 12.0).round();
+    let w = lw + mw;
+    let (l, m) = (esc(label), esc(message));
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"20\" role=\"img\" aria-label=\"{l}: {m}\">\
+<title>{l}: {m}</title>\
+<linearGradient id=\"s\" x2=\"0\" y2=\"100%\"><stop offset=\"0\" stop-color=\"#bbb\" stop-opacity=\".1\"/><stop offset=\"1\" stop-opacity=\".1\"/></linearGradient>\
+<clipPath id=\"r\"><rect width=\"{w}\" height=\"20\" rx=\"3\" fill=\"#fff\"/></clipPath>\
+<g clip-path=\"url(#r)\"><rect width=\"{lw}\" height=\"20\" fill=\"#555\"/><rect x=\"{lw}\" width=\"{mw}\" height=\"20\" fill=\"{hex}\"/><rect width=\"{w}\" height=\"20\" fill=\"url(#s)\"/></g>\
+<g fill=\"#fff\" text-anchor=\"middle\" font-family=\"Verdana,Geneva,DejaVu Sans,sans-serif\" font-size=\"11\">\
+<text x=\"{lx}\" y=\"15\" fill=\"#010101\" fill-opacity=\".3\">{l}</text><text x=\"{lx}\" y=\"14\">{l}</text>\
+<text x=\"{mx}\" y=\"15\" fill=\"#010101\" fill-opacity=\".3\">{m}</text><text x=\"{mx}\" y=\"14\">{m}</text></g></svg>",
+        lx = lw / 2.0,
+        mx = lw + mw / 2.0,
+    )
+}
+
+/// `GET /projects/{p}/badge.svg[?branch=B][&builder=N]`.
+pub async fn badge(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<FeedQuery>,
+) -> Result<HttpResponse, PageError> {
+    let q = q.into_inner();
+    let label_suffix = q.builder.clone();
+    let (p, hs) = load_heads(&state, path.into_inner(), q).await??;
+    let v = verdict(&hs);
+    let label = match label_suffix {
+        Some(b) => format!("{} {b}", p.name),
+        None => p.name.clone(),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "image/svg+xml; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "public, max-age=60"))
+        .body(badge_svg(&label, &v.message, v.hex)))
+}
+
+/// `GET /projects/{p}/builders/{b}/badge.svg`.
+pub async fn builder_badge(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, PageError> {
+    let (p, b) = path.into_inner();
+    let (p, hs) = load_heads(&state, p, FeedQuery { builder: Some(b.clone()), branch: None }).await??;
+    let v = verdict(&hs);
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "image/svg+xml; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "public, max-age=60"))
+        .body(badge_svg(&format!("{} {b}", p.name), &v.message, v.hex)))
+}
+
+/// `GET /api/v1/projects/{p}/shields.json[?branch=B][&builder=N]`: the shields.io endpoint schema.
+pub async fn shields(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<FeedQuery>,
+) -> Result<HttpResponse, AppError> {
+    let q = q.into_inner();
+    let suffix = q.builder.clone();
+    let (p, hs) = load_heads(&state, path.into_inner(), q).await??;
+    let v = verdict(&hs);
+    let label = match suffix {
+        Some(b) => format!("{} {b}", p.name),
+        None => p.name.clone(),
+    };
+    Ok(HttpResponse::Ok().insert_header((CACHE_CONTROL, "public, max-age=300")).json(serde_json::json!({
+        "schemaVersion": 1,
+        "label": label,
+        "message": v.message,
+        "color": v.colour,
+        "isError": false,
+        "cacheSeconds": 300,
+    })))
+}
+
+/// `GET /projects/{p}/cctray.xml[?branch=B][&builder=N]`: one Project per builder and branch.
+pub async fn cctray(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<FeedQuery>,
+) -> Result<HttpResponse, PageError> {
+    let base = crate::api::base_url(&req);
+    let (p, hs) = load_heads(&state, path.into_inner(), q.into_inner()).await??;
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Projects>\n");
+    for h in &hs {
+        let b = &h.build;
+        // The last *finished* result: a running build shows as Building with the previous status.
+        let status = match b.result.as_deref() {
+            Some("success" | "warnings") => "Success",
+            Some("failure") => "Failure",
+            Some("exception") => "Exception",
+            _ => "Unknown",
+        };
+        let activity = if b.state == "started" { "Building" } else { "Sleeping" };
+        let _ = writeln!(
+            x,
+            "  <Project name=\"{}\" activity=\"{activity}\" lastBuildStatus=\"{status}\" lastBuildLabel=\"{}\" lastBuildTime=\"{}\" webUrl=\"{}\"/>",
+            esc(&format!("{}/{} ({})", p.name, h.builder.name, b.branch)),
+            b.id,
+            time(b.finished_at.unwrap_or(b.started_at)),
+            esc(&format!("{base}/builds/{}", b.id)),
+        );
+    }
+    x.push_str("</Projects>\n");
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "application/xml; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "public, max-age=30"))
+        .body(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn badge_width_follows_the_text() {
+        let short = badge_svg("demo", "passing", "#2da44e");
+        let long = badge_svg("demo", "failing on 12 of 50", "#cf222e");
+        let width =
+            |s: &str| s.split("width=\"").nth(1).and_then(|w| w.split('"').next()).and_then(|w| w.parse::<f64>().ok());
+        assert!(width(&long) > width(&short));
+        assert!(badge_svg("a<b", "x&y", "#000").contains("a&lt;b"));
+    }
+}
