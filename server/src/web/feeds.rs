@@ -120,7 +120,7 @@ fn changes(
             });
         }
     }
-    entries.sort_by(|a, b| b.updated.cmp(&a.updated));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.updated));
     entries.truncate(ENTRIES);
     Ok(entries)
 }
