@@ -89,7 +89,7 @@ pub struct ProjectAddArgs {
     #[arg(long, value_name = "TEMPLATE")]
     pub revision_url: Option<String>,
     /// Link for the changes between two revisions, with {from} and {to}
-    /// (e.g. https://github.com/o/r/compare/{from}...{to}).
+    /// (e.g. `https://github.com/o/r/compare/{from}...{to}`).
     #[arg(long, value_name = "TEMPLATE")]
     pub compare_url: Option<String>,
     #[command(flatten)]

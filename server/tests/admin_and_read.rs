@@ -181,7 +181,7 @@ fn pages_escape_everything_a_builder_sends(backend: Backend) -> TestResult {
     for path in ["/projects/demo".to_owned(), format!("/builds/{build}")] {
         let (status, html) = s.get(&path);
         assert_eq!(status, 200);
-        assert!(!html.contains("<script>") && !html.contains("<img"), "{path} lets markup through:\n{html}");
+        assert!(!html.contains("<script>") && !html.contains("<img/src"), "{path} lets markup through:\n{html}");
         assert!(html.contains("&lt;script&gt;"), "{path} should show the text, escaped");
     }
     let resp = s.agent.get(s.url(&format!("/builds/{build}"))).call()?;

@@ -121,7 +121,7 @@ fn id_of(s: &Server, uuid: &str) -> i64 {
 fn normalise(html: &str) -> String {
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let rules = [
-        (r"\b\d+(?:s|m|h \d\dm|d \d+h) ago\b", "<age> ago"),
+        (r"(?:&lt;1m|\b\d+(?:s|m|h \d\dm|d \d+h)) ago\b", "<age> ago"),
         (r"SHA256:[0-9a-f]{64}", "SHA256:<fingerprint>"),
         (r"\?v=[0-9a-f]+", "?v=<version>"),
         (&format!(r"{today}T[0-9:.]+Z"), "<now>"),

@@ -350,3 +350,17 @@ pub fn update_head(conn: &mut DbConn, b: &BuildFields<'_>, build_id: i64) -> Que
     }
     Ok(())
 }
+
+/// The newest finished build of the same builder, project and branch as `b`, before it.
+pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
+    builds::table
+        .filter(builds::builder_id.eq(b.builder_id))
+        .filter(builds::project_id.eq(b.project_id))
+        .filter(builds::branch.eq(b.branch.clone()))
+        .filter(builds::state.eq("finished"))
+        .filter(builds::started_at.le(b.started_at))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .select(Build::as_select())
+        .first(conn)
+        .optional()
+}

@@ -121,13 +121,10 @@ impl ManageConnection for Manager {
         match &self.0 {
             DatabaseUrl::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
-                // WAL lets readers run while one report is written; the busy timeout makes
-                // concurrent writers wait their turn instead of failing.
-                c.batch_execute(
-                    "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                )
-                .map_err(r2d2::Error::QueryError)?;
+                // The busy timeout makes concurrent writers wait their turn instead of failing.
+                // (WAL is set once, by `migrate`: it is a property of the file.)
+                c.batch_execute("PRAGMA busy_timeout = 15000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+                    .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(c))
             }
             DatabaseUrl::Postgres(url) => {
@@ -165,7 +162,11 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations
 pub fn migrate(conn: &mut DbConn) -> anyhow::Result<Vec<String>> {
     let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| v.iter().map(ToString::to_string).collect();
     match conn {
-        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names).map_err(|e| anyhow::anyhow!(e)),
+        DbConn::Sqlite(c) => {
+            // WAL lets readers go on while one report is written; it sticks to the file.
+            c.batch_execute("PRAGMA journal_mode = WAL")?;
+            c.run_pending_migrations(SQLITE_MIGRATIONS).map(names).map_err(|e| anyhow::anyhow!(e))
+        }
         DbConn::Pg(c) => {
             // Several servers may start at once against one database: let one migrate.
             c.batch_execute("SELECT pg_advisory_lock(7366120)")?;

@@ -8,7 +8,6 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::NaiveDateTime;
 use serde::Deserialize;
-use tera::escape_html as esc;
 
 use super::status::of_build;
 use crate::AppState;
@@ -19,6 +18,24 @@ use crate::db::models::{Build, Builder};
 use crate::db::status::{Head, heads};
 use crate::db::{DbConn, builders};
 use crate::error::{AppError, PageError};
+
+/// Escapes text for XML (tera's HTML escaping would also turn `/` into `&#x2F;`).
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Characters XML 1.0 cannot hold at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Narrowing for every feed: one builder and/or one branch.
 #[derive(Debug, Default, Deserialize)]
@@ -120,7 +137,8 @@ fn changes(
             });
         }
     }
-    entries.sort_by_key(|e| std::cmp::Reverse(e.updated));
+    // Newest first; the id breaks ties so the feed (and its ETag) is the same every time.
+    entries.sort_by(|a, b| b.updated.cmp(&a.updated).then_with(|| a.id.cmp(&b.id)));
     entries.truncate(ENTRIES);
     Ok(entries)
 }
@@ -367,21 +385,34 @@ pub async fn cctray(
 ) -> Result<HttpResponse, PageError> {
     let base = crate::api::base_url(&req);
     let (p, hs) = load_heads(&state, path.into_inner(), q.into_inner()).await??;
+    // For a running build, cctray wants the status of the last finished one.
+    let pool = state.pool.clone();
+    let running: Vec<Build> = hs.iter().filter(|h| h.build.state == "started").map(|h| h.build.clone()).collect();
+    let finished: HashMap<i64, Build> = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let mut out = HashMap::new();
+        for b in running {
+            if let Some(f) = builds::last_finished(&mut conn, &b)? {
+                out.insert(b.id, f);
+            }
+        }
+        Ok(out)
+    })
+    .await??;
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Projects>\n");
     for h in &hs {
-        let b = &h.build;
-        // The last *finished* result: a running build shows as Building with the previous status.
+        let b = finished.get(&h.build.id).unwrap_or(&h.build);
         let status = match b.result.as_deref() {
             Some("success" | "warnings") => "Success",
             Some("failure") => "Failure",
             Some("exception") => "Exception",
             _ => "Unknown",
         };
-        let activity = if b.state == "started" { "Building" } else { "Sleeping" };
+        let activity = if h.build.state == "started" { "Building" } else { "Sleeping" };
         let _ = writeln!(
             x,
             "  <Project name=\"{}\" activity=\"{activity}\" lastBuildStatus=\"{status}\" lastBuildLabel=\"{}\" lastBuildTime=\"{}\" webUrl=\"{}\"/>",
-            esc(&format!("{}/{} ({})", p.name, h.builder.name, b.branch)),
+            esc(&format!("{}/{} ({})", p.name, h.builder.name, h.build.branch)),
             b.id,
             time(b.finished_at.unwrap_or(b.started_at)),
             esc(&format!("{base}/builds/{}", b.id)),

@@ -42,8 +42,9 @@ pub fn duration(secs: i64) -> String {
 /// An age such as `3h 12m`, `2d 4h` or `45s`.
 pub fn age(d: chrono::TimeDelta) -> String {
     let secs = d.num_seconds().max(0);
+    // Minutes at the finest, so a page (and its ETag) stays the same for a while.
     match secs {
-        0..60 => format!("{secs}s"),
+        0..60 => "<1m".to_owned(),
         60..3600 => format!("{}m", secs / 60),
         3600..86400 => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
         _ => format!("{}d {}h", secs / 86400, (secs % 86400) / 3600),

@@ -1,0 +1,417 @@
+//! Feeds for projects and tools, on both backends: JSON shapes and filters checked against the
+//! OpenAPI document, cursor paging while reports arrive, ETag/304, CORS and compression, a
+//! real Atom parser on the feed, well-formed badges, the shields schema, cctray and metrics.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Backend, Server, TestResult, key};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    json_api_answers_match_the_openapi_document,
+    builds_filters_and_paging_while_reports_arrive,
+    http_manners_etag_cors_compression,
+    atom_badges_shields_cctray_metrics,
+);
+
+/// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
+/// `TestParse` fails from rev2 on.
+fn fixture(s: &Server) {
+    s.setup();
+    s.admin_ok(&["builder", "add", "bob", "--project", "demo", "--key", &s.pubkey_file(key(1))]);
+    s.admin_ok(&["builder", "add", "carol", "--project", "demo", "--key", &s.pubkey_file(key(2))]);
+    for (i, rev) in ["rev1", "rev2", "rev3"].iter().enumerate() {
+        for (k, who) in ["alice", "bob", "carol"].iter().enumerate() {
+            let red = i > 0 && (*who == "bob" || *who == "carol");
+            let h = 8 + 2 * i;
+            let mut r = common::report(&format!("{who}-{rev}"));
+            r["builder"] = json!(who);
+            r["revision"] = json!(rev);
+            r["started_at"] = json!(format!("2026-11-03T{h:02}:00:00Z"));
+            r["finished_at"] = json!(format!("2026-11-03T{h:02}:30:00Z"));
+            r["result"] = json!(if red { "failure" } else { "success" });
+            for st in r["steps"].as_array_mut().unwrap() {
+                st["started_at"] = json!(format!("2026-11-03T{h:02}:00:00Z"));
+                st["finished_at"] = json!(format!("2026-11-03T{h:02}:30:00Z"));
+                st["result"] = json!("success");
+            }
+            if red {
+                r["steps"][1]["result"] = json!("failure");
+            }
+            r["tests"] = json!([
+                {"suite": "parser", "name": "TestParse", "result": if *who == "carol" && i > 0 { "failed" } else { "passed" }, "duration_ms": 5},
+                {"suite": "parser", "name": "TestLex", "result": "passed", "duration_ms": 3}
+            ]);
+            let (status, v) = s.send_as(who, key(k), r.to_string().as_bytes());
+            assert_eq!(status, 201, "{v}");
+        }
+    }
+}
+
+/// Checks a value against a schema of the OpenAPI document (the subset it uses: type,
+/// properties, required, items, enum, nullable, allOf and $ref).
+fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap_or_default();
+        return check(doc, &doc["components"]["schemas"][name], v, at);
+    }
+    if v.is_null() {
+        return if schema["nullable"] == true { Ok(()) } else { Err(format!("{at}: null where {schema} is expected")) };
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        return all.iter().try_for_each(|s| check(doc, s, v, at));
+    }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {values:?}"));
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let o = v.as_object().ok_or(format!("{at}: {v} is not an object"))?;
+            for r in schema["required"].as_array().into_iter().flatten() {
+                let r = r.as_str().unwrap_or_default();
+                if !o.contains_key(r) {
+                    return Err(format!("{at}: missing {r}"));
+                }
+            }
+            if let Some(props) = schema["properties"].as_object() {
+                for (k, s) in props {
+                    if let Some(x) = o.get(k) {
+                        check(doc, s, x, &format!("{at}.{k}"))?;
+                    }
+                }
+                if schema["additionalProperties"] != true
+                    && let Some(extra) = o.keys().find(|k| !props.contains_key(*k))
+                {
+                    return Err(format!("{at}: {extra} is not in the document"));
+                }
+            }
+            Ok(())
+        }
+        Some("array") => {
+            let a = v.as_array().ok_or(format!("{at}: {v} is not an array"))?;
+            a.iter().enumerate().try_for_each(|(i, x)| check(doc, &schema["items"], x, &format!("{at}[{i}]")))
+        }
+        Some("string") => v.is_string().then_some(()).ok_or(format!("{at}: {v} is not a string")),
+        Some("integer") => v.is_i64().then_some(()).ok_or(format!("{at}: {v} is not an integer")),
+        Some("boolean") => v.is_boolean().then_some(()).ok_or(format!("{at}: {v} is not a boolean")),
+        _ => Ok(()),
+    }
+}
+
+/// GETs `path` and checks the answer against the document's schema for it.
+fn get_checked(s: &Server, doc: &Value, template: &str, path: &str, status: u16) -> Value {
+    let (got, v) = s.get_json(path);
+    assert_eq!(got, status, "{path}: {v}");
+    let schema =
+        &doc["paths"][template]["get"]["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    assert!(!schema.is_null(), "{template} {status} is not in the OpenAPI document");
+    check(doc, schema, &v, path).unwrap_or_else(|e| panic!("{e}\n{v}"));
+    v
+}
+
+fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    let (status, doc) = s.get_json("/api/v1/openapi.json");
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+
+    let v = get_checked(&s, &doc, "/api/v1/projects", "/api/v1/projects", 200);
+    assert_eq!(v["projects"][0]["status"], json!({"green": 1, "red": 2, "building": 0, "stale": 0, "nodata": 0}));
+    get_checked(&s, &doc, "/api/v1/projects/{project}", "/api/v1/projects/demo", 200);
+    get_checked(&s, &doc, "/api/v1/projects/{project}", "/api/v1/projects/nope", 404);
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/builds", "/api/v1/projects/demo/builds?limit=4", 200);
+    let id = v["builds"][0]["id"].as_i64().unwrap();
+    get_checked(&s, &doc, "/api/v1/projects/{project}/builds", "/api/v1/projects/demo/builds?result=meh", 400);
+    get_checked(&s, &doc, "/api/v1/builds/{id}", &format!("/api/v1/builds/{id}"), 200);
+    get_checked(&s, &doc, "/api/v1/builds/{id}", "/api/v1/builds/999999", 404);
+
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/status", "/api/v1/projects/demo/status", 200);
+    let status: Vec<(&str, &str)> = v["status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["builder"].as_str().unwrap(), h["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(status, [("alice", "success"), ("bob", "tests failed"), ("carol", "tests failed")]);
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/status", "/api/v1/projects/demo/status?builder=bob", 200);
+    assert_eq!(v["status"].as_array().map(Vec::len), Some(1));
+
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/builders", "/api/v1/projects/demo/builders", 200);
+    assert_eq!(v["builders"][1]["branches"][0]["revision"], "rev3");
+    assert_eq!(v["builders"][1]["properties"]["os"], "linux");
+
+    let v = get_checked(
+        &s,
+        &doc,
+        "/api/v1/projects/{project}/revisions/{revision}",
+        "/api/v1/projects/demo/revisions/rev2",
+        200,
+    );
+    assert_eq!(v["builds"].as_array().map(Vec::len), Some(3));
+
+    let v =
+        get_checked(&s, &doc, "/api/v1/projects/{project}/tests/failing", "/api/v1/projects/demo/tests/failing", 200);
+    let failing = v["failing"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{v}");
+    assert_eq!((failing[0]["name"].as_str(), failing[0]["builder"].as_str()), (Some("TestParse"), Some("carol")));
+    assert_eq!(failing[0]["since"]["revision"], "rev2", "failing since the first red run after the last pass");
+
+    let v = get_checked(
+        &s,
+        &doc,
+        "/api/v1/projects/{project}/tests/history",
+        "/api/v1/projects/demo/tests/history?name=TestParse",
+        200,
+    );
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(9));
+    let v = get_checked(
+        &s,
+        &doc,
+        "/api/v1/projects/{project}/tests/history",
+        "/api/v1/projects/demo/tests/history?name=TestParse&builder=carol",
+        200,
+    );
+    let results: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["failed", "failed", "passed"]);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/tests/history", "/api/v1/projects/demo/tests/history", 400);
+
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/shields.json", "/api/v1/projects/demo/shields.json", 200);
+    let keys: HashSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, HashSet::from(["schemaVersion", "label", "message", "color", "isError", "cacheSeconds"]));
+    assert_eq!((v["message"].as_str(), v["color"].as_str()), (Some("failing on 2 of 3"), Some("red")));
+    let v = get_checked(
+        &s,
+        &doc,
+        "/api/v1/projects/{project}/shields.json",
+        "/api/v1/projects/demo/shields.json?builder=alice",
+        200,
+    );
+    assert_eq!((v["message"].as_str(), v["color"].as_str()), (Some("passing"), Some("brightgreen")));
+    assert!(v["cacheSeconds"].as_i64() >= Some(300));
+    Ok(())
+}
+
+fn builds_filters_and_paging_while_reports_arrive(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    let uuids = |q: &str| -> Vec<String> {
+        let (status, v) = s.get_json(&format!("/api/v1/projects/demo/builds?{q}"));
+        assert_eq!(status, 200, "{q}: {v}");
+        v["builds"].as_array().unwrap().iter().map(|b| b["uuid"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(uuids("builder=bob"), ["bob-rev3", "bob-rev2", "bob-rev1"]);
+    assert_eq!(uuids("result=failure&builder=carol"), ["carol-rev3", "carol-rev2"]);
+    assert_eq!(uuids("revision=rev1").len(), 3);
+    assert_eq!(uuids("since=2026-11-03T10:00:00Z&until=2026-11-03T12:00:00Z").len(), 3, "rev2 only");
+    assert_eq!(uuids("branch=nope").len(), 0);
+    assert_eq!(uuids("builder=nobody").len(), 0);
+    let (status, v) = s.get_json("/api/v1/projects/demo/builds?since=yesterday");
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_query")));
+
+    // Page through, two at a time, while new reports arrive: each build seen once, none missed.
+    let before: HashSet<String> = uuids("limit=500").into_iter().collect();
+    let sender = {
+        let base = s.base.clone();
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            for i in 0..12 {
+                let mut r = common::report(&format!("late-{i}"));
+                r["started_at"] = json!(format!("2026-11-04T{:02}:00:00Z", i));
+                r["finished_at"] = json!(format!("2026-11-04T{:02}:30:00Z", i));
+                let body = r.to_string();
+                let resp = agent
+                    .post(format!("{base}/api/v1/reports"))
+                    .header("Content-Type", "application/json")
+                    .header("Tbox-Builder", "alice")
+                    .header("Tbox-Signature", &key(0).sign(body.as_bytes()))
+                    .send(body.as_bytes())
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 201);
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/projects/demo/builds?limit=2".to_owned();
+    loop {
+        let (status, page) = s.get_json(&path);
+        assert_eq!(status, 200);
+        seen.extend(page["builds"].as_array().unwrap().iter().map(|b| b["uuid"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(c) => path = format!("/api/v1/projects/demo/builds?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    sender.join().map_err(|_| "sender panicked")?;
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no build twice: {seen:?}");
+    assert!(before.iter().all(|u| unique.contains(u)), "no gap: {seen:?}");
+    Ok(())
+}
+
+fn http_manners_etag_cors_compression(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    for path in [
+        "/projects/demo",
+        "/api/v1/projects/demo/status",
+        "/projects/demo/feed.atom",
+        "/projects/demo/badge.svg",
+        "/projects/demo/cctray.xml",
+        "/api/v1/projects/demo/shields.json",
+    ] {
+        let resp = s.agent.get(s.url(path)).call()?;
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let etag = h("etag").unwrap_or_else(|| panic!("{path}: no ETag"));
+        assert!(h("cache-control").is_some(), "{path}: no Cache-Control");
+        if path != "/projects/demo" {
+            assert_eq!(h("access-control-allow-origin").as_deref(), Some("*"), "{path}: feeds are for everyone");
+        }
+        let again = s.agent.get(s.url(path)).header("If-None-Match", &etag).call()?;
+        assert_eq!(again.status().as_u16(), 304, "{path}: unchanged, so 304");
+        // A new report changes what the status feeds say, and so their tags.
+        let other = s.agent.get(s.url(path)).header("If-None-Match", "W/\"something-else\"").call()?;
+        assert_eq!(other.status().as_u16(), 200, "{path}");
+    }
+    let etag_of = |path: &str| {
+        s.agent
+            .get(s.url(path))
+            .call()
+            .ok()
+            .and_then(|r| r.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned))
+    };
+    let before = etag_of("/api/v1/projects/demo/status");
+    let mut r = common::report("newer");
+    r["started_at"] = json!("2026-11-05T10:00:00Z");
+    r["finished_at"] = json!("2026-11-05T10:30:00Z");
+    assert_eq!(s.send(&r).0, 201);
+    assert_ne!(before, etag_of("/api/v1/projects/demo/status"));
+
+    // Raw HTTP here: the test client would inflate the body and drop the header.
+    for encoding in ["gzip", "br"] {
+        use std::io::{Read, Write};
+        let addr = s.base.trim_start_matches("http://");
+        let mut tcp = std::net::TcpStream::connect(addr)?;
+        write!(
+            tcp,
+            "GET /projects/demo HTTP/1.1\r\nHost: {addr}\r\nAccept-Encoding: {encoding}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)?;
+        let head = String::from_utf8_lossy(&answer[..answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0)])
+            .to_lowercase();
+        assert!(head.contains(&format!("content-encoding: {encoding}")), "{head}");
+    }
+    Ok(())
+}
+
+fn atom_badges_shields_cctray_metrics(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    // Atom: a real parser reads it; bob's break and carol's are there, linked to the builds.
+    let (status, text) = s.get("/projects/demo/feed.atom");
+    assert_eq!(status, 200);
+    let feed: atom_syndication::Feed = text.parse().map_err(|e| format!("not Atom: {e}\n{text}"))?;
+    let titles: Vec<&str> = feed.entries().iter().map(|e| e.title().as_str()).collect();
+    assert!(titles.iter().any(|t| t.starts_with("bob broke on main")), "{titles:?}");
+    assert!(titles.iter().any(|t| t.starts_with("carol broke on main")), "{titles:?}");
+    assert!(titles.iter().any(|t| t.contains("reported for the first time")), "new builders: {titles:?}");
+    let bob_break = s.builds("demo").iter().find(|b| b["uuid"] == "bob-rev2").and_then(|b| b["id"].as_i64()).unwrap();
+    assert!(
+        feed.entries().iter().any(|e| e.links().iter().any(|l| l.href() == s.url(&format!("/builds/{bob_break}"))))
+    );
+    let (_, page) = s.get("/projects/demo");
+    assert!(page.contains(r#"<link rel="alternate" type="application/atom+xml""#), "the waterfall announces its feed");
+    // Bob is fixed: a red→green entry.
+    let mut fixed = common::report("bob-fixed");
+    fixed["builder"] = json!("bob");
+    fixed["result"] = json!("success");
+    fixed["started_at"] = json!("2026-11-05T10:00:00Z");
+    fixed["finished_at"] = json!("2026-11-05T10:30:00Z");
+    assert_eq!(s.send_as("bob", key(1), fixed.to_string().as_bytes()).0, 201);
+    let (_, text) = s.get("/projects/demo/builders/bob/feed.atom");
+    let feed: atom_syndication::Feed = text.parse().map_err(|e| format!("not Atom: {e}\n{text}"))?;
+    assert!(feed.entries()[0].title().as_str().starts_with("bob is fixed on main"), "{text}");
+    assert!(
+        feed.entries().iter().all(|e| e.title().as_str().starts_with("bob")),
+        "a builder's feed is about that builder"
+    );
+
+    // Badges: well-formed SVG with the words and a width that grows with the text.
+    let svg = |path: &str| -> (String, f64) {
+        let (status, text) = s.get(path);
+        assert_eq!(status, 200, "{path}");
+        let mut reader = quick_xml::Reader::from_str(&text);
+        loop {
+            match reader.read_event() {
+                Ok(quick_xml::events::Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!("{path} is not well-formed XML: {e}"),
+            }
+        }
+        let width =
+            text.split("width=\"").nth(1).and_then(|w| w.split('"').next()).and_then(|w| w.parse().ok()).unwrap();
+        (text, width)
+    };
+    let (project_badge, wide) = svg("/projects/demo/badge.svg");
+    // (bob is fixed by now: carol alone is red)
+    assert!(project_badge.contains("failing on 1 of 3") && project_badge.contains("#cf222e"), "{project_badge}");
+    let (alice, narrow) = svg("/projects/demo/builders/alice/badge.svg");
+    assert!(alice.contains("passing") && alice.contains("#2da44e"), "{alice}");
+    assert!(wide > narrow - 20.0, "widths follow the text");
+    let (main_badge, _) = svg("/projects/demo/badge.svg?branch=main");
+    assert!(main_badge.contains("failing"));
+    let (none, _) = svg("/projects/demo/badge.svg?branch=nope");
+    assert!(none.contains("no data"));
+
+    // cctray: one Project per builder and branch, with the attributes CCMenu reads.
+    let (status, xml) = s.get("/projects/demo/cctray.xml");
+    assert_eq!(status, 200);
+    let mut projects = Vec::new();
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    loop {
+        match reader.read_event()? {
+            quick_xml::events::Event::Empty(e) if e.name().as_ref() == "Project" => {
+                let attr = |n: &str| {
+                    e.attributes().flatten().find(|a| a.key.as_ref() == n).map(|a| {
+                        a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map(|v| v.into_owned())
+                            .unwrap_or_default()
+                    })
+                };
+                for required in ["name", "activity", "lastBuildStatus", "lastBuildLabel", "lastBuildTime", "webUrl"] {
+                    assert!(attr(required).is_some(), "cctray Project without {required}");
+                }
+                projects.push((attr("name").unwrap_or_default(), attr("lastBuildStatus").unwrap_or_default()));
+            }
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert!(projects.contains(&("demo/bob (main)".to_owned(), "Success".to_owned())), "{projects:?}");
+    assert!(projects.contains(&("demo/carol (main)".to_owned(), "Failure".to_owned())), "{projects:?}");
+    assert_eq!(projects.len(), 3);
+
+    // Metrics: what was accepted and what was refused, and why.
+    let (_, unsigned) = s.post(b"{}", &[("Content-Type", "application/json"), ("Tbox-Builder", "alice")]);
+    assert_eq!(unsigned["error"], "unsigned");
+    let (status, metrics) = s.get("/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "tbox_reports_accepted_total 10",
+        "tbox_reports_rejected_total{reason=\"unsigned\"} 1",
+        "tbox_builds_recorded_total{result=\"failure\"} 4",
+        "tbox_ingest_seconds_count 10",
+        "tbox_db_connections{state=\"in_use\"}",
+        "tbox_build_info{version=",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle:?}:\n{metrics}");
+    }
+    Ok(())
+}
