@@ -107,6 +107,14 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     token("revision", &r.revision, 200)?;
     text("reporter", &r.reporter, 0, 200)?;
 
+    in_range("started_at", &r.started_at)?;
+    if let Some(t) = &r.finished_at {
+        in_range("finished_at", t)?;
+    }
+    for (i, st) in r.steps.iter().enumerate() {
+        in_range(&format!("steps[{i}].started_at"), &st.started_at)?;
+        in_range(&format!("steps[{i}].finished_at"), &st.finished_at)?;
+    }
     let future_limit = now + MAX_FUTURE;
     match r.state {
         BuildState::Started => {
@@ -173,6 +181,9 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     for (i, t) in r.tests.iter().enumerate() {
         text(&format!("tests[{i}].suite"), &t.suite, 0, 1000)?;
         text(&format!("tests[{i}].name"), &t.name, 1, 2000)?;
+        if t.message.as_deref().is_some_and(|m| m.contains('\0')) {
+            return Err(ValidationError::new(format!("tests[{i}].message"), "must not contain NUL characters"));
+        }
         if let Some(m) = &t.message
             && m.len() > limits.max_message_bytes
         {
@@ -195,6 +206,16 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
         text(&format!("properties.{k}"), v, 0, 1000)?;
     }
     Ok(())
+}
+
+/// Years 1 to 9999: what every database and every reader can hold.
+fn in_range(field: &str, t: &chrono::DateTime<chrono::FixedOffset>) -> Result<(), ValidationError> {
+    use chrono::Datelike as _;
+    if (1..=9999).contains(&t.to_utc().year()) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, "must be between the years 1 and 9999"))
+    }
 }
 
 /// Builder, project and uuid names: `[A-Za-z0-9._-]{1,max}`.
@@ -314,6 +335,14 @@ mod tests {
         let mut v = finished();
         v["properties"]["bad key"] = json!("x");
         assert_eq!(field_of(&v), "properties.bad key");
+
+        let mut v = finished();
+        v["started_at"] = json!("-5000-01-01T00:00:00Z");
+        assert_eq!(field_of(&v), "started_at");
+
+        let mut v = finished();
+        v["tests"][0]["message"] = json!("a\u{0}b");
+        assert_eq!(field_of(&v), "tests[0].message");
     }
 
     #[test]

@@ -103,6 +103,8 @@ fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Sent {
     let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match status {
         200..=299 => Sent::Delivered(json),
+        // A proxy's "timeout" or "slow down" says nothing about the report: try again later.
+        408 | 429 => Sent::Unreachable(format!("the server answered {status}")),
         400..=499 => Sent::Rejected {
             status,
             message: json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),

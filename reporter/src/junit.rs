@@ -264,7 +264,8 @@ fn finish(c: Case) -> TestResult {
         },
         result,
         duration_ms: c.duration_ms,
-        message: (!message.is_empty()).then(|| truncate(message, MAX_MESSAGE).to_owned()),
+        // NUL has no place in text (and PostgreSQL cannot store it).
+        message: (!message.is_empty()).then(|| truncate(message, MAX_MESSAGE).replace('\0', "\u{fffd}")),
     }
 }
 

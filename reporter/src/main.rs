@@ -5,6 +5,7 @@
 //! Flow: `main.rs` → `cli.rs` → `cmd/<subcommand>.rs`; a build is `cmd/run.rs` using
 //! `runner.rs` (steps), `junit.rs` (test results), `client.rs` (HTTP) and `spool.rs`.
 
+mod budget;
 mod cli;
 mod client;
 mod cmd;

@@ -27,6 +27,8 @@ pub enum Ending {
     Signalled(i32),
     /// It ran out of time and its process group was killed.
     TimedOut(Duration),
+    /// It wrote more output than `max_output` and its process group was killed.
+    TooMuchOutput(u64),
     /// It could not be started (no shell, no workdir…): the reporter's problem, not the build's.
     NotStarted(String),
 }
@@ -47,6 +49,8 @@ pub struct Spec<'a> {
     pub workdir: &'a Path,
     pub env: &'a BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Output allowed on disk before the step is stopped (a runaway loop must not fill it).
+    pub max_output: u64,
 }
 
 /// Runs a step with its output going to `log` (stdout and stderr interleaved).
@@ -100,7 +104,8 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             Ok(None) => {}
             Err(e) => break Ending::NotStarted(format!("lost track of the step: {e}")),
         }
-        if started.elapsed() >= spec.timeout {
+        let written = log.metadata().map(|m| m.len()).unwrap_or(0);
+        if started.elapsed() >= spec.timeout || written > spec.max_output {
             let _ = killpg(pgid, Signal::SIGTERM);
             let deadline = Instant::now() + GRACE;
             while Instant::now() < deadline {
@@ -111,7 +116,11 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             }
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
-            break Ending::TimedOut(spec.timeout);
+            break if written > spec.max_output {
+                Ending::TooMuchOutput(written)
+            } else {
+                Ending::TimedOut(spec.timeout)
+            };
         }
         tick(started.elapsed());
         std::thread::sleep(Duration::from_millis(200));
@@ -174,12 +183,24 @@ mod tests {
             workdir: &dir,
             env: &env,
             timeout: Duration::from_secs(30),
+            max_output: 1 << 20,
         };
         assert_eq!(run(&spec, &log, |_| {}), Ending::Exited(3));
         assert_eq!(read_capped(&log_path, 1 << 20)?.0, "hi\noops\n");
         let missing = dir.join("nope");
         let spec = Spec { workdir: &missing, ..spec };
         assert!(matches!(run(&spec, &log, |_| {}), Ending::NotStarted(m) if m.contains("does not exist")));
+        std::fs::remove_dir_all(dir)
+    }
+
+    #[test]
+    fn runaway_output_is_stopped() -> std::io::Result<()> {
+        let dir = tmp("runaway");
+        let log = File::create(dir.join("log"))?;
+        let env = BTreeMap::new();
+        let spec =
+            Spec { command: "yes", workdir: &dir, env: &env, timeout: Duration::from_secs(60), max_output: 1 << 20 };
+        assert!(matches!(run(&spec, &log, |_| {}), Ending::TooMuchOutput(n) if n > 1 << 20));
         std::fs::remove_dir_all(dir)
     }
 

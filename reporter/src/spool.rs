@@ -16,9 +16,18 @@ pub fn save(dir: &Path, body: &[u8]) -> anyhow::Result<PathBuf> {
     // Sortable by name = oldest first.
     let name = format!("{}-{}.json", now.format("%Y%m%dT%H%M%S%.9fZ"), &tbox_protocol::report_id(body)[..16]);
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(body)?;
+        // On disk before it is visible under its final name: a crash leaves no empty report.
+        f.sync_all()?;
+    }
     let path = dir.join(name);
     std::fs::rename(&tmp, &path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(path)
 }
 
@@ -50,10 +59,22 @@ pub struct Flushed {
 /// Sends every spooled report, oldest first. A rejected one is moved to `rejected/` with a
 /// `.reason` file beside it; on the first unreachable answer the rest stay for next time.
 pub fn flush(dir: &Path, client: &Client) -> anyhow::Result<Flushed> {
-    let files = pending(dir)?;
     let mut done = Flushed::default();
+    if !dir.is_dir() {
+        return Ok(done);
+    }
+    // One flusher at a time (runs of different projects share the spool); the others skip it.
+    let lock = std::fs::File::create(dir.join(".lock")).with_context(|| format!("cannot lock {}", dir.display()))?;
+    if lock.try_lock().is_err() {
+        return Ok(done);
+    }
+    let files = pending(dir)?;
     for (i, path) in files.iter().enumerate() {
-        let body = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let body = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
         match client.submit(&body) {
             Sent::Delivered(_) => {
                 std::fs::remove_file(path)?;

@@ -29,4 +29,6 @@ pub struct AppState {
     pub max_body: usize,
     /// A builder not heard from for this long is shown as stale.
     pub stale_after: chrono::TimeDelta,
+    /// The server's public base URL, if configured (no trailing slash).
+    pub public_url: Option<String>,
 }

@@ -145,6 +145,7 @@ fn read_api_errors_are_json(backend: Backend) -> TestResult {
         ("/api/v1/projects/demo/builds?limit=0", 400),
         ("/api/v1/projects/demo/builds?limit=x", 400),
         ("/api/v1/projects/demo/builds?cursor=garbage", 400),
+        ("/api/v1/projects/demo/builds?cursor=-9000000000000000000.1", 400),
         ("/api/v1/nothing-here", 404),
         ("/builds/1/steps/0/log", 404),
     ] {

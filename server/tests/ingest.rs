@@ -230,6 +230,18 @@ fn invalid_field_is_422_naming_it(backend: Backend) -> TestResult {
     assert_eq!(status, 422, "{v}");
     assert!(v["message"].as_str().unwrap().starts_with("steps[1].result:"), "{v}");
 
+    // A NUL byte (which PostgreSQL cannot store) is the client's mistake, not a 500.
+    let mut r = report("b1");
+    r["tests"][0]["message"] = json!("a\u{0}b");
+    let (status, v) = s.send(&r);
+    assert_eq!(status, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with("tests[0].message:"), "{v}");
+
+    let mut r = report("b1");
+    r["started_at"] = json!("-5000-01-01T00:00:00Z");
+    let (status, v) = s.send(&r);
+    assert_eq!(status, 422, "{v}");
+
     let mut r = report("b1");
     r["builder"] = json!("alice"); // valid, but the uuid is not
     r["uuid"] = json!("has space");

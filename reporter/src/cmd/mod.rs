@@ -38,6 +38,15 @@ fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
 /// Serialises, sends (with retries) and, if the server is unreachable, spools a report.
 /// Returns the exit code it deserves.
 fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) -> anyhow::Result<u8> {
+    let mut report = report.clone();
+    let notes = crate::budget::fit(&mut report, crate::budget::DEFAULT_BYTES);
+    if let (false, Some(step)) = (notes.is_empty(), report.steps.last_mut()) {
+        let log = step.log.get_or_insert_with(String::new);
+        for n in &notes {
+            log.push_str(&format!("\n[tbox-report] {n}\n"));
+        }
+    }
+    let report = &report;
     let body = serde_json::to_vec(report)?;
     Ok(match client.submit(&body) {
         Sent::Delivered(v) => {

@@ -156,7 +156,14 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         let log = File::create(&log_path)?;
         let mut env = project.env.clone();
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let spec = Spec { command: &cfg.run, workdir: &workdir, env: &env, timeout: cfg.timeout() };
+        let spec = Spec {
+            command: &cfg.run,
+            workdir: &workdir,
+            env: &env,
+            timeout: cfg.timeout(),
+            // Far above what is kept, but a loop printing forever must not fill the disk.
+            max_output: config.max_log_bytes.saturating_mul(64).max(256 << 20),
+        };
         let ending = runner::run(&spec, &log, |elapsed| {
             if let Some(bar) = &progress {
                 bar.set_message(format!("{}: {} ({}s)", project.name, cfg.name, elapsed.as_secs()));
@@ -173,6 +180,10 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
                     "\n[tbox-report] the step timed out after {}s; its whole process group was killed\n",
                     t.as_secs()
                 ));
+                BuildResult::Failure
+            }
+            Ending::TooMuchOutput(n) => {
+                text.push_str(&format!("\n[tbox-report] the step wrote {n} bytes of output and was stopped\n"));
                 BuildResult::Failure
             }
             Ending::NotStarted(why) => {

@@ -62,7 +62,18 @@ pub async fn register(
         key.verify(&body, &signature)
             .map_err(|_| AppError::unauthorized("bad_signature", "the signature does not verify with public_key"))?;
         let mut conn = pool.get()?;
-        db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key))
+        db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key)).map_err(|e| match e {
+            // Someone registered the same name a moment ago.
+            AppError::Internal(err)
+                if matches!(
+                    err.downcast_ref::<diesel::result::Error>(),
+                    Some(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+                ) =>
+            {
+                AppError::conflict("builder_exists", format!("a builder named {:?} is already registered", reg.name))
+            }
+            other => other,
+        })
     })
     .await??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -75,8 +86,8 @@ fn register_in(conn: &mut DbConn, reg: &Registration, key: &PublicKey) -> Result
         return Err(AppError::invalid("invalid", "projects: name at least one project"));
     }
     for text in [&reg.owner, &reg.description].into_iter().flatten() {
-        if text.len() > 500 {
-            return Err(AppError::invalid("invalid", "owner and description: at most 500 bytes"));
+        if text.len() > 500 || text.chars().any(char::is_control) {
+            return Err(AppError::invalid("invalid", "owner and description: one line of at most 500 bytes"));
         }
     }
     let fingerprint = key.fingerprint();

@@ -25,13 +25,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Blocks the calling thread; other programs' tests run it on a thread of their own.
 pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr])) -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(&args.db.database)?;
+    if let Some(p) = &args.public_url {
+        anyhow::ensure!(p.starts_with("http://") || p.starts_with("https://"), "--public-url must be an http(s) URL");
+    }
     pages::templates::init().context("loading templates")?;
     let pool = db::pool(&url, args.pool_size)?;
     let applied = db::migrate(&mut *pool.get()?)?;
     for m in applied {
         log::info!("applied migration {m}");
     }
-    let state = web::Data::new(AppState { pool, max_body: args.max_body, stale_after: args.stale_after });
+    let public_url = args.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned());
+    let state = web::Data::new(AppState { pool, max_body: args.max_body, stale_after: args.stale_after, public_url });
     actix_web::rt::System::new().block_on(async move {
         let mut server = HttpServer::new(move || {
             App::new()

@@ -32,6 +32,8 @@ pub fn insert(conn: &mut DbConn, fields: &BuildFields<'_>) -> QueryResult<i64> {
 
 /// Overwrites a `started` build with its `finished` report, dropping what the started one had.
 pub fn complete(conn: &mut DbConn, id: i64, fields: &BuildFields<'_>) -> QueryResult<()> {
+    // Its head is set again by the caller, under the (possibly corrected) branch.
+    diesel::delete(super::schema::heads::table.filter(super::schema::heads::build_id.eq(id))).execute(conn)?;
     diesel::delete(steps::table.filter(steps::build_id.eq(id))).execute(conn)?;
     diesel::delete(test_results::table.filter(test_results::build_id.eq(id))).execute(conn)?;
     diesel::update(builds::table.find(id)).set(fields).execute(conn)?;
@@ -90,6 +92,12 @@ impl Cursor {
     pub fn decode(s: &str) -> Option<Cursor> {
         let (micros, id) = s.split_once('.')?;
         let started_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
+        // Only times a database can hold (PostgreSQL refuses years beyond 294276, SQLite sorts
+        // text): anything else is not a cursor this server made.
+        use chrono::Datelike as _;
+        if !(1..=9999).contains(&started_at.year()) {
+            return None;
+        }
         Some(Cursor { started_at, id: id.parse().ok()? })
     }
 }
@@ -220,15 +228,17 @@ pub fn get(conn: &mut DbConn, id: i64) -> QueryResult<Option<Full>> {
     Ok(Some(Full { build, project, project_title, revision_url, builder, steps, tests }))
 }
 
-/// A step's stored log: (uncompressed size, zstd bytes).
-pub fn log(conn: &mut DbConn, build_id: i64, position: i32) -> QueryResult<Option<(i64, Vec<u8>)>> {
-    steps::table
+/// A step's stored log: (uncompressed size, zstd bytes, whether its build is finished).
+pub fn log(conn: &mut DbConn, build_id: i64, position: i32) -> QueryResult<Option<(i64, Vec<u8>, bool)>> {
+    let row: Option<(i64, Vec<u8>, String)> = steps::table
         .inner_join(logs::table)
+        .inner_join(builds::table)
         .filter(steps::build_id.eq(build_id))
         .filter(steps::position.eq(position))
-        .select((logs::size, logs::compressed))
+        .select((logs::size, logs::compressed, builds::state))
         .first(conn)
-        .optional()
+        .optional()?;
+    Ok(row.map(|(size, bytes, state)| (size, bytes, state == "finished")))
 }
 
 /// Whether a build has a step at this position (to tell "no such step" from "no log").
@@ -322,32 +332,27 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
 }
 
 /// Makes this build the head of its (project, builder, branch) unless a newer one is.
+///
+/// One upsert, so two concurrent reports for the same builder and branch cannot leave the
+/// older build as the head (a report spooled for days may arrive after newer ones).
 pub fn update_head(conn: &mut DbConn, b: &BuildFields<'_>, build_id: i64) -> QueryResult<()> {
-    use super::schema::heads;
-    let row = (
-        heads::project_id.eq(b.project_id),
-        heads::builder_id.eq(b.builder_id),
-        heads::branch.eq(b.branch),
-        heads::build_id.eq(build_id),
-        heads::started_at.eq(b.started_at),
-    );
-    // A report spooled for days may arrive after newer ones: it must not become the head.
-    let current: Option<(NaiveDateTime, i64)> = heads::table
-        .find((b.project_id, b.builder_id, b.branch))
-        .select((heads::started_at, heads::build_id))
-        .first(conn)
-        .optional()?;
-    match current {
-        None => {
-            diesel::insert_into(heads::table).values(row).execute(conn)?;
-        }
-        Some((t, id)) if (b.started_at, build_id) >= (t, id) => {
-            diesel::update(heads::table.find((b.project_id, b.builder_id, b.branch)))
-                .set((heads::build_id.eq(build_id), heads::started_at.eq(b.started_at)))
-                .execute(conn)?;
-        }
-        Some(_) => {}
-    }
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    const UPSERT: &str = "INSERT INTO heads (project_id, builder_id, branch, build_id, started_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (project_id, builder_id, branch) DO UPDATE SET build_id = excluded.build_id, started_at = excluded.started_at \
+         WHERE excluded.started_at > heads.started_at \
+            OR (excluded.started_at = heads.started_at AND excluded.build_id >= heads.build_id)";
+    let sqlite = UPSERT.replace("$1", "?").replace("$2", "?").replace("$3", "?").replace("$4", "?").replace("$5", "?");
+    let sql = match conn {
+        DbConn::Sqlite(_) => sqlite.as_str(),
+        DbConn::Pg(_) => UPSERT,
+    };
+    dispatch!(conn, |c| diesel::sql_query(sql)
+        .bind::<BigInt, _>(b.project_id)
+        .bind::<BigInt, _>(b.builder_id)
+        .bind::<Text, _>(b.branch)
+        .bind::<BigInt, _>(build_id)
+        .bind::<Timestamp, _>(b.started_at)
+        .execute(c))?;
     Ok(())
 }
 

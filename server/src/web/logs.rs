@@ -9,18 +9,19 @@ use crate::error::AppError;
 
 /// Loads and decompresses a step's log; `Ok(None)` when the build or step does not exist or
 /// the step has no log.
-pub fn load(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<Vec<u8>>, AppError> {
-    let Some((_size, compressed)) = builds::log(conn, build_id, position)? else {
+/// Also says whether the build is finished (only then does the log never change).
+pub fn load(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<(Vec<u8>, bool)>, AppError> {
+    let Some((_size, compressed, finished)) = builds::log(conn, build_id, position)? else {
         return Ok(None);
     };
     let text = zstd::stream::decode_all(compressed.as_slice()).map_err(|e| anyhow::anyhow!("corrupt log: {e}"))?;
-    Ok(Some(text))
+    Ok(Some((text, finished)))
 }
 
 /// The brief view of a step's log, decompressed as a stream: only the compressed bytes and
 /// the lines of the brief are ever in memory, whatever the log's size.
 pub fn brief(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<crate::logscan::Brief>, AppError> {
-    let Some((_size, compressed)) = builds::log(conn, build_id, position)? else {
+    let Some((_size, compressed, _)) = builds::log(conn, build_id, position)? else {
         return Ok(None);
     };
     let decoder =
@@ -34,7 +35,7 @@ pub fn brief(conn: &mut DbConn, build_id: i64, position: i32) -> Result<Option<c
 pub async fn raw(state: web::Data<AppState>, path: web::Path<(i64, i32)>) -> Result<HttpResponse, AppError> {
     let (build_id, position) = path.into_inner();
     let pool = state.pool.clone();
-    let text = web::block(move || -> Result<_, AppError> {
+    let (text, finished) = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         match load(&mut conn, build_id, position)? {
             Some(text) => Ok(text),
@@ -45,9 +46,12 @@ pub async fn raw(state: web::Data<AppState>, path: web::Path<(i64, i32)>) -> Res
         }
     })
     .await??;
-    // A stored log never changes, so browsers and proxies may keep it.
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(86400)]))
-        .body(text))
+    // A finished build's log never changes, so browsers and proxies may keep it; a running
+    // build's steps are replaced by its finished report.
+    let cache = if finished {
+        CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(86400)])
+    } else {
+        CacheControl(vec![CacheDirective::NoCache])
+    };
+    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").insert_header(cache).body(text))
 }
