@@ -136,6 +136,20 @@ pub struct Filter {
     pub until: Option<NaiveDateTime>,
 }
 
+/// The steps of these builds, by build, in order (one query).
+pub fn step_summaries(conn: &mut DbConn, ids: &[i64]) -> QueryResult<HashMap<i64, Vec<StepSummary>>> {
+    let mut steps_of: HashMap<i64, Vec<StepSummary>> = HashMap::new();
+    for s in steps::table
+        .filter(steps::build_id.eq_any(ids))
+        .order((steps::build_id, steps::position))
+        .select((steps::build_id, steps::name, steps::kind, steps::result))
+        .load::<StepSummary>(conn)?
+    {
+        steps_of.entry(s.build_id).or_default().push(s);
+    }
+    Ok(steps_of)
+}
+
 /// A project's builds, newest first (by start time, then id), after `after` if given.
 ///
 /// Two indexed queries whatever the page size: the builds, then all their steps.
@@ -179,15 +193,7 @@ pub fn newest(
     }
     let rows: Vec<(Build, String)> = query.load(conn)?;
     let ids: Vec<i64> = rows.iter().map(|(b, _)| b.id).collect();
-    let mut steps_of: HashMap<i64, Vec<StepSummary>> = HashMap::new();
-    for s in steps::table
-        .filter(steps::build_id.eq_any(&ids))
-        .order((steps::build_id, steps::position))
-        .select((steps::build_id, steps::name, steps::kind, steps::result))
-        .load::<StepSummary>(conn)?
-    {
-        steps_of.entry(s.build_id).or_default().push(s);
-    }
+    let mut steps_of = step_summaries(conn, &ids)?;
     Ok(rows
         .into_iter()
         .map(|(build, builder)| Listed { steps: steps_of.remove(&build.id).unwrap_or_default(), build, builder })

@@ -64,15 +64,7 @@ pub fn latest(conn: &mut DbConn, project: Option<i64>) -> QueryResult<Vec<Latest
         .into_iter()
         .map(|b| (b.id, b))
         .collect();
-    let mut steps_of: HashMap<i64, Vec<StepSummary>> = HashMap::new();
-    for s in steps::table
-        .filter(steps::build_id.eq_any(&ids))
-        .order((steps::build_id, steps::position))
-        .select((steps::build_id, steps::name, steps::kind, steps::result))
-        .load::<StepSummary>(conn)?
-    {
-        steps_of.entry(s.build_id).or_default().push(s);
-    }
+    let mut steps_of = super::builds::step_summaries(conn, &ids)?;
     Ok(rows
         .into_iter()
         .map(|r| Latest {

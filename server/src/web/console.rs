@@ -8,11 +8,10 @@ use serde::Serialize;
 use tera::Context;
 
 use super::status;
-use super::waterfall::{Query, columns, headers, project_json};
+use super::waterfall::{Query, headers, project_json};
 use crate::AppState;
 use crate::api::views::time;
-use crate::db::builds::{self, Filter, Listed};
-use crate::db::{builders, projects, status as latest};
+use crate::db::builds::Listed;
 use crate::error::{AppError, PageError};
 
 /// Builds read to fill the console; revisions shown at most.
@@ -58,19 +57,7 @@ pub async fn page(
     let pool = state.pool.clone();
     let q2 = q.clone();
     let (project, cols, latest, builds) = web::block(move || -> Result<_, PageError> {
-        let mut conn = pool.get()?;
-        let project = projects::by_name(&mut conn, &name)?
-            .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
-        let cols = columns(builders::for_project(&mut conn, project.id)?, &q2);
-        let latest = latest::latest(&mut conn, Some(project.id))?;
-        let filter = Filter {
-            branch: q2.branch.clone().filter(|b| !b.is_empty()),
-            // Restrict by builder only when filtering: the plain project index is the fastest path.
-            builders: (q2.builders.is_some() || q2.property.is_some()).then(|| cols.iter().map(|b| b.id).collect()),
-            ..Filter::default()
-        };
-        let builds = builds::newest(&mut conn, project.id, &filter, None, WINDOW)?;
-        Ok((project, cols, latest, builds))
+        super::waterfall::load(&mut *pool.get()?, &name, &q2, None, WINDOW)
     })
     .await??;
 

@@ -13,7 +13,7 @@ use crate::AppState;
 use crate::api::views::time;
 use crate::db::builds::{self, Cursor, Filter, Listed};
 use crate::db::models::{Builder, Project};
-use crate::db::{builders, projects, status as latest};
+use crate::db::{DbConn, builders, projects, status as latest};
 use crate::error::{AppError, PageError};
 
 /// Builds on one page by default, and at most.
@@ -202,22 +202,8 @@ pub async fn page(
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let pool = state.pool.clone();
     let q2 = q.clone();
-    let (project, cols, latest, rows) = web::block(move || -> Result<_, PageError> {
-        let mut conn = pool.get()?;
-        let project = projects::by_name(&mut conn, &name)?
-            .ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
-        let cols = columns(builders::for_project(&mut conn, project.id)?, &q2);
-        let latest = latest::latest(&mut conn, Some(project.id))?;
-        let filter = Filter {
-            branch: q2.branch.clone().filter(|b| !b.is_empty()),
-            // Restrict by builder only when filtering: the plain project index is the fastest path.
-            builders: (q2.builders.is_some() || q2.property.is_some()).then(|| cols.iter().map(|b| b.id).collect()),
-            ..Filter::default()
-        };
-        let rows = builds::newest(&mut conn, project.id, &filter, after, limit + 1)?;
-        Ok((project, cols, latest, rows))
-    })
-    .await??;
+    let (project, cols, latest, rows) =
+        web::block(move || -> Result<_, PageError> { load(&mut *pool.get()?, &name, &q2, after, limit + 1) }).await??;
 
     let more = rows.len() as i64 > limit;
     let rows: Vec<Listed> = rows.into_iter().take(limit as usize).collect();
@@ -248,6 +234,26 @@ pub async fn page(
     ctx.insert("stale_after", &status::age(state.stale_after));
     ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
     super::html(&super::templates::render("waterfall.html", &ctx).map_err(AppError::from)?)
+}
+
+/// A project, its columns (after the filters), each builder's newest build, and up to
+/// `limit` builds newest first (before `after`): what the waterfall and the console draw.
+pub type Loaded = (Project, Vec<Builder>, Vec<latest::Latest>, Vec<Listed>);
+
+/// Loads what the waterfall and the console draw, in a fixed number of indexed queries.
+pub fn load(conn: &mut DbConn, name: &str, q: &Query, after: Option<Cursor>, limit: i64) -> Result<Loaded, PageError> {
+    let project =
+        projects::by_name(conn, name)?.ok_or_else(|| AppError::not_found(format!("no project named {name:?}")))?;
+    let cols = columns(builders::for_project(conn, project.id)?, q);
+    let latest = latest::latest(conn, Some(project.id))?;
+    let filter = Filter {
+        branch: q.branch.clone().filter(|b| !b.is_empty()),
+        // Restrict by builder only when filtering: the plain project index is the fastest path.
+        builders: (q.builders.is_some() || q.property.is_some()).then(|| cols.iter().map(|b| b.id).collect()),
+        ..Filter::default()
+    };
+    let rows = builds::newest(conn, project.id, &filter, after, limit)?;
+    Ok((project, cols, latest, rows))
 }
 
 /// What every page of a project shows about it.
