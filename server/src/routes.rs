@@ -24,18 +24,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                     .app_data(web::PayloadConfig::new(64 << 10))
                     .route(web::post().to(api::builders::register)),
             )
-            .route("/builders/{name}", web::get().to(api::builders::get))
-            .route("/openapi.json", web::get().to(api::openapi::get))
-            .route("/projects", web::get().to(api::projects::list))
-            .route("/projects/{project}", web::get().to(api::projects::get))
-            .route("/projects/{project}/builds", web::get().to(api::builds::list))
-            .route("/projects/{project}/builders", web::get().to(api::status::builders))
-            .route("/projects/{project}/status", web::get().to(api::status::status))
-            .route("/projects/{project}/revisions/{revision}", web::get().to(api::status::revision))
-            .route("/projects/{project}/tests/failing", web::get().to(api::status::failing))
-            .route("/projects/{project}/tests/history", web::get().to(api::status::history))
-            .route("/projects/{project}/shields.json", web::get().to(pages::feeds::shields))
-            .route("/builds/{id}", web::get().to(api::builds::get))
+            .route("/builders/{name}", read().to(api::builders::get))
+            .route("/openapi.json", read().to(api::openapi::get))
+            .route("/projects", read().to(api::projects::list))
+            .route("/projects/{project}", read().to(api::projects::get))
+            .route("/projects/{project}/builds", read().to(api::builds::list))
+            .route("/projects/{project}/builders", read().to(api::status::builders))
+            .route("/projects/{project}/status", read().to(api::status::status))
+            .route("/projects/{project}/revisions/{revision}", read().to(api::status::revision))
+            .route("/projects/{project}/tests/failing", read().to(api::status::failing))
+            .route("/projects/{project}/tests/history", read().to(api::status::history))
+            .route("/projects/{project}/shields.json", read().to(pages::feeds::shields))
+            .route("/builds/{id}", read().to(api::builds::get))
             .default_service(web::to(api_not_found)),
     )
     .service(
@@ -47,21 +47,27 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 web::QueryConfig::default()
                     .error_handler(|e, _| PageError(AppError::bad_request("bad_query", e.to_string())).into()),
             )
-            .route("/", web::get().to(pages::index::page))
-            .route("/projects/{project}", web::get().to(pages::waterfall::page))
-            .route("/projects/{project}/console", web::get().to(pages::console::page))
-            .route("/projects/{project}/feed.atom", web::get().to(pages::feeds::atom))
-            .route("/projects/{project}/badge.svg", web::get().to(pages::feeds::badge))
-            .route("/projects/{project}/cctray.xml", web::get().to(pages::feeds::cctray))
-            .route("/projects/{project}/builders/{builder}/feed.atom", web::get().to(pages::feeds::builder_atom))
-            .route("/projects/{project}/builders/{builder}/badge.svg", web::get().to(pages::feeds::builder_badge))
-            .route("/metrics", web::get().to(crate::metrics::get))
-            .route("/projects/{project}/builders/{builder}", web::get().to(pages::builder::page))
-            .route("/builds/{id}", web::get().to(pages::build::page))
-            .route("/builds/{id}/steps/{position}/log", web::get().to(pages::logs::raw))
-            .route("/static/{file}", web::get().to(pages::assets::get))
+            .route("/", read().to(pages::index::page))
+            .route("/projects/{project}", read().to(pages::waterfall::page))
+            .route("/projects/{project}/console", read().to(pages::console::page))
+            .route("/projects/{project}/feed.atom", read().to(pages::feeds::atom))
+            .route("/projects/{project}/badge.svg", read().to(pages::feeds::badge))
+            .route("/projects/{project}/cctray.xml", read().to(pages::feeds::cctray))
+            .route("/projects/{project}/builders/{builder}/feed.atom", read().to(pages::feeds::builder_atom))
+            .route("/projects/{project}/builders/{builder}/badge.svg", read().to(pages::feeds::builder_badge))
+            .route("/metrics", read().to(crate::metrics::get))
+            .route("/projects/{project}/builders/{builder}", read().to(pages::builder::page))
+            .route("/builds/{id}", read().to(pages::build::page))
+            .route("/builds/{id}/steps/{position}/log", read().to(pages::logs::raw))
+            .route("/static/{file}", read().to(pages::assets::get))
             .default_service(web::to(page_not_found)),
     );
+}
+
+/// A route for GET and HEAD (link checkers and feed readers ask with HEAD; the server leaves
+/// the body out of HEAD answers itself).
+fn read() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 async fn api_not_found() -> Result<HttpResponse, AppError> {

@@ -279,6 +279,10 @@ fn http_manners_etag_cors_compression(backend: Backend) -> TestResult {
         let other = s.agent.get(s.url(path)).header("If-None-Match", "W/\"something-else\"").call()?;
         assert_eq!(other.status().as_u16(), 200, "{path}");
     }
+    // HEAD answers like GET, without the body.
+    let head = s.agent.head(s.url("/projects/demo/feed.atom")).call()?;
+    assert_eq!(head.status().as_u16(), 200);
+    assert!(head.headers().contains_key("etag"));
     let etag_of = |path: &str| {
         s.agent
             .get(s.url(path))
