@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// A builder not heard from for this long is marked stale (e.g. 48h, 7d).
     #[arg(long, env = "TBOX_STALE_AFTER", default_value = "48h", value_parser = parse_age, value_name = "AGE")]
     pub stale_after: chrono::TimeDelta,
-    /// The address users reach this server at (e.g. https://tbox.example.org), used for the
+    /// The address users reach this server at (e.g. `https://tbox.example.org`), used for the
     /// links in feeds and answers. Without it, links use the Host the client sent.
     #[arg(long, env = "TBOX_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
