@@ -320,38 +320,46 @@ pub fn badge_svg(label: &str, message: &str, hex: &str) -> String {
     )
 }
 
+/// The heads a badge or shields answer speaks of, and its label ("project" or "project builder").
+async fn verdict_for(
+    state: &web::Data<AppState>,
+    project: String,
+    q: FeedQuery,
+) -> Result<(String, Verdict), AppError> {
+    let builder = q.builder.clone();
+    let (p, hs) = load_heads(state, project, q).await??;
+    let label = match builder {
+        Some(b) => format!("{} {b}", p.name),
+        None => p.name,
+    };
+    Ok((label, verdict(&hs)))
+}
+
+fn svg_response(label: &str, v: &Verdict) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "image/svg+xml; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "public, max-age=60"))
+        .body(badge_svg(label, &v.message, v.hex))
+}
+
 /// `GET /projects/{p}/badge.svg[?branch=B][&builder=N]`.
 pub async fn badge(
     state: web::Data<AppState>,
     path: web::Path<String>,
     q: web::Query<FeedQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let q = q.into_inner();
-    let label_suffix = q.builder.clone();
-    let (p, hs) = load_heads(&state, path.into_inner(), q).await??;
-    let v = verdict(&hs);
-    let label = match label_suffix {
-        Some(b) => format!("{} {b}", p.name),
-        None => p.name.clone(),
-    };
-    Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, "image/svg+xml; charset=utf-8"))
-        .insert_header((CACHE_CONTROL, "public, max-age=60"))
-        .body(badge_svg(&label, &v.message, v.hex)))
+    let (label, v) = verdict_for(&state, path.into_inner(), q.into_inner()).await?;
+    Ok(svg_response(&label, &v))
 }
 
-/// `GET /projects/{p}/builders/{b}/badge.svg`.
+/// `GET /projects/{p}/builders/{b}/badge.svg`: the same as `badge.svg?builder=B`.
 pub async fn builder_badge(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (p, b) = path.into_inner();
-    let (p, hs) = load_heads(&state, p, FeedQuery { builder: Some(b.clone()), branch: None }).await??;
-    let v = verdict(&hs);
-    Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, "image/svg+xml; charset=utf-8"))
-        .insert_header((CACHE_CONTROL, "public, max-age=60"))
-        .body(badge_svg(&format!("{} {b}", p.name), &v.message, v.hex)))
+    let (label, v) = verdict_for(&state, p, FeedQuery { builder: Some(b), branch: None }).await?;
+    Ok(svg_response(&label, &v))
 }
 
 /// `GET /api/v1/projects/{p}/shields.json[?branch=B][&builder=N]`: the shields.io endpoint schema.
@@ -360,14 +368,7 @@ pub async fn shields(
     path: web::Path<String>,
     q: web::Query<FeedQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let q = q.into_inner();
-    let suffix = q.builder.clone();
-    let (p, hs) = load_heads(&state, path.into_inner(), q).await??;
-    let v = verdict(&hs);
-    let label = match suffix {
-        Some(b) => format!("{} {b}", p.name),
-        None => p.name.clone(),
-    };
+    let (label, v) = verdict_for(&state, path.into_inner(), q.into_inner()).await?;
     Ok(HttpResponse::Ok().insert_header((CACHE_CONTROL, "public, max-age=300")).json(serde_json::json!({
         "schemaVersion": 1,
         "label": label,
