@@ -1,0 +1,38 @@
+//! `tbox-report`: the volunteer's cron command. It updates the source, runs the configured
+//! steps, collects logs and JUnit results, signs the report with the volunteer's key and
+//! pushes it; what cannot be delivered waits in a spool until the server is back.
+//!
+//! Flow: `main.rs` → `lib.rs` → `cli.rs` → `cmd/<subcommand>.rs`; a build is `cmd/run.rs` using
+//! `runner.rs` (steps), `junit.rs` (test results), `client.rs` (HTTP) and `spool.rs`.
+
+// The library is this binary's insides, opened up for its tests and fuzz targets; it is not
+// an API for other programs, so its items are documented where that helps a reader, not all.
+#![allow(missing_docs)]
+
+pub mod budget;
+pub mod cli;
+pub mod client;
+pub mod cmd;
+pub mod config;
+pub mod junit;
+pub mod keyfile;
+pub mod props;
+pub mod runner;
+pub mod spool;
+
+/// This program and version, as written into reports.
+pub const REPORTER: &str = concat!("tbox-report ", env!("CARGO_PKG_VERSION"));
+
+/// Exit codes; documented in `--help`.
+pub mod exit {
+    /// Everything went to the server (a failing *build* is still a success for the reporter).
+    pub const OK: u8 = 0;
+    /// Something is wrong here: config, key, workdir, …
+    pub const ERROR: u8 = 1;
+    /// The command line is wrong.
+    pub const USAGE: u8 = 2;
+    /// The server could not be reached: the report waits in the spool.
+    pub const SPOOLED: u8 = 3;
+    /// The server refused the report (4xx); it will not be retried.
+    pub const REJECTED: u8 = 4;
+}
