@@ -71,8 +71,8 @@ pub fn parse_report(body: &[u8], now: DateTime<Utc>) -> Result<Report, ParseErro
 
 /// Parses and validates a report body.
 pub fn parse_report_with(body: &[u8], now: DateTime<Utc>, limits: &Limits) -> Result<Report, ParseError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let report: Report = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -83,6 +83,9 @@ pub fn parse_report_with(body: &[u8], now: DateTime<Utc>, limits: &Limits) -> Re
             _ => ParseError::Malformed(inner.to_string()),
         }
     })?;
+    // The signed body is one JSON document and nothing else: bytes after it would be signed but
+    // never shown, a place to smuggle data past a reader of the report.
+    de.end().map_err(|_| ParseError::Malformed("the body goes on after the report's closing brace".to_owned()))?;
     validate(&report, now, limits)?;
     Ok(report)
 }
@@ -275,6 +278,20 @@ mod tests {
 
     fn parse(v: &Value) -> Result<Report, ParseError> {
         parse_report(v.to_string().as_bytes(), now())
+    }
+
+    #[test]
+    fn trailing_bytes_attack() {
+        let body = finished().to_string();
+        for tail in ["GARBAGE", "\0", &body, "\n{}", " x"] {
+            let smuggled = format!("{body}{tail}");
+            assert!(
+                matches!(parse_report(smuggled.as_bytes(), now()), Err(ParseError::Malformed(_))),
+                "accepted a body with {tail:?} after the report"
+            );
+        }
+        // Trailing white space is still part of one JSON document.
+        assert!(parse_report(format!("{body} \n").as_bytes(), now()).is_ok());
     }
 
     fn field_of(v: &Value) -> String {

@@ -55,6 +55,24 @@ pub struct ServeArgs {
     /// Largest report body accepted, in bytes (after gzip decompression).
     #[arg(long, env = "TBOX_MAX_BODY", default_value_t = 32 << 20, value_name = "BYTES")]
     pub max_body: usize,
+    /// Bytes per second a request body must average after its first minute (slower clients are
+    /// cut off with 408). The default lets a 32 MiB report take over half an hour.
+    #[arg(long, env = "TBOX_MIN_BODY_RATE", default_value_t = 16 << 10, value_name = "BYTES")]
+    pub min_body_rate: u64,
+    /// Open connections at most (default: what the open-files limit allows, less a reserve for
+    /// the database and files).
+    #[arg(long, env = "TBOX_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Self-registrations per hour from one client address (IPv6: one /64), after a burst of 5.
+    #[arg(long, env = "TBOX_REGISTRATIONS_PER_ADDRESS", default_value_t = 10, value_name = "N")]
+    pub registrations_per_address: u32,
+    /// Self-registrations per hour from everyone together, after a burst of 30.
+    #[arg(long, env = "TBOX_REGISTRATIONS_PER_HOUR", default_value_t = 120, value_name = "N")]
+    pub registrations_per_hour: u32,
+    /// Self-registered builders that may wait for approval in one project; more are refused
+    /// (429) until an administrator approves or rejects some.
+    #[arg(long, env = "TBOX_MAX_PENDING", default_value_t = 50, value_name = "N")]
+    pub max_pending: u32,
     /// Database connections to keep open.
     #[arg(long, env = "TBOX_POOL_SIZE", default_value_t = 16)]
     pub pool_size: u32,
@@ -111,7 +129,31 @@ pub enum BuilderCommand {
     /// Refuse a builder's reports from now on, or only one of its keys with --key.
     Revoke(BuilderRevokeArgs),
     /// List builders with their status, projects and keys.
-    List(DbArgs),
+    List(BuilderListArgs),
+    /// Delete self-registered builders that are still pending (never approved).
+    #[command(after_help = EXIT_CODES)]
+    Reject(BuilderRejectArgs),
+    /// Delete pending registrations older than an age (e.g. from cron: --older-than 14d).
+    #[command(after_help = EXIT_CODES)]
+    PrunePending(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderListArgs {
+    /// Only builders waiting for approval.
+    #[arg(long)]
+    pub pending: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderRejectArgs {
+    /// Pending builders to delete.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args)]

@@ -18,9 +18,10 @@ use serde::Serialize;
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// The client's mistake: status, stable code, message for humans.
+    /// The client's mistake: status, stable code, message for humans, and for 429 the seconds
+    /// to wait (`Retry-After`).
     #[error("{message}")]
-    Client { status: StatusCode, code: &'static str, message: String },
+    Client { status: StatusCode, code: &'static str, message: String, retry_after: Option<u64> },
     /// Too busy to take a database connection now; try again.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -37,7 +38,7 @@ struct ErrorBody<'a> {
 
 impl AppError {
     fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        AppError::Client { status, code, message: message.into() }
+        AppError::Client { status, code, message: message.into(), retry_after: None }
     }
     /// 400: the request cannot be read.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -67,6 +68,19 @@ impl AppError {
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::client(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
     }
+    /// 408: the body did not come in time.
+    pub fn too_slow(message: impl Into<String>) -> Self {
+        Self::client(StatusCode::REQUEST_TIMEOUT, "too_slow", message)
+    }
+    /// 429: too many requests of this kind; try again after `retry_after` seconds.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        AppError::Client {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code,
+            message: message.into(),
+            retry_after: Some(retry_after.max(1)),
+        }
+    }
     /// 422: readable, but breaks a rule.
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::client(StatusCode::UNPROCESSABLE_ENTITY, code, message)
@@ -81,6 +95,16 @@ impl AppError {
         }
     }
 
+    /// Seconds a client should wait before trying again, when that is known.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            AppError::Client { retry_after, .. } => *retry_after,
+            // The database is away or the pool exhausted: usually a matter of seconds.
+            AppError::Unavailable(_) => Some(5),
+            AppError::Internal(_) => None,
+        }
+    }
+
     fn log(&self) {
         match self {
             AppError::Internal(e) => log::error!("{e:#}"),
@@ -92,7 +116,38 @@ impl AppError {
 
 impl From<diesel::result::Error> for AppError {
     fn from(e: diesel::result::Error) -> Self {
+        if lost_database(&e) {
+            // PostgreSQL went away mid-request: nothing was stored, and the client should try
+            // again shortly rather than treat it as a bug of ours.
+            return AppError::Unavailable(format!("the database connection was lost: {e}"));
+        }
         AppError::Internal(e.into())
+    }
+}
+
+/// Whether an error means the database is unreachable (restarted, shut down, network gone),
+/// as opposed to a query that went wrong.
+pub fn lost_database(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let m = info.message();
+            // libpq's words when the server dies under a connection (SQLSTATE 57P01/57P02/57P03
+            // and the socket errors, which diesel does not classify).
+            [
+                "server closed the connection",
+                "terminating connection",
+                "no connection to the server",
+                "connection to server",
+                "could not receive data",
+                "could not send data",
+                "the database system is",
+            ]
+            .iter()
+            .any(|needle| m.contains(needle))
+        }
+        _ => false,
     }
 }
 
@@ -120,7 +175,11 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         self.log();
         let (code, message) = self.public();
-        HttpResponse::build(self.status_code()).json(ErrorBody { error: code, message: &message })
+        let mut answer = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after() {
+            answer.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        answer.json(ErrorBody { error: code, message: &message })
     }
 }
 
@@ -157,6 +216,10 @@ impl ResponseError for PageError {
         let (_, message) = self.0.public();
         let status = self.status_code();
         let html = crate::web::templates::error_page(status, &message);
-        HttpResponse::build(status).content_type(ContentType::html()).body(html)
+        let mut answer = HttpResponse::build(status);
+        if let Some(secs) = self.0.retry_after() {
+            answer.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        answer.content_type(ContentType::html()).body(html)
     }
 }

@@ -37,12 +37,40 @@ pub struct Outcome {
     pub result: Option<String>,
 }
 
-/// Verifies, validates and stores one report.
+/// Verifies, validates and stores one report, on this connection.
 pub fn ingest(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Result<Outcome, AppError> {
+    match prepare(conn, sub, now)? {
+        Checked::Duplicate(outcome) => Ok(outcome),
+        Checked::New(report) => write(conn, &report),
+    }
+}
+
+/// A report that passed every check and is ready to be written.
+#[derive(Debug)]
+pub struct Prepared {
+    report: Report,
+    id: String,
+    builder_id: i64,
+    project_id: i64,
+    logs: Vec<Option<Compressed>>,
+}
+
+/// What [`prepare`] found.
+#[derive(Debug)]
+pub enum Checked {
+    /// This exact body was stored before: nothing to write.
+    Duplicate(Outcome),
+    /// A report to write.
+    New(Prepared),
+}
+
+/// Everything but the write: the signature, the parse, the permissions, and the CPU work
+/// (compressing logs), so that the write lock is held only for writing.
+pub fn prepare(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Result<Checked, AppError> {
     let builder = authenticate(conn, sub)?;
     let id = report_id(sub.body);
     if let Some(build_id) = builds::by_report(conn, &id)? {
-        return Ok(Outcome { report_id: id, build_id, created: false, result: None });
+        return Ok(Checked::Duplicate(Outcome { report_id: id, build_id, created: false, result: None }));
     }
 
     let report = parse_report(sub.body, now).map_err(|e| match e {
@@ -64,19 +92,26 @@ pub fn ingest(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Res
             format!("builder {:?} may not report for project {:?}", builder.name, project.name),
         ));
     }
-
-    // CPU work before the transaction, so the write lock is held only for writing.
     let logs = compress_logs(&report)?;
-    let write = |conn: &mut DbConn| {
-        db::write_transaction(conn, |conn| store(conn, &report, &id, builder.id, project.id, &logs))
-    };
-    let result = match write(conn) {
-        // Another server process stored the same report or build a moment ago: look again.
-        Err(AppError::Internal(e)) if is_unique_violation(&e) => write(conn),
-        other => other,
-    };
-    let (build_id, created) = result?;
-    Ok(Outcome { report_id: id, build_id, created, result: report.result.map(|r| r.as_str().to_owned()) })
+    Ok(Checked::New(Prepared { report, id, builder_id: builder.id, project_id: project.id, logs }))
+}
+
+/// Writes a prepared report in a transaction of its own.
+pub fn write(conn: &mut DbConn, p: &Prepared) -> Result<Outcome, AppError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match db::write_transaction(conn, |conn| store(conn, p)) {
+            // Another server process stored the same report or build a moment ago (look again),
+            // or PostgreSQL chose this transaction as a deadlock's victim (nothing was written):
+            // run it again, a few times at most.
+            Err(AppError::Internal(e)) if attempt < 4 && retryable(&e) => {
+                log::info!("ingest: retrying after a transient database conflict: {e:#}");
+                std::thread::sleep(std::time::Duration::from_millis(5 * attempt));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Finds the header's builder and checks the signature against its keys.
@@ -121,6 +156,7 @@ fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppEr
 }
 
 /// A step's log, ready to store: (digest, uncompressed size, zstd bytes).
+#[derive(Debug)]
 struct Compressed {
     digest: String,
     size: i64,
@@ -141,8 +177,15 @@ fn compress_logs(report: &Report) -> Result<Vec<Option<Compressed>>, AppError> {
         .collect()
 }
 
-/// The write itself; runs inside one transaction. Returns (build id, created).
-fn store(
+/// The write itself; runs inside a transaction (or a savepoint of the SQLite writer's group
+/// commit), all of it or nothing.
+pub fn store(conn: &mut DbConn, p: &Prepared) -> Result<Outcome, AppError> {
+    let (build_id, created) = store_build(conn, &p.report, &p.id, p.builder_id, p.project_id, &p.logs)?;
+    let result = p.report.result.map(|r| r.as_str().to_owned());
+    Ok(Outcome { report_id: p.id.clone(), build_id, created, result })
+}
+
+fn store_build(
     conn: &mut DbConn,
     report: &Report,
     digest: &str,
@@ -182,6 +225,11 @@ fn store(
         Some(existing) => match (existing.state.as_str(), report.state) {
             ("started", BuildState::Finished) => {
                 builds::complete(conn, existing.id, &fields)?;
+                if existing.branch != report.branch {
+                    // The build left its branch (a checkout that switched): that branch's head
+                    // goes back to its previous build.
+                    builds::recompute_head(conn, project_id, builder_id, &existing.branch)?;
+                }
                 existing.id
             }
             // A `started` report arriving after its `finished` one (e.g. flushed late from a
@@ -203,8 +251,12 @@ fn store(
         },
     };
 
-    let log_rows: Vec<NewLog<'_>> =
+    // In digest order, once each: two reports carrying the same new logs in opposite orders
+    // would otherwise each lock one and wait for the other (a deadlock on PostgreSQL).
+    let mut log_rows: Vec<NewLog<'_>> =
         logs.iter().flatten().map(|l| NewLog { digest: &l.digest, size: l.size, compressed: &l.bytes }).collect();
+    log_rows.sort_by_key(|l| l.digest);
+    log_rows.dedup_by_key(|l| l.digest);
     builds::insert_logs(conn, &log_rows)?;
     let steps: Vec<NewStep<'_>> = report
         .steps
@@ -244,6 +296,18 @@ fn store(
     Ok((build_id, true))
 }
 
-fn is_unique_violation(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<DieselError>(), Some(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)))
+/// Whether a failed write transaction may succeed if run again: a unique violation from a
+/// concurrent duplicate, a serialization failure, or a deadlock (PostgreSQL's SQLSTATE 40P01,
+/// which diesel does not classify).
+fn retryable(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<DieselError>() {
+        Some(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+            _,
+        )) => true,
+        Some(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)) => {
+            info.message().contains("deadlock detected")
+        }
+        _ => false,
+    }
 }

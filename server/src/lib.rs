@@ -10,25 +10,44 @@
 #![allow(missing_docs)] // Internal modules; the crate's public face is its CLI and HTTP API.
 
 pub mod api;
+pub mod body;
 pub mod cli;
 pub mod cmd;
 pub mod db;
 pub mod error;
 pub mod ingest;
+pub mod logging;
 pub mod logscan;
 pub mod metrics;
+pub mod ratelimit;
 pub mod routes;
 pub mod web;
+pub mod writer;
 
 /// What every handler shares: built once in `serve`, handed out as `web::Data`.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The database pool.
     pub pool: db::Pool,
+    /// On SQLite, the one thread that writes reports (group commit); none on PostgreSQL.
+    pub writer: Option<writer::Writer>,
     /// Largest report body accepted, in bytes.
     pub max_body: usize,
+    /// Bytes per second a body must average after the first minute.
+    pub min_body_rate: u64,
+    /// Self-registrations per client address and in total.
+    pub registrations: std::sync::Arc<ratelimit::Limiter>,
+    /// Registrations that may wait for approval in one project.
+    pub max_pending: i64,
     /// A builder not heard from for this long is shown as stale.
     pub stale_after: chrono::TimeDelta,
     /// The server's public base URL, if configured (no trailing slash).
     pub public_url: Option<String>,
+}
+
+impl AppState {
+    /// How a body of at most `max` bytes must arrive.
+    pub fn body_limits(&self, max: usize) -> body::Limits {
+        body::Limits { max, min_rate: self.min_body_rate, grace: std::time::Duration::from_secs(60) }
+    }
 }

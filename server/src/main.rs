@@ -7,7 +7,7 @@ use tbox_server::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    tbox_server::logging::init();
     match tbox_server::cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

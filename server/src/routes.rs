@@ -1,12 +1,15 @@
 //! Every URL the server answers, in one table.
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 
 use crate::error::{AppError, PageError};
 use crate::{api, web as pages};
 
 /// Mounts the API, the pages and the static files.
-pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
+pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .app_data(web::PathConfig::default().error_handler(|e, _| AppError::not_found(e.to_string()).into()))
@@ -14,16 +17,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 web::QueryConfig::default()
                     .error_handler(|e, _| AppError::bad_request("bad_query", e.to_string()).into()),
             )
-            .service(
-                web::resource("/reports")
-                    .app_data(web::PayloadConfig::new(max_body))
-                    .route(web::post().to(api::reports::submit)),
-            )
-            .service(
-                web::resource("/builders")
-                    .app_data(web::PayloadConfig::new(64 << 10))
-                    .route(web::post().to(api::builders::register)),
-            )
+            .route("/reports", web::post().to(api::reports::submit))
+            .route("/builders", web::post().to(api::builders::register))
             .route("/builders/{name}", read().to(api::builders::get))
             .route("/openapi.json", read().to(api::openapi::get))
             .route("/projects", read().to(api::projects::list))
@@ -62,6 +57,30 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
             .route("/static/{file}", read().to(pages::assets::get))
             .default_service(web::to(page_not_found)),
     );
+}
+
+/// Refuses a URL whose path or query hides a NUL byte (`%00`), before any handler sees it.
+///
+/// No name, cursor or filter of ours may hold one, and PostgreSQL cannot even compare a text
+/// with one (it answered 500 where SQLite found nothing); one check here keeps both backends
+/// answering alike, whichever parameter carries it.
+pub async fn reject_nul(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let uri = req.uri();
+    let raw = [uri.path(), uri.query().unwrap_or("")];
+    if raw.iter().any(|part| part.contains('\0') || part.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")))
+    {
+        let e = AppError::bad_request("bad_url", "the URL contains a NUL byte (%00)");
+        let res = if req.path().starts_with("/api/") {
+            actix_web::ResponseError::error_response(&e)
+        } else {
+            actix_web::ResponseError::error_response(&PageError(e))
+        };
+        return Ok(req.into_response(res));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 /// A route for GET and HEAD (link checkers and feed readers ask with HEAD; the server leaves

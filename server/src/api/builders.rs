@@ -9,6 +9,7 @@ use crate::AppState;
 use crate::db::models::NewBuilder;
 use crate::db::{self, DbConn, builders, projects};
 use crate::error::AppError;
+use crate::ratelimit::Refused;
 
 /// The body of a self-registration, signed (`Tbox-Signature`) with the private half of
 /// `public_key`: proof that the sender holds the key it registers.
@@ -40,13 +41,30 @@ pub struct KeyView {
     pub revoked: bool,
 }
 
+/// Projects one registration may name.
+const MAX_PROJECTS: usize = 32;
+
 /// `POST /api/v1/builders`.
 pub async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: Result<web::Bytes, actix_web::Error>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    let body = body.map_err(|e| AppError::bad_request("bad_body", format!("the body could not be read: {e}")))?;
+    // Before anything costly (reading the body, RSA): refused floods should be cheap.
+    let addr = req.peer_addr().map(|a| a.ip());
+    state.registrations.check(addr, std::time::Instant::now()).map_err(|refused| match refused {
+        Refused::Address(secs) => AppError::too_many(
+            "rate_limited",
+            format!("too many registrations from your address; try again in {secs} s"),
+            secs,
+        ),
+        Refused::Total(secs) => AppError::too_many(
+            "rate_limited",
+            format!("this server takes few registrations at a time; try again in {secs} s"),
+            secs,
+        ),
+    })?;
+    let body = crate::body::read(req.headers(), payload, state.body_limits(64 << 10)).await?;
     let signature = req
         .headers()
         .get("tbox-signature")
@@ -54,6 +72,7 @@ pub async fn register(
         .map(str::to_owned)
         .ok_or_else(|| AppError::unauthorized("unsigned", "missing Tbox-Signature header"))?;
     let pool = state.pool.clone();
+    let max_pending = state.max_pending;
     let (created, view) = web::block(move || -> Result<_, AppError> {
         let reg: Registration = serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request("malformed", format!("not a registration: {e}")))?;
@@ -61,8 +80,9 @@ pub async fn register(
             .map_err(|e| AppError::invalid("invalid", format!("public_key: {e}")))?;
         key.verify(&body, &signature)
             .map_err(|_| AppError::unauthorized("bad_signature", "the signature does not verify with public_key"))?;
+        check(&reg)?;
         let mut conn = pool.get()?;
-        db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key)).map_err(|e| match e {
+        db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key, max_pending)).map_err(|e| match e {
             // Someone registered the same name a moment ago.
             AppError::Internal(err)
                 if matches!(
@@ -80,16 +100,37 @@ pub async fn register(
     Ok(HttpResponse::build(status).json(view))
 }
 
-fn register_in(conn: &mut DbConn, reg: &Registration, key: &PublicKey) -> Result<(bool, BuilderView), AppError> {
-    tbox_protocol::validate_name("name", &reg.name, 64).map_err(|e| AppError::invalid("invalid", e.to_string()))?;
+/// What can be said of a registration without the database.
+fn check(reg: &Registration) -> Result<(), AppError> {
+    let invalid = |m: String| AppError::invalid("invalid", m);
+    tbox_protocol::validate_name("name", &reg.name, 64).map_err(|e| invalid(e.to_string()))?;
     if reg.projects.is_empty() {
-        return Err(AppError::invalid("invalid", "projects: name at least one project"));
+        return Err(invalid("projects: name at least one project".into()));
+    }
+    if reg.projects.len() > MAX_PROJECTS {
+        return Err(invalid(format!("projects: at most {MAX_PROJECTS}, got {}", reg.projects.len())));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in reg.projects.iter().enumerate() {
+        tbox_protocol::validate_name(&format!("projects[{i}]"), p, 64).map_err(|e| invalid(e.to_string()))?;
+        if !seen.insert(p) {
+            return Err(invalid(format!("projects[{i}]: {p:?} is named twice")));
+        }
     }
     for text in [&reg.owner, &reg.description].into_iter().flatten() {
         if text.len() > 500 || text.chars().any(char::is_control) {
-            return Err(AppError::invalid("invalid", "owner and description: one line of at most 500 bytes"));
+            return Err(invalid("owner and description: one line of at most 500 bytes".into()));
         }
     }
+    Ok(())
+}
+
+fn register_in(
+    conn: &mut DbConn,
+    reg: &Registration,
+    key: &PublicKey,
+    max_pending: i64,
+) -> Result<(bool, BuilderView), AppError> {
     let fingerprint = key.fingerprint();
     if let Some(existing) = builders::by_name(conn, &reg.name)? {
         // Only the holder of a key the builder already has may ask again (to learn its
@@ -107,6 +148,17 @@ fn register_in(conn: &mut DbConn, reg: &Registration, key: &PublicKey) -> Result
     for p in &reg.projects {
         let project = projects::by_name(conn, p)?
             .ok_or_else(|| AppError::invalid("unknown_project", format!("projects: no project named {p:?}")))?;
+        // Counted inside the write transaction, so concurrent registrations cannot overshoot.
+        if builders::pending_count(conn, project.id)? >= max_pending {
+            return Err(AppError::too_many(
+                "too_many_pending",
+                format!(
+                    "project {p:?} already has {max_pending} registrations waiting for approval; \
+                     ask its administrators to approve or reject them"
+                ),
+                3600,
+            ));
+        }
         project_ids.push(project.id);
     }
     let builder = builders::add(

@@ -1,6 +1,5 @@
 //! `POST /api/v1/reports`: a builder's signed report.
 
-use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -8,7 +7,7 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::ingest::{self, Submission};
+use crate::ingest::{self, Checked, Submission};
 use crate::metrics;
 
 /// The answer to an accepted report (201 new, 200 duplicate).
@@ -22,36 +21,41 @@ pub struct Accepted {
     pub url: String,
 }
 
-/// Receives a report. The body extractor is configured (in `routes`) with the size limit, so
-/// an oversized body is refused from its Content-Length, or as soon as the limit is passed,
-/// and a gzip body is inflated (and limited) on the way in.
+/// Receives a report. An oversized body is refused from its Content-Length, or as soon as the
+/// limit is passed; a compressed body is inflated (and limited) on the way in (`body.rs`).
 pub async fn submit(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: Result<web::Bytes, actix_web::Error>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    let answer = accept(req, state, body).await;
+    let answer = accept(req, state, payload).await;
     if let Err(AppError::Client { code, .. }) = &answer {
         metrics::rejected(code);
     }
     answer
 }
 
-async fn accept(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: Result<web::Bytes, actix_web::Error>,
-) -> Result<HttpResponse, AppError> {
+async fn accept(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, AppError> {
     check_content_type(req.headers())?;
-    let body = body.map_err(|e| body_error(&e, state.max_body))?;
+    let body = crate::body::read(req.headers(), payload, state.body_limits(state.max_body)).await?;
     let builder = header(req.headers(), "tbox-builder")?;
     let signature = header(req.headers(), "tbox-signature")?;
     let pool = state.pool.clone();
+    let writer = state.writer.clone();
     let started = std::time::Instant::now();
     let outcome = web::block(move || {
         let mut conn = pool.get()?;
         let sub = Submission { builder: builder.as_deref(), signature: signature.as_deref(), body: &body };
-        ingest::ingest(&mut conn, sub, chrono::Utc::now())
+        match ingest::prepare(&mut conn, sub, chrono::Utc::now())? {
+            Checked::Duplicate(outcome) => Ok(outcome),
+            Checked::New(report) => match &writer {
+                Some(writer) => {
+                    drop(conn);
+                    writer.write(report)
+                }
+                None => ingest::write(&mut conn, &report),
+            },
+        }
     })
     .await?;
     let outcome = outcome?;
@@ -83,16 +87,4 @@ fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, AppError> {
                 .map_err(|_| AppError::bad_request("bad_header", format!("{name} header is not ASCII")))
         })
         .transpose()
-}
-
-fn body_error(e: &actix_web::Error, limit: usize) -> AppError {
-    match e.as_error::<PayloadError>() {
-        Some(PayloadError::Overflow) => {
-            AppError::too_large(format!("the report is larger than this server's limit of {limit} bytes"))
-        }
-        Some(PayloadError::EncodingCorrupted) => {
-            AppError::bad_request("bad_encoding", "the body could not be decompressed")
-        }
-        _ => AppError::bad_request("bad_body", format!("the body could not be read: {e}")),
-    }
 }

@@ -313,8 +313,7 @@ pub fn summaries(
     stale_after: chrono::TimeDelta,
 ) -> QueryResult<HashMap<i64, std::collections::BTreeMap<&'static str, usize>>> {
     let latest = crate::db::status::latest(conn, project)?;
-    let seen: HashMap<i64, Option<NaiveDateTime>> =
-        builders_db::list(conn)?.into_iter().map(|l| (l.builder.id, l.builder.last_report_at)).collect();
+    let seen = builders_db::last_seen(conn)?;
     let mut out: HashMap<i64, std::collections::BTreeMap<&'static str, usize>> = HashMap::new();
     for l in &latest {
         let stale = is_stale(seen.get(&l.builder_id).copied().flatten(), stale_after);

@@ -1,4 +1,4 @@
-//! `tbox-server builder add | approve | revoke | list`.
+//! `tbox-server builder add | approve | revoke | list | reject | prune-pending`.
 
 use anyhow::{Context as _, bail};
 use tbox_protocol::PublicKey;
@@ -36,16 +36,40 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BuilderCommand::Reject(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let gone = db::write_transaction(&mut conn, |c| builders::reject_pending(c, Some(&args.names), None))?;
+            for name in &gone {
+                println!("pending builder {name} rejected and deleted");
+            }
+            let missed: Vec<&String> = args.names.iter().filter(|n| !gone.contains(n)).collect();
+            if !missed.is_empty() {
+                bail!(
+                    "not pending (or no such builder): {}; revoke an approved builder with `builder revoke`",
+                    missed.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Ok(())
+        }
+        BuilderCommand::PrunePending(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let before = now() - args.older_than;
+            let gone = db::write_transaction(&mut conn, |c| builders::reject_pending(c, None, Some(before)))?;
+            println!("deleted {} pending registration(s) older than {}", gone.len(), before.format("%Y-%m-%d %H:%M"));
+            Ok(())
+        }
         BuilderCommand::List(args) => {
-            let mut conn = super::connect(&args)?;
-            for l in builders::list(&mut conn)? {
+            let mut conn = super::connect(&args.db)?;
+            let only = args.pending.then_some(builders::PENDING);
+            for l in builders::list(&mut conn, only)? {
                 let b = &l.builder;
                 println!(
-                    "{}\t{}\towner={}\tprojects={}\tlast_report={}",
+                    "{}\t{}\towner={}\tprojects={}\tregistered={}\tlast_report={}",
                     b.name,
                     b.status,
                     b.owner.as_deref().unwrap_or("-"),
                     l.projects.join(","),
+                    b.created_at.format("%Y-%m-%d %H:%M"),
                     b.last_report_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()),
                 );
                 for k in &l.keys {

@@ -8,7 +8,8 @@ use anyhow::Context as _;
 
 use crate::cli::ServeArgs;
 use crate::db::{self, DatabaseUrl};
-use crate::{AppState, routes, web as pages};
+use crate::writer::Writer;
+use crate::{AppState, ratelimit, routes, web as pages};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let redacted = DatabaseUrl::parse(&args.db.database)?.redacted();
@@ -35,7 +36,31 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         log::info!("applied migration {m}");
     }
     let public_url = args.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned());
-    let state = web::Data::new(AppState { pool, max_body: args.max_body, stale_after: args.stale_after, public_url });
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let max_connections = args.max_connections.unwrap_or_else(|| {
+        let files = raise_open_files_limit();
+        // Each connection is one descriptor; keep some for the pool, SQLite's files, logs.
+        (files.saturating_sub(u64::from(args.pool_size) + 64) as usize).max(64)
+    });
+    log::info!("serving at most {max_connections} connections at once");
+    let registrations = ratelimit::Limiter::new(
+        ratelimit::Rate { burst: 5.0, per_hour: f64::from(args.registrations_per_address) },
+        ratelimit::Rate { burst: 30.0, per_hour: f64::from(args.registrations_per_hour) },
+    );
+    let writer = match &url {
+        DatabaseUrl::Sqlite(_) => Some(Writer::start(&db::Manager::new(url.clone()))?),
+        DatabaseUrl::Postgres(_) => None,
+    };
+    let state = web::Data::new(AppState {
+        pool,
+        writer,
+        max_body: args.max_body,
+        min_body_rate: args.min_body_rate,
+        registrations: std::sync::Arc::new(registrations),
+        max_pending: i64::from(args.max_pending),
+        stale_after: args.stale_after,
+        public_url,
+    });
     actix_web::rt::System::new().block_on(async move {
         let mut server = HttpServer::new(move || {
             App::new()
@@ -43,8 +68,9 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
                 .wrap(actix_web::middleware::from_fn(pages::manners::etag))
                 .wrap(security_headers())
                 .wrap(actix_web::middleware::Compress::default())
+                .wrap(actix_web::middleware::from_fn(routes::reject_nul))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
-                .configure(|cfg| routes::configure(cfg, state.max_body))
+                .configure(routes::configure)
         })
         // Compressed answers are streamed in pieces; without TCP_NODELAY, Nagle's algorithm
         // and the client's delayed ACK add ~40 ms to every small one (measured by bench-pages).
@@ -53,13 +79,36 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
                 let _ = tcp.set_nodelay(true);
             }
         });
-        if let Some(n) = args.workers {
-            server = server.workers(n);
-        }
+        // The cap is per worker; a full server stops accepting until connections close, rather
+        // than failing on "Too many open files" for everyone.
+        server = server.workers(workers).max_connections(max_connections.div_ceil(workers).max(1));
         let server = server.bind(&args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
         on_bound(&server.addrs());
         server.run().await.context("server stopped with an error")
     })
+}
+
+/// Raises the soft limit on open files to the hard limit (1,024 is a common soft default, far
+/// too few for a server), and returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        // An unlimited hard limit is still bounded by the kernel's nr_open; ask for a plenty.
+        Ok((soft, hard)) if soft < hard.min(1 << 20) => {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard) {
+                Ok(()) => hard.min(1 << 20),
+                Err(e) => {
+                    log::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+                    soft
+                }
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            log::warn!("cannot read the open-files limit: {e}");
+            1024
+        }
+    }
 }
 
 fn security_headers() -> DefaultHeaders {

@@ -104,9 +104,14 @@ pub struct Listed {
     pub keys: Vec<BuilderKey>,
 }
 
-/// Every builder with its projects and keys (three queries, whatever the count).
-pub fn list(conn: &mut DbConn) -> QueryResult<Vec<Listed>> {
-    let all: Vec<Builder> = builders::table.order(builders::name).select(Builder::as_select()).load(conn)?;
+/// Every builder (or those with this status) with its projects and keys (three queries,
+/// whatever the count).
+pub fn list(conn: &mut DbConn, status: Option<&str>) -> QueryResult<Vec<Listed>> {
+    let mut q = builders::table.order(builders::name).select(Builder::as_select()).into_boxed();
+    if let Some(status) = status {
+        q = q.filter(builders::status.eq(status.to_owned()));
+    }
+    let all: Vec<Builder> = q.load(conn)?;
     let mut projects_of: HashMap<i64, Vec<String>> = HashMap::new();
     for (b, p) in builder_projects::table
         .inner_join(projects::table)
@@ -145,9 +150,11 @@ pub fn listed(conn: &mut DbConn, name: &str) -> QueryResult<Option<Listed>> {
     Ok(Some(Listed { builder, projects, keys }))
 }
 
-/// The builders allowed to report for a project: the waterfall's columns.
+/// The active builders allowed to report for a project: the waterfall's columns. Pending and
+/// revoked builders appear on no public page or feed (anyone can register a pending one).
 pub fn for_project(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<Builder>> {
     builders::table
+        .filter(builders::status.eq(ACTIVE))
         .filter(
             builders::id.eq_any(
                 builder_projects::table
@@ -158,4 +165,50 @@ pub fn for_project(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<Builde
         .order(builders::name)
         .select(Builder::as_select())
         .load(conn)
+}
+
+/// When each active builder last reported, by id.
+pub fn last_seen(conn: &mut DbConn) -> QueryResult<HashMap<i64, Option<NaiveDateTime>>> {
+    Ok(builders::table
+        .filter(builders::status.eq(ACTIVE))
+        .select((builders::id, builders::last_report_at))
+        .load::<(i64, Option<NaiveDateTime>)>(conn)?
+        .into_iter()
+        .collect())
+}
+
+/// How many self-registered builders wait for approval in a project.
+pub fn pending_count(conn: &mut DbConn, project_id: i64) -> QueryResult<i64> {
+    builder_projects::table
+        .inner_join(builders::table)
+        .filter(builder_projects::project_id.eq(project_id))
+        .filter(builders::status.eq(PENDING))
+        .count()
+        .get_result(conn)
+}
+
+/// Deletes pending builders (and their keys and projects): the named ones, or all registered
+/// before `before`. A builder that is not pending is left alone. Returns the names deleted.
+pub fn reject_pending(
+    conn: &mut DbConn,
+    names: Option<&[String]>,
+    before: Option<NaiveDateTime>,
+) -> QueryResult<Vec<String>> {
+    let mut q =
+        builders::table.filter(builders::status.eq(PENDING)).select((builders::id, builders::name)).into_boxed();
+    if let Some(names) = names {
+        q = q.filter(builders::name.eq_any(names.to_vec()));
+    }
+    if let Some(t) = before {
+        q = q.filter(builders::created_at.lt(t));
+    }
+    let found: Vec<(i64, String)> = q.load(conn)?;
+    let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
+    // Chunks keep each statement under SQLite's bound-variable limit.
+    for chunk in ids.chunks(5000) {
+        diesel::delete(builder_keys::table.filter(builder_keys::builder_id.eq_any(chunk))).execute(conn)?;
+        diesel::delete(builder_projects::table.filter(builder_projects::builder_id.eq_any(chunk))).execute(conn)?;
+        diesel::delete(builders::table.filter(builders::id.eq_any(chunk))).execute(conn)?;
+    }
+    Ok(found.into_iter().map(|(_, name)| name).collect())
 }

@@ -342,6 +342,17 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
 /// One upsert, so two concurrent reports for the same builder and branch cannot leave the
 /// older build as the head (a report spooled for days may arrive after newer ones).
 pub fn update_head(conn: &mut DbConn, b: &BuildFields<'_>, build_id: i64) -> QueryResult<()> {
+    upsert_head(conn, b.project_id, b.builder_id, b.branch, build_id, b.started_at)
+}
+
+fn upsert_head(
+    conn: &mut DbConn,
+    project_id: i64,
+    builder_id: i64,
+    branch: &str,
+    build_id: i64,
+    started_at: NaiveDateTime,
+) -> QueryResult<()> {
     use diesel::sql_types::{BigInt, Text, Timestamp};
     const UPSERT: &str = "INSERT INTO heads (project_id, builder_id, branch, build_id, started_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (project_id, builder_id, branch) DO UPDATE SET build_id = excluded.build_id, started_at = excluded.started_at \
@@ -353,12 +364,30 @@ pub fn update_head(conn: &mut DbConn, b: &BuildFields<'_>, build_id: i64) -> Que
         DbConn::Pg(_) => UPSERT,
     };
     dispatch!(conn, |c| diesel::sql_query(sql)
-        .bind::<BigInt, _>(b.project_id)
-        .bind::<BigInt, _>(b.builder_id)
-        .bind::<Text, _>(b.branch)
+        .bind::<BigInt, _>(project_id)
+        .bind::<BigInt, _>(builder_id)
+        .bind::<Text, _>(branch)
         .bind::<BigInt, _>(build_id)
-        .bind::<Timestamp, _>(b.started_at)
+        .bind::<Timestamp, _>(started_at)
         .execute(c))?;
+    Ok(())
+}
+
+/// Sets the head of (project, builder, branch) to its newest build, if it has any left: after
+/// a `finished` report moved a `started` build to another branch, the old branch's head must
+/// fall back to the build before, not vanish from the status.
+pub fn recompute_head(conn: &mut DbConn, project_id: i64, builder_id: i64, branch: &str) -> QueryResult<()> {
+    let newest: Option<(i64, NaiveDateTime)> = builds::table
+        .filter(builds::builder_id.eq(builder_id))
+        .filter(builds::project_id.eq(project_id))
+        .filter(builds::branch.eq(branch))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .select((builds::id, builds::started_at))
+        .first(conn)
+        .optional()?;
+    if let Some((id, started_at)) = newest {
+        upsert_head(conn, project_id, builder_id, branch, id, started_at)?;
+    }
     Ok(())
 }
 

@@ -37,12 +37,12 @@ struct Row {
     build_id: Option<i64>,
 }
 
-/// One row per (project, builder allowed to report for it), each found through the
-/// `builds_builder_project_newest` index.
+/// One row per (project, active builder allowed to report for it), each found through the
+/// `builds_builder_project_newest` index. Pending and revoked builders are not shown.
 const LATEST: &str = "SELECT bp.project_id, bp.builder_id, \
      (SELECT x.id FROM builds x WHERE x.builder_id = bp.builder_id AND x.project_id = bp.project_id \
       ORDER BY x.started_at DESC, x.id DESC LIMIT 1) AS build_id \
-     FROM builder_projects bp";
+     FROM builder_projects bp JOIN builders b ON b.id = bp.builder_id AND b.status = 'active'";
 
 /// The newest build of each builder of `project` (or of every project when `None`).
 pub fn latest(conn: &mut DbConn, project: Option<i64>) -> QueryResult<Vec<Latest>> {
@@ -98,6 +98,8 @@ pub fn heads(
         .inner_join(builds::table)
         .inner_join(builders::table.on(builders::id.eq(heads::builder_id)))
         .filter(heads::project_id.eq(project_id))
+        // Revoked builders are off the public pages (see `builders::for_project`).
+        .filter(builders::status.eq(super::builders::ACTIVE))
         .select((Builder::as_select(), Build::as_select()))
         .order((builders::name, heads::branch))
         .into_boxed();

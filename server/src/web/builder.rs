@@ -45,7 +45,9 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
         let mut conn = pool.get()?;
         let project = projects::by_name(&mut conn, &project_name)?
             .ok_or_else(|| AppError::not_found(format!("no project named {project_name:?}")))?;
+        // Pending and revoked builders are not shown to the public (anyone can register one).
         let listed = builders::listed(&mut conn, &builder_name)?
+            .filter(|l| l.builder.status == builders::ACTIVE)
             .ok_or_else(|| AppError::not_found(format!("no builder named {builder_name:?}")))?;
         let history = builds::of_builder(&mut conn, listed.builder.id, project.id, HISTORY)?;
         Ok((project, listed, history))
