@@ -5,11 +5,15 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
-Exit codes:
+Exit codes (when several apply, 1 wins; `run` then exits with the highest):
   0  done (the report reached the server, whatever the build's result)
-  1  error here (config, key, workdir, …); nothing was sent
+  1  error here (config, key, workdir, …); nothing was sent. Also: a report that could be
+     neither sent nor spooled (a full disk: the message names the build, which is lost), and a
+     damaged spooled report, never sent, set aside in the spool's corrupt/ with a .reason file
   2  wrong command line
-  3  the server could not be reached: the report is spooled, `flush` (or the next run) sends it
+  3  the server could not be reached, or something else answered in its place (a captive
+     portal's page, not a tbox server's answer): the report is spooled, `flush` (or the next
+     run) sends it
   4  the server refused the report (4xx); the reason is printed";
 
 /// Build a project on this machine and report the result, signed, to a tbox server.

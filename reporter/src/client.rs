@@ -1,19 +1,25 @@
-//! Talking to the server: sign, send, retry what is worth retrying.
+//! Talking to the server: sign, send, retry what is worth retrying, and make sure that what
+//! answered is a tbox server that now holds the report.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tbox_protocol::PrivateKey;
+use tbox_protocol::{PrivateKey, PublicKey};
 
 /// What became of one submission.
 #[derive(Debug)]
 pub enum Sent {
-    /// 2xx: the server has it (201 new, 200 already had it).
+    /// 2xx with a tbox server's answer: the server has it (201 new, 200 already had it). For a
+    /// report, the answer's `id` is the report's id (the hex SHA-256 of the body sent).
     Delivered(Value),
     /// 4xx: the server refuses it; sending it again will not help.
     Rejected { status: u16, message: String },
     /// No answer, or 5xx: try again later.
     Unreachable(String),
+    /// A 2xx that is not a tbox server's answer: a captive portal's login page, a proxy, a wrong
+    /// `server` URL. Nothing says the report arrived, so it is kept, as if unreachable. The text
+    /// says who answered what.
+    NotTbox(String),
 }
 
 /// The server, as this builder.
@@ -46,27 +52,38 @@ impl Client {
         &self.base
     }
 
-    /// Sends a report body, retrying connection failures and 5xx with backoff.
-    pub fn submit(&self, body: &[u8]) -> Sent {
-        self.post_with_retries("/api/v1/reports", body, true)
+    /// The signature of `body` for the `Tbox-Signature` header. A report is signed once, when
+    /// it is made; the spool keeps that signature with it.
+    pub fn sign(&self, body: &[u8]) -> String {
+        self.key.sign(body)
     }
 
-    /// Sends once, without retries (for the best-effort `started` report).
+    /// This builder's public key, to check the signatures kept in the spool.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// Sends a signed report body, retrying connection failures and 5xx with backoff.
+    pub fn submit(&self, body: &[u8], signature: &str) -> Sent {
+        self.post_with_retries("/api/v1/reports", body, signature, Some(&tbox_protocol::report_id(body)), true)
+    }
+
+    /// Signs and sends once, without retries (for the best-effort `started` report).
     pub fn submit_once(&self, body: &[u8]) -> Sent {
-        self.post_with_retries("/api/v1/reports", body, false)
+        self.post_with_retries("/api/v1/reports", body, &self.sign(body), Some(&tbox_protocol::report_id(body)), false)
     }
 
     /// Self-registration: the body is signed with the key it registers.
     pub fn register(&self, body: &[u8]) -> Sent {
-        self.post_with_retries("/api/v1/builders", body, false)
+        self.post_with_retries("/api/v1/builders", body, &self.sign(body), None, false)
     }
 
-    fn post_with_retries(&self, path: &str, body: &[u8], retry: bool) -> Sent {
-        let signature = self.key.sign(body);
+    fn post_with_retries(&self, path: &str, body: &[u8], signature: &str, id: Option<&str>, retry: bool) -> Sent {
         let mut attempt = 0;
         loop {
-            let sent = self.post(path, body, &signature);
+            let sent = self.post(path, body, signature, id);
             match sent {
+                // Not `NotTbox`: whatever answered in the server's place would answer the same.
                 Sent::Unreachable(_) if retry && attempt < self.backoff.len() => {
                     std::thread::sleep(self.backoff[attempt]);
                     attempt += 1;
@@ -76,7 +93,7 @@ impl Client {
         }
     }
 
-    fn post(&self, path: &str, body: &[u8], signature: &str) -> Sent {
+    fn post(&self, path: &str, body: &[u8], signature: &str, id: Option<&str>) -> Sent {
         let resp = self
             .agent
             .post(format!("{}{path}", self.base))
@@ -84,25 +101,49 @@ impl Client {
             .header("Tbox-Builder", &self.builder)
             .header("Tbox-Signature", signature)
             .send(body);
-        answer(resp)
+        self.answer(resp, id)
     }
 
     /// GET a JSON document.
     pub fn get(&self, path: &str) -> Sent {
-        answer(self.agent.get(format!("{}{path}", self.base)).call())
+        self.answer(self.agent.get(format!("{}{path}", self.base)).call(), None)
+    }
+
+    fn answer(&self, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>, id: Option<&str>) -> Sent {
+        let mut resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Sent::Unreachable(e.to_string()),
+        };
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        judge(&self.base, status, content_type.as_deref(), &text, id)
     }
 }
 
-fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Sent {
-    let mut resp = match resp {
-        Ok(r) => r,
-        Err(e) => return Sent::Unreachable(e.to_string()),
-    };
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+/// What an answer means. `id` is the report id a 2xx must carry when a report was sent.
+fn judge(base: &str, status: u16, content_type: Option<&str>, text: &str, id: Option<&str>) -> Sent {
+    let json: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     match status {
-        200..=299 => Sent::Delivered(json),
+        // Only a tbox server's own answer means "stored": a captive portal answers 200 too.
+        200..=299 => {
+            let not_tbox = |why: String| {
+                Sent::NotTbox(format!("the server at {base} answered {status} but not as a tbox server ({why})"))
+            };
+            let Value::Object(fields) = &json else {
+                return not_tbox(content_type.unwrap_or("no content type").to_owned());
+            };
+            match (id, fields.get("id")) {
+                (None, _) => Sent::Delivered(json),
+                (Some(want), Some(got)) if got.as_str() == Some(want) => Sent::Delivered(json),
+                (Some(_), Some(got)) => not_tbox(format!("JSON whose id {got} is not the report's id")),
+                (Some(_), None) => not_tbox("JSON without the report's id".to_owned()),
+            }
+        }
         // A proxy's "timeout" or "slow down" says nothing about the report: try again later.
         408 | 429 => Sent::Unreachable(format!("the server answered {status}")),
         400..=499 => Sent::Rejected {
@@ -110,5 +151,49 @@ fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Sent {
             message: json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
         },
         _ => Sent::Unreachable(format!("the server answered {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    fn judged(status: u16, content_type: Option<&str>, text: &str, id: Option<&str>) -> String {
+        format!("{:?}", judge("http://tbox.test", status, content_type, text, id))
+    }
+
+    #[test]
+    fn a_captive_portal_answering_200_html_is_not_a_delivery() {
+        let html = "<html><body>Please log in to the hotel Wi-Fi</body></html>";
+        let sent = judged(200, Some("text/html"), html, Some(ID));
+        assert!(sent.starts_with("NotTbox"), "{sent}");
+        assert!(
+            sent.contains("the server at http://tbox.test answered 200 but not as a tbox server (text/html)"),
+            "{sent}"
+        );
+        // Not for a GET or a registration either: they expect JSON.
+        assert!(judged(200, Some("text/html"), html, None).starts_with("NotTbox"));
+        assert!(judged(204, None, "", None).contains("(no content type)"));
+    }
+
+    #[test]
+    fn a_json_answer_without_the_reports_id_is_not_a_delivery() {
+        let sent = judged(201, Some("application/json"), r#"{"id":"0000","build":1}"#, Some(ID));
+        assert!(sent.starts_with("NotTbox") && sent.contains("is not the report's id"), "{sent}");
+        let sent = judged(200, Some("application/json"), r#"{"ok":true}"#, Some(ID));
+        assert!(sent.starts_with("NotTbox") && sent.contains("without the report's id"), "{sent}");
+        let sent = judged(200, Some("application/json"), &format!(r#"{{"id":"{ID}","build":7,"url":"u"}}"#), Some(ID));
+        assert!(sent.starts_with("Delivered"), "{sent}");
+        // A GET answer carries no report id.
+        assert!(judged(200, Some("application/json"), r#"{"status":"active"}"#, None).starts_with("Delivered"));
+    }
+
+    #[test]
+    fn errors_keep_their_meaning() {
+        assert!(judged(422, Some("application/json"), r#"{"message":"bad"}"#, Some(ID)).starts_with("Rejected"));
+        assert!(judged(429, None, "", Some(ID)).starts_with("Unreachable"));
+        assert!(judged(503, None, "", Some(ID)).starts_with("Unreachable"));
     }
 }

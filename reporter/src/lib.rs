@@ -27,12 +27,36 @@ pub const REPORTER: &str = concat!("tbox-report ", env!("CARGO_PKG_VERSION"));
 pub mod exit {
     /// Everything went to the server (a failing *build* is still a success for the reporter).
     pub const OK: u8 = 0;
-    /// Something is wrong here: config, key, workdir, …
+    /// Something is wrong here: config, key, workdir, …; or a report could be neither sent
+    /// nor spooled (lost, and the message says which); or a damaged spooled report was set
+    /// aside in `corrupt/` instead of being sent.
     pub const ERROR: u8 = 1;
     /// The command line is wrong.
     pub const USAGE: u8 = 2;
-    /// The server could not be reached: the report waits in the spool.
+    /// The server could not be reached, or what answered was not a tbox server (a captive
+    /// portal): the report waits in the spool.
     pub const SPOOLED: u8 = 3;
     /// The server refused the report (4xx); it will not be retried.
     pub const REJECTED: u8 = 4;
+
+    /// The code for two outcomes together (several projects, a backlog and a new build): an
+    /// error here wins, since it may mean a report lost or damaged; then the highest.
+    pub fn worst(a: u8, b: u8) -> u8 {
+        if a == ERROR || b == ERROR { ERROR } else { a.max(b) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit::*;
+
+    #[test]
+    fn a_lost_report_is_not_hidden_behind_a_backlog() {
+        // A backlog waits (3) while this run's report is lost on a full disk (1): say 1.
+        assert_eq!(worst(SPOOLED, ERROR), ERROR);
+        assert_eq!(worst(REJECTED, ERROR), ERROR);
+        assert_eq!(worst(SPOOLED, REJECTED), REJECTED);
+        assert_eq!(worst(OK, SPOOLED), SPOOLED);
+        assert_eq!(worst(OK, OK), OK);
+    }
 }

@@ -2,9 +2,11 @@
 //! a fresh SQLite database per test), as a volunteer would use them.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -141,6 +143,19 @@ impl Volunteer {
         self.agent.get(url).call().unwrap().body_mut().read_to_string().unwrap()
     }
 
+    /// Points the config's `server` at another URL (the volunteer's own server is `self.base`).
+    fn set_server(&self, url: &str) {
+        let path = self.dir.join("report.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        let (first, rest) = config.split_once('\n').unwrap();
+        assert!(first.starts_with("server = "), "{first}");
+        std::fs::write(&path, format!("server = \"{url}\"\n{rest}")).unwrap();
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.join("home/.local/state/tbox/spool")
+    }
+
     fn git(&self, args: &[&str]) {
         let ok = Command::new("git")
             .args(args)
@@ -160,6 +175,72 @@ impl Drop for Volunteer {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The files of `dir` whose name ends in `.ext`, sorted (for the spool: oldest first).
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == ext)).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Something that is not a tbox server but answers every request with `200 OK`, this content
+/// type and this body: a captive portal, a misconfigured proxy. Returns its URL and a count of
+/// the requests it answered.
+fn fake_server(content_type: &'static str, body: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            if read_request(&mut stream).is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        }
+    });
+    (base, hits)
+}
+
+/// Reads one request, headers and `Content-Length` body, so that the client sees an answer
+/// rather than a reset.
+fn read_request(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut wanted = None;
+    loop {
+        if wanted.is_none()
+            && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            wanted = Some(end + 4 + length);
+        }
+        if wanted.is_some_and(|w| buf.len() >= w) {
+            return Ok(());
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -394,5 +475,144 @@ fn push_records_a_build_that_ran_elsewhere() -> TestResult {
     let bad = v.cmd(&["push", "--project", "demo", "--result", "meh", "--revision", "x"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("--result must be one of"));
+    Ok(())
+}
+
+/// Issue 10, item 7: a captive portal answering `200 text/html` emptied a spool of 5 reports,
+/// none stored. Only a tbox server's answer carrying the report's id is a delivery.
+#[test]
+fn a_captive_portal_answering_200_does_not_empty_the_spool() -> TestResult {
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"echo ok\"\n");
+    for _ in 0..5 {
+        let out = v.cmd(&["run", "--force"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    }
+    let spool = v.spool();
+    assert_eq!((files(&spool, "json").len(), files(&spool, "sig").len()), (5, 5));
+
+    let (portal, portal_hits) = fake_server("text/html; charset=utf-8", "<html>Log in to the Wi-Fi</html>".into());
+    v.set_server(&portal);
+    let out = v.cmd(&["flush"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the server at {portal} answered 200 but not as a tbox server (text/html): 5 report(s) kept in the spool"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(portal_hits.load(Ordering::SeqCst), 1, "the first answer stops the flush");
+    assert_eq!(files(&spool, "json").len(), 5);
+    // A build reported through the portal is spooled too, not believed delivered.
+    let out = v.cmd(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not as a tbox server (text/html): report kept in the spool"), "{}", stderr(&out));
+    assert_eq!(files(&spool, "json").len(), 6);
+
+    // JSON, even the right shape, is not enough: its id must be the report's.
+    let wrong = format!(r#"{{"id":"{}","build":1,"url":"{portal}/builds/1"}}"#, "0".repeat(64));
+    let (impostor, impostor_hits) = fake_server("application/json", wrong);
+    v.set_server(&impostor);
+    let out = v.cmd(&["flush"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("answered 200 but not as a tbox server (JSON whose id"), "{}", stderr(&out));
+    assert_eq!(impostor_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(files(&spool, "json").len(), 6);
+
+    v.set_server(&v.base);
+    v.serve();
+    let out = v.cmd(&["flush"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered 6"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v.builds().len(), 6, "every report kept through the portal arrives");
+    assert_eq!((files(&spool, "json").len(), files(&spool, "sig").len()), (0, 0));
+    Ok(())
+}
+
+/// Issue 10, item 7: spooled reports were signed again at flush, so a bit flipped in a spooled
+/// log was delivered as genuine. They are signed once and checked before they are sent.
+#[test]
+fn a_bit_flipped_in_a_spooled_report_is_set_aside_not_sent() -> TestResult {
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"echo ok\"\n");
+    for _ in 0..3 {
+        assert_eq!(v.cmd(&["run", "--force"]).status.code(), Some(3));
+    }
+    let spool = v.spool();
+    let [flipped, resigned, old] = <[PathBuf; 3]>::try_from(files(&spool, "json")).unwrap();
+    // One bit of the first report's log: "ok" becomes "oj".
+    let mut body = std::fs::read(&flipped)?;
+    let at = body.windows(9).position(|w| w == br#""log":"ok"#).unwrap() + 8;
+    body[at] ^= 0x01;
+    std::fs::write(&flipped, body)?;
+    // The second carries a genuine signature, of another report.
+    std::fs::copy(old.with_extension("sig"), resigned.with_extension("sig"))?;
+    // The third looks spooled by an older tbox-report, which kept no signature: still sent.
+    std::fs::remove_file(old.with_extension("sig"))?;
+
+    v.serve();
+    let out = v.cmd(&["flush"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "damaged reports are an error here: {err}");
+    assert!(
+        err.contains(&format!("spooled report {} (build ", file_name(&flipped)))
+            && err.contains("is damaged: its content changed after it was spooled"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("spooled report {} (build ", file_name(&resigned)))
+            && err.contains("is damaged: its signature does not verify with this builder's key"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("it was not sent, and is kept in {}", spool.join("corrupt").display())), "{err}");
+    assert_eq!(v.builds().len(), 1, "only the intact report is delivered");
+    let corrupt = spool.join("corrupt");
+    for report in [&flipped, &resigned] {
+        for ext in ["json", "sig", "reason"] {
+            let name = report.with_extension(ext);
+            assert!(corrupt.join(name.file_name().unwrap()).is_file(), "{} in corrupt/", name.display());
+        }
+    }
+    let reason = std::fs::read_to_string(corrupt.join(flipped.with_extension("reason").file_name().unwrap()))?;
+    assert!(reason.contains("content changed"), "{reason}");
+    assert_eq!((files(&spool, "json").len(), files(&spool, "sig").len()), (0, 0));
+    let out = v.cmd(&["flush"]);
+    assert!(out.status.success(), "set aside for good: {}", stderr(&out));
+    assert_eq!(v.builds().len(), 1);
+    Ok(())
+}
+
+/// Issue 10, item 7: on a full disk the report was neither sent nor spooled, and the message
+/// did not say so. (A spool below a regular file fails the same way, without a full disk.)
+#[test]
+fn a_report_neither_sent_nor_spooled_is_said_lost_and_built_again() -> TestResult {
+    let v = Volunteer::new("[[project.step]]\nname = \"build\"\nrun = \"echo ok\"\n");
+    v.git(&["init", "-q", "-b", "main"]);
+    std::fs::write(v.dir.join("work/a.txt"), "1")?;
+    v.git(&["add", "."]);
+    v.git(&["commit", "-qm", "one"]);
+    let rev = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(v.dir.join("work")).output()?;
+    let rev = String::from_utf8(rev.stdout)?.trim().to_owned();
+    std::fs::write(v.dir.join("afile"), "")?;
+    let config = std::fs::read_to_string(v.dir.join("report.toml"))?;
+    let spool = v.dir.join("afile/spool");
+    std::fs::write(v.dir.join("report.toml"), format!("spool = \"{}\"\n{config}", spool.display()))?;
+
+    let out = v.cmd(&["run"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("the server at {} could not be reached (", v.base)), "{err}");
+    assert!(err.contains(&format!("AND the report could not be spooled in {} (", spool.display())), "{err}");
+    assert!(err.contains("Not a directory"), "{err}");
+    assert!(
+        err.contains("the report of build ") && err.contains(&format!("(project demo, revision {rev}) is lost")),
+        "{err}"
+    );
+
+    // Nothing reported it: the next run builds that revision again.
+    v.serve();
+    let out = v.cmd(&["run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(v.builds().len(), 1);
+    assert_eq!(v.builds()[0]["revision"], rev.as_str());
     Ok(())
 }

@@ -53,6 +53,10 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             println!("server   ! cannot reach {}: {e}", config.server);
             problems += 1;
         }
+        Sent::NotTbox(e) => {
+            println!("server   ! {e}");
+            problems += 1;
+        }
     }
     let waiting = spool::pending(&config.spool_dir())?.len();
     println!("spool    {} ({waiting} report(s) waiting)", config.spool_dir().display());

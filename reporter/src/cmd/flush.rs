@@ -1,4 +1,5 @@
-//! `tbox-report flush`: send what waits in the spool, oldest first.
+//! `tbox-report flush`: send what waits in the spool, oldest first, each unchanged and with the
+//! signature it was spooled with; a damaged one is set aside in `corrupt/`, never sent.
 
 use crate::cli::Common;
 use crate::{exit, spool};
@@ -9,18 +10,22 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     let done = spool::flush(&dir, &client)?;
     if common.verbose || done.delivered > 0 {
         println!(
-            "delivered {} spooled report(s), {} refused, {} still waiting",
-            done.delivered, done.rejected, done.waiting
+            "delivered {} spooled report(s), {} refused, {} damaged, {} still waiting",
+            done.delivered, done.rejected, done.corrupt, done.waiting
         );
     }
-    if let Some(e) = done.last_error {
-        eprintln!(
-            "tbox-report: cannot reach {} ({e}); {} report(s) still wait in {}",
-            client.base(),
-            done.waiting,
-            dir.display()
-        );
-        return Ok(exit::SPOOLED);
+    if let Some(e) = &done.last_error {
+        eprintln!("tbox-report: {e}: {} report(s) kept in the spool, in {}", done.waiting, dir.display());
     }
-    Ok(if done.rejected > 0 { exit::REJECTED } else { exit::OK })
+    // A damaged report was told about as it was set aside; it is "an error here", and that
+    // matters more than a wait.
+    Ok(if done.corrupt > 0 {
+        exit::ERROR
+    } else if done.last_error.is_some() {
+        exit::SPOOLED
+    } else if done.rejected > 0 {
+        exit::REJECTED
+    } else {
+        exit::OK
+    })
 }

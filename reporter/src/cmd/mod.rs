@@ -35,8 +35,8 @@ fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
     Ok((config, client))
 }
 
-/// Serialises, sends (with retries) and, if the server is unreachable, spools a report.
-/// Returns the exit code it deserves.
+/// Serialises, signs, sends (with retries) and, if that fails for now, spools a report.
+/// Returns the exit code it deserves: `exit::ERROR` when it could be neither sent nor spooled.
 fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) -> anyhow::Result<u8> {
     let mut report = report.clone();
     let notes = crate::budget::fit(&mut report, crate::budget::DEFAULT_BYTES);
@@ -48,7 +48,9 @@ fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) ->
     }
     let report = &report;
     let body = serde_json::to_vec(report)?;
-    Ok(match client.submit(&body) {
+    // Signed once, here: a spooled report is later sent with this very signature.
+    let signature = client.sign(&body);
+    let why = match client.submit(&body, &signature) {
         Sent::Delivered(v) => {
             if verbose {
                 eprintln!(
@@ -58,22 +60,37 @@ fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) ->
                     v["url"].as_str().unwrap_or("?")
                 );
             }
-            exit::OK
+            return Ok(exit::OK);
         }
         Sent::Rejected { status, message } => {
             eprintln!("tbox-report: the server refused the report for {} ({status}): {message}", report.project);
-            exit::REJECTED
+            return Ok(exit::REJECTED);
         }
-        Sent::Unreachable(e) => {
-            let path = spool::save(spool_dir, &body)?;
+        Sent::Unreachable(e) => format!("the server at {} could not be reached ({e})", client.base()),
+        Sent::NotTbox(e) => e,
+    };
+    match spool::save(spool_dir, &body, &signature) {
+        Ok(path) => {
             eprintln!(
-                "tbox-report: cannot reach {} ({e}); the report waits in {} and goes with the next run or `tbox-report flush`",
-                client.base(),
+                "tbox-report: {why}: report kept in the spool; it waits in {} and goes with the next run or \
+                 `tbox-report flush`",
                 path.display()
             );
-            exit::SPOOLED
+            Ok(exit::SPOOLED)
         }
-    })
+        Err(e) => {
+            let cause = e.root_cause().to_string();
+            eprintln!(
+                "tbox-report: {why} AND the report could not be spooled in {} ({cause}): the report of build {} \
+                 (project {}, revision {}) is lost",
+                spool_dir.display(),
+                report.uuid,
+                report.project,
+                report.revision
+            );
+            Ok(exit::ERROR)
+        }
+    }
 }
 
 /// A fresh build id: 128 random bits, as hex.

@@ -34,5 +34,6 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
             Ok(exit::REJECTED)
         }
         Sent::Unreachable(e) => anyhow::bail!("cannot reach {}: {e}", config.server),
+        Sent::NotTbox(e) => anyhow::bail!("{e}; check `server` in the config"),
     }
 }

@@ -27,7 +27,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     anyhow::ensure!(!projects.is_empty(), "the config has no [[project]] to build");
     let mut code = exit::OK;
     for project in projects {
-        code = code.max(run_project(&config, &client, project, args)?);
+        code = exit::worst(code, run_project(&config, &client, project, args)?);
     }
     Ok(code)
 }
@@ -63,12 +63,12 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     if verbose && flushed.delivered > 0 {
         eprintln!("tbox-report: delivered {} spooled report(s)", flushed.delivered);
     }
-    // Reports still waiting make this run's outcome "spooled", even if it builds nothing.
-    let floor = match &flushed.last_error {
+    // Reports still waiting make this run's outcome "spooled", even if it builds nothing; a
+    // damaged one set aside (the message is printed already) makes it "error here".
+    let waiting = match &flushed.last_error {
         Some(e) => {
             eprintln!(
-                "tbox-report: cannot reach {} ({e}); {} earlier report(s) still wait in {}",
-                client.base(),
+                "tbox-report: {e}; {} earlier report(s) still wait in {}",
                 flushed.waiting,
                 config.spool_dir().display()
             );
@@ -76,6 +76,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         }
         None => exit::OK,
     };
+    let floor = exit::worst(waiting, if flushed.corrupt > 0 { exit::ERROR } else { exit::OK });
 
     let workdir = config::expand(&project.workdir);
     let started_at = Utc::now();
@@ -88,7 +89,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
             let mut s = step.clone();
             s.started_at = started_at.fixed_offset();
             let report = finish(project, config, super::new_uuid(), "unknown".into(), started_at, vec![s], Vec::new());
-            return Ok(floor.max(super::deliver(&report, client, &config.spool_dir(), verbose)?));
+            return Ok(exit::worst(floor, super::deliver(&report, client, &config.spool_dir(), verbose)?));
         }
         steps.push(step.clone());
     }
@@ -224,9 +225,11 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     let _ = std::fs::remove_dir_all(&scratch);
 
     let report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
-    let code = floor.max(super::deliver(&report, client, &config.spool_dir(), verbose)?);
-    if code != exit::REJECTED {
-        // Delivered or safely spooled: this revision is reported.
+    let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
+    let code = exit::worst(floor, delivered);
+    if delivered == exit::OK || delivered == exit::SPOOLED {
+        // Delivered or safely spooled: this revision is reported. (Refused: it is not, and a
+        // report lost on a full disk is not either: the next run builds it again.)
         let path = revision_file(&project.name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
