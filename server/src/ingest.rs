@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use sha2::{Digest, Sha256};
-use tbox_protocol::{BuildResult, BuildState, ParseError, PublicKey, Report, parse_report, report_id};
+use tbox_protocol::{BuildResult, BuildState, ParseError, Report, parse_report};
 
 use crate::db::models::{BuildFields, Builder, NewLog, NewStep, NewTest};
 use crate::db::{self, DbConn, builders, builds, projects};
@@ -67,8 +67,10 @@ pub enum Checked {
 /// Everything but the write: the signature, the parse, the permissions, and the CPU work
 /// (compressing logs), so that the write lock is held only for writing.
 pub fn prepare(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Result<Checked, AppError> {
-    let builder = authenticate(conn, sub)?;
-    let id = report_id(sub.body);
+    // One SHA-256 of the body: it is the report's id, and what the signature signs.
+    let digest: [u8; 32] = Sha256::digest(sub.body).into();
+    let builder = authenticate(conn, sub, &digest)?;
+    let id = hex(&digest);
     if let Some(build_id) = builds::by_report(conn, &id)? {
         return Ok(Checked::Duplicate(Outcome { report_id: id, build_id, created: false, result: None }));
     }
@@ -118,7 +120,7 @@ pub fn write(conn: &mut DbConn, p: &Prepared) -> Result<Outcome, AppError> {
 ///
 /// A revoked or pending status is told only to someone holding one of the builder's keys, so
 /// the answers reveal nothing about builders to strangers.
-fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppError> {
+fn authenticate(conn: &mut DbConn, sub: Submission<'_>, digest: &[u8; 32]) -> Result<Builder, AppError> {
     let name = sub
         .builder
         .filter(|n| !n.is_empty())
@@ -133,9 +135,7 @@ fn authenticate(conn: &mut DbConn, sub: Submission<'_>) -> Result<Builder, AppEr
     }
     let builder = builders::by_name(conn, name)?.ok_or_else(unknown)?;
     let keys = builders::keys(conn, builder.id)?;
-    let signed_with = keys
-        .iter()
-        .find(|k| PublicKey::from_pem(&k.public_key).is_ok_and(|key| key.verify(sub.body, signature).is_ok()));
+    let signed_with = keys.iter().find(|k| crate::signature::verifies(&k.public_key, digest, signature));
     let Some(key) = signed_with else {
         return Err(AppError::unauthorized(
             "bad_signature",
@@ -163,6 +163,31 @@ struct Compressed {
     bytes: Vec<u8>,
 }
 
+/// zstd level 3, with one compression context per thread: making a context for every log
+/// (allocating and zeroing its tables) cost more than compressing a small log.
+fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(3)?),
+        };
+        compressor.compress(data)
+    })
+}
+
+/// Lower-case hex, as report ids are written (`tbox_protocol::report_id`).
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 fn compress_logs(report: &Report) -> Result<Vec<Option<Compressed>>, AppError> {
     report
         .steps
@@ -170,7 +195,7 @@ fn compress_logs(report: &Report) -> Result<Vec<Option<Compressed>>, AppError> {
         .map(|s| {
             let Some(log) = &s.log else { return Ok(None) };
             let digest = format!("{:x}", Sha256::digest(log.as_bytes()));
-            let bytes = zstd::bulk::compress(log.as_bytes(), 3).map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
+            let bytes = compress(log.as_bytes()).map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
             let size = i64::try_from(log.len()).map_err(|e| anyhow::anyhow!(e))?;
             Ok(Some(Compressed { digest, size, bytes }))
         })

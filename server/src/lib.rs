@@ -21,6 +21,7 @@ pub mod logscan;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
+pub mod signature;
 pub mod web;
 pub mod writer;
 

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tbox_server::cli::Cli;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tbox_server::logging::init();

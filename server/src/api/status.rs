@@ -232,6 +232,9 @@ fn failing_since(conn: &mut DbConn, head: &Build, suite: &str, test: &str) -> Qu
     first_fail.order(builds_t::started_at.asc()).select(Build::as_select()).first(conn).optional()
 }
 
+/// How many of a project's newest builds a test history looks through.
+pub const HISTORY_WINDOW: i64 = 10_000;
+
 /// Query of the test history.
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
@@ -242,7 +245,7 @@ pub struct HistoryQuery {
 }
 
 /// `GET /api/v1/projects/{p}/tests/history?name=…[&suite=…][&builder=…]`: one test's results
-/// across builders, newest first.
+/// across builders, newest first, among the project's newest [`HISTORY_WINDOW`] builds.
 pub async fn history(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -266,6 +269,15 @@ pub async fn history(
     let rows = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
+        // The newest builds of the project, each one's tests read through test_results_build:
+        // a history covers the last HISTORY_WINDOW builds, whatever the number stored.
+        let oldest: Option<NaiveDateTime> = builds_t::table
+            .filter(builds_t::project_id.eq(p.id))
+            .order((builds_t::started_at.desc(), builds_t::id.desc()))
+            .offset(HISTORY_WINDOW - 1)
+            .select(builds_t::started_at)
+            .first(&mut conn)
+            .optional()?;
         let mut query = test_results::table
             .inner_join(builds_t::table.inner_join(builders::table))
             .filter(test_results::name.eq(test2))
@@ -284,6 +296,9 @@ pub async fn history(
                 test_results::message,
             ))
             .into_boxed();
+        if let Some(t) = oldest {
+            query = query.filter(builds_t::started_at.ge(t));
+        }
         if let Some(s) = q.suite {
             query = query.filter(test_results::suite.eq(s));
         }

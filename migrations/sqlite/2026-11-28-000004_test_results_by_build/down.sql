@@ -1,0 +1,1 @@
+CREATE INDEX test_results_name ON test_results (name, suite);
