@@ -120,19 +120,41 @@ pub async fn read(headers: &HeaderMap, mut payload: web::Payload, limits: Limits
 }
 
 /// Inflates `raw`, stopping as soon as the output would pass `max`.
+///
+/// One body at a time: each may grow to the body limit, so parallel bombs would multiply the
+/// memory held, while compressed reports are rare and take milliseconds to inflate.
 fn inflate(encoding: Encoding, raw: &[u8], max: usize) -> Result<web::Bytes, AppError> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let decoder: Box<dyn Read + '_> = match encoding {
         Encoding::Identity => Box::new(raw),
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
         Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(raw)),
         Encoding::Brotli => Box::new(brotli_decompressor::Decompressor::new(raw, 64 << 10)),
     };
-    // Compression ratios of build logs are around 6 to 10; start there, grow only as data comes.
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(8).min(max));
-    match decoder.take(max as u64 + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() > max => Err(too_large(max)),
-        Ok(_) => Ok(out.into()),
-        Err(e) => Err(AppError::bad_request("bad_encoding", format!("the body could not be decompressed: {e}"))),
+    // Compression ratios of build logs are around 6 to 10; start there, and grow only as data
+    // comes, never past the limit (a Vec left to double on its own would reach twice the
+    // limit, and hold the old buffer while copying to the new one).
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len().saturating_mul(8).min(max));
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut decoder = decoder;
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => return Ok(out.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(AppError::bad_request("bad_encoding", format!("the body could not be decompressed: {e}")));
+            }
+        };
+        if out.len() + n > max {
+            return Err(too_large(max));
+        }
+        if out.capacity() - out.len() < n {
+            let target = out.capacity().saturating_mul(2).max(out.len() + n).min(max);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// cut off with 408). The default lets a 32 MiB report take over half an hour.
     #[arg(long, env = "TBOX_MIN_BODY_RATE", default_value_t = 16 << 10, value_name = "BYTES")]
     pub min_body_rate: u64,
+    /// Seconds any request body may take before the minimum rate applies.
+    #[arg(long, env = "TBOX_BODY_GRACE", default_value_t = 60, value_name = "SECONDS")]
+    pub body_grace: u64,
     /// Open connections at most (default: what the open-files limit allows, less a reserve for
     /// the database and files).
     #[arg(long, env = "TBOX_MAX_CONNECTIONS", value_name = "N")]

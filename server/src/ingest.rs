@@ -61,7 +61,7 @@ pub enum Checked {
     /// This exact body was stored before: nothing to write.
     Duplicate(Outcome),
     /// A report to write.
-    New(Prepared),
+    New(Box<Prepared>),
 }
 
 /// Everything but the write: the signature, the parse, the permissions, and the CPU work
@@ -95,7 +95,7 @@ pub fn prepare(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Re
         ));
     }
     let logs = compress_logs(&report)?;
-    Ok(Checked::New(Prepared { report, id, builder_id: builder.id, project_id: project.id, logs }))
+    Ok(Checked::New(Box::new(Prepared { report, id, builder_id: builder.id, project_id: project.id, logs })))
 }
 
 /// Writes a prepared report in a transaction of its own.

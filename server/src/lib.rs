@@ -34,8 +34,10 @@ pub struct AppState {
     pub writer: Option<writer::Writer>,
     /// Largest report body accepted, in bytes.
     pub max_body: usize,
-    /// Bytes per second a body must average after the first minute.
+    /// Bytes per second a body must average after its grace period.
     pub min_body_rate: u64,
+    /// How long any body may take regardless of its rate.
+    pub body_grace: std::time::Duration,
     /// Self-registrations per client address and in total.
     pub registrations: std::sync::Arc<ratelimit::Limiter>,
     /// Registrations that may wait for approval in one project.
@@ -49,6 +51,6 @@ pub struct AppState {
 impl AppState {
     /// How a body of at most `max` bytes must arrive.
     pub fn body_limits(&self, max: usize) -> body::Limits {
-        body::Limits { max, min_rate: self.min_body_rate, grace: std::time::Duration::from_secs(60) }
+        body::Limits { max, min_rate: self.min_body_rate, grace: self.body_grace }
     }
 }

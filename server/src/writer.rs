@@ -33,7 +33,7 @@ type Reply = mpsc::SyncSender<Result<Outcome, AppError>>;
 /// A handle to the writer thread; cheap to share.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    queue: mpsc::SyncSender<(Prepared, Reply)>,
+    queue: mpsc::SyncSender<(Box<Prepared>, Reply)>,
 }
 
 impl Writer {
@@ -51,7 +51,7 @@ impl Writer {
     }
 
     /// Writes a prepared report; returns once it is committed (or has failed).
-    pub fn write(&self, report: Prepared) -> Result<Outcome, AppError> {
+    pub fn write(&self, report: Box<Prepared>) -> Result<Outcome, AppError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let gone = || AppError::Internal(anyhow::anyhow!("the SQLite writer thread has stopped"));
         self.queue.send((report, reply)).map_err(|_| gone())?;
@@ -59,7 +59,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: DbConn, jobs: mpsc::Receiver<(Prepared, Reply)>) {
+fn run(mut conn: DbConn, jobs: mpsc::Receiver<(Box<Prepared>, Reply)>) {
     let mut batch = Vec::with_capacity(BATCH);
     // Blocks for the first report, then takes what else is already waiting.
     while let Ok(first) = jobs.recv() {
@@ -81,7 +81,7 @@ fn run(mut conn: DbConn, jobs: mpsc::Receiver<(Prepared, Reply)>) {
 }
 
 /// Writes a batch in one transaction, each report in its own savepoint.
-fn commit_batch(conn: &mut DbConn, batch: &[(Prepared, Reply)]) -> Vec<Result<Outcome, AppError>> {
+fn commit_batch(conn: &mut DbConn, batch: &[(Box<Prepared>, Reply)]) -> Vec<Result<Outcome, AppError>> {
     // What the savepoints and the commit go through: the enum's manager hands them to the
     // connection's own, which knows a transaction is open and nests.
     type Tm = <DbConn as diesel::Connection>::TransactionManager;

@@ -56,6 +56,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         writer,
         max_body: args.max_body,
         min_body_rate: args.min_body_rate,
+        body_grace: std::time::Duration::from_secs(args.body_grace),
         registrations: std::sync::Arc::new(registrations),
         max_pending: i64::from(args.max_pending),
         stale_after: args.stale_after,

@@ -110,9 +110,15 @@ impl Server {
 
     pub fn start_with(backend: Backend, extra: &[&str]) -> Option<Server> {
         let db = TestDb::new(backend)?;
+        let url = db.url.clone();
+        Some(Self::start_on(db, &url, extra))
+    }
+
+    /// Starts a server on `db`, reached through `url` (e.g. through a proxy).
+    pub fn start_on(db: TestDb, url: &str, extra: &[&str]) -> Server {
         let log = db.dir.join("server.log");
         let mut child = Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--database", &db.url, "--pool-size", "4", "--workers", "2"])
+            .args(["serve", "--bind", "127.0.0.1:0", "--database", url, "--pool-size", "4", "--workers", "2"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -129,7 +135,23 @@ impl Server {
             })
             .to_owned();
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        Some(Server { child, base, db, agent, log })
+        Server { child, base, db, agent, log }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A line of `/proc/PID/status` or `/proc/PID/limits`, e.g. `VmHWM` (peak memory, kB).
+    pub fn proc_field(&self, file: &str, field: &str) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.pid())).ok()?;
+        text.lines().find(|l| l.starts_with(field)).map(|l| l[field.len()..].trim_start_matches(':').trim().to_owned())
+    }
+
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Runs `tbox-server ARGS --database <this server's db>`.
