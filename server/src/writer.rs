@@ -38,15 +38,10 @@ pub struct Writer {
 
 impl Writer {
     /// Opens the writer's connection and starts its thread.
-    pub fn start(manager: &Manager) -> anyhow::Result<Writer> {
-        let mut conn = manager.connect()?;
-        // 64 MiB of page cache: the indexes every report touches stay in memory. A checkpoint
-        // every 16,384 pages (64 MiB of WAL) instead of SQLite's 1,000: the index pages every
-        // report touches (test names, heads) are copied back to the database once per
-        // checkpoint, whatever number of reports rewrote them in between.
-        conn.batch_execute("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;")?;
+    pub fn start(manager: Manager) -> anyhow::Result<Writer> {
+        let conn = open(&manager)?;
         let (queue, jobs) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(conn, jobs))?;
+        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(&manager, conn, jobs))?;
         Ok(Writer { queue })
     }
 
@@ -59,7 +54,18 @@ impl Writer {
     }
 }
 
-fn run(mut conn: DbConn, jobs: mpsc::Receiver<(Box<Prepared>, Reply)>) {
+/// The writer's connection.
+fn open(manager: &Manager) -> anyhow::Result<DbConn> {
+    let mut conn = manager.connect()?;
+    // 64 MiB of page cache: the indexes every report touches stay in memory. A checkpoint
+    // every 16,384 pages (64 MiB of WAL) instead of SQLite's 1,000: the pages every report
+    // touches (index ends, heads, builders) are copied back to the database once per
+    // checkpoint, whatever number of reports rewrote them in between.
+    conn.batch_execute("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;")?;
+    Ok(conn)
+}
+
+fn run(manager: &Manager, mut conn: DbConn, jobs: mpsc::Receiver<(Box<Prepared>, Reply)>) {
     let mut batch = Vec::with_capacity(BATCH);
     // Blocks for the first report, then takes what else is already waiting.
     while let Ok(first) = jobs.recv() {
@@ -71,7 +77,18 @@ fn run(mut conn: DbConn, jobs: mpsc::Receiver<(Box<Prepared>, Reply)>) {
             }
         }
         let started = std::time::Instant::now();
-        let results = commit_batch(&mut conn, &batch);
+        // A bug that panics in one batch must not stop every later report from being stored.
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, &batch)))
+            .unwrap_or_else(|_| {
+                log::error!("the SQLite writer panicked; its batch of {} report(s) was rolled back", batch.len());
+                // Closing the connection rolls back what it had begun; the next batch gets a
+                // fresh one (or, if even that fails, keeps trying with the old).
+                match open(manager) {
+                    Ok(fresh) => conn = fresh,
+                    Err(e) => log::error!("the SQLite writer cannot reopen the database: {e:#}"),
+                }
+                batch.iter().map(|_| Err(AppError::Internal(anyhow::anyhow!("the SQLite writer failed")))).collect()
+            });
         log::debug!("wrote {} report(s) in one transaction in {:?}", batch.len(), started.elapsed());
         for ((_, reply), result) in batch.drain(..).zip(results) {
             // The request may have gone away (client disconnected); its report is stored anyway.

@@ -48,7 +48,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         ratelimit::Rate { burst: 30.0, per_hour: f64::from(args.registrations_per_hour) },
     );
     let writer = match &url {
-        DatabaseUrl::Sqlite(_) => Some(Writer::start(&db::Manager::new(url.clone()))?),
+        DatabaseUrl::Sqlite(_) => Some(Writer::start(db::Manager::new(url.clone()))?),
         DatabaseUrl::Postgres(_) => None,
     };
     let state = web::Data::new(AppState {
