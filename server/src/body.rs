@@ -89,7 +89,9 @@ pub async fn read(headers: &HeaderMap, mut payload: web::Payload, limits: Limits
         return Err(too_large(limits.max));
     }
     let start = Instant::now();
-    let mut raw = web::BytesMut::with_capacity(announced.map_or(8 << 10, |n| n as usize));
+    // Room for what was announced, up to 1 MiB: a slow client announcing the limit should not
+    // make the server set aside 32 MiB before a byte has come.
+    let mut raw = web::BytesMut::with_capacity(announced.map_or(8 << 10, |n| n.min(1 << 20) as usize));
     loop {
         let wait = limits.deadline(start, raw.len()).saturating_duration_since(Instant::now());
         let chunk = match timeout(wait, payload.next()).await {
