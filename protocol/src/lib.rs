@@ -21,9 +21,14 @@
 //! ```
 
 mod keys;
+mod recipe;
 mod report;
 mod validate;
 
 pub use keys::{KeyError, PrivateKey, PublicKey, SignatureError, report_id};
+pub use recipe::{
+    MAX_RECIPE_BYTES, RECIPE_FORMAT, Recipe, RecipeError, RecipeStep, branch_matches, parse_duration, parse_recipe,
+    verify_recipe,
+};
 pub use report::{BuildResult, BuildState, FORMAT, Report, Step, StepKind, TestOutcome, TestResult};
 pub use validate::{Limits, ParseError, ValidationError, name as validate_name, parse_report, parse_report_with};

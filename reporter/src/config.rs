@@ -162,27 +162,8 @@ impl Step {
 
 /// `90s`, `30m`, `2h`, `1h30m`, `1d`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().with_context(|| format!("{s:?} is not a duration like 30m, 2h or 90s"))?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => bail!("{s:?} is not a duration like 30m, 2h or 90s"),
-        };
-    }
-    if !num.is_empty() || total == 0 {
-        bail!("{s:?} is not a duration like 30m, 2h or 90s");
-    }
-    Ok(Duration::from_secs(total))
+    // The same rule as recipes' timeouts (tbox_protocol), so a step means the same in both.
+    tbox_protocol::parse_duration(s).with_context(|| format!("{s:?} is not a duration like 30m, 2h or 90s"))
 }
 
 fn home() -> PathBuf {
