@@ -109,6 +109,17 @@ impl Client {
         self.answer(self.agent.get(format!("{}{path}", self.base)).call(), None)
     }
 
+    /// GET, signed: `Tbox-Signature` over the path's bytes proves the key, so the server tells
+    /// this builder things it tells nobody else (its status while pending or revoked).
+    pub fn get_as_builder(&self, path: &str) -> Sent {
+        let req = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Tbox-Builder", &self.builder)
+            .header("Tbox-Signature", &self.key.sign(path.as_bytes()));
+        self.answer(req.call(), None)
+    }
+
     fn answer(&self, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>, id: Option<&str>) -> Sent {
         let mut resp = match resp {
             Ok(r) => r,

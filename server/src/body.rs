@@ -11,11 +11,18 @@
 //! - the compressed bytes and the inflated bytes are each held to [`Limits::max`], checked as
 //!   they grow, else 413 (an announced `Content-Length` over the limit is refused before a byte
 //!   is read);
-//! - inflating runs on the blocking pool, as a stream that stops one byte past the limit;
+//! - no byte for [`IDLE`] is a 408 too, however much came before (early bytes earn time at the
+//!   minimum rate, but not the right to hold a connection silent);
+//! - all bodies being read hold at most [`Limits::budget`] bytes together: past that, 503 with
+//!   `Retry-After` (the reporter spools and tries again), so many large uploads cannot exhaust
+//!   memory before any of them has been authenticated;
+//! - inflating runs on the blocking pool, one body at a time (a second one meanwhile gets a
+//!   503), as a stream that stops one byte past the limit;
 //! - `gzip`, `deflate` and `br` are understood; any other `Content-Encoding` is 415, never read
 //!   as if it were plain.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap};
@@ -34,13 +41,64 @@ pub struct Limits {
     pub min_rate: u64,
     /// How long any body may take regardless of its rate (a slow start, a short report).
     pub grace: Duration,
+    /// Bytes all bodies being read may hold together.
+    pub budget: usize,
+}
+
+/// The longest silence within a body.
+pub const IDLE: Duration = Duration::from_secs(30);
+
+/// Bytes held by bodies being read, all requests together.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of [`IN_FLIGHT`], given back when the body is done with (read, refused or dropped).
+struct Held(usize);
+
+impl Held {
+    fn grow(&mut self, n: usize, budget: usize) -> Result<(), AppError> {
+        let before = IN_FLIGHT.fetch_add(n, Ordering::SeqCst);
+        if before + n > budget {
+            IN_FLIGHT.fetch_sub(n, Ordering::SeqCst);
+            return Err(AppError::busy("too many uploads are in progress; try again shortly"));
+        }
+        self.0 += n;
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(self.0, Ordering::SeqCst);
+    }
+}
+
+/// Bodies being inflated at once.
+static INFLATING: AtomicUsize = AtomicUsize::new(0);
+
+/// A turn at inflating, given back on drop (also if the blocking task is dropped).
+struct Turn;
+
+impl Turn {
+    fn take() -> Result<Turn, AppError> {
+        if INFLATING.fetch_add(1, Ordering::SeqCst) >= 1 {
+            INFLATING.fetch_sub(1, Ordering::SeqCst);
+            return Err(AppError::busy("another compressed body is being inflated; try again shortly"));
+        }
+        Ok(Turn)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        INFLATING.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Limits {
     /// The time by which the body must be complete, or have grown, given what has come so far.
-    fn deadline(&self, start: Instant, received: usize) -> Instant {
+    fn deadline(&self, start: Instant, received: usize, last: Instant) -> Instant {
         let earned = Duration::from_secs_f64(received as f64 / self.min_rate.max(1) as f64);
-        start + self.grace.max(earned)
+        (start + self.grace.max(earned)).min(last + IDLE)
     }
 }
 
@@ -89,11 +147,13 @@ pub async fn read(headers: &HeaderMap, mut payload: web::Payload, limits: Limits
         return Err(too_large(limits.max));
     }
     let start = Instant::now();
+    let mut last = start;
+    let mut held = Held(0);
     // Room for what was announced, up to 1 MiB: a slow client announcing the limit should not
     // make the server set aside 32 MiB before a byte has come.
     let mut raw = web::BytesMut::with_capacity(announced.map_or(8 << 10, |n| n.min(1 << 20) as usize));
     loop {
-        let wait = limits.deadline(start, raw.len()).saturating_duration_since(Instant::now());
+        let wait = limits.deadline(start, raw.len(), last).saturating_duration_since(Instant::now());
         let chunk = match timeout(wait, payload.next()).await {
             Err(_elapsed) => {
                 return Err(AppError::too_slow(format!(
@@ -112,22 +172,28 @@ pub async fn read(headers: &HeaderMap, mut payload: web::Payload, limits: Limits
         if raw.len() + chunk.len() > limits.max {
             return Err(too_large(limits.max));
         }
+        held.grow(chunk.len(), limits.budget)?;
+        last = Instant::now();
         raw.extend_from_slice(&chunk);
     }
     let raw = raw.freeze();
     if encoding == Encoding::Identity {
         return Ok(raw);
     }
-    web::block(move || inflate(encoding, &raw, limits.max)).await?
+    let turn = Turn::take()?;
+    web::block(move || {
+        let _turn = turn;
+        let _held = held;
+        inflate(encoding, &raw, limits.max)
+    })
+    .await?
 }
 
 /// Inflates `raw`, stopping as soon as the output would pass `max`.
 ///
-/// One body at a time: each may grow to the body limit, so parallel bombs would multiply the
-/// memory held, while compressed reports are rare and take milliseconds to inflate.
+/// The caller holds the one [`Turn`]: each body may grow to the limit, so parallel bombs
+/// would multiply the memory held, while compressed reports are rare and quick to inflate.
 fn inflate(encoding: Encoding, raw: &[u8], max: usize) -> Result<web::Bytes, AppError> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let decoder: Box<dyn Read + '_> = match encoding {
         Encoding::Identity => Box::new(raw),
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
@@ -186,6 +252,18 @@ mod tests {
     fn corrupt_bodies_are_bad_requests() {
         let e = inflate(Encoding::Brotli, b"\xff\xff\xff not brotli", 1 << 20).err();
         assert!(matches!(e, Some(AppError::Client { code: "bad_encoding", .. })), "{e:?}");
+    }
+
+    #[test]
+    fn early_bytes_do_not_buy_silence() {
+        let limits = Limits { max: 32 << 20, min_rate: 1000, grace: Duration::from_secs(60), budget: 1 << 30 };
+        let start = Instant::now();
+        // Ten megabytes at once earn 10,000 s at the minimum rate, but the idle limit still
+        // holds from the last byte.
+        let last = start + Duration::from_secs(1);
+        assert_eq!(limits.deadline(start, 10 << 20, last), last + IDLE);
+        // A slow start is allowed its grace period.
+        assert_eq!(limits.deadline(start, 0, start + Duration::from_secs(59)), start + Duration::from_secs(60));
     }
 
     #[test]

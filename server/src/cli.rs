@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// cut off with 408). The default lets a 32 MiB report take over half an hour.
     #[arg(long, env = "TBOX_MIN_BODY_RATE", default_value_t = 16 << 10, value_name = "BYTES")]
     pub min_body_rate: u64,
+    /// Bytes all request bodies being received may hold together; past that, uploads get 503
+    /// and are tried again later (at least --max-body).
+    #[arg(long, env = "TBOX_BODY_MEMORY", default_value_t = 256 << 20, value_name = "BYTES")]
+    pub body_memory: usize,
     /// Seconds any request body may take before the minimum rate applies.
     #[arg(long, env = "TBOX_BODY_GRACE", default_value_t = 60, value_name = "SECONDS")]
     pub body_grace: u64,

@@ -22,9 +22,12 @@ pub enum AppError {
     /// to wait (`Retry-After`).
     #[error("{message}")]
     Client { status: StatusCode, code: &'static str, message: String, retry_after: Option<u64> },
-    /// Too busy to take a database connection now; try again.
+    /// Too busy to take a database connection now, or the database is away; try again.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Too busy with other requests' bodies; the message is for the client.
+    #[error("{0}")]
+    Busy(&'static str),
     /// Our fault. Logged in full, answered vaguely.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -68,6 +71,10 @@ impl AppError {
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::client(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
     }
+    /// 503 with `Retry-After`: a limit shared by all clients is reached for now.
+    pub fn busy(message: &'static str) -> Self {
+        AppError::Busy(message)
+    }
     /// 408: the body did not come in time.
     pub fn too_slow(message: impl Into<String>) -> Self {
         Self::client(StatusCode::REQUEST_TIMEOUT, "too_slow", message)
@@ -91,6 +98,7 @@ impl AppError {
         match self {
             AppError::Client { code, message, .. } => (code, message.clone()),
             AppError::Unavailable(_) => ("unavailable", "the server is busy; try again shortly".to_owned()),
+            AppError::Busy(message) => ("busy", (*message).to_owned()),
             AppError::Internal(_) => ("internal", "internal server error; the server log has the details".to_owned()),
         }
     }
@@ -100,7 +108,7 @@ impl AppError {
         match self {
             AppError::Client { retry_after, .. } => *retry_after,
             // The database is away or the pool exhausted: usually a matter of seconds.
-            AppError::Unavailable(_) => Some(5),
+            AppError::Unavailable(_) | AppError::Busy(_) => Some(5),
             AppError::Internal(_) => None,
         }
     }
@@ -109,6 +117,7 @@ impl AppError {
         match self {
             AppError::Internal(e) => log::error!("{e:#}"),
             AppError::Unavailable(e) => log::warn!("{e}"),
+            AppError::Busy(e) => log::info!("{e}"),
             AppError::Client { .. } => {}
         }
     }
@@ -167,7 +176,7 @@ impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
             AppError::Client { status, .. } => *status,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub min_body_rate: u64,
     /// How long any body may take regardless of its rate.
     pub body_grace: std::time::Duration,
+    /// Bytes all request bodies being read may hold together.
+    pub body_memory: usize,
     /// Self-registrations per client address and in total.
     pub registrations: std::sync::Arc<ratelimit::Limiter>,
     /// Registrations that may wait for approval in one project.
@@ -51,6 +53,6 @@ pub struct AppState {
 impl AppState {
     /// How a body of at most `max` bytes must arrive.
     pub fn body_limits(&self, max: usize) -> body::Limits {
-        body::Limits { max, min_rate: self.min_body_rate, grace: self.body_grace }
+        body::Limits { max, min_rate: self.min_body_rate, grace: self.body_grace, budget: self.body_memory.max(max) }
     }
 }

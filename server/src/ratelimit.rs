@@ -49,7 +49,15 @@ impl Bucket {
 pub struct Limiter {
     per_address: Rate,
     total: Rate,
-    state: Mutex<(Bucket, HashMap<IpAddr, Bucket>)>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    total: Bucket,
+    per_addr: HashMap<IpAddr, Bucket>,
+    /// When full buckets were last forgotten.
+    pruned: Option<Instant>,
 }
 
 /// Which limit was hit, and when to try again (seconds).
@@ -66,27 +74,44 @@ const MAX_TRACKED: usize = 100_000;
 impl Limiter {
     pub fn new(per_address: Rate, total: Rate) -> Limiter {
         let full = Bucket { tokens: total.burst, at: Instant::now() };
-        Limiter { per_address, total, state: Mutex::new((full, HashMap::new())) }
+        Limiter { per_address, total, state: Mutex::new(State { total: full, per_addr: HashMap::new(), pruned: None }) }
     }
 
-    /// Counts one request from `addr`, or says why it must wait.
-    pub fn check(&self, addr: Option<IpAddr>, now: Instant) -> Result<(), Refused> {
+    /// Counts one request from `addr` against its address's bucket, or says when to come
+    /// back. Cheap, and done before anything else about the request.
+    pub fn check_address(&self, addr: IpAddr, now: Instant) -> Result<(), Refused> {
         let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (total, per_addr) = &mut *guard;
-        // The address first: one noisy client should not use up everyone's allowance.
-        if let Some(addr) = addr.map(client_block) {
-            if per_addr.len() >= MAX_TRACKED {
+        let state = &mut *guard;
+        let key = client_block(addr);
+        if !state.per_addr.contains_key(&key) && state.per_addr.len() >= MAX_TRACKED {
+            // Forget the buckets that have filled up again (they would allow the next request
+            // anyway), at most once a minute; if the table is still full, this address waits.
+            if state.pruned.is_none_or(|t| now.duration_since(t).as_secs() >= 60) {
                 let (burst, per_sec) = (self.per_address.burst, self.per_address.per_hour / 3600.0);
-                per_addr.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
+                state.per_addr.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
+                state.pruned = Some(now);
             }
-            let bucket = per_addr.entry(addr).or_insert(Bucket { tokens: self.per_address.burst, at: now });
-            let mut trial = *bucket;
-            trial.take(self.per_address, now).map_err(Refused::Address)?;
-            total.take(self.total, now).map_err(Refused::Total)?;
-            *bucket = trial;
-            return Ok(());
+            if state.per_addr.len() >= MAX_TRACKED {
+                return Err(Refused::Total(60));
+            }
         }
-        total.take(self.total, now).map_err(Refused::Total)
+        let bucket = state.per_addr.entry(key).or_insert(Bucket { tokens: self.per_address.burst, at: now });
+        bucket.take(self.per_address, now).map_err(Refused::Address)
+    }
+
+    /// Counts one request against everyone's bucket: only for requests that proved something
+    /// (a valid signature), so junk from many addresses cannot use up the shared allowance.
+    pub fn check_total(&self, now: Instant) -> Result<(), Refused> {
+        let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.total.take(self.total, now).map_err(Refused::Total)
+    }
+
+    /// Both checks, as one request from `addr`.
+    pub fn check(&self, addr: Option<IpAddr>, now: Instant) -> Result<(), Refused> {
+        if let Some(addr) = addr {
+            self.check_address(addr, now)?;
+        }
+        self.check_total(now)
     }
 }
 
@@ -137,7 +162,7 @@ mod tests {
             assert_eq!(l.check(addr(i), t), Ok(()));
         }
         assert_eq!(l.check(addr(9), t), Err(Refused::Total(1)));
-        // The refused address was not charged: it may try again as soon as the total allows.
+        // The total refills at one a second here.
         assert_eq!(l.check(addr(9), t + Duration::from_secs(1)), Ok(()));
     }
 

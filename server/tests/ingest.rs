@@ -191,8 +191,12 @@ fn revoked_builder_and_revoked_key_are_403(backend: Backend) -> TestResult {
     let listed = s.admin_ok(&["builder", "list"]);
     assert!(listed.contains("alice\trevoked") && listed.contains(&format!("{old} (revoked)")), "{listed}");
 
-    // What was stored before is still there.
-    assert_eq!(s.builds("demo").len(), 2);
+    // What was stored before is still there, by its id; the public lists no longer show a
+    // revoked builder (hardening: revoked builders stay off public pages).
+    for id in [1, 2] {
+        assert_eq!(s.get_json(&format!("/api/v1/builds/{id}")).0, 200);
+    }
+    assert!(s.builds("demo").is_empty());
     Ok(())
 }
 

@@ -18,7 +18,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     );
     let client = Client::new(&config.server, &config.builder, key.clone());
     let mut problems = 0;
-    match client.get(&format!("/api/v1/builders/{}", config.builder)) {
+    match client.get_as_builder(&format!("/api/v1/builders/{}", config.builder)) {
         Sent::Delivered(v) => {
             let status = v["status"].as_str().unwrap_or("?");
             let mine = key.public_key().fingerprint();

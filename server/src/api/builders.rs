@@ -50,20 +50,12 @@ pub async fn register(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    // Before anything costly (reading the body, RSA): refused floods should be cheap.
-    let addr = req.peer_addr().map(|a| a.ip());
-    state.registrations.check(addr, std::time::Instant::now()).map_err(|refused| match refused {
-        Refused::Address(secs) => AppError::too_many(
-            "rate_limited",
-            format!("too many registrations from your address; try again in {secs} s"),
-            secs,
-        ),
-        Refused::Total(secs) => AppError::too_many(
-            "rate_limited",
-            format!("this server takes few registrations at a time; try again in {secs} s"),
-            secs,
-        ),
-    })?;
+    // The address's allowance before anything costly (reading the body, RSA), so refused floods
+    // are cheap; everyone's allowance only once the signature is shown to verify, so junk cannot
+    // use it up.
+    if let Some(addr) = req.peer_addr() {
+        state.registrations.check_address(addr.ip(), std::time::Instant::now()).map_err(throttled)?;
+    }
     let body = crate::body::read(req.headers(), payload, state.body_limits(64 << 10)).await?;
     let signature = req
         .headers()
@@ -73,6 +65,7 @@ pub async fn register(
         .ok_or_else(|| AppError::unauthorized("unsigned", "missing Tbox-Signature header"))?;
     let pool = state.pool.clone();
     let max_pending = state.max_pending;
+    let registrations = state.registrations.clone();
     let (created, view) = web::block(move || -> Result<_, AppError> {
         let reg: Registration = serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request("malformed", format!("not a registration: {e}")))?;
@@ -80,6 +73,7 @@ pub async fn register(
             .map_err(|e| AppError::invalid("invalid", format!("public_key: {e}")))?;
         key.verify(&body, &signature)
             .map_err(|_| AppError::unauthorized("bad_signature", "the signature does not verify with public_key"))?;
+        registrations.check_total(std::time::Instant::now()).map_err(throttled)?;
         check(&reg)?;
         let mut conn = pool.get()?;
         db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key, max_pending)).map_err(|e| match e {
@@ -98,6 +92,21 @@ pub async fn register(
     .await??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(HttpResponse::build(status).json(view))
+}
+
+fn throttled(refused: Refused) -> AppError {
+    match refused {
+        Refused::Address(secs) => AppError::too_many(
+            "rate_limited",
+            format!("too many registrations from your address; try again in {secs} s"),
+            secs,
+        ),
+        Refused::Total(secs) => AppError::too_many(
+            "rate_limited",
+            format!("this server takes few registrations at a time; try again in {secs} s"),
+            secs,
+        ),
+    }
 }
 
 /// What can be said of a registration without the database.
@@ -196,9 +205,36 @@ fn view(conn: &mut DbConn, name: &str) -> Result<BuilderView, AppError> {
 }
 
 /// `GET /api/v1/builders/{name}`: status, projects and key fingerprints (public information).
-pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, AppError> {
+///
+/// Only active builders, unless the request is signed by one of the builder's own keys
+/// (`Tbox-Signature` over the path): a pending or revoked builder is as unknown here as on the
+/// pages, except to its holder, whose `tbox-report check` wants to say "pending".
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
     let name = path.into_inner();
     let pool = state.pool.clone();
-    let v = web::block(move || -> Result<_, AppError> { view(&mut *pool.get()?, &name) }).await??;
+    let proof = req.headers().get("tbox-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let signed = req.uri().path().to_owned();
+    let v = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let unknown = || AppError::not_found(format!("no active builder named {name:?}"));
+        let builder = builders::by_name(&mut conn, &name)?.ok_or_else(unknown)?;
+        if builder.status != builders::ACTIVE {
+            let keys = builders::keys(&mut conn, builder.id)?;
+            let proven = proof.is_some_and(|sig| {
+                keys.iter().filter(|k| k.revoked_at.is_none()).any(|k| {
+                    PublicKey::from_pem(&k.public_key).is_ok_and(|key| key.verify(signed.as_bytes(), &sig).is_ok())
+                })
+            });
+            if !proven {
+                return Err(unknown());
+            }
+        }
+        view(&mut conn, &name)
+    })
+    .await??;
     Ok(HttpResponse::Ok().json(v))
 }

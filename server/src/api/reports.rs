@@ -37,9 +37,15 @@ pub async fn submit(
 
 async fn accept(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, AppError> {
     check_content_type(req.headers())?;
-    let body = crate::body::read(req.headers(), payload, state.body_limits(state.max_body)).await?;
     let builder = header(req.headers(), "tbox-builder")?;
     let signature = header(req.headers(), "tbox-signature")?;
+    // An unsigned upload is refused before its body takes any memory.
+    for (value, name) in [(&builder, "Tbox-Builder"), (&signature, "Tbox-Signature")] {
+        if value.as_deref().is_none_or(str::is_empty) {
+            return Err(AppError::unauthorized("unsigned", format!("missing {name} header")));
+        }
+    }
+    let body = crate::body::read(req.headers(), payload, state.body_limits(state.max_body)).await?;
     let pool = state.pool.clone();
     let writer = state.writer.clone();
     let started = std::time::Instant::now();

@@ -282,6 +282,7 @@ pub async fn history(
             .inner_join(builds_t::table.inner_join(builders::table))
             .filter(test_results::name.eq(test2))
             .filter(builds_t::project_id.eq(p.id))
+            .filter(builders::status.eq(builders_db::ACTIVE))
             .order((builds_t::started_at.desc(), builds_t::id.desc()))
             .limit(limit)
             .select((

@@ -57,6 +57,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         max_body: args.max_body,
         min_body_rate: args.min_body_rate,
         body_grace: std::time::Duration::from_secs(args.body_grace),
+        body_memory: args.body_memory,
         registrations: std::sync::Arc::new(registrations),
         max_pending: i64::from(args.max_pending),
         stale_after: args.stale_after,

@@ -163,6 +163,8 @@ pub fn newest(
     let mut query = builds::table
         .inner_join(builders::table)
         .filter(builds::project_id.eq(project_id))
+        // A revoked builder's builds leave the public lists with it (see `builders::for_project`).
+        .filter(builders::status.eq(super::builders::ACTIVE))
         .select((Build::as_select(), builders::name))
         .order((builds::started_at.desc(), builds::id.desc()))
         .limit(limit)
