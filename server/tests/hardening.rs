@@ -599,7 +599,7 @@ fn uploads_share_a_memory_budget(backend: Backend) -> TestResult {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.send(&big).0, 201, "the budget is given back when the first upload goes");
     // Unsigned uploads are refused before their body is read at all.
-    let (status, v) = s.post(&vec![b' '; 100], &[("Content-Type", "application/json"), ("Tbox-Builder", "alice")]);
+    let (status, v) = s.post(&[b' '; 100], &[("Content-Type", "application/json"), ("Tbox-Builder", "alice")]);
     assert_eq!((status, v["error"].as_str()), (401, Some("unsigned")), "{v}");
     Ok(())
 }
