@@ -35,6 +35,9 @@ fuzz_target!(|data: &[u8]| {
         tests,
         properties: Default::default(),
         reporter: String::new(),
+        recipe_version: None,
+        recipe_key: None,
+        sandbox: None,
     };
     let json = serde_json::to_vec(&report).unwrap_or_else(|e| panic!("results do not serialise: {e}"));
     if let Err(e) = parse_report(&json, now()) {

@@ -49,6 +49,15 @@ pub struct Report {
     /// The reporting program and its version.
     #[serde(default)]
     pub reporter: String,
+    /// The version of the project's signed recipe this build ran, if it ran one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_version: Option<u64>,
+    /// The fingerprint (`SHA256:…`) of the project key that signed that recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_key: Option<String>,
+    /// How the steps were isolated: `bubblewrap`, or `none` when the volunteer opted out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// One step of a build (checkout, build, test, …).

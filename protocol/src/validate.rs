@@ -109,6 +109,20 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
     text("branch", &r.branch, 1, 200)?;
     token("revision", &r.revision, 200)?;
     text("reporter", &r.reporter, 0, 200)?;
+    if let Some(v) = r.recipe_version
+        && (v == 0 || i64::try_from(v).is_err())
+    {
+        return Err(ValidationError::new("recipe_version", "must be a recipe version (1 or more)"));
+    }
+    if let Some(k) = &r.recipe_key {
+        let hex = k.strip_prefix("SHA256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(ValidationError::new("recipe_key", "must be a key fingerprint, SHA256: and 64 hex digits"));
+        }
+    }
+    if let Some(s) = &r.sandbox {
+        name("sandbox", s, 64)?;
+    }
 
     in_range("started_at", &r.started_at)?;
     if let Some(t) = &r.finished_at {

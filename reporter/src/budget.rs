@@ -125,6 +125,9 @@ mod tests {
                 .collect(),
             properties: Default::default(),
             reporter: String::new(),
+            recipe_version: None,
+            recipe_key: None,
+            sandbox: None,
         }
     }
 

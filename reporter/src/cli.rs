@@ -14,7 +14,10 @@ Exit codes (when several apply, 1 wins; `run` then exits with the highest):
   3  the server could not be reached, or something else answered in its place (a captive
      portal's page, not a tbox server's answer): the report is spooled, `flush` (or the next
      run) sends it
-  4  the server refused the report (4xx); the reason is printed";
+  4  the server refused the report (4xx); the reason is printed
+  5  a recipe or the sandbox was refused (not signed by the pinned key, expired, a rollback,
+     another project's, a branch or repo it does not allow; or no sandbox could be made):
+     nothing ran, the message says why, and the project is told with an `exception` report";
 
 /// Build a project on this machine and report the result, signed, to a tbox server.
 #[derive(Debug, Parser)]
@@ -55,6 +58,117 @@ pub enum Command {
     /// Check the config, the key and the server, and show what `run` would build.
     #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
+    /// Join a project: pin its key, create the config and key if needed, register this machine.
+    #[command(after_help = EXIT_CODES)]
+    Join(JoinArgs),
+    /// Stop building a project: remove it from the config and forget its recipe.
+    #[command(after_help = EXIT_CODES)]
+    Leave(LeaveArgs),
+    /// For maintainers: sign, check, publish a project's recipe, and rotate the project's key.
+    #[command(subcommand)]
+    Recipe(RecipeCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The project's page on its tbox server, e.g. https://tbox.example.org/projects/demo.
+    pub url: String,
+    /// The project's key fingerprint (SHA256:…), as the project publishes it (README, website).
+    /// Without it, the server's keys are shown and you are asked to confirm one on a terminal.
+    #[arg(long, value_name = "SHA256:FP")]
+    pub key: Option<String>,
+    /// This machine's builder name [default: the config's, or <user>-<hostname>].
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// The branch to build [default: the first plain branch name the recipe allows, else main].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Where the source is checked out and built [default: ~/.local/share/tbox/work/<project>].
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// How the admins can reach you (sent with the registration).
+    #[arg(long, value_name = "EMAIL")]
+    pub owner: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// The project to leave.
+    pub project: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecipeCommand {
+    /// Sign a recipe with the project's private key: writes RECIPE.sig next to it (the same
+    /// bytes as `openssl dgst -sha256 -sign project.pem recipe.toml | base64 -w0`).
+    #[command(after_help = EXIT_CODES)]
+    Sign(RecipeSignArgs),
+    /// Check a recipe and its signature against a public key, as a volunteer would.
+    #[command(after_help = EXIT_CODES)]
+    Verify(RecipeVerifyArgs),
+    /// Publish a signed recipe to a server (PUT, with the .sig next to the file).
+    #[command(after_help = EXIT_CODES)]
+    Publish(RecipePublishArgs),
+    /// Replace the project's key: the new key is signed by the old one, so volunteers who
+    /// pinned the old key follow without joining again.
+    #[command(after_help = EXIT_CODES)]
+    Rotate(RecipeRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeSignArgs {
+    /// The recipe (TOML).
+    pub recipe: PathBuf,
+    /// The project's private key (PEM).
+    #[arg(long, value_name = "PROJECT.pem")]
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeVerifyArgs {
+    /// The recipe (TOML).
+    pub recipe: PathBuf,
+    /// Its signature [default: RECIPE.sig].
+    #[arg(long, value_name = "FILE")]
+    pub sig: Option<PathBuf>,
+    /// The project's public key (PEM; a private key works too).
+    #[arg(long, value_name = "PROJECT.pub")]
+    pub key: PathBuf,
+    /// Also check that it is for this project.
+    #[arg(long, value_name = "P")]
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecipePublishArgs {
+    /// The recipe (TOML), with its signature in RECIPE.sig.
+    pub recipe: PathBuf,
+    /// Its signature [default: RECIPE.sig].
+    #[arg(long, value_name = "FILE")]
+    pub sig: Option<PathBuf>,
+    /// The tbox server's base URL.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeRotateArgs {
+    /// The project.
+    #[arg(long, value_name = "P")]
+    pub project: String,
+    /// The current private key of the project (it signs the new one).
+    #[arg(long, value_name = "OLD.pem")]
+    pub key: PathBuf,
+    /// The new private key; made (mode 600) if the file does not exist.
+    #[arg(long, value_name = "NEW.pem")]
+    pub new: PathBuf,
+    /// The tbox server's base URL.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]

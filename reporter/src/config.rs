@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+pub use crate::sandbox::Mode;
+
 /// `report.toml`. Unknown keys are refused so that a typo does not silently do nothing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,15 @@ pub struct Config {
     /// Largest log kept per step, in bytes; longer logs keep their head and tail.
     #[serde(default = "default_log_cap")]
     pub max_log_bytes: u64,
+    /// What this machine offers that recipes may require (`docker`, `gpu`, …).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// `"auto"` (bubblewrap; a step that cannot be sandboxed does not run) or `"none"`.
+    #[serde(default)]
+    pub sandbox: Mode,
+    /// Whether steps may use the network when a recipe asks for it.
+    #[serde(default)]
+    pub allow_network: bool,
     /// The projects this machine builds.
     #[serde(default, rename = "project")]
     pub projects: Vec<Project>,
@@ -43,6 +54,16 @@ pub struct Project {
     /// If set: clone, or fetch and check out `branch`, before building.
     #[serde(default)]
     pub git: Option<String>,
+    /// The project key pinned by `join` (`SHA256:…`): steps come from the project's recipe
+    /// signed by it, not from this file.
+    #[serde(default)]
+    pub recipe: Option<String>,
+    /// Overrides the top-level `sandbox` for this project.
+    #[serde(default)]
+    pub sandbox: Option<Mode>,
+    /// Overrides the top-level `allow_network` for this project.
+    #[serde(default)]
+    pub allow_network: Option<bool>,
     /// Shown on the builder page; os, arch, kernel and cpus are detected.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -110,8 +131,21 @@ impl Config {
             if !names.insert(&p.name) {
                 bail!("project {:?} is configured twice", p.name);
             }
-            if p.steps.is_empty() {
-                bail!("project {:?} has no [[project.step]]", p.name);
+            match &p.recipe {
+                Some(pin) => {
+                    if !is_fingerprint(pin) {
+                        bail!("project {:?}: recipe must be a key fingerprint, SHA256: and 64 hex digits", p.name);
+                    }
+                    if !p.steps.is_empty() {
+                        bail!(
+                            "project {:?}: a project built from its signed recipe takes its steps from the recipe; \
+                             remove its [[project.step]] (or the recipe line, to build your own steps)",
+                            p.name
+                        );
+                    }
+                }
+                None if p.steps.is_empty() => bail!("project {:?} has no [[project.step]]", p.name),
+                None => {}
             }
             for s in &p.steps {
                 if s.name.trim().is_empty() || s.name.len() > 200 {
@@ -134,7 +168,20 @@ impl Config {
                 tbox_protocol::validate_name("properties", k, 64)?;
             }
         }
+        for c in &self.capabilities {
+            tbox_protocol::validate_name("capabilities", c, 64)?;
+        }
         Ok(())
+    }
+
+    /// Whether steps of this project run sandboxed.
+    pub fn sandbox_for(&self, p: &Project) -> Mode {
+        p.sandbox.unwrap_or(self.sandbox)
+    }
+
+    /// Whether this project's steps may reach the network (when its recipe asks).
+    pub fn network_for(&self, p: &Project) -> bool {
+        p.allow_network.unwrap_or(self.allow_network)
     }
 
     /// The private key's path, with `~` expanded.
@@ -158,6 +205,12 @@ impl Step {
     pub fn timeout(&self) -> Duration {
         self.timeout.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TIMEOUT)
     }
+}
+
+/// `SHA256:` and 64 lowercase hex digits.
+pub fn is_fingerprint(s: &str) -> bool {
+    s.strip_prefix("SHA256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// `90s`, `30m`, `2h`, `1h30m`, `1d`.

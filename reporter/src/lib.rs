@@ -18,7 +18,9 @@ pub mod junit;
 pub mod keyfile;
 pub mod props;
 pub mod runner;
+pub mod sandbox;
 pub mod spool;
+pub mod trust;
 
 /// This program and version, as written into reports.
 pub const REPORTER: &str = concat!("tbox-report ", env!("CARGO_PKG_VERSION"));
@@ -38,6 +40,9 @@ pub mod exit {
     pub const SPOOLED: u8 = 3;
     /// The server refused the report (4xx); it will not be retried.
     pub const REJECTED: u8 = 4;
+    /// A recipe was refused (not signed by the pinned key, expired, a rollback, another
+    /// project's, a branch or repo it does not allow) or no sandbox could be made: nothing ran.
+    pub const REFUSED: u8 = 5;
 
     /// The code for two outcomes together (several projects, a backlog and a new build): an
     /// error here wins, since it may mean a report lost or damaged; then the highest.

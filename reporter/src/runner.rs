@@ -1,5 +1,6 @@
-//! Runs one step: `sh -c` in the workdir, a scrubbed environment, its own process group, a
-//! timeout that kills the whole group, and output streamed to a file so memory stays flat.
+//! Runs one step: `sh -c` in the workdir (inside a bubblewrap sandbox unless the volunteer opted
+//! out, see `sandbox.rs`), a scrubbed environment, its own process group, a timeout that kills
+//! the whole group, and output streamed to a file so memory stays flat.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+use crate::sandbox::Sandbox;
 
 /// Variables a step inherits from the caller; everything else (tokens, keys, …) stays out.
 pub const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
@@ -51,6 +54,9 @@ pub struct Spec<'a> {
     pub timeout: Duration,
     /// Output allowed on disk before the step is stopped (a runaway loop must not fill it).
     pub max_output: u64,
+    /// Runs the step inside this sandbox (`workdir` must be inside the one it makes writable);
+    /// `None` runs it on the host as the volunteer.
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// Runs a step with its output going to `log` (stdout and stderr interleaved).
@@ -64,10 +70,17 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             return Ending::NotStarted(format!("cannot open the step log: {e}"));
         }
     };
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(spec.command)
-        .current_dir(spec.workdir)
+    let mut cmd = match spec.sandbox {
+        Some(sandbox) => sandbox.command(spec.workdir, spec.command),
+        None => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(spec.command);
+            sh
+        }
+    };
+    // In a sandbox this is bwrap's directory (the step's is its `--chdir`); kept so that a
+    // missing workdir fails here, the same way with and without a sandbox.
+    cmd.current_dir(spec.workdir)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(out)
@@ -79,12 +92,16 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             cmd.env(name, v);
         }
     }
+    if let Some(sandbox) = spec.sandbox {
+        // The volunteer's HOME is not in the sandbox; the scratch one is, at the same path.
+        cmd.env("HOME", sandbox.home());
+    }
     cmd.envs(spec.env);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let why = if spec.workdir.is_dir() {
-                format!("cannot start sh: {e}")
+                format!("cannot start {}: {e}", cmd.get_program().to_string_lossy())
             } else {
                 format!("workdir {} does not exist", spec.workdir.display())
             };
@@ -106,6 +123,8 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         }
         let written = log.metadata().map(|m| m.len()).unwrap_or(0);
         if started.elapsed() >= spec.timeout || written > spec.max_output {
+            // In a sandbox the group is bwrap and its pid 1; TERM ends bwrap, which takes the
+            // pid namespace down with SIGKILL (--die-with-parent), `setsid` children included.
             let _ = killpg(pgid, Signal::SIGTERM);
             let deadline = Instant::now() + GRACE;
             while Instant::now() < deadline {
@@ -184,6 +203,7 @@ mod tests {
             env: &env,
             timeout: Duration::from_secs(30),
             max_output: 1 << 20,
+            sandbox: None,
         };
         assert_eq!(run(&spec, &log, |_| {}), Ending::Exited(3));
         assert_eq!(read_capped(&log_path, 1 << 20)?.0, "hi\noops\n");
@@ -198,8 +218,14 @@ mod tests {
         let dir = tmp("runaway");
         let log = File::create(dir.join("log"))?;
         let env = BTreeMap::new();
-        let spec =
-            Spec { command: "yes", workdir: &dir, env: &env, timeout: Duration::from_secs(60), max_output: 1 << 20 };
+        let spec = Spec {
+            command: "yes",
+            workdir: &dir,
+            env: &env,
+            timeout: Duration::from_secs(60),
+            max_output: 1 << 20,
+            sandbox: None,
+        };
         assert!(matches!(run(&spec, &log, |_| {}), Ending::TooMuchOutput(n) if n > 1 << 20));
         std::fs::remove_dir_all(dir)
     }

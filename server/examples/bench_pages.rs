@@ -143,6 +143,9 @@ fn fill(conn: &mut DbConn, n_builders: usize, per_builder: usize) -> i64 {
                         reporter: "bench",
                         properties: r#"{"os":"linux","arch":"x86_64"}"#,
                         received_at: t + TimeDelta::minutes(21),
+                        recipe_version: None,
+                        recipe_key: None,
+                        sandbox: None,
                     }
                 })
                 .collect();

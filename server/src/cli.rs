@@ -102,6 +102,89 @@ pub enum ProjectCommand {
     Add(ProjectAddArgs),
     /// List projects.
     List(DbArgs),
+    /// Manage the keys allowed to sign the project's recipes.
+    #[command(subcommand)]
+    Key(ProjectKeyCommand),
+    /// Manage the capabilities the project's recipes may require.
+    #[command(subcommand)]
+    Capability(CapabilityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectKeyCommand {
+    /// Allow a key to sign recipes (its holder signs offline; volunteers pin its fingerprint).
+    #[command(after_help = EXIT_CODES)]
+    Add(ProjectKeyAddArgs),
+    /// Stop accepting a key's signatures; volunteers stop trusting it and what it endorsed.
+    #[command(after_help = EXIT_CODES)]
+    Revoke(ProjectKeyRevokeArgs),
+    /// List a project's keys: fingerprint, status, endorsing key.
+    List(ProjectOnlyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectKeyAddArgs {
+    /// The project.
+    pub project: String,
+    /// The RSA public key, PEM, at least 2048 bits.
+    #[arg(long, value_name = "PUBLIC_KEY.pem")]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectKeyRevokeArgs {
+    /// The project.
+    pub project: String,
+    /// The key's fingerprint, SHA256:….
+    #[arg(long, value_name = "SHA256:FP")]
+    pub key: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectOnlyArgs {
+    /// The project.
+    pub project: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapabilityCommand {
+    /// Register a capability name (or change its description).
+    #[command(after_help = EXIT_CODES)]
+    Add(CapabilityAddArgs),
+    /// Remove a capability name.
+    #[command(after_help = EXIT_CODES)]
+    Remove(CapabilityRemoveArgs),
+    /// List a project's capabilities.
+    List(ProjectOnlyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CapabilityAddArgs {
+    /// The project.
+    pub project: String,
+    /// The name recipes require and volunteers declare ([A-Za-z0-9._-], up to 64), e.g. docker.
+    pub name: String,
+    /// What a volunteer needs for it: a sentence or a URL explaining it.
+    #[arg(long)]
+    pub description: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CapabilityRemoveArgs {
+    /// The project.
+    pub project: String,
+    /// The capability name.
+    pub name: String,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args)]

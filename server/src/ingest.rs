@@ -237,6 +237,9 @@ fn store_build(
         reporter: &report.reporter,
         properties: &properties,
         received_at: now,
+        recipe_version: report.recipe_version.and_then(|v| i64::try_from(v).ok()),
+        recipe_key: report.recipe_key.as_deref(),
+        sandbox: report.sandbox.as_deref(),
     };
 
     let build_id = match builds::by_uuid(conn, builder_id, &report.uuid)? {

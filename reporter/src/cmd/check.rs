@@ -64,7 +64,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         let workdir = config::expand(&p.workdir);
         let revision = super::git_revision(&workdir);
         let last = super::run::last_revision(&p.name);
-        let plan = match (&revision, p.git.is_some()) {
+        let plan = match (&revision, p.git.is_some() || p.recipe.is_some()) {
             (_, true) => "fetches, then builds if the revision changed".to_owned(),
             (Some(r), false) if last.as_deref() == Some(r.as_str()) => {
                 format!("skips: {r} was reported already")
@@ -72,9 +72,16 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             (Some(r), false) => format!("builds revision {r}"),
             (None, false) => "builds (not a git checkout, so every run builds)".to_owned(),
         };
-        let steps: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
-        println!("project  {} ({}): {}; steps {}", p.name, p.branch, plan, steps.join(" → "));
-        if !workdir.is_dir() && p.git.is_none() {
+        match &p.recipe {
+            Some(pin) => {
+                println!("project  {} ({}): {}; steps from the recipe signed by {pin}", p.name, p.branch, plan)
+            }
+            None => {
+                let steps: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+                println!("project  {} ({}): {}; steps {}", p.name, p.branch, plan, steps.join(" → "));
+            }
+        }
+        if !workdir.is_dir() && p.git.is_none() && p.recipe.is_none() {
             println!("         ! workdir {} does not exist", workdir.display());
             problems += 1;
         }

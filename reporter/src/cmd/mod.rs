@@ -2,8 +2,10 @@
 
 mod check;
 mod flush;
+mod join;
 mod keygen;
 mod push;
+mod recipe;
 mod register;
 mod run;
 
@@ -24,6 +26,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Push(a) => push::run(&a),
         Command::Flush(a) => flush::run(&a.common),
         Command::Check(a) => check::run(&a.common),
+        Command::Join(a) => join::join(&a),
+        Command::Leave(a) => join::leave(&a),
+        Command::Recipe(c) => recipe::run(c),
     }
 }
 

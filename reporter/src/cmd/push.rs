@@ -65,6 +65,9 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         tests,
         properties: props::detect(&project_cfg.map(|p| p.properties.clone()).unwrap_or_default()),
         reporter: crate::REPORTER.into(),
+        recipe_version: None,
+        recipe_key: None,
+        sandbox: None,
     };
     super::deliver(&report, &client, &config.spool_dir(), true)
 }

@@ -1,6 +1,9 @@
 //! `tbox-report run`: the cron entry point. Per project: take the lock, flush the spool,
-//! update the source, skip an unchanged revision, report `started`, run the steps, collect
-//! test results, and deliver (or spool) the signed `finished` report.
+//! obtain the steps (the volunteer's own, or the project's recipe, verified against the pinned
+//! key: `trust.rs`), update the source, skip an unchanged revision, make the sandbox, report
+//! `started`, run the steps, collect test results, and deliver (or spool) the signed
+//! `finished` report. A refused recipe or sandbox runs nothing: exit 5 and an `exception`
+//! report, so that the project sees it.
 
 use std::fs::{File, TryLockError};
 use std::io::IsTerminal as _;
@@ -14,9 +17,32 @@ use tbox_protocol::{BuildResult, BuildState, FORMAT, Report, Step, StepKind};
 
 use crate::cli::RunArgs;
 use crate::client::{Client, Sent};
-use crate::config::{self, Config, Project};
+use crate::config::{self, Config, Mode, Project};
 use crate::runner::{self, Ending, Spec};
+use crate::sandbox::Sandbox;
+use crate::trust::{self, NoRecipe, Verified};
 use crate::{exit, junit, props, spool};
+
+/// One step to run, from the config or from a recipe.
+struct Planned {
+    name: String,
+    run: String,
+    timeout: Duration,
+    kind: Option<StepKind>,
+    junit: Vec<String>,
+    continue_on_failure: bool,
+    env: std::collections::BTreeMap<String, String>,
+}
+
+/// What a build of a project runs, and where its source comes from.
+struct Plan {
+    steps: Vec<Planned>,
+    /// The URL to clone or fetch, if any.
+    source: Option<String>,
+    recipe: Option<Verified>,
+    /// Whether the steps get the network.
+    network: bool,
+}
 
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let (config, client) = super::load(&args.common)?;
@@ -34,6 +60,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
 
 /// The revision last reported for a project, if any.
 pub fn last_revision(project: &str) -> Option<String> {
+    last_built(project).map(|s| s.split(' ').next().unwrap_or_default().to_owned())
+}
+
+/// What was last built: the revision, and for a recipe build the recipe's digest after it (a
+/// new recipe is worth a build even at the same revision).
+fn last_built(project: &str) -> Option<String> {
     std::fs::read_to_string(revision_file(project)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
@@ -79,38 +111,70 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     let floor = exit::worst(waiting, if flushed.corrupt > 0 { exit::ERROR } else { exit::OK });
 
     let workdir = config::expand(&project.workdir);
+    let plan = match plan(config, project, verbose) {
+        Ok(plan) => plan,
+        Err(Skip::Quietly(code)) => return Ok(exit::worst(floor, code)),
+        Err(Skip::Refused(why)) => return refuse(config, client, project, "unknown", &why, floor, verbose),
+    };
     let started_at = Utc::now();
     let mut steps = Vec::new();
-    let checkout = project.git.as_ref().map(|url| checkout(url, &project.branch, &workdir));
+    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, &workdir));
     if let Some((step, ok)) = &checkout {
         if !ok {
             // The source could not be updated: report it (the reporter's trouble, purple),
             // without a revision to skip on next time.
             let mut s = step.clone();
             s.started_at = started_at.fixed_offset();
-            let report = finish(project, config, super::new_uuid(), "unknown".into(), started_at, vec![s], Vec::new());
+            let mut report =
+                finish(project, config, super::new_uuid(), "unknown".into(), started_at, vec![s], Vec::new());
+            mark(&mut report, &plan, None, config.sandbox_for(project));
             return Ok(exit::worst(floor, super::deliver(&report, client, &config.spool_dir(), verbose)?));
         }
         steps.push(step.clone());
     }
     let revision = super::git_revision(&workdir);
-    if let Some(rev) = &revision
+    let build_key = revision.as_ref().map(|rev| match &plan.recipe {
+        Some(v) => format!("{rev} recipe:{}", v.digest),
+        None => rev.clone(),
+    });
+    if let Some(key) = &build_key
         && !args.force
-        && last_revision(&project.name).as_deref() == Some(rev.as_str())
+        && last_built(&project.name).as_deref() == Some(key.as_str())
     {
         if verbose {
             eprintln!(
-                "tbox-report: {} is at {rev}, already reported; nothing to do (--force builds anyway)",
-                project.name
+                "tbox-report: {} is at {}, already reported; nothing to do (--force builds anyway)",
+                project.name,
+                revision.as_deref().unwrap_or_default()
             );
         }
         return Ok(floor);
     }
     let revision = revision.unwrap_or_else(|| "unversioned".into());
     let uuid = super::new_uuid();
+    let scratch = state.join("work").join(&uuid);
+    std::fs::create_dir_all(&scratch)?;
+    let _cleanup = RemoveOnDrop(scratch.clone());
+
+    // No sandbox, no build: a recipe's steps come from the project, not from this volunteer.
+    let sandbox = match config.sandbox_for(project) {
+        Mode::None => None,
+        Mode::Auto => match Sandbox::new(&workdir, &scratch.join("home"), plan.network) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let why = format!("no sandbox could be made for the steps, so none ran: {e}");
+                return refuse(config, client, project, &revision, &why, floor, verbose);
+            }
+        },
+    };
+    if let Some(v) = &plan.recipe {
+        // From now on an older recipe, or other bytes under this version, are refused here.
+        trust::record_run(&project.name, v)?;
+    }
+    forget_refusal(&project.name);
 
     // Best effort, so the waterfall shows the build as running; never spooled.
-    let started = Report {
+    let mut started = Report {
         format: FORMAT.into(),
         uuid: uuid.clone(),
         project: project.name.clone(),
@@ -123,20 +187,22 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         finished_at: None,
         steps: Vec::new(),
         tests: Vec::new(),
-        properties: props::detect(&project.properties),
+        properties: properties(config, project),
         reporter: crate::REPORTER.into(),
+        recipe_version: None,
+        recipe_key: None,
+        sandbox: None,
     };
+    mark(&mut started, &plan, sandbox.as_ref(), config.sandbox_for(project));
     if let Sent::Rejected { status, message } = client.submit_once(&serde_json::to_vec(&started)?) {
         eprintln!("tbox-report: the server refused the started report for {} ({status}): {message}", project.name);
     }
 
-    let scratch = state.join("work").join(&uuid);
-    std::fs::create_dir_all(&scratch)?;
     let progress = progress_bar();
     let mut tests = Vec::new();
     let mut stop = false;
-    for (i, cfg) in project.steps.iter().enumerate() {
-        let kind = cfg.kind.as_deref().and_then(StepKind::parse);
+    for (i, cfg) in plan.steps.iter().enumerate() {
+        let kind = cfg.kind;
         if stop {
             let now = Utc::now().fixed_offset();
             steps.push(Step {
@@ -161,9 +227,10 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
             command: &cfg.run,
             workdir: &workdir,
             env: &env,
-            timeout: cfg.timeout(),
+            timeout: cfg.timeout,
             // Far above what is kept, but a loop printing forever must not fill the disk.
             max_output: config.max_log_bytes.saturating_mul(64).max(256 << 20),
+            sandbox: sandbox.as_ref(),
         };
         let ending = runner::run(&spec, &log, |elapsed| {
             if let Some(bar) = &progress {
@@ -222,9 +289,9 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    let _ = std::fs::remove_dir_all(&scratch);
 
-    let report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
+    let mut report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
+    mark(&mut report, &plan, sandbox.as_ref(), config.sandbox_for(project));
     let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
     let code = exit::worst(floor, delivered);
     if delivered == exit::OK || delivered == exit::SPOOLED {
@@ -234,9 +301,188 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&path, format!("{revision}\n"))?;
+        std::fs::write(&path, format!("{}\n", build_key.as_deref().unwrap_or(&revision)))?;
     }
     Ok(code)
+}
+
+/// Removes the build's scratch directory (logs, sandbox home) however the build ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Why a project is not built this time.
+enum Skip {
+    /// Nothing to say to the project (no recipe yet, unmet requirements, server away): the
+    /// message is printed already; exit with this code.
+    Quietly(u8),
+    /// Refused: exit 5, and the project is told why.
+    Refused(String),
+}
+
+/// The steps to run: the config's own, or the project's recipe once it passed every check.
+fn plan(config: &Config, project: &Project, verbose: bool) -> Result<Plan, Skip> {
+    let Some(pin) = &project.recipe else {
+        let steps = project
+            .steps
+            .iter()
+            .map(|s| Planned {
+                name: s.name.clone(),
+                run: s.run.clone(),
+                timeout: s.timeout(),
+                kind: s.kind.as_deref().and_then(StepKind::parse),
+                junit: s.junit.clone(),
+                continue_on_failure: s.continue_on_failure,
+                env: s.env.clone(),
+            })
+            .collect();
+        return Ok(Plan { steps, source: project.git.clone(), recipe: None, network: config.network_for(project) });
+    };
+    let name = &project.name;
+    let v = match trust::obtain(&trust::agent(), config.server.trim_end_matches('/'), name, pin) {
+        Ok(v) => v,
+        Err(NoRecipe::Refused(why)) => return Err(Skip::Refused(why)),
+        Err(NoRecipe::NonePublished(why)) => {
+            eprintln!("tbox-report: {why}; nothing to build");
+            return Err(Skip::Quietly(exit::OK));
+        }
+        Err(NoRecipe::Unreachable(why)) => {
+            eprintln!("tbox-report: {name}: {why}; nothing built");
+            return Err(Skip::Quietly(exit::SPOOLED));
+        }
+    };
+    if let Some(note) = &v.from_cache {
+        eprintln!("tbox-report: {name}: {note} (version {}, signed by {})", v.recipe.version, v.key);
+    }
+    let r = &v.recipe;
+    if !r.allows_branch(&project.branch) {
+        return Err(Skip::Refused(format!(
+            "the recipe (version {}) allows only the branches {}, and this machine is configured to build {:?}",
+            r.version,
+            r.branches.join(", "),
+            project.branch
+        )));
+    }
+    if let Some(git) = &project.git
+        && git != &r.repo
+    {
+        return Err(Skip::Refused(format!(
+            "the recipe takes its source only from {}, and the config names {git}",
+            r.repo
+        )));
+    }
+    let missing: Vec<&str> =
+        r.requires.iter().filter(|c| !config.capabilities.contains(c)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "tbox-report: {name}: skipped: recipe version {} requires {}, which this machine does not declare in \
+             `capabilities`",
+            r.version,
+            missing.join(", ")
+        );
+        return Err(Skip::Quietly(exit::OK));
+    }
+    if r.network && !config.network_for(project) {
+        eprintln!(
+            "tbox-report: {name}: skipped: recipe version {} needs the network; set `allow_network = true` to \
+             build it",
+            r.version
+        );
+        return Err(Skip::Quietly(exit::OK));
+    }
+    if verbose {
+        eprintln!("tbox-report: {name}: recipe version {} signed by {}", r.version, v.key);
+    }
+    let steps = r
+        .steps
+        .iter()
+        .map(|s| Planned {
+            name: s.name.clone(),
+            run: s.run.clone(),
+            timeout: s.timeout.as_deref().and_then(tbox_protocol::parse_duration).unwrap_or(config::DEFAULT_TIMEOUT),
+            kind: s.kind,
+            junit: s.junit.clone(),
+            continue_on_failure: s.continue_on_failure,
+            env: s.env.clone(),
+        })
+        .collect();
+    Ok(Plan { steps, source: Some(r.repo.clone()), network: r.network, recipe: Some(v) })
+}
+
+/// Fills in what the report says about the recipe and the sandbox.
+fn mark(report: &mut Report, plan: &Plan, sandbox: Option<&Sandbox>, mode: Mode) {
+    if let Some(v) = &plan.recipe {
+        report.recipe_version = Some(v.recipe.version);
+        report.recipe_key = Some(v.key.clone());
+    }
+    report.sandbox = match (sandbox, mode) {
+        (Some(s), _) => Some(s.describe().to_owned()),
+        (None, Mode::None) => Some("none".to_owned()),
+        // Not sandboxed because nothing ran (a refusal): say nothing.
+        (None, Mode::Auto) => None,
+    };
+}
+
+/// The properties of a report: the config's, what is detected, and the capabilities.
+fn properties(config: &Config, project: &Project) -> std::collections::BTreeMap<String, String> {
+    let mut p = props::detect(&project.properties);
+    if !config.capabilities.is_empty() {
+        p.insert("capabilities".into(), config.capabilities.join(" "));
+    }
+    p
+}
+
+/// Nothing runs. Says why, and tells the project with an `exception` report (once per reason,
+/// so that a refusal repeated by cron does not fill the waterfall).
+fn refuse(
+    config: &Config,
+    client: &Client,
+    project: &Project,
+    revision: &str,
+    why: &str,
+    floor: u8,
+    verbose: bool,
+) -> anyhow::Result<u8> {
+    eprintln!("tbox-report: {}: REFUSED, nothing was run: {why}", project.name);
+    let marker = config::state_dir().join("refused").join(&project.name);
+    if std::fs::read_to_string(&marker).is_ok_and(|old| old == why) {
+        if verbose {
+            eprintln!("tbox-report: {}: the project was told of this refusal already", project.name);
+        }
+        return Ok(exit::worst(floor, exit::REFUSED));
+    }
+    let now = Utc::now();
+    let step = Step {
+        name: "recipe".into(),
+        result: BuildResult::Exception,
+        started_at: now.fixed_offset(),
+        finished_at: now.fixed_offset(),
+        exit_code: None,
+        kind: None,
+        log: Some(format!(
+            "[tbox-report] this volunteer refused to build, and ran nothing:\n{why}\n\nIf the project did not \
+             publish this, its server or a path to it may have been tampered with.\n"
+        )),
+        log_truncated: false,
+    };
+    let report = finish(project, config, super::new_uuid(), revision.to_owned(), now, vec![step], Vec::new());
+    let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
+    if delivered == exit::OK || delivered == exit::SPOOLED {
+        if let Some(dir) = marker.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&marker, why);
+    }
+    Ok(exit::worst(exit::worst(floor, delivered), exit::REFUSED))
+}
+
+/// A build ran: a later refusal is news again.
+fn forget_refusal(project: &str) {
+    let _ = std::fs::remove_file(config::state_dir().join("refused").join(project));
 }
 
 /// The finished report; the overall result follows the steps.
@@ -269,8 +515,11 @@ fn finish(
         finished_at: Some(Utc::now().fixed_offset()),
         steps,
         tests,
-        properties: props::detect(&project.properties),
+        properties: properties(config, project),
         reporter: crate::REPORTER.into(),
+        recipe_version: None,
+        recipe_key: None,
+        sandbox: None,
     }
 }
 
@@ -278,14 +527,16 @@ fn finish(
 fn checkout(url: &str, branch: &str, workdir: &Path) -> (Step, bool) {
     let start = Utc::now().fixed_offset();
     let mut log = String::new();
+    // Fetched from the URL itself, not from `origin`: the source is the one the config or the
+    // recipe names, whatever a build may have left in the checkout's remotes.
     let ok = if workdir.join(".git").is_dir() {
-        git(&["fetch", "--quiet", "origin", branch], workdir, &mut log)
+        git(&["fetch", "--quiet", url, branch], workdir, &mut log)
             && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"], workdir, &mut log)
     } else {
         let parent = workdir.parent().unwrap_or(Path::new("/"));
         let _ = std::fs::create_dir_all(parent);
         let target = workdir.to_string_lossy();
-        git(&["clone", "--quiet", "--branch", branch, url, &target], parent, &mut log)
+        git(&["clone", "--quiet", "--branch", branch, "--", url, &target], parent, &mut log)
     };
     let step = Step {
         name: "checkout".into(),
@@ -304,7 +555,13 @@ fn checkout(url: &str, branch: &str, workdir: &Path) -> (Step, bool) {
 fn git(args: &[&str], dir: &Path, log: &mut String) -> bool {
     log.push_str(&format!("$ git {}\n", args.join(" ")));
     let mut cmd = std::process::Command::new("git");
-    cmd.args(args).current_dir(dir).env_clear().env("GIT_TERMINAL_PROMPT", "0");
+    // Git runs outside the sandbox: hooks in the checkout (a build could have written them,
+    // were `.git` writable to it) must not run here.
+    cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("GIT_TERMINAL_PROMPT", "0");
     for name in runner::INHERITED {
         if let Some(v) = std::env::var_os(name) {
             cmd.env(name, v);

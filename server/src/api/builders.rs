@@ -30,6 +30,8 @@ pub struct BuilderView {
     pub name: String,
     pub status: String,
     pub projects: Vec<String>,
+    /// Projects it asked to join that wait for an admin's approval.
+    pub pending_projects: Vec<String>,
     pub keys: Vec<KeyView>,
     pub last_report_at: Option<String>,
 }
@@ -146,6 +148,15 @@ fn register_in(
         // status); nobody can take a name over or add a key to it through this door.
         let keys = builders::keys(conn, existing.id)?;
         if keys.iter().any(|k| k.fingerprint == fingerprint && k.revoked_at.is_none()) {
+            // The holder asks for more projects (a second `join`): they wait for an admin's
+            // approval, as the first did; nothing is granted here.
+            for p in &reg.projects {
+                let project = projects::by_name(conn, p)?
+                    .ok_or_else(|| AppError::invalid("unknown_project", format!("projects: no project named {p:?}")))?;
+                if !builders::may_report(conn, existing.id, project.id)? {
+                    builders::request_project(conn, existing.id, project.id)?;
+                }
+            }
             return Ok((false, view(conn, &reg.name)?));
         }
         return Err(AppError::conflict(
@@ -191,7 +202,9 @@ fn register_in(
 fn view(conn: &mut DbConn, name: &str) -> Result<BuilderView, AppError> {
     let listed =
         builders::listed(conn, name)?.ok_or_else(|| AppError::not_found(format!("no builder named {name:?}")))?;
+    let pending_projects = builders::requested_projects(conn, listed.builder.id)?;
     Ok(BuilderView {
+        pending_projects,
         name: listed.builder.name,
         status: listed.builder.status,
         projects: listed.projects,

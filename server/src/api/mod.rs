@@ -4,6 +4,7 @@ pub mod builders;
 pub mod builds;
 pub mod openapi;
 pub mod projects;
+pub mod recipes;
 pub mod reports;
 pub mod status;
 pub mod views;

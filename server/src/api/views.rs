@@ -68,6 +68,12 @@ pub struct BuildDetail {
     pub finished_at: Option<String>,
     pub received_at: String,
     pub reporter: String,
+    /// The signed recipe this build ran (absent for hand-written steps).
+    pub recipe_version: Option<i64>,
+    /// The fingerprint of the project key that signed that recipe.
+    pub recipe_key: Option<String>,
+    /// How its steps were isolated (`bubblewrap`, or `none`); absent when the reporter did not say.
+    pub sandbox: Option<String>,
     pub properties: serde_json::Map<String, serde_json::Value>,
     pub url: String,
     pub steps: Vec<StepDetail>,
@@ -115,6 +121,9 @@ impl BuildDetail {
             finished_at: b.finished_at.map(time),
             received_at: time(b.received_at),
             reporter: b.reporter,
+            recipe_version: b.recipe_version,
+            recipe_key: b.recipe_key,
+            sandbox: b.sandbox,
             properties: serde_json::from_str(&b.properties).unwrap_or_default(),
             steps: f
                 .steps

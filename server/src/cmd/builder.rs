@@ -12,10 +12,16 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
         BuilderCommand::Add(args) => add(&args),
         BuilderCommand::Approve(args) => {
             let mut conn = super::connect(&args.db)?;
-            if !builders::set_status(&mut conn, &args.name, builders::ACTIVE)? {
-                bail!("no builder named {:?}", args.name);
-            }
+            let b = builders::by_name(&mut conn, &args.name)?
+                .with_context(|| format!("no builder named {:?}", args.name))?;
+            let granted = db::write_transaction(&mut conn, |c| {
+                builders::set_status(c, &args.name, builders::ACTIVE)?;
+                builders::grant_requests(c, b.id)
+            })?;
             println!("builder {} approved: its reports are accepted from now on", args.name);
+            if !granted.is_empty() {
+                println!("it may now also report for: {}", granted.join(", "));
+            }
             Ok(())
         }
         BuilderCommand::Revoke(args) => {
@@ -60,9 +66,13 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
         }
         BuilderCommand::List(args) => {
             let mut conn = super::connect(&args.db)?;
-            let only = args.pending.then_some(builders::PENDING);
-            for l in builders::list(&mut conn, only)? {
+            for l in builders::list(&mut conn, None)? {
                 let b = &l.builder;
+                let asks = builders::requested_projects(&mut conn, b.id)?;
+                // Waiting: a new registration, or an approved builder asking for more projects.
+                if args.pending && b.status != builders::PENDING && asks.is_empty() {
+                    continue;
+                }
                 println!(
                     "{}\t{}\towner={}\tprojects={}\tregistered={}\tlast_report={}",
                     b.name,
@@ -75,6 +85,9 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                 for k in &l.keys {
                     let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     println!("\tkey {} ({state})", k.fingerprint);
+                }
+                if !asks.is_empty() {
+                    println!("\tasks to join: {} (grant with: tbox-server builder approve {})", asks.join(","), b.name);
                 }
             }
             Ok(())

@@ -1,10 +1,11 @@
-//! `tbox-server project add | list`.
+//! `tbox-server project add | list | key … | capability …`.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use tbox_protocol::PublicKey;
 
-use crate::cli::{ProjectAddArgs, ProjectCommand};
-use crate::db::models::NewProject;
-use crate::db::{now, projects};
+use crate::cli::{CapabilityCommand, ProjectAddArgs, ProjectCommand, ProjectKeyCommand};
+use crate::db::models::{Capability, NewProject, Project};
+use crate::db::{DbConn, now, projects, recipes};
 
 pub fn run(cmd: ProjectCommand) -> anyhow::Result<()> {
     match cmd {
@@ -13,6 +14,100 @@ pub fn run(cmd: ProjectCommand) -> anyhow::Result<()> {
             let mut conn = super::connect(&db)?;
             for p in projects::list(&mut conn)? {
                 println!("{}\t{}\t{}", p.name, p.title, p.repo_url.unwrap_or_default());
+            }
+            Ok(())
+        }
+        ProjectCommand::Key(cmd) => key(cmd),
+        ProjectCommand::Capability(cmd) => capability(cmd),
+    }
+}
+
+fn project(conn: &mut DbConn, name: &str) -> anyhow::Result<Project> {
+    projects::by_name(conn, name)?.with_context(|| format!("no project named {name:?}"))
+}
+
+fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProjectKeyCommand::Add(args) => {
+            let pem = std::fs::read_to_string(&args.key)
+                .with_context(|| format!("cannot read public key {}", args.key.display()))?;
+            let key =
+                PublicKey::from_pem(&pem).with_context(|| format!("{} is not a usable key", args.key.display()))?;
+            let mut conn = super::connect(&args.db)?;
+            let p = project(&mut conn, &args.project)?;
+            let fp = key.fingerprint();
+            let new = crate::db::models::NewProjectKey {
+                project_id: p.id,
+                fingerprint: &fp,
+                public_key: &pem,
+                endorsed_by: None,
+                endorsement: None,
+                created_at: now(),
+            };
+            crate::api::recipes::add_key(&mut conn, &new).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("key {fp} may now sign recipes of project {}", args.project);
+            println!("volunteers join with: tbox-report join <server>/projects/{} --key {fp}", args.project);
+            Ok(())
+        }
+        ProjectKeyCommand::Revoke(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let p = project(&mut conn, &args.project)?;
+            if !recipes::revoke_key(&mut conn, p.id, &args.key, now())? {
+                bail!("project {:?} has no unrevoked key {}", args.project, args.key);
+            }
+            println!(
+                "key {} of project {} revoked: its signatures and the keys it endorsed are refused from now on",
+                args.key, args.project
+            );
+            Ok(())
+        }
+        ProjectKeyCommand::List(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let p = project(&mut conn, &args.project)?;
+            for k in recipes::keys(&mut conn, p.id)? {
+                println!(
+                    "{}\t{}\tendorsed_by={}\tadded={}",
+                    k.fingerprint,
+                    if k.revoked_at.is_some() { "revoked" } else { "active" },
+                    k.endorsed_by.as_deref().unwrap_or("-"),
+                    k.created_at.format("%Y-%m-%d %H:%M"),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn capability(cmd: CapabilityCommand) -> anyhow::Result<()> {
+    match cmd {
+        CapabilityCommand::Add(args) => {
+            tbox_protocol::validate_name("capability", &args.name, 64)?;
+            let description = args.description.trim();
+            anyhow::ensure!(
+                !description.is_empty() && description.len() <= 1000,
+                "--description must say what the capability means (1 to 1000 bytes)"
+            );
+            let mut conn = super::connect(&args.db)?;
+            let p = project(&mut conn, &args.project)?;
+            let cap = Capability { project_id: p.id, name: args.name.clone(), description: description.to_owned() };
+            crate::db::write_transaction(&mut conn, |c| recipes::set_capability(c, &cap))?;
+            println!("capability {} of project {}: {description}", args.name, args.project);
+            Ok(())
+        }
+        CapabilityCommand::Remove(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let p = project(&mut conn, &args.project)?;
+            if !recipes::remove_capability(&mut conn, p.id, &args.name)? {
+                bail!("project {:?} has no capability {:?}", args.project, args.name);
+            }
+            println!("capability {} of project {} removed", args.name, args.project);
+            Ok(())
+        }
+        CapabilityCommand::List(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let p = project(&mut conn, &args.project)?;
+            for c in recipes::capabilities(&mut conn, p.id)? {
+                println!("{}\t{}", c.name, c.description);
             }
             Ok(())
         }

@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::models::{Builder, BuilderKey, NewBuilder, NewBuilderKey};
-use super::schema::{builder_keys, builder_projects, builders, projects};
+use super::schema::{builder_keys, builder_project_requests, builder_projects, builders, projects};
 use super::{DbConn, now};
 use crate::dispatch;
 
@@ -55,6 +55,45 @@ pub fn allow(conn: &mut DbConn, builder_id: i64, project_id: i64) -> QueryResult
         .on_conflict_do_nothing()
         .execute(c))?;
     Ok(())
+}
+
+/// Records that a builder asks to report for one more project (approved with the builder).
+pub fn request_project(conn: &mut DbConn, builder_id: i64, project_id: i64) -> QueryResult<()> {
+    dispatch!(conn, |c| diesel::insert_into(builder_project_requests::table)
+        .values((
+            builder_project_requests::builder_id.eq(builder_id),
+            builder_project_requests::project_id.eq(project_id),
+            builder_project_requests::requested_at.eq(now()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    Ok(())
+}
+
+/// The projects a builder asked to join and waits for, by name.
+pub fn requested_projects(conn: &mut DbConn, builder_id: i64) -> QueryResult<Vec<String>> {
+    builder_project_requests::table
+        .inner_join(projects::table)
+        .filter(builder_project_requests::builder_id.eq(builder_id))
+        .order(projects::name)
+        .select(projects::name)
+        .load(conn)
+}
+
+/// Grants a builder every project it asked for; returns their names.
+pub fn grant_requests(conn: &mut DbConn, builder_id: i64) -> QueryResult<Vec<String>> {
+    let wanted: Vec<(i64, String)> = builder_project_requests::table
+        .inner_join(projects::table)
+        .filter(builder_project_requests::builder_id.eq(builder_id))
+        .order(projects::name)
+        .select((projects::id, projects::name))
+        .load(conn)?;
+    for (project_id, _) in &wanted {
+        allow(conn, builder_id, *project_id)?;
+    }
+    diesel::delete(builder_project_requests::table.filter(builder_project_requests::builder_id.eq(builder_id)))
+        .execute(conn)?;
+    Ok(wanted.into_iter().map(|(_, name)| name).collect())
 }
 
 /// Whether a builder may report for a project.

@@ -14,6 +14,7 @@ pub mod builders;
 pub mod builds;
 pub mod models;
 pub mod projects;
+pub mod recipes;
 pub mod schema;
 pub mod status;
 

@@ -92,6 +92,9 @@ pub struct Build {
     pub reporter: String,
     pub properties: String,
     pub received_at: NaiveDateTime,
+    pub recipe_version: Option<i64>,
+    pub recipe_key: Option<String>,
+    pub sandbox: Option<String>,
 }
 
 /// The columns a report sets on a build (insert, or update when `finished` completes it).
@@ -110,6 +113,9 @@ pub struct BuildFields<'a> {
     pub reporter: &'a str,
     pub properties: &'a str,
     pub received_at: NaiveDateTime,
+    pub recipe_version: Option<i64>,
+    pub recipe_key: Option<&'a str>,
+    pub sandbox: Option<&'a str>,
 }
 
 /// One step of a build.
@@ -175,4 +181,56 @@ pub struct NewTest<'a> {
     pub result: &'a str,
     pub duration_ms: Option<i64>,
     pub message: Option<&'a str>,
+}
+
+/// A key allowed to sign a project's recipes.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = project_keys)]
+pub struct ProjectKey {
+    pub id: i64,
+    pub project_id: i64,
+    pub fingerprint: String,
+    pub public_key: String,
+    /// The key that endorsed this one in a rotation (its fingerprint), and its signature over
+    /// `public_key`'s exact text.
+    pub endorsed_by: Option<String>,
+    pub endorsement: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = project_keys)]
+pub struct NewProjectKey<'a> {
+    pub project_id: i64,
+    pub fingerprint: &'a str,
+    pub public_key: &'a str,
+    pub endorsed_by: Option<&'a str>,
+    pub endorsement: Option<&'a str>,
+    pub created_at: NaiveDateTime,
+}
+
+/// One published recipe, its exact bytes and signature.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = recipes)]
+pub struct RecipeRow {
+    #[diesel(skip_insertion)]
+    pub id: i64,
+    pub project_id: i64,
+    pub version: i64,
+    pub body: Vec<u8>,
+    pub signature: String,
+    pub digest: String,
+    pub key_fingerprint: String,
+    pub expires_at: NaiveDateTime,
+    pub published_at: NaiveDateTime,
+}
+
+/// A capability name a project's recipes may require.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = project_capabilities)]
+pub struct Capability {
+    pub project_id: i64,
+    pub name: String,
+    pub description: String,
 }

@@ -13,6 +13,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    builder_project_requests (builder_id, project_id) {
+        builder_id -> Int8,
+        project_id -> Int8,
+        requested_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     builder_projects (builder_id, project_id) {
         builder_id -> Int8,
         project_id -> Int8,
@@ -47,6 +55,9 @@ diesel::table! {
         reporter -> Text,
         properties -> Text,
         received_at -> Timestamp,
+        recipe_version -> Nullable<Int8>,
+        recipe_key -> Nullable<Text>,
+        sandbox -> Nullable<Text>,
     }
 }
 
@@ -77,6 +88,41 @@ diesel::table! {
         revision_url -> Nullable<Text>,
         created_at -> Timestamp,
         compare_url -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    project_capabilities (project_id, name) {
+        project_id -> Int8,
+        name -> Text,
+        description -> Text,
+    }
+}
+
+diesel::table! {
+    project_keys (id) {
+        id -> Int8,
+        project_id -> Int8,
+        fingerprint -> Text,
+        public_key -> Text,
+        endorsed_by -> Nullable<Text>,
+        endorsement -> Nullable<Text>,
+        created_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    recipes (id) {
+        id -> Int8,
+        project_id -> Int8,
+        version -> Int8,
+        body -> Bytea,
+        signature -> Text,
+        digest -> Text,
+        key_fingerprint -> Text,
+        expires_at -> Timestamp,
+        published_at -> Timestamp,
     }
 }
 
@@ -117,11 +163,16 @@ diesel::table! {
 }
 
 diesel::joinable!(builder_keys -> builders (builder_id));
+diesel::joinable!(builder_project_requests -> builders (builder_id));
+diesel::joinable!(builder_project_requests -> projects (project_id));
 diesel::joinable!(builder_projects -> builders (builder_id));
 diesel::joinable!(builder_projects -> projects (project_id));
 diesel::joinable!(builds -> builders (builder_id));
 diesel::joinable!(builds -> projects (project_id));
 diesel::joinable!(heads -> builds (build_id));
+diesel::joinable!(project_capabilities -> projects (project_id));
+diesel::joinable!(project_keys -> projects (project_id));
+diesel::joinable!(recipes -> projects (project_id));
 diesel::joinable!(reports -> builds (build_id));
 diesel::joinable!(steps -> builds (build_id));
 diesel::joinable!(steps -> logs (log_digest));
@@ -129,12 +180,16 @@ diesel::joinable!(test_results -> builds (build_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     builder_keys,
+    builder_project_requests,
     builder_projects,
     builders,
     builds,
     heads,
     logs,
+    project_capabilities,
+    project_keys,
     projects,
+    recipes,
     reports,
     steps,
     test_results,

@@ -85,7 +85,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         "revision_url": super::revision_link(full.revision_url.as_deref(), &b.revision),
         "started_at": time(b.started_at), "finished_at": b.finished_at.map(time),
         "duration": b.finished_at.map(|f| status::duration((f - b.started_at).num_seconds())),
-        "reporter": b.reporter, "properties": properties, "class": class, "glyph": glyph, "word": word,
+        "reporter": b.reporter, "properties": properties,
+        "recipe_version": b.recipe_version, "recipe_key": b.recipe_key, "sandbox": b.sandbox, "class": class, "glyph": glyph, "word": word,
     });
     let steps: Vec<StepRow> = full
         .steps

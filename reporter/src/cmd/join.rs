@@ -1,0 +1,439 @@
+//! `tbox-report join URL --key SHA256:…` and `tbox-report leave P`: everything a volunteer
+//! needs to start (or stop) building a project from its signed recipe.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use tbox_protocol::PrivateKey;
+
+use crate::cli::{JoinArgs, LeaveArgs};
+use crate::client::{Client, Sent};
+use crate::config::{self, Config};
+use crate::trust::{self, Fetch, NoRecipe};
+use crate::{exit, keyfile};
+
+pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
+    let (server, project) = split_url(&args.url)?;
+    let config_path = config::config_path(args.common.config.as_deref());
+    let existing = if config_path.exists() { Some(Config::load(&config_path)?) } else { None };
+    if let Some(c) = &existing
+        && c.server.trim_end_matches('/') != server
+    {
+        bail!(
+            "{} reports to {}, not {server}; use --config with another file for a second server",
+            config_path.display(),
+            c.server
+        );
+    }
+
+    // The key to pin: given, or confirmed by a person on a terminal. Never trusted silently.
+    let agent = trust::agent();
+    let keys = match trust::fetch_keys(&agent, &server, &project) {
+        Ok(k) => k,
+        Err(Fetch::Down(why)) => {
+            eprintln!("tbox-report: cannot reach {server} ({why}); nothing was changed");
+            return Ok(exit::SPOOLED);
+        }
+        Err(Fetch::Odd(why)) => bail!("{why}"),
+    };
+    let active: Vec<&trust::KeyEntry> = keys.iter().filter(|k| !k.revoked).collect();
+    if active.is_empty() {
+        bail!(
+            "project {project} has no signing key on {server} yet, so it cannot publish a recipe; ask its maintainers"
+        );
+    }
+    let pin = match &args.key {
+        Some(k) => {
+            if !config::is_fingerprint(k) {
+                eprintln!("tbox-report: --key must be a fingerprint, SHA256: and 64 lowercase hex digits; got {k:?}");
+                return Ok(exit::USAGE);
+            }
+            k.clone()
+        }
+        None => match confirm(&project, &active)? {
+            Some(k) => k,
+            None => return Ok(exit::USAGE),
+        },
+    };
+    if let Err(why) = trust::follow_chain(&pin, &keys) {
+        eprintln!("tbox-report: REFUSED to join {project}: {why}; nothing was changed");
+        eprintln!("tbox-report: check the fingerprint with the project itself (its README or website)");
+        return Ok(exit::REFUSED);
+    }
+    if let Some(c) = &existing
+        && let Some(p) = c.projects.iter().find(|p| p.name == project)
+        && p.recipe.as_deref() != Some(pin.as_str())
+    {
+        bail!(
+            "{project} is in {} already, with other steps or another key; `tbox-report leave {project}` first",
+            config_path.display()
+        );
+    }
+
+    // What the volunteer signs up for: the recipe as it is now, checked as `run` will.
+    let recipe = match trust::obtain(&agent, &server, &project, &pin) {
+        Ok(v) => Some(v),
+        Err(NoRecipe::NonePublished(why)) => {
+            println!("note: {why}; this machine will build it once one is published");
+            None
+        }
+        Err(NoRecipe::Refused(why)) => {
+            eprintln!("tbox-report: REFUSED to join {project}: {why}; nothing was changed");
+            return Ok(exit::REFUSED);
+        }
+        Err(NoRecipe::Unreachable(why)) => {
+            eprintln!("tbox-report: {why}; nothing was changed");
+            return Ok(exit::SPOOLED);
+        }
+    };
+    let branch = match (&args.branch, &recipe) {
+        (Some(b), _) => b.clone(),
+        (None, Some(v)) => {
+            v.recipe.branches.iter().find(|b| !b.contains(['*', '?'])).cloned().unwrap_or_else(|| "main".into())
+        }
+        (None, None) => "main".into(),
+    };
+    if let Some(v) = &recipe
+        && !v.recipe.allows_branch(&branch)
+    {
+        bail!("the recipe allows only the branches {}; choose one with --branch", v.recipe.branches.join(", "));
+    }
+
+    // The config and the key, made on first use.
+    let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_else(config::config_dir);
+    let (builder, key_path) = match &existing {
+        Some(c) => (c.builder.clone(), c.key_path()),
+        None => (args.builder.clone().unwrap_or_else(default_builder), config_dir.join("builder.pem")),
+    };
+    tbox_protocol::validate_name("builder", &builder, 64)?;
+    if existing.as_ref().is_some_and(|c| args.builder.as_ref().is_some_and(|b| b != &c.builder)) {
+        bail!("this config's builder is {builder}; --builder cannot rename it");
+    }
+    let key = if key_path.exists() {
+        keyfile::load(&key_path)?
+    } else {
+        let k = PrivateKey::generate(&mut rand_core::OsRng, 3072)?;
+        keyfile::write_new(&key_path, &k)?;
+        std::fs::write(key_path.with_extension("pub"), k.public_key().to_pem())?;
+        println!("made this machine's key: {} (mode 600)", key_path.display());
+        k
+    };
+
+    // Registered before the config changes, so that a name taken by someone else changes nothing.
+    let client = Client::new(&server, &builder, key);
+    let owner = args.owner.clone().or_else(|| existing.as_ref().and_then(|c| c.owner.clone()));
+    let body = serde_json::to_vec(&json!({
+        "name": builder,
+        "owner": owner,
+        "projects": [project],
+        "public_key": client.public_key().to_pem(),
+        "description": "joined with tbox-report join",
+    }))?;
+    let registration = match client.register(&body) {
+        Sent::Delivered(v) => Some(v),
+        Sent::Rejected { status, message } => {
+            eprintln!("tbox-report: the server refused to register {builder} ({status}): {message}");
+            if status == 409 {
+                eprintln!("tbox-report: choose another name with --builder");
+            }
+            eprintln!("tbox-report: nothing was changed");
+            return Ok(exit::REJECTED);
+        }
+        Sent::Unreachable(e) | Sent::NotTbox(e) => {
+            eprintln!(
+                "tbox-report: could not register now ({e}); run `tbox-report register --project {project}` later"
+            );
+            None
+        }
+    };
+
+    let already = existing.as_ref().is_some_and(|c| c.projects.iter().any(|p| p.name == project));
+    if !already {
+        let workdir = args.workdir.clone().unwrap_or_else(|| data_dir().join("work").join(&project));
+        let mut text = match &existing {
+            Some(_) => std::fs::read_to_string(&config_path)
+                .with_context(|| format!("cannot read {}", config_path.display()))?,
+            None => new_config(&server, &builder, &key_path, owner.as_deref()),
+        };
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&project_block(&project, &pin, &branch, &workdir));
+        write_config(&config_path, &text)?;
+        println!("{project} added to {}", config_path.display());
+    } else {
+        println!("{project} is in {} already", config_path.display());
+    }
+
+    if let Some(v) = &recipe {
+        let r = &v.recipe;
+        println!(
+            "recipe version {} signed by {}: builds {} from {} (steps: {})",
+            r.version,
+            v.key,
+            branch,
+            r.repo,
+            r.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" → ")
+        );
+        let declared = existing.as_ref().map(|c| c.capabilities.clone()).unwrap_or_default();
+        let missing: Vec<&String> = r.requires.iter().filter(|c| !declared.contains(c)).collect();
+        if !missing.is_empty() {
+            let described = capabilities(&agent, &server, &project);
+            for m in missing {
+                let what = described.iter().find(|(n, _)| n == m).map(|(_, d)| d.as_str()).unwrap_or("no description");
+                println!(
+                    "warning: the recipe requires capability {m:?} ({what}), which this machine does not declare;"
+                );
+                println!("         `run` skips it until `capabilities` in {} lists it", config_path.display());
+            }
+        }
+        if r.network && !existing.as_ref().is_some_and(|c| c.allow_network) {
+            println!("warning: the recipe needs the network; `run` skips it unless you set allow_network = true");
+        }
+    }
+
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "tbox-report".into());
+    let cfg = config_path.display();
+    println!();
+    match registration.as_ref().map(|v| (v["status"].as_str().unwrap_or(""), &v["pending_projects"])) {
+        Some(("active", pending)) if pending.as_array().is_some_and(|a| a.iter().any(|p| p == &json!(project))) => {
+            println!("builder {builder} is approved, but must be approved for {project} too: until then its reports");
+            println!("are refused. An admin of {server} runs: tbox-server builder approve {builder}");
+        }
+        Some(("active", _)) => println!("builder {builder} is approved for {project}: nothing to wait for"),
+        Some(_) => {
+            println!("builder {builder} is registered and PENDING: an admin of {server} must approve it");
+            println!("(tbox-server builder approve {builder}); until then its reports are refused");
+        }
+        None => {}
+    }
+    println!("then build once by hand:  {me} run --config {cfg} --project {project}");
+    println!("and let cron do the rest (crontab -e):");
+    println!("  */15 * * * * {me} run --config {cfg} 2>>{}", config::state_dir().join("cron.log").display());
+    println!("or a systemd user timer: see scripts/tbox-report.service and scripts/tbox-report.timer");
+    Ok(exit::OK)
+}
+
+pub fn leave(args: &LeaveArgs) -> anyhow::Result<u8> {
+    let path = config::config_path(args.common.config.as_deref());
+    let config = Config::load(&path)?;
+    let index = config
+        .projects
+        .iter()
+        .position(|p| p.name == args.project)
+        .with_context(|| format!("{} does not build {:?}", path.display(), args.project))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rest = remove_project(&text, index)?;
+    write_config(&path, &rest)?;
+    trust::forget(&args.project);
+    let _ = std::fs::remove_file(config::state_dir().join("last-revision").join(&args.project));
+    let _ = std::fs::remove_file(config::state_dir().join("refused").join(&args.project));
+    println!("left {}: removed from {}, its recipe forgotten", args.project, path.display());
+    println!(
+        "its source stays in {} (delete it if you like); the server keeps this builder's past builds",
+        config::expand(&config.projects[index].workdir).display()
+    );
+    Ok(exit::OK)
+}
+
+/// `https://host/prefix/projects/demo/` → (`https://host/prefix`, `demo`).
+fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let (server, project) = trimmed
+        .rsplit_once("/projects/")
+        .with_context(|| format!("{url:?} is not a project's page (https://server/projects/NAME)"))?;
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        bail!("{url:?} is not an http:// or https:// URL");
+    }
+    tbox_protocol::validate_name("project", project, 64)?;
+    Ok((server.to_owned(), project.to_owned()))
+}
+
+/// Asks a person to confirm the project's key. None: no terminal, or not confirmed.
+fn confirm(project: &str, keys: &[&trust::KeyEntry]) -> anyhow::Result<Option<String>> {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        eprintln!(
+            "tbox-report: no --key, and no terminal to confirm one on: refusing to trust a key on first use. Get the \
+             project's key fingerprint from the project itself (its README or website) and run: tbox-report join \
+             URL --key SHA256:…"
+        );
+        return Ok(None);
+    }
+    eprintln!("The server lists these signing keys for project {project}:");
+    for k in keys {
+        eprintln!("  {}", k.fingerprint);
+    }
+    eprintln!(
+        "A server can lie: compare with the fingerprint the project publishes itself (README, website, release \
+         notes). Paste that fingerprint to trust it, or press Enter to stop:"
+    );
+    eprint!("> ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let answer = line.trim();
+    if answer.is_empty() {
+        eprintln!("tbox-report: not joined; nothing was changed");
+        return Ok(None);
+    }
+    if !keys.iter().any(|k| k.fingerprint == answer) {
+        eprintln!("tbox-report: {answer:?} is not one of the listed keys; not joined, nothing was changed");
+        return Ok(None);
+    }
+    Ok(Some(answer.to_owned()))
+}
+
+/// The project's capabilities and their descriptions, best effort.
+fn capabilities(agent: &ureq::Agent, server: &str, project: &str) -> Vec<(String, String)> {
+    let url = format!("{server}/api/v1/projects/{project}/capabilities");
+    let Ok(a) = trust::get(agent, &url, 1 << 20) else { return Vec::new() };
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+    v["capabilities"]
+        .as_array()
+        .map(|caps| {
+            caps.iter()
+                .map(|c| {
+                    (c["name"].as_str().unwrap_or("").to_owned(), c["description"].as_str().unwrap_or("").to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `$XDG_DATA_HOME/tbox` (default `~/.local/share/tbox`): checkouts.
+fn data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| config::expand("~/.local/share"))
+        .join("tbox")
+}
+
+/// `<user>-<host>`, kept to the characters a builder name may have.
+fn default_builder() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "volunteer".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_else(|_| "machine".into());
+    let name: String = format!("{}-{}", user.trim(), host.trim())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    name.trim_matches('-').to_owned()
+}
+
+/// A TOML string (JSON's escapes are TOML's).
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn new_config(server: &str, builder: &str, key: &Path, owner: Option<&str>) -> String {
+    let mut t = String::from("# tbox-report's config, written by `tbox-report join`; see `tbox-report --help`.\n");
+    t.push_str(&format!("server  = {}\n", quoted(server)));
+    t.push_str(&format!("builder = {}\n", quoted(builder)));
+    t.push_str(&format!("key     = {}\n", quoted(&key.display().to_string())));
+    if let Some(o) = owner {
+        t.push_str(&format!("owner   = {}\n", quoted(o)));
+    }
+    t.push_str(
+        "# What this machine offers that recipes may require, e.g. [\"docker\"].\n\
+         capabilities = []\n\
+         # Steps run in a bubblewrap sandbox. \"none\" runs them with all your files in reach: don't.\n\
+         sandbox = \"auto\"\n\
+         # Whether a recipe that asks for the network gets it.\n\
+         allow_network = false\n",
+    );
+    t
+}
+
+fn project_block(project: &str, pin: &str, branch: &str, workdir: &Path) -> String {
+    format!(
+        "\n[[project]]\nname    = {}\nrecipe  = {}   # the project's key, pinned by `tbox-report join`\nbranch  = {}\n\
+         workdir = {}\n",
+        quoted(project),
+        quoted(pin),
+        quoted(branch),
+        quoted(&workdir.display().to_string())
+    )
+}
+
+/// Writes the config through a temporary file, after checking that it still loads.
+fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = Config::load(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("the changed config would not load ({e:#}); {} was left as it was", path.display());
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// The config text without its `index`-th `[[project]]` (with its steps and sub-tables);
+/// everything else, comments included, stays as the volunteer wrote it.
+fn remove_project(text: &str, index: usize) -> anyhow::Result<String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let header = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('[')
+    };
+    let is_project = |l: &str| l.trim().replace(' ', "") == "[[project]]";
+    let is_sub = |l: &str| {
+        let t = l.trim_start().replace(' ', "");
+        t.starts_with("[project.") || t.starts_with("[[project.")
+    };
+    let starts: Vec<usize> = (0..lines.len()).filter(|&i| is_project(lines[i])).collect();
+    let start = *starts.get(index).with_context(|| format!("the config has no project number {}", index + 1))?;
+    let mut end = start + 1;
+    while end < lines.len() && !(header(lines[end]) && !is_sub(lines[end])) {
+        end += 1;
+    }
+    // Blank lines before the block go with it.
+    let mut from = start;
+    while from > 0 && lines[from - 1].trim().is_empty() {
+        from -= 1;
+    }
+    Ok(lines[..from].concat() + &lines[end..].concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_urls() -> anyhow::Result<()> {
+        assert_eq!(split_url("https://t.example/projects/demo/")?, ("https://t.example".into(), "demo".into()));
+        assert_eq!(
+            split_url("http://127.0.0.1:8080/x/projects/a.b")?,
+            ("http://127.0.0.1:8080/x".into(), "a.b".into())
+        );
+        assert!(split_url("https://t.example/demo").is_err());
+        assert!(split_url("ftp://t.example/projects/demo").is_err());
+        assert!(split_url("https://t.example/projects/a b").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn leaving_removes_one_project_and_keeps_the_rest() -> anyhow::Result<()> {
+        let text = "server = \"x\"\n# mine\n\n[[project]]\nname = \"a\"\n[[project.step]]\nname = \"s\"\n\
+                    [project.env]\nA = \"1\"\n\n[[project]]\nname = \"b\" # keep\n";
+        assert_eq!(remove_project(text, 0)?, "server = \"x\"\n# mine\n\n[[project]]\nname = \"b\" # keep\n");
+        assert_eq!(
+            remove_project(text, 1)?,
+            "server = \"x\"\n# mine\n\n[[project]]\nname = \"a\"\n[[project.step]]\nname = \"s\"\n[project.env]\nA = \"1\"\n"
+        );
+        assert!(remove_project(text, 2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn builder_names_are_valid() {
+        let n = default_builder();
+        assert!(tbox_protocol::validate_name("builder", &n, 64).is_ok(), "{n}");
+    }
+}

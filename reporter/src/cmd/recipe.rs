@@ -1,0 +1,175 @@
+//! `tbox-report recipe sign | verify | publish | rotate`: the maintainer's side of recipes.
+//! None of these needs a volunteer's config: they work with the project's key files and a
+//! server URL.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use tbox_protocol::{PrivateKey, PublicKey, Recipe, parse_recipe, report_id, verify_recipe};
+
+use crate::cli::{RecipeCommand, RecipePublishArgs, RecipeRotateArgs, RecipeVerifyArgs};
+use crate::{exit, keyfile, trust};
+
+pub fn run(cmd: RecipeCommand) -> anyhow::Result<u8> {
+    match cmd {
+        RecipeCommand::Sign(a) => sign(&a.recipe, &a.key),
+        RecipeCommand::Verify(a) => verify(&a),
+        RecipeCommand::Publish(a) => publish(&a),
+        RecipeCommand::Rotate(a) => rotate(&a),
+    }
+}
+
+/// `recipe.toml` → `recipe.toml.sig`.
+fn sig_path(recipe: &Path, given: Option<&PathBuf>) -> PathBuf {
+    given.cloned().unwrap_or_else(|| {
+        let mut p = recipe.as_os_str().to_owned();
+        p.push(".sig");
+        PathBuf::from(p)
+    })
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn summary(r: &Recipe) -> String {
+    let steps: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+    format!(
+        "project {}, version {}, expires {}, repo {}, branches {}, steps {}{}{}",
+        r.project,
+        r.version,
+        r.expires.to_rfc3339(),
+        r.repo,
+        r.branches.join(" "),
+        steps.join(" → "),
+        if r.requires.is_empty() { String::new() } else { format!(", requires {}", r.requires.join(" ")) },
+        if r.network { ", needs the network" } else { "" },
+    )
+}
+
+fn sign(recipe: &Path, key: &Path) -> anyhow::Result<u8> {
+    let bytes = read(recipe)?;
+    // A recipe every volunteer would refuse is not worth a signature.
+    let r = parse_recipe(&bytes).with_context(|| format!("{} cannot be signed", recipe.display()))?;
+    if r.expires <= chrono::Utc::now() {
+        anyhow::bail!("{}: expires {} is already past; volunteers would refuse it", recipe.display(), r.expires);
+    }
+    let key = keyfile::load(key)?;
+    let signature = key.sign(&bytes);
+    let out = sig_path(recipe, None);
+    // Exactly what `openssl dgst -sha256 -sign … | base64 -w0` writes: no newline.
+    std::fs::write(&out, &signature).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("signed {} ({})", recipe.display(), summary(&r));
+    println!("key    {}", key.public_key().fingerprint());
+    println!("wrote  {}", out.display());
+    Ok(exit::OK)
+}
+
+/// A public key from a PEM file holding a public or a private key.
+fn public_key(path: &Path) -> anyhow::Result<PublicKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    PublicKey::from_pem(&pem)
+        .or_else(|_| PrivateKey::from_pem(&pem).map(|k| k.public_key()))
+        .with_context(|| format!("{} is not an RSA key in PEM", path.display()))
+}
+
+fn verify(args: &RecipeVerifyArgs) -> anyhow::Result<u8> {
+    let bytes = read(&args.recipe)?;
+    let sig_file = sig_path(&args.recipe, args.sig.as_ref());
+    let sig = std::fs::read_to_string(&sig_file).with_context(|| format!("cannot read {}", sig_file.display()))?;
+    let key = public_key(&args.key)?;
+    let checked = verify_recipe(&bytes, sig.trim(), std::slice::from_ref(&key)).and_then(|(r, _)| {
+        let project = args.project.clone().unwrap_or_else(|| r.project.clone());
+        r.check(&project, chrono::Utc::now(), &report_id(&bytes), None).map(|()| r)
+    });
+    match checked {
+        Ok(r) => {
+            println!("good: {} ({})", args.recipe.display(), summary(&r));
+            println!("signed by {}", key.fingerprint());
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("tbox-report: {} REFUSED: {e}", args.recipe.display());
+            Ok(exit::REFUSED)
+        }
+    }
+}
+
+fn publish(args: &RecipePublishArgs) -> anyhow::Result<u8> {
+    let bytes = read(&args.recipe)?;
+    let r = parse_recipe(&bytes).with_context(|| format!("{} cannot be published", args.recipe.display()))?;
+    let sig_file = sig_path(&args.recipe, args.sig.as_ref());
+    let sig = std::fs::read_to_string(&sig_file)
+        .with_context(|| format!("cannot read {} (sign first: tbox-report recipe sign)", sig_file.display()))?;
+    let url = format!("{}/api/v1/projects/{}/recipe", args.server.trim_end_matches('/'), r.project);
+    let answer = trust::agent()
+        .put(&url)
+        .header("Content-Type", "application/toml")
+        .header("Tbox-Signature", sig.trim())
+        .send(&bytes[..]);
+    send_outcome(&url, answer, |v| {
+        println!("published {} ({})", args.recipe.display(), summary(&r));
+        println!("signed by {}", v["key"].as_str().unwrap_or("?"));
+        println!("served at {}", v["url"].as_str().unwrap_or(&url));
+    })
+}
+
+fn rotate(args: &RecipeRotateArgs) -> anyhow::Result<u8> {
+    let old = keyfile::load(&args.key)?;
+    let new = if args.new.exists() {
+        keyfile::load(&args.new)?
+    } else {
+        let k = PrivateKey::generate(&mut rand_core::OsRng, 3072)?;
+        keyfile::write_new(&args.new, &k)?;
+        std::fs::write(args.new.with_extension("pub"), k.public_key().to_pem())?;
+        println!("new key written to {} (mode 600)", args.new.display());
+        k
+    };
+    let pem = new.public_key().to_pem();
+    let url = format!("{}/api/v1/projects/{}/keys", args.server.trim_end_matches('/'), args.project);
+    let answer = trust::agent()
+        .post(&url)
+        .header("Content-Type", "application/x-pem-file")
+        .header("Tbox-Signature", &old.sign(pem.as_bytes()))
+        .send(pem.as_bytes());
+    send_outcome(&url, answer, |_| {
+        let (from, to) = (old.public_key().fingerprint(), new.public_key().fingerprint());
+        println!("project {}: key {to} added, endorsed by {from}", args.project);
+        println!("volunteers who pinned {from} follow it by themselves; new volunteers should pin {to}");
+        println!("sign the next recipes with {}", args.new.display());
+    })
+}
+
+/// Prints what a server said about a PUT or POST; the exit code follows the status.
+fn send_outcome(
+    url: &str,
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    done: impl FnOnce(&serde_json::Value),
+) -> anyhow::Result<u8> {
+    let mut resp = match answer {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tbox-report: cannot reach {url}: {e}");
+            return Ok(exit::SPOOLED);
+        }
+    };
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match status {
+        200..=299 if json.is_object() => {
+            done(&json);
+            Ok(exit::OK)
+        }
+        400..=499 => {
+            let message =
+                json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect());
+            eprintln!("tbox-report: the server refused it ({status}): {message}");
+            Ok(exit::REJECTED)
+        }
+        _ => {
+            eprintln!("tbox-report: {url} answered {status}, not as a tbox server would; nothing was changed");
+            Ok(exit::SPOOLED)
+        }
+    }
+}

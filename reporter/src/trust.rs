@@ -1,0 +1,322 @@
+//! The volunteer's side of recipes: fetch a project's recipe from a server it does not trust,
+//! and accept it only if a key the volunteer pinned (or one reached from the pin by the
+//! project's own rotation signatures) signed these exact bytes, for this project, unexpired,
+//! and not older than what already ran here.
+//!
+//! The last good recipe is kept under the state directory, so a server outage does not stop
+//! builds while that recipe is valid; what ran last is remembered there too (rollbacks).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tbox_protocol::{PublicKey, Recipe, report_id, verify_recipe};
+
+use crate::config;
+
+/// One entry of `GET /api/v1/projects/{p}/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub fingerprint: String,
+    pub public_key: String,
+    #[serde(default)]
+    pub endorsed_by: Option<String>,
+    #[serde(default)]
+    pub endorsement: Option<String>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyList {
+    keys: Vec<KeyEntry>,
+}
+
+/// A key this volunteer trusts for a project, and how it came to.
+#[derive(Debug, Clone)]
+pub struct Trusted {
+    pub fingerprint: String,
+    pub key: PublicKey,
+}
+
+/// The keys trusted from `pin`: the pinned key itself, then every key endorsed (signature over
+/// its exact PEM text) by a key already trusted. Revoked keys are neither trusted nor followed.
+///
+/// The entries come from the server, so nothing in them is believed without a check: a key's
+/// PEM must hash to its fingerprint, and an endorsement must verify.
+pub fn follow_chain(pin: &str, entries: &[KeyEntry]) -> Result<Vec<Trusted>, String> {
+    let genuine = |e: &KeyEntry| -> Option<PublicKey> {
+        PublicKey::from_pem(&e.public_key).ok().filter(|k| k.fingerprint() == e.fingerprint)
+    };
+    let pinned = entries.iter().find(|e| e.fingerprint == pin).ok_or_else(|| {
+        format!("the server does not list the project key {pin} you pinned; nothing signed by it can be checked")
+    })?;
+    if pinned.revoked {
+        return Err(format!(
+            "the project key {pin} you pinned is revoked; get the project's current fingerprint from the project \
+             itself and join again"
+        ));
+    }
+    let key = genuine(pinned).ok_or_else(|| format!("the server sent a key that is not {pin} under its name"))?;
+    let mut trusted = vec![Trusted { fingerprint: pin.to_owned(), key }];
+    loop {
+        let before = trusted.len();
+        for e in entries {
+            if e.revoked || trusted.iter().any(|t| t.fingerprint == e.fingerprint) {
+                continue;
+            }
+            let (Some(by), Some(sig)) = (&e.endorsed_by, &e.endorsement) else { continue };
+            let Some(endorser) = trusted.iter().find(|t| &t.fingerprint == by) else { continue };
+            if endorser.key.verify(e.public_key.as_bytes(), sig).is_err() {
+                continue;
+            }
+            if let Some(key) = genuine(e) {
+                trusted.push(Trusted { fingerprint: e.fingerprint.clone(), key });
+            }
+        }
+        if trusted.len() == before {
+            return Ok(trusted);
+        }
+    }
+}
+
+/// A recipe that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub recipe: Recipe,
+    /// Hex SHA-256 of its bytes.
+    pub digest: String,
+    /// The fingerprint of the key that signed it.
+    pub key: String,
+    /// Where it came from: the server now, or the cache while the server is away.
+    pub from_cache: Option<String>,
+}
+
+/// Why there is no recipe to run.
+#[derive(Debug)]
+pub enum NoRecipe {
+    /// Refused: something is wrong with what the server served (or the pin). Nothing runs, the
+    /// volunteer is told exactly why, and the project hears of it.
+    Refused(String),
+    /// The project has published none yet.
+    NonePublished(String),
+    /// The server could not be reached and no valid recipe is cached.
+    Unreachable(String),
+}
+
+/// Where a project's recipe state lives: `$XDG_STATE_HOME/tbox/recipes/<project>/`.
+fn dir(project: &str) -> PathBuf {
+    config::state_dir().join("recipes").join(project)
+}
+
+/// The version and digest of the recipe last run here, if any.
+pub fn last_run(project: &str) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(dir(project).join("last-run")).ok()?;
+    let (v, d) = text.trim().split_once(' ')?;
+    Some((v.parse().ok()?, d.to_owned()))
+}
+
+/// Remembers that this recipe ran here: later ones may not be older, nor differ at this version.
+pub fn record_run(project: &str, v: &Verified) -> anyhow::Result<()> {
+    let d = dir(project);
+    std::fs::create_dir_all(&d)?;
+    write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())
+}
+
+/// Forgets a project (on `leave`).
+pub fn forget(project: &str) {
+    let _ = std::fs::remove_dir_all(dir(project));
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// An HTTP answer read whole (within a limit).
+pub struct Answer {
+    pub status: u16,
+    pub signature: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What went wrong reaching a server: it did not answer (or answered 5xx), or it answered
+/// something else than asked.
+pub enum Fetch {
+    Down(String),
+    Odd(String),
+}
+
+/// An agent for talking to a server about recipes and keys.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .build()
+        .into()
+}
+
+/// GET `url`, reading at most `limit` bytes of body.
+pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Answer, Fetch> {
+    let mut resp = agent.get(url).call().map_err(|e| Fetch::Down(e.to_string()))?;
+    let status = resp.status().as_u16();
+    if status >= 500 || status == 429 || status == 408 {
+        return Err(Fetch::Down(format!("it answered {status}")));
+    }
+    let signature = resp.headers().get("tbox-signature").and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned());
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| Fetch::Odd(format!("its answer could not be read (larger than {limit} bytes?): {e}")))?;
+    Ok(Answer { status, signature, body })
+}
+
+/// The project's key list from the server.
+pub fn fetch_keys(agent: &ureq::Agent, server: &str, project: &str) -> Result<Vec<KeyEntry>, Fetch> {
+    let url = format!("{server}/api/v1/projects/{project}/keys");
+    let a = get(agent, &url, 1 << 20)?;
+    match a.status {
+        200 => serde_json::from_slice::<KeyList>(&a.body)
+            .map(|l| l.keys)
+            .map_err(|e| Fetch::Odd(format!("{url} is not a tbox key list: {e}"))),
+        404 => Err(Fetch::Odd(format!("the server has no project {project:?} ({url} answered 404)"))),
+        s => Err(Fetch::Odd(format!("{url} answered {s}"))),
+    }
+}
+
+/// Fetches, verifies and checks the project's recipe; falls back to the cached one while the
+/// server cannot be reached. A recipe that passes is cached for next time.
+pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Result<Verified, NoRecipe> {
+    let d = dir(project);
+    let cached_keys =
+        || -> Option<Vec<KeyEntry>> { serde_json::from_slice(&std::fs::read(d.join("keys.json")).ok()?).ok() };
+    let mut down: Option<String> = None;
+    let entries = match fetch_keys(agent, server, project) {
+        Ok(e) => e,
+        Err(Fetch::Down(why)) => {
+            down = Some(why);
+            cached_keys().ok_or_else(|| unreachable(server, down.as_deref()))?
+        }
+        Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
+    };
+    let (bytes, signature) = if down.is_some() {
+        cached(project).ok_or_else(|| unreachable(server, down.as_deref()))?
+    } else {
+        let url = format!("{server}/api/v1/projects/{project}/recipe");
+        match get(agent, &url, tbox_protocol::MAX_RECIPE_BYTES as u64 + 1) {
+            Ok(a) if a.status == 200 => {
+                let sig = a.signature.ok_or_else(|| {
+                    NoRecipe::Refused(format!(
+                        "{url} came without its Tbox-Signature header: nothing proves who wrote it"
+                    ))
+                })?;
+                (a.body, sig)
+            }
+            Ok(a) if a.status == 404 => {
+                return Err(NoRecipe::NonePublished(format!("project {project} has published no recipe yet")));
+            }
+            Ok(a) => return Err(NoRecipe::Refused(format!("{url} answered {}", a.status))),
+            Err(Fetch::Down(why)) => {
+                down = Some(why);
+                cached(project).ok_or_else(|| unreachable(server, down.as_deref()))?
+            }
+            Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
+        }
+    };
+    let trusted = follow_chain(pin, &entries).map_err(NoRecipe::Refused)?;
+    let keys: Vec<PublicKey> = trusted.iter().map(|t| t.key.clone()).collect();
+    let (recipe, signer) = verify_recipe(&bytes, &signature, &keys).map_err(|e| NoRecipe::Refused(e.to_string()))?;
+    let digest = report_id(&bytes);
+    let last = last_run(project);
+    recipe
+        .check(project, Utc::now(), &digest, last.as_ref().map(|(v, d)| (*v, d.as_str())))
+        .map_err(|e| NoRecipe::Refused(e.to_string()))?;
+    let key = trusted[signer].fingerprint.clone();
+    if down.is_none() {
+        // Only what passed is kept: a bad answer never replaces a good cache.
+        let saved = std::fs::create_dir_all(&d)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| write_atomic(&d.join("recipe.toml"), &bytes))
+            .and_then(|()| write_atomic(&d.join("recipe.toml.sig"), signature.as_bytes()))
+            .and_then(|()| write_atomic(&d.join("keys.json"), &serde_json::to_vec(&entries)?));
+        if let Err(e) = saved {
+            eprintln!("tbox-report: could not cache the recipe in {} ({e}); building anyway", d.display());
+        }
+    }
+    let from_cache = down.map(|why| format!("the server could not be reached ({why}); using the cached recipe"));
+    Ok(Verified { recipe, digest, key, from_cache })
+}
+
+fn cached(project: &str) -> Option<(Vec<u8>, String)> {
+    let d = dir(project);
+    let bytes = std::fs::read(d.join("recipe.toml")).ok()?;
+    let sig = std::fs::read_to_string(d.join("recipe.toml.sig")).ok()?;
+    Some((bytes, sig.trim().to_owned()))
+}
+
+fn unreachable(server: &str, why: Option<&str>) -> NoRecipe {
+    NoRecipe::Unreachable(format!(
+        "the server {server} could not be reached ({}) and no recipe is cached yet",
+        why.unwrap_or("no answer")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tbox_protocol::PrivateKey;
+
+    fn key() -> PrivateKey {
+        PrivateKey::generate(&mut rand_core::OsRng, 2048).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn entry(k: &PrivateKey, by: Option<&PrivateKey>) -> KeyEntry {
+        let pem = k.public_key().to_pem();
+        KeyEntry {
+            fingerprint: k.public_key().fingerprint(),
+            endorsement: by.map(|b| b.sign(pem.as_bytes())),
+            endorsed_by: by.map(|b| b.public_key().fingerprint()),
+            public_key: pem,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn a_rotation_is_followed_from_the_pin_and_a_revoked_key_is_not() {
+        let (a, b, c, stranger) = (key(), key(), key(), key());
+        let pin = a.public_key().fingerprint();
+        let mut entries = vec![entry(&a, None), entry(&b, Some(&a)), entry(&c, Some(&b)), entry(&stranger, None)];
+        let fps = |t: Vec<Trusted>| t.into_iter().map(|t| t.fingerprint).collect::<Vec<_>>();
+        let trusted = fps(follow_chain(&pin, &entries).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(trusted.len(), 3, "a → b → c, not the stranger");
+        assert!(!trusted.contains(&stranger.public_key().fingerprint()));
+
+        // A server that claims the stranger was endorsed by a, with a signature of its own making.
+        let mut forged = entry(&stranger, Some(&stranger));
+        forged.endorsed_by = Some(pin.clone());
+        entries[3] = forged;
+        assert_eq!(fps(follow_chain(&pin, &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 3);
+
+        // b revoked: neither b nor what b endorsed.
+        entries[1].revoked = true;
+        assert_eq!(fps(follow_chain(&pin, &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
+        // The pin revoked: nothing.
+        entries[0].revoked = true;
+        assert!(follow_chain(&pin, &entries).is_err_and(|e| e.contains("revoked")));
+    }
+
+    #[test]
+    fn a_key_swapped_under_the_pins_name_is_refused() {
+        let (a, b) = (key(), key());
+        let mut e = entry(&b, None);
+        e.fingerprint = a.public_key().fingerprint();
+        let err = follow_chain(&e.fingerprint.clone(), &[e]).err().unwrap_or_default();
+        assert!(err.contains("not SHA256:"), "{err}");
+    }
+}
