@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -123,15 +123,18 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         }
         let written = log.metadata().map(|m| m.len()).unwrap_or(0);
         if started.elapsed() >= spec.timeout || written > spec.max_output {
-            // In a sandbox the group is bwrap and its pid 1; TERM ends bwrap, which takes the
-            // pid namespace down with SIGKILL (--die-with-parent), `setsid` children included.
-            let _ = killpg(pgid, Signal::SIGTERM);
-            let deadline = Instant::now() + GRACE;
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) && killpg(pgid, None).is_err() {
-                    break; // the leader and every other member are gone
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            // In a sandbox our group is only bwrap: its pid 1 puts the step in a new session.
+            // Signalling that session's group lets the step end gracefully; bwrap then returns
+            // only once the pid namespace is empty (`setsid` stragglers included), so nothing is
+            // left when we return. Signalling bwrap itself would also end the sandbox, but
+            // without waiting for it.
+            let inner = spec.sandbox.and_then(|_| crate::sandbox::step_group(child.id()));
+            let _ = killpg(inner.unwrap_or(pgid), Signal::SIGTERM);
+            wait_for_group(&mut child, pgid, GRACE);
+            if let Some(inner) = inner {
+                // SIGKILL reaches the namespace's pid 1 too, which takes everything inside along.
+                let _ = killpg(inner, Signal::SIGKILL);
+                wait_for_group(&mut child, pgid, GRACE);
             }
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
@@ -147,6 +150,17 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     // Whatever the step left running in the background goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
     ending
+}
+
+/// Waits up to `limit` for `child` to end and every other member of its group `pgid` to be gone.
+fn wait_for_group(child: &mut Child, pgid: Pid, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) && killpg(pgid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Reads a step log, keeping at most `cap` bytes: the head and the tail, with a line in the

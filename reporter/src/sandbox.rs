@@ -15,6 +15,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use nix::unistd::Pid;
+
 /// `sandbox = "auto" | "none"` in the volunteer's config (serde lowercase), default Auto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +126,22 @@ impl Sandbox {
         cmd.args(&self.args).arg("--chdir").arg(real_path(dir)).args(["--", "sh", "-c", command]);
         cmd
     }
+}
+
+/// The process group of the step in the sandbox whose outer bwrap is `bwrap`: the one of
+/// bwrap's only child, the namespace's pid 1, which made a new session for the step
+/// (`--new-session`). None until the sandbox is set up.
+pub(crate) fn step_group(bwrap: u32) -> Option<Pid> {
+    let bwrap = i32::try_from(bwrap).ok()?;
+    // Scanning /proc works without the kernel's optional `task/*/children` files.
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+        let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(1);
+        let ppid: i32 = fields.next()?.parse().ok()?;
+        let pgrp: i32 = fields.next()?.parse().ok()?;
+        (ppid == bwrap && pgrp > 0).then(|| Pid::from_raw(pgrp))
+    })
 }
 
 /// The bwrap options, without `--chdir` and the command. Without `workdir` (not there yet) it is

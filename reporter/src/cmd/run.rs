@@ -114,7 +114,9 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     let plan = match plan(config, project, verbose) {
         Ok(plan) => plan,
         Err(Skip::Quietly(code)) => return Ok(exit::worst(floor, code)),
-        Err(Skip::Refused(why)) => return refuse(config, client, project, "unknown", &why, floor, verbose),
+        Err(Skip::Refused(why)) => {
+            return refuse(config, client, project, ("recipe refused", "unknown"), &why, floor, verbose);
+        }
     };
     let started_at = Utc::now();
     let mut steps = Vec::new();
@@ -163,7 +165,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
             Ok(s) => Some(s),
             Err(e) => {
                 let why = format!("no sandbox could be made for the steps, so none ran: {e}");
-                return refuse(config, client, project, &revision, &why, floor, verbose);
+                return refuse(config, client, project, ("no sandbox", &revision), &why, floor, verbose);
             }
         },
     };
@@ -442,7 +444,7 @@ fn refuse(
     config: &Config,
     client: &Client,
     project: &Project,
-    revision: &str,
+    (step_name, revision): (&str, &str),
     why: &str,
     floor: u8,
     verbose: bool,
@@ -457,7 +459,7 @@ fn refuse(
     }
     let now = Utc::now();
     let step = Step {
-        name: "recipe".into(),
+        name: step_name.into(),
         result: BuildResult::Exception,
         started_at: now.fixed_offset(),
         finished_at: now.fixed_offset(),

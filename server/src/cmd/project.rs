@@ -56,7 +56,7 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
                 bail!("project {:?} has no unrevoked key {}", args.project, args.key);
             }
             println!(
-                "key {} of project {} revoked: its signatures and the keys it endorsed are refused from now on",
+                "key {} of project {} revoked: its signatures are refused from now on; volunteers who pinned it, or reached a key only through it, must join again",
                 args.key, args.project
             );
             Ok(())

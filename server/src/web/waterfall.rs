@@ -114,6 +114,8 @@ pub struct Header {
     pub seen_at: Option<String>,
     pub os: Option<String>,
     pub arch: Option<String>,
+    /// What the volunteer declared its machine offers (from its reports' properties).
+    pub capabilities: Vec<String>,
     pub class: &'static str,
     pub glyph: &'static str,
     pub word: &'static str,
@@ -140,6 +142,10 @@ pub fn headers(cols: &[Builder], latest: &[latest::Latest], state: &AppState) ->
                 seen_at: b.last_report_at.map(time),
                 os: props.get("os").cloned(),
                 arch: props.get("arch").cloned(),
+                capabilities: props
+                    .get("capabilities")
+                    .map(|c| c.split_whitespace().map(str::to_owned).collect())
+                    .unwrap_or_default(),
                 class,
                 glyph,
                 word,
@@ -163,6 +169,10 @@ struct Cell {
     since: Option<String>,
     duration: String,
     steps: Vec<StepCell>,
+    /// The volunteer ran it without a sandbox (`sandbox = "none"`).
+    unsandboxed: bool,
+    /// The signed recipe version it ran, if any.
+    recipe_version: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -192,6 +202,7 @@ struct Row {
 
 /// `GET /projects/{p}`.
 pub async fn page(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<Query>,
@@ -202,8 +213,13 @@ pub async fn page(
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let pool = state.pool.clone();
     let q2 = q.clone();
-    let (project, cols, latest, rows) =
-        web::block(move || -> Result<_, PageError> { load(&mut *pool.get()?, &name, &q2, after, limit + 1) }).await??;
+    let (project, cols, latest, rows, recipe) = web::block(move || -> Result<_, PageError> {
+        let mut conn = pool.get()?;
+        let (project, cols, latest, rows) = load(&mut conn, &name, &q2, after, limit + 1)?;
+        let recipe = crate::db::recipes::current(&mut conn, project.id)?;
+        Ok((project, cols, latest, rows, recipe))
+    })
+    .await??;
 
     let more = rows.len() as i64 > limit;
     let rows: Vec<Listed> = rows.into_iter().take(limit as usize).collect();
@@ -232,6 +248,8 @@ pub async fn page(
         t.with_before(q.before.clone())
     });
     ctx.insert("stale_after", &status::age(state.stale_after));
+    ctx.insert("recipe", &recipe.as_ref().and_then(recipe_json));
+    ctx.insert("base", &crate::api::base_url(&req));
     ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
     super::html(&super::templates::render("waterfall.html", &ctx).map_err(AppError::from)?)
 }
@@ -254,6 +272,22 @@ pub fn load(conn: &mut DbConn, name: &str, q: &Query, after: Option<Cursor>, lim
     };
     let rows = builds::newest(conn, project.id, &filter, after, limit)?;
     Ok((project, cols, latest, rows))
+}
+
+/// The current recipe as the project page shows it (the stored bytes were checked when published).
+fn recipe_json(row: &crate::db::models::RecipeRow) -> Option<serde_json::Value> {
+    let r = tbox_protocol::parse_recipe(&row.body).ok()?;
+    let steps: Vec<serde_json::Value> = r
+        .steps
+        .iter()
+        .map(|s| serde_json::json!({"name": s.name, "run": s.run, "timeout": s.timeout, "kind": s.kind.map(|k| k.as_str())}))
+        .collect();
+    Some(serde_json::json!({
+        "version": r.version, "key": row.key_fingerprint, "repo": r.repo, "branches": r.branches,
+        "requires": r.requires, "network": r.network, "steps": steps,
+        "expires": r.expires.to_rfc3339(), "expires_label": r.expires.format("%Y-%m-%d %H:%M UTC").to_string(),
+        "expired": r.expires <= chrono::Utc::now(),
+    }))
 }
 
 /// What every page of a project shows about it.
@@ -311,6 +345,8 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
                 changes_url,
                 since: previous.as_deref().map(short),
                 duration: status::duration((end_of(l) - b.started_at).num_seconds()),
+                unsandboxed: b.sandbox.as_deref() == Some("none"),
+                recipe_version: b.recipe_version,
                 steps: l
                     .steps
                     .iter()
