@@ -516,6 +516,28 @@ mod tests {
         let (ending, out) = run_in(&sandbox, &l.workdir, &command, &env);
         assert_eq!((ending, out.as_str()), (Ending::Exited(0), "started\n"));
         assert_eq!(processes_with(&marker), Vec::<String>::new());
+        // A step deaf to TERM gets KILL after the grace time, and still leaves nothing.
+        let command = format!("trap '' TERM; {marker} & setsid {marker} & while :; do {marker}; done");
+        let started = Instant::now();
+        let (ending, out) = run_with_timeout(&sandbox, &l.workdir, &command, &env, Duration::from_secs(1));
+        assert_eq!(ending, Ending::TimedOut(Duration::from_secs(1)), "output:\n{out}");
+        assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+        assert_eq!(processes_with(&marker), Vec::<String>::new());
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_workdir_made_after_the_check_is_used() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let l = layout("later")?;
+        // The first build clones into a workdir that does not exist yet.
+        let later = l.workdir.with_file_name("later");
+        let sandbox = Sandbox::with_program(&bwrap, &later, &l.scratch, false)?;
+        std::fs::create_dir(&later)?;
+        let (ending, out) = run_in(&sandbox, &later, "echo built > out && pwd", &BTreeMap::new());
+        assert_eq!((ending, out), (Ending::Exited(0), format!("{}\n", later.display())));
+        assert_eq!(std::fs::read_to_string(later.join("out"))?, "built\n");
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
     }

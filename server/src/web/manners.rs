@@ -37,6 +37,10 @@ pub async fn etag(
     if res.status() != StatusCode::OK || res.body().size() == actix_web::body::BodySize::Stream {
         return Ok(ServiceResponse::new(req, res.map_into_boxed_body()));
     }
+    if res.headers().contains_key(header::ETAG) {
+        // The handler tags it itself (a recipe: the SHA-256 of its bytes) and answered 304 already.
+        return Ok(ServiceResponse::new(req, res.map_into_boxed_body()));
+    }
     if !res.headers().contains_key(header::CACHE_CONTROL) {
         // Pages and the API change with every report: revalidate (cheaply, thanks to the tag).
         res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
