@@ -71,19 +71,19 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// The project's page on its tbox server, e.g. https://tbox.example.org/projects/demo.
+    /// The project's page on its tbox server, e.g. `https://tbox.example.org/projects/demo`.
     pub url: String,
     /// The project's key fingerprint (SHA256:…), as the project publishes it (README, website).
     /// Without it, the server's keys are shown and you are asked to confirm one on a terminal.
     #[arg(long, value_name = "SHA256:FP")]
     pub key: Option<String>,
-    /// This machine's builder name [default: the config's, or <user>-<hostname>].
+    /// This machine's builder name [default: the config's, or USER-HOSTNAME].
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
     /// The branch to build [default: the first plain branch name the recipe allows, else main].
     #[arg(long)]
     pub branch: Option<String>,
-    /// Where the source is checked out and built [default: ~/.local/share/tbox/work/<project>].
+    /// Where the source is checked out and built [default: ~/.local/share/tbox/work/PROJECT].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// How the admins can reach you (sent with the registration).

@@ -313,6 +313,8 @@ pub fn collect(
     let mut results = Vec::new();
     let mut matched = 0;
     let walk = walkdir::WalkDir::new(base).sort_by_file_name().into_iter().filter_entry(|e| e.file_name() != ".git");
+    // Symlinks are skipped (`is_file` is false for them): a build could point one at the
+    // volunteer's key, and this runs outside the sandbox.
     for entry in walk.filter_map(Result::ok).filter(|e| e.file_type().is_file()) {
         let Ok(rel) = entry.path().strip_prefix(base) else {
             continue;

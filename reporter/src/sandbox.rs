@@ -193,6 +193,11 @@ fn sandbox_args(workdir: Option<&Path>, home: &Path, network: bool) -> Vec<OsStr
     for dir in writable {
         a.bind("--bind", dir);
     }
+    // The checkout's git metadata is read-only: git runs outside the sandbox on the next update,
+    // and a hook or config (core.fsmonitor, a filter) written into `.git` would run there.
+    if let Some(git) = workdir.map(|w| w.join(".git")).filter(|g| g.is_dir()) {
+        a.bind("--ro-bind", &git);
+    }
     // The rest of the root is bwrap's scaffolding (mount points); a write there would vanish
     // silently, better that it fails.
     a.push(["--remount-ro", "/"]);

@@ -91,6 +91,11 @@ pub struct Verified {
     pub key: String,
     /// Where it came from: the server now, or the cache while the server is away.
     pub from_cache: Option<String>,
+    /// What to cache once it runs: the exact bytes, their signature, the key list it was
+    /// checked with.
+    bytes: Vec<u8>,
+    signature: String,
+    keys: Vec<KeyEntry>,
 }
 
 /// Why there is no recipe to run.
@@ -117,10 +122,17 @@ pub fn last_run(project: &str) -> Option<(u64, String)> {
     Some((v.parse().ok()?, d.to_owned()))
 }
 
-/// Remembers that this recipe ran here: later ones may not be older, nor differ at this version.
+/// Remembers that this recipe runs here: later ones may not be older, nor differ at this
+/// version; and keeps it, to build while the server is away. Only a recipe that passed every
+/// check, the volunteer's own (branch, capabilities) included, is kept.
 pub fn record_run(project: &str, v: &Verified) -> anyhow::Result<()> {
     let d = dir(project);
     std::fs::create_dir_all(&d)?;
+    if v.from_cache.is_none() {
+        write_atomic(&d.join("recipe.toml"), &v.bytes)?;
+        write_atomic(&d.join("recipe.toml.sig"), v.signature.as_bytes())?;
+        write_atomic(&d.join("keys.json"), &serde_json::to_vec(&v.keys)?)?;
+    }
     write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())
 }
 
@@ -190,8 +202,8 @@ pub fn fetch_keys(agent: &ureq::Agent, server: &str, project: &str) -> Result<Ve
     }
 }
 
-/// Fetches, verifies and checks the project's recipe; falls back to the cached one while the
-/// server cannot be reached. A recipe that passes is cached for next time.
+/// Fetches, verifies and checks the project's recipe; falls back to the cached one (the last
+/// one run here, see [`record_run`]) while the server cannot be reached.
 pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Result<Verified, NoRecipe> {
     let d = dir(project);
     let cached_keys =
@@ -238,19 +250,8 @@ pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Re
         .check(project, Utc::now(), &digest, last.as_ref().map(|(v, d)| (*v, d.as_str())))
         .map_err(|e| NoRecipe::Refused(e.to_string()))?;
     let key = trusted[signer].fingerprint.clone();
-    if down.is_none() {
-        // Only what passed is kept: a bad answer never replaces a good cache.
-        let saved = std::fs::create_dir_all(&d)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| write_atomic(&d.join("recipe.toml"), &bytes))
-            .and_then(|()| write_atomic(&d.join("recipe.toml.sig"), signature.as_bytes()))
-            .and_then(|()| write_atomic(&d.join("keys.json"), &serde_json::to_vec(&entries)?));
-        if let Err(e) = saved {
-            eprintln!("tbox-report: could not cache the recipe in {} ({e}); building anyway", d.display());
-        }
-    }
     let from_cache = down.map(|why| format!("the server could not be reached ({why}); using the cached recipe"));
-    Ok(Verified { recipe, digest, key, from_cache })
+    Ok(Verified { recipe, digest, key, from_cache, bytes, signature, keys: entries })
 }
 
 fn cached(project: &str) -> Option<(Vec<u8>, String)> {

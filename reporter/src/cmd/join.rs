@@ -390,12 +390,12 @@ fn remove_project(text: &str, index: usize) -> anyhow::Result<String> {
     let starts: Vec<usize> = (0..lines.len()).filter(|&i| is_project(lines[i])).collect();
     let start = *starts.get(index).with_context(|| format!("the config has no project number {}", index + 1))?;
     let mut end = start + 1;
-    while end < lines.len() && !(header(lines[end]) && !is_sub(lines[end])) {
+    while end < lines.len() && (!header(lines[end]) || is_sub(lines[end])) {
         end += 1;
     }
-    // Blank lines before the block go with it.
+    // The block takes its trailing blank lines; the last block takes the ones before it.
     let mut from = start;
-    while from > 0 && lines[from - 1].trim().is_empty() {
+    while end == lines.len() && from > 0 && lines[from - 1].trim().is_empty() {
         from -= 1;
     }
     Ok(lines[..from].concat() + &lines[end..].concat())
