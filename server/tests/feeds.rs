@@ -181,6 +181,13 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     assert_eq!(results, ["failed", "failed", "passed"]);
     get_checked(&s, &doc, "/api/v1/projects/{project}/tests/history", "/api/v1/projects/demo/tests/history", 400);
 
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/keys", "/api/v1/projects/demo/keys", 200);
+    assert_eq!(v["keys"], json!([]));
+    get_checked(&s, &doc, "/api/v1/projects/{project}/capabilities", "/api/v1/projects/demo/capabilities", 200);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/recipes", "/api/v1/projects/demo/recipes", 200);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/recipes", "/api/v1/projects/nope/recipes", 404);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/recipe", "/api/v1/projects/demo/recipe", 404);
+
     let v = get_checked(&s, &doc, "/api/v1/projects/{project}/shields.json", "/api/v1/projects/demo/shields.json", 200);
     let keys: HashSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, HashSet::from(["schemaVersion", "label", "message", "color", "isError", "cacheSeconds"]));
