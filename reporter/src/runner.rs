@@ -3,6 +3,7 @@
 //! the whole group, and output streamed to a file so memory stays flat.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
@@ -70,33 +71,32 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             return Ending::NotStarted(format!("cannot open the step log: {e}"));
         }
     };
+    // The step's environment: a few inherited variables, then its own.
+    let mut env: BTreeMap<OsString, OsString> =
+        INHERITED.iter().filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v))).collect();
+    if let Some(sandbox) = spec.sandbox {
+        // The volunteer's HOME is not in the sandbox; the scratch one is, at the same path.
+        env.insert("HOME".into(), sandbox.home().into());
+    }
+    env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
     let mut cmd = match spec.sandbox {
-        Some(sandbox) => sandbox.command(spec.workdir, spec.command),
+        Some(sandbox) => {
+            sandbox.command(spec.workdir, spec.command, env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())))
+        }
         None => {
             let mut sh = Command::new("sh");
-            sh.arg("-c").arg(spec.command);
+            sh.arg("-c").arg(spec.command).env_clear().envs(&env);
             sh
         }
     };
     // In a sandbox this is bwrap's directory (the step's is its `--chdir`); kept so that a
     // missing workdir fails here, the same way with and without a sandbox.
     cmd.current_dir(spec.workdir)
-        .env_clear()
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         // Its own process group, so that a timeout can kill everything it started.
         .process_group(0);
-    for name in INHERITED {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    if let Some(sandbox) = spec.sandbox {
-        // The volunteer's HOME is not in the sandbox; the scratch one is, at the same path.
-        cmd.env("HOME", sandbox.home());
-    }
-    cmd.envs(spec.env);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

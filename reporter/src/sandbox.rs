@@ -10,7 +10,7 @@
 //! network is allowed. Capabilities are dropped, so a reporter running as root does not hand root
 //! powers to the build.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -120,10 +120,24 @@ impl Sandbox {
         &self.home
     }
 
-    /// `bwrap <options> --chdir <dir> -- sh -c <command>`; the caller sets the environment.
-    pub(crate) fn command(&self, dir: &Path, command: &str) -> Command {
+    /// `bwrap <options> --setenv … --chdir <dir> -- sh -c <command>`.
+    ///
+    /// The step's environment goes in through `--setenv`, never into bwrap's own process:
+    /// bwrap runs outside the sandbox, and a recipe's `LD_PRELOAD` or `LD_LIBRARY_PATH`
+    /// pointing into the checkout would run the project's code there. bwrap itself gets an
+    /// empty environment (it is started by absolute path and needs none).
+    pub(crate) fn command<'e>(
+        &self,
+        dir: &Path,
+        command: &str,
+        env: impl IntoIterator<Item = (&'e OsStr, &'e OsStr)>,
+    ) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args).arg("--chdir").arg(real_path(dir)).args(["--", "sh", "-c", command]);
+        cmd.env_clear().args(&self.args);
+        for (k, v) in env {
+            cmd.arg("--setenv").arg(k).arg(v);
+        }
+        cmd.arg("--chdir").arg(real_path(dir)).args(["--", "sh", "-c", command]);
         cmd
     }
 }
@@ -528,6 +542,26 @@ mod tests {
         assert_eq!(ending, Ending::TimedOut(Duration::from_secs(1)), "output:\n{out}");
         assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
         assert_eq!(processes_with(&marker), Vec::<String>::new());
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_steps_environment_reaches_the_step_not_bwrap() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let l = layout("env")?;
+        let sandbox = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false)?;
+        // bwrap runs outside the sandbox: a recipe's LD_PRELOAD must not be in its environment.
+        let preload = (OsStr::new("LD_PRELOAD"), OsStr::new("/checkout/evil.so"));
+        let cmd = sandbox.command(&l.workdir, "true", [preload]);
+        assert_eq!(cmd.get_envs().filter(|(_, v)| v.is_some()).count(), 0, "bwrap gets no environment");
+        let args: Vec<&OsStr> = cmd.get_args().collect();
+        assert!(args.windows(3).any(|w| w == [OsStr::new("--setenv"), preload.0, preload.1]), "{args:?}");
+        // And the step sees exactly what it was given.
+        let env = BTreeMap::from([("GREETING".to_owned(), "hi there".to_owned())]);
+        let (ending, out) = run_in(&sandbox, &l.workdir, "echo \"$GREETING\"; echo done", &env);
+        assert_all_passed(&ending, &out);
+        assert!(out.starts_with("hi there\n"), "{out}");
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
     }
