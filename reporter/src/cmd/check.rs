@@ -74,7 +74,8 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         };
         match &p.recipe {
             Some(pin) => {
-                println!("project  {} ({}): {}; steps from the recipe signed by {pin}", p.name, p.branch, plan)
+                println!("project  {} ({}): {}; steps from the recipe signed by {pin}", p.name, p.branch, plan);
+                problems += check_recipe(&config, p, pin);
             }
             None => {
                 let steps: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
@@ -92,4 +93,47 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     }
     println!("all good");
     Ok(exit::OK)
+}
+
+/// What `run` would think of the project's recipe now; the number of problems found.
+fn check_recipe(config: &config::Config, p: &config::Project, pin: &str) -> usize {
+    use crate::trust::{self, NoRecipe};
+    match trust::obtain(&trust::agent(), config.server.trim_end_matches('/'), &p.name, pin) {
+        Ok(v) => {
+            let r = &v.recipe;
+            println!(
+                "recipe   version {} signed by {}, expires {}; steps {}",
+                r.version,
+                v.key,
+                r.expires.format("%Y-%m-%d %H:%M UTC"),
+                r.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" → ")
+            );
+            let missing: Vec<&str> =
+                r.requires.iter().filter(|c| !config.capabilities.contains(c)).map(String::as_str).collect();
+            if !missing.is_empty() {
+                println!("         requires {}, not in `capabilities`: `run` skips it", missing.join(", "));
+            }
+            if r.network && !config.network_for(p) {
+                println!("         needs the network, and allow_network is false: `run` skips it");
+            }
+            if r.allows_branch(&p.branch) {
+                0
+            } else {
+                println!("         ! does not allow branch {:?}: `run` refuses it", p.branch);
+                1
+            }
+        }
+        Err(NoRecipe::NonePublished(why)) => {
+            println!("recipe   {why}");
+            0
+        }
+        Err(NoRecipe::Refused(why)) => {
+            println!("recipe   ! REFUSED: {why}");
+            1
+        }
+        Err(NoRecipe::Unreachable(why)) => {
+            println!("recipe   ! {why}");
+            1
+        }
+    }
 }

@@ -151,7 +151,12 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
 
     let already = existing.as_ref().is_some_and(|c| c.projects.iter().any(|p| p.name == project));
     if !already {
-        let workdir = args.workdir.clone().unwrap_or_else(|| data_dir().join("work").join(&project));
+        let workdir = match &args.workdir {
+            // Cron runs elsewhere: the config holds an absolute path.
+            Some(w) if w.is_relative() => std::env::current_dir()?.join(w),
+            Some(w) => w.clone(),
+            None => data_dir().join("work").join(&project),
+        };
         let mut text = match &existing {
             Some(_) => std::fs::read_to_string(&config_path)
                 .with_context(|| format!("cannot read {}", config_path.display()))?,
