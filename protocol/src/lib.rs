@@ -25,7 +25,7 @@ mod recipe;
 mod report;
 mod validate;
 
-pub use keys::{KeyError, PrivateKey, PublicKey, SignatureError, report_id};
+pub use keys::{KeyError, PrivateKey, PublicKey, SignatureError, endorsement_message, report_id};
 pub use recipe::{
     MAX_RECIPE_BYTES, RECIPE_FORMAT, Recipe, RecipeError, RecipeStep, branch_matches, parse_duration, parse_recipe,
     verify_recipe,

@@ -235,10 +235,15 @@ fn in_range(field: &str, t: &chrono::DateTime<chrono::FixedOffset>) -> Result<()
     }
 }
 
-/// Builder, project and uuid names: `[A-Za-z0-9._-]{1,max}`.
+/// Builder, project and uuid names: `[A-Za-z0-9._-]{1,max}`, not starting with a dot.
 pub fn name(field: &str, v: &str, max: usize) -> Result<(), ValidationError> {
     if v.is_empty() || v.len() > max {
         return Err(ValidationError::new(field, format!("must be 1 to {max} characters long")));
+    }
+    // Names become file and directory names (state, checkouts): `.`, `..` and hidden names
+    // would point elsewhere than meant.
+    if v.starts_with('.') {
+        return Err(ValidationError::new(field, "must not start with a dot"));
     }
     if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(ValidationError::new(field, format!("may only hold A-Z a-z 0-9 . _ - (found {c:?})")));

@@ -159,10 +159,18 @@ fn judge(base: &str, status: u16, content_type: Option<&str>, text: &str, id: Op
         408 | 429 => Sent::Unreachable(format!("the server answered {status}")),
         400..=499 => Sent::Rejected {
             status,
-            message: json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
+            message: printable(
+                &json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
+            ),
         },
         _ => Sent::Unreachable(format!("the server answered {status}")),
     }
+}
+
+/// What a server said, safe to print on the volunteer's terminal: control characters (escape
+/// sequences could rewrite what is on screen, a fingerprint prompt say) become `?`.
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect()
 }
 
 #[cfg(test)]

@@ -189,9 +189,34 @@ impl Config {
         expand(&self.key)
     }
 
-    /// The spool directory.
+    /// The spool directory: one per server, so that a report never goes to another server
+    /// than the one it was built for (two configs, two servers).
     pub fn spool_dir(&self) -> PathBuf {
-        self.spool.as_deref().map(expand).unwrap_or_else(|| state_dir().join("spool"))
+        self.spool.as_deref().map(expand).unwrap_or_else(|| state_dir().join("spool").join(server_id(&self.server)))
+    }
+
+    /// Reports spooled by versions that had one spool for everything (top level of
+    /// `state/spool`) move into this server's spool: they were all for the one server then.
+    pub fn adopt_legacy_spool(&self) {
+        if self.spool.is_some() {
+            return;
+        }
+        let legacy = state_dir().join("spool");
+        let Ok(entries) = std::fs::read_dir(&legacy) else { return };
+        let target = self.spool_dir();
+        for e in entries.flatten() {
+            let path = e.path();
+            let spooled = path.extension().is_some_and(|x| x == "json" || x == "sig");
+            if spooled && path.is_file() && std::fs::create_dir_all(&target).is_ok() {
+                let _ = std::fs::rename(&path, target.join(e.file_name()));
+            }
+        }
+    }
+
+    /// Where a project's state of one kind lives (`last-revision`, `refused`, `locks`,
+    /// `recipes`): per server, then per project.
+    pub fn project_state(&self, kind: &str, project: &str) -> PathBuf {
+        state_dir().join(kind).join(server_id(&self.server)).join(project)
     }
 
     /// The project called `name`.
@@ -205,6 +230,15 @@ impl Step {
     pub fn timeout(&self) -> Duration {
         self.timeout.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TIMEOUT)
     }
+}
+
+/// A directory name for a server: `https://tbox.example.org:8443/x` → `tbox.example.org_8443_x`.
+pub fn server_id(server: &str) -> String {
+    let bare = server.split_once("://").map_or(server, |(_, rest)| rest).trim_end_matches('/');
+    let id: String =
+        bare.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    // Never `.`/`..` or hidden: those would be other directories.
+    if id.is_empty() || id.starts_with('.') { format!("server{id}") } else { id }
 }
 
 /// `SHA256:` and 64 lowercase hex digits.

@@ -77,6 +77,8 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     if let Some(sandbox) = spec.sandbox {
         // The volunteer's HOME is not in the sandbox; the scratch one is, at the same path.
         env.insert("HOME".into(), sandbox.home().into());
+        // Only system directories are there: the volunteer's PATH would only show their paths.
+        env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
     }
     env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
     let mut cmd = match spec.sandbox {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tbox_protocol::{PublicKey, Recipe, report_id, verify_recipe};
+use tbox_protocol::{PublicKey, Recipe, endorsement_message, report_id, verify_recipe};
 
 use crate::config;
 
@@ -45,7 +45,7 @@ pub struct Trusted {
 ///
 /// The entries come from the server, so nothing in them is believed without a check: a key's
 /// PEM must hash to its fingerprint, and an endorsement must verify.
-pub fn follow_chain(pin: &str, entries: &[KeyEntry]) -> Result<Vec<Trusted>, String> {
+pub fn follow_chain(project: &str, pin: &str, entries: &[KeyEntry]) -> Result<Vec<Trusted>, String> {
     let genuine = |e: &KeyEntry| -> Option<PublicKey> {
         PublicKey::from_pem(&e.public_key).ok().filter(|k| k.fingerprint() == e.fingerprint)
     };
@@ -68,7 +68,7 @@ pub fn follow_chain(pin: &str, entries: &[KeyEntry]) -> Result<Vec<Trusted>, Str
             }
             let (Some(by), Some(sig)) = (&e.endorsed_by, &e.endorsement) else { continue };
             let Some(endorser) = trusted.iter().find(|t| &t.fingerprint == by) else { continue };
-            if endorser.key.verify(e.public_key.as_bytes(), sig).is_err() {
+            if endorser.key.verify(&endorsement_message(project, &e.public_key), sig).is_err() {
                 continue;
             }
             if let Some(key) = genuine(e) {
@@ -110,14 +110,14 @@ pub enum NoRecipe {
     Unreachable(String),
 }
 
-/// Where a project's recipe state lives: `$XDG_STATE_HOME/tbox/recipes/<project>/`.
-fn dir(project: &str) -> PathBuf {
-    config::state_dir().join("recipes").join(project)
+/// Where a project's recipe state lives: `$XDG_STATE_HOME/tbox/recipes/<server>/<project>/`.
+fn dir(server: &str, project: &str) -> PathBuf {
+    config::state_dir().join("recipes").join(config::server_id(server)).join(project)
 }
 
 /// The version and digest of the recipe last run here, if any.
-pub fn last_run(project: &str) -> Option<(u64, String)> {
-    let text = std::fs::read_to_string(dir(project).join("last-run")).ok()?;
+pub fn last_run(server: &str, project: &str) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(dir(server, project).join("last-run")).ok()?;
     let (v, d) = text.trim().split_once(' ')?;
     Some((v.parse().ok()?, d.to_owned()))
 }
@@ -125,20 +125,28 @@ pub fn last_run(project: &str) -> Option<(u64, String)> {
 /// Remembers that this recipe runs here: later ones may not be older, nor differ at this
 /// version; and keeps it, to build while the server is away. Only a recipe that passed every
 /// check, the volunteer's own (branch, capabilities) included, is kept.
-pub fn record_run(project: &str, v: &Verified) -> anyhow::Result<()> {
-    let d = dir(project);
+pub fn record_run(server: &str, project: &str, v: &Verified) -> anyhow::Result<()> {
+    let d = dir(server, project);
     std::fs::create_dir_all(&d)?;
     if v.from_cache.is_none() {
         write_atomic(&d.join("recipe.toml"), &v.bytes)?;
         write_atomic(&d.join("recipe.toml.sig"), v.signature.as_bytes())?;
         write_atomic(&d.join("keys.json"), &serde_json::to_vec(&v.keys)?)?;
     }
+    write_atomic(&d.join("repo"), v.recipe.repo.as_bytes())?;
     write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())
 }
 
+/// The source repository this machine has built the project from, if any: a recipe may not
+/// switch it (a stolen project key could otherwise point the checkout, which runs outside the
+/// sandbox, at the volunteer's own repositories).
+pub fn built_repo(server: &str, project: &str) -> Option<String> {
+    std::fs::read_to_string(dir(server, project).join("repo")).ok().filter(|r| !r.is_empty())
+}
+
 /// Forgets a project (on `leave`).
-pub fn forget(project: &str) {
-    let _ = std::fs::remove_dir_all(dir(project));
+pub fn forget(server: &str, project: &str) {
+    let _ = std::fs::remove_dir_all(dir(server, project));
 }
 
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -168,6 +176,8 @@ pub fn agent() -> ureq::Agent {
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
         .timeout_connect(Some(Duration::from_secs(15)))
+        // A hostile server must not send the volunteer's machine to other hosts (its LAN).
+        .max_redirects(0)
         .build()
         .into()
 }
@@ -205,7 +215,16 @@ pub fn fetch_keys(agent: &ureq::Agent, server: &str, project: &str) -> Result<Ve
 /// Fetches, verifies and checks the project's recipe; falls back to the cached one (the last
 /// one run here, see [`record_run`]) while the server cannot be reached.
 pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Result<Verified, NoRecipe> {
-    let d = dir(project);
+    // Reasons quote what the server sent; they are printed and go into a report.
+    obtain_unchecked(agent, server, project, pin).map_err(|e| match e {
+        NoRecipe::Refused(why) => NoRecipe::Refused(crate::client::printable(&why)),
+        NoRecipe::NonePublished(why) => NoRecipe::NonePublished(crate::client::printable(&why)),
+        NoRecipe::Unreachable(why) => NoRecipe::Unreachable(crate::client::printable(&why)),
+    })
+}
+
+fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Result<Verified, NoRecipe> {
+    let d = dir(server, project);
     let cached_keys =
         || -> Option<Vec<KeyEntry>> { serde_json::from_slice(&std::fs::read(d.join("keys.json")).ok()?).ok() };
     let mut down: Option<String> = None;
@@ -218,7 +237,7 @@ pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Re
         Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
     };
     let (bytes, signature) = if down.is_some() {
-        cached(project).ok_or_else(|| unreachable(server, down.as_deref()))?
+        cached(server, project).ok_or_else(|| unreachable(server, down.as_deref()))?
     } else {
         let url = format!("{server}/api/v1/projects/{project}/recipe");
         match get(agent, &url, tbox_protocol::MAX_RECIPE_BYTES as u64 + 1) {
@@ -236,16 +255,16 @@ pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Re
             Ok(a) => return Err(NoRecipe::Refused(format!("{url} answered {}", a.status))),
             Err(Fetch::Down(why)) => {
                 down = Some(why);
-                cached(project).ok_or_else(|| unreachable(server, down.as_deref()))?
+                cached(server, project).ok_or_else(|| unreachable(server, down.as_deref()))?
             }
             Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
         }
     };
-    let trusted = follow_chain(pin, &entries).map_err(NoRecipe::Refused)?;
+    let trusted = follow_chain(project, pin, &entries).map_err(NoRecipe::Refused)?;
     let keys: Vec<PublicKey> = trusted.iter().map(|t| t.key.clone()).collect();
     let (recipe, signer) = verify_recipe(&bytes, &signature, &keys).map_err(|e| NoRecipe::Refused(e.to_string()))?;
     let digest = report_id(&bytes);
-    let last = last_run(project);
+    let last = last_run(server, project);
     recipe
         .check(project, Utc::now(), &digest, last.as_ref().map(|(v, d)| (*v, d.as_str())))
         .map_err(|e| NoRecipe::Refused(e.to_string()))?;
@@ -254,8 +273,8 @@ pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Re
     Ok(Verified { recipe, digest, key, from_cache, bytes, signature, keys: entries })
 }
 
-fn cached(project: &str) -> Option<(Vec<u8>, String)> {
-    let d = dir(project);
+fn cached(server: &str, project: &str) -> Option<(Vec<u8>, String)> {
+    let d = dir(server, project);
     let bytes = std::fs::read(d.join("recipe.toml")).ok()?;
     let sig = std::fs::read_to_string(d.join("recipe.toml.sig")).ok()?;
     Some((bytes, sig.trim().to_owned()))
@@ -281,7 +300,7 @@ mod tests {
         let pem = k.public_key().to_pem();
         KeyEntry {
             fingerprint: k.public_key().fingerprint(),
-            endorsement: by.map(|b| b.sign(pem.as_bytes())),
+            endorsement: by.map(|b| b.sign(&endorsement_message("demo", &pem))),
             endorsed_by: by.map(|b| b.public_key().fingerprint()),
             public_key: pem,
             revoked: false,
@@ -294,7 +313,7 @@ mod tests {
         let pin = a.public_key().fingerprint();
         let mut entries = vec![entry(&a, None), entry(&b, Some(&a)), entry(&c, Some(&b)), entry(&stranger, None)];
         let fps = |t: Vec<Trusted>| t.into_iter().map(|t| t.fingerprint).collect::<Vec<_>>();
-        let trusted = fps(follow_chain(&pin, &entries).unwrap_or_else(|e| panic!("{e}")));
+        let trusted = fps(follow_chain("demo", &pin, &entries).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(trusted.len(), 3, "a → b → c, not the stranger");
         assert!(!trusted.contains(&stranger.public_key().fingerprint()));
 
@@ -302,14 +321,17 @@ mod tests {
         let mut forged = entry(&stranger, Some(&stranger));
         forged.endorsed_by = Some(pin.clone());
         entries[3] = forged;
-        assert_eq!(fps(follow_chain(&pin, &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 3);
+        assert_eq!(fps(follow_chain("demo", &pin, &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 3);
+
+        // An endorsement made for another project (one sharing the old key) is not followed here.
+        assert_eq!(fps(follow_chain("other", &pin, &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
 
         // b revoked: neither b nor what b endorsed.
         entries[1].revoked = true;
-        assert_eq!(fps(follow_chain(&pin, &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
+        assert_eq!(fps(follow_chain("demo", &pin, &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
         // The pin revoked: nothing.
         entries[0].revoked = true;
-        assert!(follow_chain(&pin, &entries).is_err_and(|e| e.contains("revoked")));
+        assert!(follow_chain("demo", &pin, &entries).is_err_and(|e| e.contains("revoked")));
     }
 
     #[test]
@@ -317,7 +339,7 @@ mod tests {
         let (a, b) = (key(), key());
         let mut e = entry(&b, None);
         e.fingerprint = a.public_key().fingerprint();
-        let err = follow_chain(&e.fingerprint.clone(), &[e]).err().unwrap_or_default();
+        let err = follow_chain("demo", &e.fingerprint.clone(), &[e]).err().unwrap_or_default();
         assert!(err.contains("not SHA256:"), "{err}");
     }
 }

@@ -169,8 +169,11 @@ impl World {
         (b, logs)
     }
 
+    /// The project's checkout, as `join` wrote it into the config.
     fn workdir(&self, project: &str) -> PathBuf {
-        self.dir.join("home/.local/share/tbox/work").join(project)
+        let config: toml::Table = toml::from_str(&self.config()).unwrap();
+        let p = config["project"].as_array().unwrap().iter().find(|p| p["name"].as_str() == Some(project)).unwrap();
+        PathBuf::from(p["workdir"].as_str().unwrap())
     }
 }
 
@@ -288,6 +291,9 @@ fn join_approve_run_builds_the_signed_recipe_in_a_sandbox() -> TestResult {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("pending"), "{}", stderr(&out));
 
+    // The volunteer's own git config (here: one that would break every file:// URL) is not
+    // applied to a project's source.
+    std::fs::write(w.dir.join("home/.gitconfig"), "[url \"file:///nonexistent/\"]\n\tinsteadOf = file:///\n")?;
     // Step 2: an admin approves. Step 3: run.
     w.admin(&["builder", "approve", "vol"]);
     let out = w.volunteer(&["run"]);
@@ -314,6 +320,8 @@ fn join_approve_run_builds_the_signed_recipe_in_a_sandbox() -> TestResult {
     let out = w.volunteer(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(w.newest("demo").0["recipe_version"], 2);
+    assert!(!w.workdir("demo").join("built").exists(), "what version 1 left in the tree was cleaned");
+    assert!(w.config().contains(&format!("git     = \"file://{}\"", w.repo("demo").display())), "{}", w.config());
 
     // A recipe requiring a capability this machine does not declare: skipped with a reason.
     let v3 = w.recipe(
@@ -361,7 +369,8 @@ fn the_sandbox_hides_the_volunteers_files_blocks_writes_and_the_network() -> Tes
          [[step]]\nname = \"timeout\"\ntimeout = \"2s\"\nrun = \"sleep 987 & setsid sleep 987 & sleep 987\"\n",
         key = builder_key.display(),
         home = home.display(),
-        parent = w.workdir("demo").parent().unwrap().display(),
+        // Where `join` will put the checkout: the parent holds other projects' checkouts.
+        parent = w.dir.join("home/.local/share/tbox/work").join(tbox_report::config::server_id(&w.base)).display(),
         private = private.display(),
     );
     let recipe = w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 1\n{steps}"));
@@ -586,6 +595,9 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
 
     let stranger = key();
     let bad = "ran-BAD";
+    let secret = w.dir.join("home/private-repo");
+    std::fs::create_dir_all(&secret)?;
+    git(&secret, &["init", "-q", "-b", "main"]);
     let tampered = good(3, "ran-3").replace("touch ran-3", &format!("touch {bad} "));
     let cases: Vec<(&str, Vec<u8>, String, &str)> = vec![
         (
@@ -621,6 +633,13 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
             "allows only the branches release-*",
         ),
         ("no signature at all", good(3, bad).into_bytes(), "AAAA".to_owned(), "not signed by a key you trust"),
+        (
+            // A stolen project key pointing the checkout (outside the sandbox) at another repository.
+            "another repository",
+            good(3, bad).replace(&repo, &format!("file://{}", secret.display())).into_bytes(),
+            k.sign(good(3, bad).replace(&repo, &format!("file://{}", secret.display())).as_bytes()),
+            "takes its source from",
+        ),
     ];
     let exceptions_before = w.builds("demo").iter().filter(|b| b["result"] == "exception").count();
     for (what, bytes, sig, why) in &cases {

@@ -138,7 +138,7 @@ fn post_key(s: &Server, new_pem: &str, signer: usize) -> (u16, Value) {
         .agent
         .post(s.url("/api/v1/projects/demo/keys"))
         .header("Content-Type", "application/x-pem-file")
-        .header("Tbox-Signature", &key(signer).sign(new_pem.as_bytes()))
+        .header("Tbox-Signature", &key(signer).sign(&tbox_protocol::endorsement_message("demo", new_pem)))
         .send(new_pem.as_bytes())
         .unwrap();
     let status = resp.status().as_u16();
@@ -164,9 +164,19 @@ fn rotation_is_signed_by_the_previous_key(backend: Backend) -> TestResult {
     assert_eq!(keys.len(), 2);
     let endorsed = &keys[1];
     assert_eq!(endorsed["fingerprint"].as_str(), Some(key(2).public_key().fingerprint().as_str()));
-    key(1)
-        .public_key()
-        .verify(endorsed["public_key"].as_str().unwrap().as_bytes(), endorsed["endorsement"].as_str().unwrap())?;
+    key(1).public_key().verify(
+        &tbox_protocol::endorsement_message("demo", endorsed["public_key"].as_str().unwrap()),
+        endorsed["endorsement"].as_str().unwrap(),
+    )?;
+    // A signature over the bare PEM (not bound to the project) is refused.
+    let bare = key(0).public_key().to_pem();
+    let mut resp = s
+        .agent
+        .post(s.url("/api/v1/projects/demo/keys"))
+        .header("Content-Type", "application/x-pem-file")
+        .header("Tbox-Signature", &key(1).sign(bare.as_bytes()))
+        .send(bare.as_bytes())?;
+    assert_eq!(resp.status().as_u16(), 401, "{}", resp.body_mut().read_to_string()?);
     // The new key publishes.
     assert_eq!(publish(&s, "demo", &recipe("demo", 1, ""), 2).0, 201);
     Ok(())

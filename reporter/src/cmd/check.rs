@@ -63,7 +63,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     for p in &config.projects {
         let workdir = config::expand(&p.workdir);
         let revision = super::git_revision(&workdir);
-        let last = super::run::last_revision(&p.name);
+        let last = super::run::last_revision(&config, &p.name);
         let plan = match (&revision, p.git.is_some() || p.recipe.is_some()) {
             (_, true) => "fetches, then builds if the revision changed".to_owned(),
             (Some(r), false) if last.as_deref() == Some(r.as_str()) => {

@@ -57,7 +57,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             None => return Ok(exit::USAGE),
         },
     };
-    if let Err(why) = trust::follow_chain(&pin, &keys) {
+    if let Err(why) = trust::follow_chain(&project, &pin, &keys) {
         eprintln!("tbox-report: REFUSED to join {project}: {why}; nothing was changed");
         eprintln!("tbox-report: check the fingerprint with the project itself (its README or website)");
         return Ok(exit::REFUSED);
@@ -155,7 +155,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             // Cron runs elsewhere: the config holds an absolute path.
             Some(w) if w.is_relative() => std::env::current_dir()?.join(w),
             Some(w) => w.clone(),
-            None => data_dir().join("work").join(&project),
+            None => data_dir().join("work").join(config::server_id(&server)).join(&project),
         };
         let mut text = match &existing {
             Some(_) => std::fs::read_to_string(&config_path)
@@ -165,7 +165,8 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&project_block(&project, &pin, &branch, &workdir));
+        let repo = recipe.as_ref().map(|v| v.recipe.repo.as_str());
+        text.push_str(&project_block(&project, &pin, repo, &branch, &workdir));
         write_config(&config_path, &text)?;
         println!("{project} added to {}", config_path.display());
     } else {
@@ -187,7 +188,11 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
         if !missing.is_empty() {
             let described = capabilities(&agent, &server, &project);
             for m in missing {
-                let what = described.iter().find(|(n, _)| n == m).map(|(_, d)| d.as_str()).unwrap_or("no description");
+                let what = described
+                    .iter()
+                    .find(|(n, _)| n == m)
+                    .map(|(_, d)| crate::client::printable(d))
+                    .unwrap_or_else(|| "no description".into());
                 println!(
                     "warning: the recipe requires capability {m:?} ({what}), which this machine does not declare;"
                 );
@@ -232,9 +237,10 @@ pub fn leave(args: &LeaveArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let rest = remove_project(&text, index)?;
     write_config(&path, &rest)?;
-    trust::forget(&args.project);
-    let _ = std::fs::remove_file(config::state_dir().join("last-revision").join(&args.project));
-    let _ = std::fs::remove_file(config::state_dir().join("refused").join(&args.project));
+    trust::forget(&config.server, &args.project);
+    for kind in ["last-revision", "refused"] {
+        let _ = std::fs::remove_file(config.project_state(kind, &args.project));
+    }
     println!("left {}: removed from {}, its recipe forgotten", args.project, path.display());
     println!(
         "its source stays in {} (delete it if you like); the server keeps this builder's past builds",
@@ -267,7 +273,7 @@ fn confirm(project: &str, keys: &[&trust::KeyEntry]) -> anyhow::Result<Option<St
         return Ok(None);
     }
     eprintln!("The server lists these signing keys for project {project}:");
-    for k in keys {
+    for k in keys.iter().filter(|k| config::is_fingerprint(&k.fingerprint)) {
         eprintln!("  {}", k.fingerprint);
     }
     eprintln!(
@@ -354,15 +360,17 @@ fn new_config(server: &str, builder: &str, key: &Path, owner: Option<&str>) -> S
     t
 }
 
-fn project_block(project: &str, pin: &str, branch: &str, workdir: &Path) -> String {
-    format!(
-        "\n[[project]]\nname    = {}\nrecipe  = {}   # the project's key, pinned by `tbox-report join`\nbranch  = {}\n\
-         workdir = {}\n",
+fn project_block(project: &str, pin: &str, repo: Option<&str>, branch: &str, workdir: &Path) -> String {
+    let mut b = format!(
+        "\n[[project]]\nname    = {}\nrecipe  = {}   # the project's key, pinned by `tbox-report join`\n",
         quoted(project),
-        quoted(pin),
-        quoted(branch),
-        quoted(&workdir.display().to_string())
-    )
+        quoted(pin)
+    );
+    if let Some(repo) = repo {
+        b.push_str(&format!("git     = {}   # the only source a recipe may name\n", quoted(repo)));
+    }
+    b.push_str(&format!("branch  = {}\nworkdir = {}\n", quoted(branch), quoted(&workdir.display().to_string())));
+    b
 }
 
 /// Writes the config through a temporary file, after checking that it still loads.

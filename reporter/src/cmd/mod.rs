@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// The config and a client signing with its key.
 fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
     let config = Config::load(&config::config_path(common.config.as_deref()))?;
+    config.adopt_legacy_spool();
     let key = keyfile::load(&config.key_path())?;
     let client = Client::new(&config.server, &config.builder, key);
     Ok((config, client))

@@ -130,7 +130,7 @@ fn rotate(args: &RecipeRotateArgs) -> anyhow::Result<u8> {
     let answer = trust::agent()
         .post(&url)
         .header("Content-Type", "application/x-pem-file")
-        .header("Tbox-Signature", &old.sign(pem.as_bytes()))
+        .header("Tbox-Signature", &old.sign(&tbox_protocol::endorsement_message(&args.project, &pem)))
         .send(pem.as_bytes());
     send_outcome(&url, answer, |_| {
         let (from, to) = (old.public_key().fingerprint(), new.public_key().fingerprint());
@@ -162,8 +162,9 @@ fn send_outcome(
             Ok(exit::OK)
         }
         400..=499 => {
-            let message =
-                json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect());
+            let message = crate::client::printable(
+                &json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
+            );
             eprintln!("tbox-report: the server refused it ({status}): {message}");
             Ok(exit::REJECTED)
         }

@@ -6,8 +6,9 @@
 //! report, so that the project sees it.
 
 use std::fs::{File, TryLockError};
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Read};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -59,25 +60,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
 }
 
 /// The revision last reported for a project, if any.
-pub fn last_revision(project: &str) -> Option<String> {
-    last_built(project).map(|s| s.split(' ').next().unwrap_or_default().to_owned())
+pub fn last_revision(config: &Config, project: &str) -> Option<String> {
+    last_built(config, project).map(|s| s.split(' ').next().unwrap_or_default().to_owned())
 }
 
 /// What was last built: the revision, and for a recipe build the recipe's digest after it (a
 /// new recipe is worth a build even at the same revision).
-fn last_built(project: &str) -> Option<String> {
-    std::fs::read_to_string(revision_file(project)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
-}
-
-fn revision_file(project: &str) -> PathBuf {
-    config::state_dir().join("last-revision").join(project)
+fn last_built(config: &Config, project: &str) -> Option<String> {
+    std::fs::read_to_string(config.project_state("last-revision", project))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 fn run_project(config: &Config, client: &Client, project: &Project, args: &RunArgs) -> anyhow::Result<u8> {
     let verbose = args.common.verbose;
     let state = config::state_dir();
-    std::fs::create_dir_all(state.join("locks")).with_context(|| format!("cannot create {}", state.display()))?;
-    let lock_path = state.join("locks").join(format!("{}.lock", project.name));
+    let lock_path = config.project_state("locks", &project.name).with_extension("lock");
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
@@ -120,7 +122,8 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     };
     let started_at = Utc::now();
     let mut steps = Vec::new();
-    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, &workdir));
+    let how = if plan.recipe.is_some() { Git::Recipe } else { Git::Own };
+    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, &workdir, how));
     if let Some((step, ok)) = &checkout {
         if !ok {
             // The source could not be updated: report it (the reporter's trouble, purple),
@@ -141,7 +144,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     });
     if let Some(key) = &build_key
         && !args.force
-        && last_built(&project.name).as_deref() == Some(key.as_str())
+        && last_built(config, &project.name).as_deref() == Some(key.as_str())
     {
         if verbose {
             eprintln!(
@@ -171,9 +174,9 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     };
     if let Some(v) = &plan.recipe {
         // From now on an older recipe, or other bytes under this version, are refused here.
-        trust::record_run(&project.name, v)?;
+        trust::record_run(&config.server, &project.name, v)?;
     }
-    forget_refusal(&project.name);
+    forget_refusal(config, &project.name);
 
     // Best effort, so the waterfall shows the build as running; never spooled.
     let mut started = Report {
@@ -299,7 +302,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     if delivered == exit::OK || delivered == exit::SPOOLED {
         // Delivered or safely spooled: this revision is reported. (Refused: it is not, and a
         // report lost on a full disk is not either: the next run builds it again.)
-        let path = revision_file(&project.name);
+        let path = config.project_state("last-revision", &project.name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -369,12 +372,19 @@ fn plan(config: &Config, project: &Project, verbose: bool) -> Result<Plan, Skip>
             project.branch
         )));
     }
-    if let Some(git) = &project.git
-        && git != &r.repo
+    // The source is pinned too: the config's `git` (written by `join`), else the repository
+    // this machine built from before. A recipe that switches it is refused.
+    let (pinned, whence) = match (&project.git, trust::built_repo(&config.server, name)) {
+        (Some(git), _) => (Some(git.clone()), "the config's `git`"),
+        (None, built) => (built, "the repository this machine built it from so far"),
+    };
+    if let Some(pinned) = pinned
+        && pinned != r.repo
     {
         return Err(Skip::Refused(format!(
-            "the recipe takes its source only from {}, and the config names {git}",
-            r.repo
+            "the recipe (version {}) takes its source from {}, but {whence} is {pinned}; if the project did move \
+             its repository, set `git = {:?}` in this project's [[project]] of the config",
+            r.version, r.repo, r.repo
         )));
     }
     let missing: Vec<&str> =
@@ -450,7 +460,7 @@ fn refuse(
     verbose: bool,
 ) -> anyhow::Result<u8> {
     eprintln!("tbox-report: {}: REFUSED, nothing was run: {why}", project.name);
-    let marker = config::state_dir().join("refused").join(&project.name);
+    let marker = config.project_state("refused", &project.name);
     if std::fs::read_to_string(&marker).is_ok_and(|old| old == why) {
         if verbose {
             eprintln!("tbox-report: {}: the project was told of this refusal already", project.name);
@@ -483,8 +493,8 @@ fn refuse(
 }
 
 /// A build ran: a later refusal is news again.
-fn forget_refusal(project: &str) {
-    let _ = std::fs::remove_file(config::state_dir().join("refused").join(project));
+fn forget_refusal(config: &Config, project: &str) {
+    let _ = std::fs::remove_file(config.project_state("refused", project));
 }
 
 /// The finished report; the overall result follows the steps.
@@ -525,20 +535,37 @@ fn finish(
     }
 }
 
+/// How git runs for a checkout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Git {
+    /// The volunteer's own project: their git config and credentials apply (a private repo
+    /// of theirs is fine).
+    Own,
+    /// A recipe's source: the URL is the project's, so git gets none of the volunteer's
+    /// config, credentials, ssh keys or agent; and the tree is cleaned of what earlier builds
+    /// left, so that a planted file cannot steer later builds.
+    Recipe,
+}
+
+/// The longest a clone or fetch may take; a stalled server must not hold the project's lock
+/// forever.
+const GIT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Clones, or fetches and checks out `branch`. Returns the step to report and whether it worked.
-fn checkout(url: &str, branch: &str, workdir: &Path) -> (Step, bool) {
+fn checkout(url: &str, branch: &str, workdir: &Path, how: Git) -> (Step, bool) {
     let start = Utc::now().fixed_offset();
     let mut log = String::new();
     // Fetched from the URL itself, not from `origin`: the source is the one the config or the
     // recipe names, whatever a build may have left in the checkout's remotes.
     let ok = if workdir.join(".git").is_dir() {
-        git(&["fetch", "--quiet", url, branch], workdir, &mut log)
-            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"], workdir, &mut log)
+        git(&["fetch", "--quiet", url, branch], workdir, how, &mut log)
+            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"], workdir, how, &mut log)
+            && (how == Git::Own || git(&["clean", "-ffdxq"], workdir, how, &mut log))
     } else {
         let parent = workdir.parent().unwrap_or(Path::new("/"));
         let _ = std::fs::create_dir_all(parent);
         let target = workdir.to_string_lossy();
-        git(&["clone", "--quiet", "--branch", branch, "--", url, &target], parent, &mut log)
+        git(&["clone", "--quiet", "--branch", branch, "--", url, &target], parent, how, &mut log)
     };
     let step = Step {
         name: "checkout".into(),
@@ -553,14 +580,15 @@ fn checkout(url: &str, branch: &str, workdir: &Path) -> (Step, bool) {
     (step, ok)
 }
 
-/// Runs git with the same scrubbed environment as the steps, logging what it says.
-fn git(args: &[&str], dir: &Path, log: &mut String) -> bool {
+/// Runs git with a scrubbed environment, logging what it says; false if it failed or ran out
+/// of time.
+fn git(args: &[&str], dir: &Path, how: Git, log: &mut String) -> bool {
     log.push_str(&format!("$ git {}\n", args.join(" ")));
     let mut cmd = std::process::Command::new("git");
     // Git runs outside the sandbox: hooks in the checkout (a build could have written them,
-    // were `.git` writable to it) must not run here.
+    // were `.git` writable to it) must not run here. A server that stalls is given up on.
     cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
-        .args(args)
+        .args(["-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=300"])
         .current_dir(dir)
         .env_clear()
         .env("GIT_TERMINAL_PROMPT", "0");
@@ -569,14 +597,63 @@ fn git(args: &[&str], dir: &Path, log: &mut String) -> bool {
             cmd.env(name, v);
         }
     }
-    match cmd.output() {
-        Ok(out) => {
-            log.push_str(&String::from_utf8_lossy(&out.stdout));
-            log.push_str(&String::from_utf8_lossy(&out.stderr));
-            out.status.success()
-        }
+    if how == Git::Recipe {
+        let home = config::state_dir().join("git-home");
+        let _ = std::fs::create_dir_all(&home);
+        cmd.args(["-c", "credential.helper="])
+            .env("HOME", &home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            // ssh reads ~/.ssh from the password database, not $HOME: say no keys, no agent.
+            .env(
+                "GIT_SSH_COMMAND",
+                "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null -o IdentityAgent=none",
+            );
+    }
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
         Err(e) => {
             log.push_str(&format!("[tbox-report] cannot run git: {e}\n"));
+            return false;
+        }
+    };
+    // Both pipes drained while waiting, so a chatty git cannot block on a full pipe.
+    let readers: Vec<_> = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut r| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = r.read_to_end(&mut out);
+            out
+        })
+    })
+    .collect();
+    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    for r in readers {
+        if let Ok(out) = r.join() {
+            log.push_str(&String::from_utf8_lossy(&out));
+        }
+    }
+    match status {
+        Some(s) => s.success(),
+        None => {
+            log.push_str(&format!("[tbox-report] git took longer than {} s and was stopped\n", GIT_TIMEOUT.as_secs()));
             false
         }
     }

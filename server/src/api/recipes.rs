@@ -291,8 +291,9 @@ pub async fn keys(state: web::Data<AppState>, path: web::Path<String>) -> Result
     Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "keys": keys })))
 }
 
-/// `POST /api/v1/projects/{p}/keys`: a rotation. The body is the new public key (PEM), signed
-/// by a current key of the project; that signature is kept as the new key's endorsement.
+/// `POST /api/v1/projects/{p}/keys`: a rotation. The body is the new public key (PEM);
+/// `Tbox-Signature` is a current key's signature over [`tbox_protocol::endorsement_message`]
+/// (the PEM bound to the project), kept as the new key's endorsement.
 pub async fn rotate(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -308,9 +309,11 @@ pub async fn rotate(
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
         let keys = recipes::active_keys(&mut conn, p.id)?;
-        let endorser = signed_by(&keys, &body, &signature, &name)?;
         let pem = std::str::from_utf8(&body)
             .map_err(|_| AppError::invalid("invalid_key", "the new key is not PEM text".to_owned()))?;
+        // The signature is over the PEM bound to this project (`endorsement_message`), as
+        // volunteers will check it.
+        let endorser = signed_by(&keys, &tbox_protocol::endorsement_message(&name, pem), &signature, &name)?;
         let key = PublicKey::from_pem(pem).map_err(|e| AppError::invalid("invalid_key", e.to_string()))?;
         let fingerprint = key.fingerprint();
         let new = NewProjectKey {
