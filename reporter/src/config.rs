@@ -300,6 +300,15 @@ mod tests {
     }
 
     #[test]
+    fn each_server_has_its_own_directory_name() {
+        assert_eq!(server_id("https://tbox.example.org/"), "tbox.example.org");
+        assert_eq!(server_id("http://127.0.0.1:8080/tbox"), "127.0.0.1_8080_tbox");
+        assert_ne!(server_id("http://a:1"), server_id("http://a:2"));
+        assert_eq!(server_id("http://.."), "server..");
+        assert!(!server_id("http://x/../y").contains('/'));
+    }
+
+    #[test]
     fn design_example_config_parses() -> anyhow::Result<()> {
         let text = include_str!("../../scripts/report.toml.example");
         let c: Config = toml::from_str(text)?;

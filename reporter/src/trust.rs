@@ -40,26 +40,47 @@ pub struct Trusted {
     pub key: PublicKey,
 }
 
-/// The keys trusted from `pin`: the pinned key itself, then every key endorsed (signature over
-/// its exact PEM text) by a key already trusted. Revoked keys are neither trusted nor followed.
+/// The keys trusted from `pin`: the pinned key itself and the keys this machine reached from it
+/// before (`known`, kept locally by [`record_run`]), then every key endorsed (a signature over
+/// [`endorsement_message`]) by a key already trusted. Revoked keys are neither trusted nor
+/// followed; a key reached earlier stays trusted when the key that endorsed it is revoked later
+/// (a project retiring its old key after a rotation), unless it is revoked itself.
 ///
 /// The entries come from the server, so nothing in them is believed without a check: a key's
 /// PEM must hash to its fingerprint, and an endorsement must verify.
-pub fn follow_chain(project: &str, pin: &str, entries: &[KeyEntry]) -> Result<Vec<Trusted>, String> {
+pub fn follow_chain(
+    project: &str,
+    pin: &str,
+    known: &[KeyEntry],
+    entries: &[KeyEntry],
+) -> Result<Vec<Trusted>, String> {
     let genuine = |e: &KeyEntry| -> Option<PublicKey> {
         PublicKey::from_pem(&e.public_key).ok().filter(|k| k.fingerprint() == e.fingerprint)
     };
-    let pinned = entries.iter().find(|e| e.fingerprint == pin).ok_or_else(|| {
-        format!("the server does not list the project key {pin} you pinned; nothing signed by it can be checked")
-    })?;
-    if pinned.revoked {
-        return Err(format!(
-            "the project key {pin} you pinned is revoked; get the project's current fingerprint from the project \
-             itself and join again"
-        ));
+    let revoked = |fp: &str| entries.iter().any(|e| e.fingerprint == fp && e.revoked);
+    let mut trusted: Vec<Trusted> = Vec::new();
+    let starts = entries.iter().filter(|e| e.fingerprint == pin).chain(known);
+    for e in starts {
+        if revoked(&e.fingerprint) || trusted.iter().any(|t| t.fingerprint == e.fingerprint) {
+            continue;
+        }
+        if let Some(key) = genuine(e) {
+            trusted.push(Trusted { fingerprint: e.fingerprint.clone(), key });
+        }
     }
-    let key = genuine(pinned).ok_or_else(|| format!("the server sent a key that is not {pin} under its name"))?;
-    let mut trusted = vec![Trusted { fingerprint: pin.to_owned(), key }];
+    if trusted.is_empty() {
+        return Err(if revoked(pin) {
+            format!(
+                "the project key {pin} you pinned is revoked, and this machine knows no later key of the project; get \
+                 the project's current fingerprint from the project itself, then `tbox-report leave {project}` and \
+                 join again"
+            )
+        } else if entries.iter().any(|e| e.fingerprint == pin) {
+            format!("the server sent a key that is not {pin} under its name")
+        } else {
+            format!("the server does not list the project key {pin} you pinned; nothing signed by it can be checked")
+        });
+    }
     loop {
         let before = trusted.len();
         for e in entries {
@@ -81,6 +102,14 @@ pub fn follow_chain(project: &str, pin: &str, entries: &[KeyEntry]) -> Result<Ve
     }
 }
 
+/// The keys this machine reached from its pin so far (see [`follow_chain`]).
+fn known_keys(server: &str, project: &str) -> Vec<KeyEntry> {
+    std::fs::read(dir(server, project).join("anchors.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// A recipe that passed every check.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -96,6 +125,7 @@ pub struct Verified {
     bytes: Vec<u8>,
     signature: String,
     keys: Vec<KeyEntry>,
+    trusted: Vec<Trusted>,
 }
 
 /// Why there is no recipe to run.
@@ -133,6 +163,18 @@ pub fn record_run(server: &str, project: &str, v: &Verified) -> anyhow::Result<(
         write_atomic(&d.join("recipe.toml.sig"), v.signature.as_bytes())?;
         write_atomic(&d.join("keys.json"), &serde_json::to_vec(&v.keys)?)?;
     }
+    let anchors: Vec<KeyEntry> = v
+        .trusted
+        .iter()
+        .map(|t| KeyEntry {
+            fingerprint: t.fingerprint.clone(),
+            public_key: t.key.to_pem(),
+            endorsed_by: None,
+            endorsement: None,
+            revoked: false,
+        })
+        .collect();
+    write_atomic(&d.join("anchors.json"), &serde_json::to_vec(&anchors)?)?;
     write_atomic(&d.join("repo"), v.recipe.repo.as_bytes())?;
     write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())
 }
@@ -160,6 +202,8 @@ fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub struct Answer {
     pub status: u16,
     pub signature: Option<String>,
+    /// `Tbox-Key`: which key the server says signed a recipe (a hint for messages only).
+    pub key: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -189,14 +233,15 @@ pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Answer, Fetch> 
     if status >= 500 || status == 429 || status == 408 {
         return Err(Fetch::Down(format!("it answered {status}")));
     }
-    let signature = resp.headers().get("tbox-signature").and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned());
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned());
+    let (signature, key) = (header("tbox-signature"), header("tbox-key"));
     let body = resp
         .body_mut()
         .with_config()
         .limit(limit)
         .read_to_vec()
         .map_err(|e| Fetch::Odd(format!("its answer could not be read (larger than {limit} bytes?): {e}")))?;
-    Ok(Answer { status, signature, body })
+    Ok(Answer { status, signature, key, body })
 }
 
 /// The project's key list from the server.
@@ -236,6 +281,7 @@ fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str)
         }
         Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
     };
+    let mut signed_by: Option<String> = None;
     let (bytes, signature) = if down.is_some() {
         cached(server, project).ok_or_else(|| unreachable(server, down.as_deref()))?
     } else {
@@ -247,6 +293,7 @@ fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str)
                         "{url} came without its Tbox-Signature header: nothing proves who wrote it"
                     ))
                 })?;
+                signed_by = a.key.filter(|k| config::is_fingerprint(k));
                 (a.body, sig)
             }
             Ok(a) if a.status == 404 => {
@@ -260,9 +307,18 @@ fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str)
             Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
         }
     };
-    let trusted = follow_chain(project, pin, &entries).map_err(NoRecipe::Refused)?;
+    let trusted = follow_chain(project, pin, &known_keys(server, project), &entries).map_err(NoRecipe::Refused)?;
     let keys: Vec<PublicKey> = trusted.iter().map(|t| t.key.clone()).collect();
-    let (recipe, signer) = verify_recipe(&bytes, &signature, &keys).map_err(|e| NoRecipe::Refused(e.to_string()))?;
+    let (recipe, signer) = verify_recipe(&bytes, &signature, &keys).map_err(|e| {
+        // Say which key the server claims signed it, and what is known of that key.
+        let claimed = signed_by.as_deref().filter(|fp| !trusted.iter().any(|t| t.fingerprint == *fp));
+        let revoked = claimed.is_some_and(|fp| entries.iter().any(|k| k.fingerprint == fp && k.revoked));
+        NoRecipe::Refused(match claimed {
+            Some(fp) if revoked => format!("{e}: the server says {fp} signed it, and the project has revoked that key"),
+            Some(fp) => format!("{e}: the server says {fp} signed it, a key not reached from your pin"),
+            None => e.to_string(),
+        })
+    })?;
     let digest = report_id(&bytes);
     let last = last_run(server, project);
     recipe
@@ -270,7 +326,7 @@ fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str)
         .map_err(|e| NoRecipe::Refused(e.to_string()))?;
     let key = trusted[signer].fingerprint.clone();
     let from_cache = down.map(|why| format!("the server could not be reached ({why}); using the cached recipe"));
-    Ok(Verified { recipe, digest, key, from_cache, bytes, signature, keys: entries })
+    Ok(Verified { recipe, digest, key, from_cache, bytes, signature, keys: entries, trusted })
 }
 
 fn cached(server: &str, project: &str) -> Option<(Vec<u8>, String)> {
@@ -313,7 +369,7 @@ mod tests {
         let pin = a.public_key().fingerprint();
         let mut entries = vec![entry(&a, None), entry(&b, Some(&a)), entry(&c, Some(&b)), entry(&stranger, None)];
         let fps = |t: Vec<Trusted>| t.into_iter().map(|t| t.fingerprint).collect::<Vec<_>>();
-        let trusted = fps(follow_chain("demo", &pin, &entries).unwrap_or_else(|e| panic!("{e}")));
+        let trusted = fps(follow_chain("demo", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(trusted.len(), 3, "a → b → c, not the stranger");
         assert!(!trusted.contains(&stranger.public_key().fingerprint()));
 
@@ -321,17 +377,28 @@ mod tests {
         let mut forged = entry(&stranger, Some(&stranger));
         forged.endorsed_by = Some(pin.clone());
         entries[3] = forged;
-        assert_eq!(fps(follow_chain("demo", &pin, &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 3);
+        assert_eq!(fps(follow_chain("demo", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 3);
 
         // An endorsement made for another project (one sharing the old key) is not followed here.
-        assert_eq!(fps(follow_chain("other", &pin, &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
+        assert_eq!(
+            fps(follow_chain("other", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}"))),
+            vec![pin.clone()]
+        );
 
         // b revoked: neither b nor what b endorsed.
         entries[1].revoked = true;
-        assert_eq!(fps(follow_chain("demo", &pin, &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
+        assert_eq!(fps(follow_chain("demo", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
+        // A key reached before (kept by this machine) stays trusted when its endorser is revoked
+        // later, not when it is revoked itself.
+        let known = [entry(&b, None)];
+        entries[1].revoked = false;
+        entries[0].revoked = true;
+        assert_eq!(fps(follow_chain("demo", &pin, &known, &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 2);
+        entries[1].revoked = true;
+        entries[0].revoked = false;
         // The pin revoked: nothing.
         entries[0].revoked = true;
-        assert!(follow_chain("demo", &pin, &entries).is_err_and(|e| e.contains("revoked")));
+        assert!(follow_chain("demo", &pin, &[], &entries).is_err_and(|e| e.contains("revoked")));
     }
 
     #[test]
@@ -339,7 +406,7 @@ mod tests {
         let (a, b) = (key(), key());
         let mut e = entry(&b, None);
         e.fingerprint = a.public_key().fingerprint();
-        let err = follow_chain("demo", &e.fingerprint.clone(), &[e]).err().unwrap_or_default();
+        let err = follow_chain("demo", &e.fingerprint.clone(), &[], &[e]).err().unwrap_or_default();
         assert!(err.contains("not SHA256:"), "{err}");
     }
 }

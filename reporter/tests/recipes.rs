@@ -715,11 +715,15 @@ fn a_rotation_is_followed_from_the_pin_and_a_revoked_pin_refused() -> TestResult
     let (b, _) = w.newest("demo");
     assert_eq!((b["recipe_version"].as_i64(), b["recipe_key"].as_str()), (Some(2), Some(new_fp.as_str())));
 
-    // The pinned key is revoked (compromised): not followed any more, whatever it endorsed.
+    // The project retires the old key: this machine reached the new one already and keeps it.
     w.admin(&["project", "key", "revoke", "demo", "--key", &k.public_key().fingerprint()]);
     let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The new key revoked too (compromised): nothing is trusted any more.
+    w.admin(&["project", "key", "revoke", "demo", "--key", &new_fp]);
+    let out = w.volunteer(&["run", "--force"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("revoked") && stderr(&out).contains("leave demo"), "{}", stderr(&out));
     Ok(())
 }
 

@@ -57,7 +57,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             None => return Ok(exit::USAGE),
         },
     };
-    if let Err(why) = trust::follow_chain(&project, &pin, &keys) {
+    if let Err(why) = trust::follow_chain(&project, &pin, &[], &keys) {
         eprintln!("tbox-report: REFUSED to join {project}: {why}; nothing was changed");
         eprintln!("tbox-report: check the fingerprint with the project itself (its README or website)");
         return Ok(exit::REFUSED);
