@@ -93,7 +93,7 @@ pub enum RecipeError {
     Malformed(String),
     /// Well-formed, but breaks a rule (names the field).
     #[error("the recipe is invalid: {0}")]
-    Invalid(#[from] ValidationError),
+    Invalid(ValidationError),
     /// Past its `expires`.
     #[error("the recipe expired at {0}; the project must publish a new one")]
     Expired(DateTime<Utc>),
@@ -116,6 +116,14 @@ pub enum RecipeError {
     /// The same version as the last one run, but other bytes.
     #[error("the recipe claims version {0}, which this machine ran with different contents")]
     Changed(u64),
+}
+
+// Not `#[from]`: that would make the validation error the source too, and an error chain
+// printed whole (`{:#}`) would say it twice.
+impl From<ValidationError> for RecipeError {
+    fn from(e: ValidationError) -> Self {
+        RecipeError::Invalid(e)
+    }
 }
 
 impl From<SignatureError> for RecipeError {
@@ -155,7 +163,14 @@ pub fn parse_recipe(bytes: &[u8]) -> Result<Recipe, RecipeError> {
         return Err(RecipeError::TooLarge(bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| RecipeError::Malformed(format!("not UTF-8: {e}")))?;
-    let recipe: Recipe = toml::from_str(text).map_err(|e| RecipeError::Malformed(e.to_string().trim().to_owned()))?;
+    let recipe: Recipe = toml::from_str(text).map_err(|e| {
+        // One line, with where: toml's own rendering is a multi-line snippet of the file.
+        let line = e.span().and_then(|s| text.get(..s.start)).map(|t| t.matches('\n').count() + 1);
+        RecipeError::Malformed(match line {
+            Some(n) => format!("line {n}: {}", e.message().trim()),
+            None => e.message().trim().to_owned(),
+        })
+    })?;
     recipe.validate()?;
     Ok(recipe)
 }

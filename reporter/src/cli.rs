@@ -15,9 +15,9 @@ Exit codes (when several apply, 1 wins; `run` then exits with the highest):
      portal's page, not a tbox server's answer): the report is spooled, `flush` (or the next
      run) sends it
   4  the server refused the report (4xx); the reason is printed
-  5  a recipe or the sandbox was refused (not signed by the pinned key, expired, a rollback,
-     another project's, a branch or repo it does not allow; or no sandbox could be made):
-     nothing ran, the message says why, and the project is told with an `exception` report";
+  5  refused: a recipe (not signed by the pinned key, expired, a rollback, another project's,
+     a branch or repo it does not allow) or the sandbox (none could be made); nothing ran and
+     the message says why (`run` also tells the project, with an `exception` report)";
 
 /// Build a project on this machine and report the result, signed, to a tbox server.
 #[derive(Debug, Parser)]

@@ -9,6 +9,16 @@
 // an API for other programs, so its items are documented where that helps a reader, not all.
 #![allow(missing_docs)]
 
+/// `println!` that does not panic when stdout is closed early (`tbox-report check | head`): the
+/// reader has gone, which is not an error of ours.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod budget;
 pub mod cli;
 pub mod client;

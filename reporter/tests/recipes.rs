@@ -290,6 +290,7 @@ fn join_approve_run_builds_the_signed_recipe_in_a_sandbox() -> TestResult {
     let out = w.volunteer(&["run"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("pending"), "{}", stderr(&out));
+    assert!(!w.workdir("demo").exists(), "nothing is built for a report the server would refuse");
 
     // The volunteer's own git config (here: one that would break every file:// URL) is not
     // applied to a project's source.

@@ -89,9 +89,18 @@ pub fn prepare(conn: &mut DbConn, sub: Submission<'_>, now: DateTime<Utc>) -> Re
         AppError::invalid("unknown_project", format!("project: no project named {:?}", report.project))
     })?;
     if !builders::may_report(conn, builder.id, project.id)? {
+        // Rare (a refusal), so the extra query costs nothing on the hot path.
+        let asked = builders::requested_projects(conn, builder.id)?.contains(&project.name);
         return Err(AppError::forbidden(
             "not_allowed",
-            format!("builder {:?} may not report for project {:?}", builder.name, project.name),
+            if asked {
+                format!(
+                    "builder {:?} asked to report for project {:?}; that waits for approval by an administrator",
+                    builder.name, project.name
+                )
+            } else {
+                format!("builder {:?} may not report for project {:?}", builder.name, project.name)
+            },
         ));
     }
     let logs = compress_logs(&report)?;

@@ -9,6 +9,16 @@
 
 #![allow(missing_docs)] // Internal modules; the crate's public face is its CLI and HTTP API.
 
+/// `println!` that does not panic when stdout is closed early (`tbox-report check | head`): the
+/// reader has gone, which is not an error of ours.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod api;
 pub mod body;
 pub mod cli;

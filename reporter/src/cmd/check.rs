@@ -8,9 +8,9 @@ use crate::{exit, keyfile, spool};
 pub fn run(common: &Common) -> anyhow::Result<u8> {
     let path = config::config_path(common.config.as_deref());
     let config = Config::load(&path)?;
-    println!("config   {} is valid: builder {} → {}", path.display(), config.builder, config.server);
+    crate::say!("config   {} is valid: builder {} → {}", path.display(), config.builder, config.server);
     let key = keyfile::load(&config.key_path())?;
-    println!(
+    crate::say!(
         "key      {} ({} bits, {})",
         config.key_path().display(),
         key.public_key().bits(),
@@ -25,41 +25,57 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             let key_known = v["keys"]
                 .as_array()
                 .is_some_and(|ks| ks.iter().any(|k| k["fingerprint"] == mine.as_str() && k["revoked"] == false));
-            println!("server   reachable; builder {} is {status}", config.builder);
+            crate::say!("server   reachable; builder {} is {status}", config.builder);
             if status != "active" {
-                println!(
+                crate::say!(
                     "         ! reports are refused until an admin runs: tbox-server builder approve {}",
                     config.builder
                 );
                 problems += 1;
             }
             if !key_known {
-                println!("         ! the server does not know this key (or has revoked it)");
+                crate::say!("         ! the server does not know this key (or has revoked it)");
                 problems += 1;
+            }
+            let listed = |field: &str, name: &str| {
+                v[field].as_array().is_some_and(|a| a.iter().any(|p| p.as_str() == Some(name)))
+            };
+            for p in &config.projects {
+                if listed("pending_projects", &p.name) {
+                    crate::say!(
+                        "         ! {} waits for approval: an admin runs tbox-server builder approve {}",
+                        p.name,
+                        config.builder
+                    );
+                    problems += 1;
+                } else if status == "active" && !listed("projects", &p.name) {
+                    crate::say!("         ! this builder may not report for {} (ask the project's admins)", p.name);
+                    problems += 1;
+                }
             }
         }
         Sent::Rejected { status: 404, .. } => {
-            println!(
+            crate::say!(
                 "server   reachable, but builder {} is not registered (tbox-report register --project P)",
                 config.builder
             );
             problems += 1;
         }
         Sent::Rejected { status, message } => {
-            println!("server   answered {status}: {message}");
+            crate::say!("server   answered {status}: {message}");
             problems += 1;
         }
         Sent::Unreachable(e) => {
-            println!("server   ! cannot reach {}: {e}", config.server);
+            crate::say!("server   ! cannot reach {}: {e}", config.server);
             problems += 1;
         }
         Sent::NotTbox(e) => {
-            println!("server   ! {e}");
+            crate::say!("server   ! {e}");
             problems += 1;
         }
     }
     let waiting = spool::pending(&config.spool_dir())?.len();
-    println!("spool    {} ({waiting} report(s) waiting)", config.spool_dir().display());
+    crate::say!("spool    {} ({waiting} report(s) waiting)", config.spool_dir().display());
     for p in &config.projects {
         let workdir = config::expand(&p.workdir);
         let revision = super::git_revision(&workdir);
@@ -72,26 +88,42 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             (Some(r), false) => format!("builds revision {r}"),
             (None, false) => "builds (not a git checkout, so every run builds)".to_owned(),
         };
+        match config.sandbox_for(p) {
+            config::Mode::None => {
+                crate::say!("sandbox  none for {}: its steps run with all your files in reach", p.name);
+            }
+            config::Mode::Auto => {
+                let probe = config::state_dir().join("check-sandbox");
+                match crate::sandbox::Sandbox::new(&workdir, &probe, false) {
+                    Ok(s) => crate::say!("sandbox  {} works here", s.describe()),
+                    Err(e) => {
+                        crate::say!("sandbox  ! {e}");
+                        problems += 1;
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&probe);
+            }
+        }
         match &p.recipe {
             Some(pin) => {
-                println!("project  {} ({}): {}; steps from the recipe signed by {pin}", p.name, p.branch, plan);
+                crate::say!("project  {} ({}): {}; steps from the recipe signed by {pin}", p.name, p.branch, plan);
                 problems += check_recipe(&config, p, pin);
             }
             None => {
                 let steps: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
-                println!("project  {} ({}): {}; steps {}", p.name, p.branch, plan, steps.join(" → "));
+                crate::say!("project  {} ({}): {}; steps {}", p.name, p.branch, plan, steps.join(" → "));
             }
         }
         if !workdir.is_dir() && p.git.is_none() && p.recipe.is_none() {
-            println!("         ! workdir {} does not exist", workdir.display());
+            crate::say!("         ! workdir {} does not exist", workdir.display());
             problems += 1;
         }
     }
     if problems > 0 {
-        println!("{problems} problem(s) found");
+        crate::say!("{problems} problem(s) found");
         return Ok(exit::ERROR);
     }
-    println!("all good");
+    crate::say!("all good");
     Ok(exit::OK)
 }
 
@@ -101,7 +133,7 @@ fn check_recipe(config: &config::Config, p: &config::Project, pin: &str) -> usiz
     match trust::obtain(&trust::agent(), config.server.trim_end_matches('/'), &p.name, pin) {
         Ok(v) => {
             let r = &v.recipe;
-            println!(
+            crate::say!(
                 "recipe   version {} signed by {}, expires {}; steps {}",
                 r.version,
                 v.key,
@@ -111,28 +143,28 @@ fn check_recipe(config: &config::Config, p: &config::Project, pin: &str) -> usiz
             let missing: Vec<&str> =
                 r.requires.iter().filter(|c| !config.capabilities.contains(c)).map(String::as_str).collect();
             if !missing.is_empty() {
-                println!("         requires {}, not in `capabilities`: `run` skips it", missing.join(", "));
+                crate::say!("         requires {}, not in `capabilities`: `run` skips it", missing.join(", "));
             }
             if r.network && !config.network_for(p) {
-                println!("         needs the network, and allow_network is false: `run` skips it");
+                crate::say!("         needs the network, and allow_network is false: `run` skips it");
             }
             if r.allows_branch(&p.branch) {
                 0
             } else {
-                println!("         ! does not allow branch {:?}: `run` refuses it", p.branch);
+                crate::say!("         ! does not allow branch {:?}: `run` refuses it", p.branch);
                 1
             }
         }
         Err(NoRecipe::NonePublished(why)) => {
-            println!("recipe   {why}");
+            crate::say!("recipe   {why}");
             0
         }
         Err(NoRecipe::Refused(why)) => {
-            println!("recipe   ! REFUSED: {why}");
+            crate::say!("recipe   ! REFUSED: {why}");
             1
         }
         Err(NoRecipe::Unreachable(why)) => {
-            println!("recipe   ! {why}");
+            crate::say!("recipe   ! {why}");
             1
         }
     }

@@ -9,9 +9,12 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     let dir = config.spool_dir();
     let done = spool::flush(&dir, &client)?;
     if common.verbose || done.delivered > 0 {
-        println!(
+        crate::say!(
             "delivered {} spooled report(s), {} refused, {} damaged, {} still waiting",
-            done.delivered, done.rejected, done.corrupt, done.waiting
+            done.delivered,
+            done.rejected,
+            done.corrupt,
+            done.waiting
         );
     }
     if let Some(e) = &done.last_error {

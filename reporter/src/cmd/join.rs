@@ -15,7 +15,13 @@ use crate::trust::{self, Fetch, NoRecipe};
 use crate::{exit, keyfile};
 
 pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
-    let (server, project) = split_url(&args.url)?;
+    let (server, project) = match split_url(&args.url) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("tbox-report: {e:#}");
+            return Ok(exit::USAGE);
+        }
+    };
     let config_path = config::config_path(args.common.config.as_deref());
     let existing = if config_path.exists() { Some(Config::load(&config_path)?) } else { None };
     if let Some(c) = &existing
@@ -46,11 +52,14 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     }
     let pin = match &args.key {
         Some(k) => {
-            if !config::is_fingerprint(k) {
-                eprintln!("tbox-report: --key must be a fingerprint, SHA256: and 64 lowercase hex digits; got {k:?}");
+            // Fingerprints are often copied from places that print hex in capitals.
+            let given = k;
+            let k = k.strip_prefix("SHA256:").map(|h| format!("SHA256:{}", h.to_ascii_lowercase())).unwrap_or_default();
+            if !config::is_fingerprint(&k) {
+                eprintln!("tbox-report: --key must be a fingerprint, SHA256: and 64 hex digits; got {given:?}");
                 return Ok(exit::USAGE);
             }
-            k.clone()
+            k
         }
         None => match confirm(&project, &active)? {
             Some(k) => k,
@@ -76,7 +85,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     let recipe = match trust::obtain(&agent, &server, &project, &pin) {
         Ok(v) => Some(v),
         Err(NoRecipe::NonePublished(why)) => {
-            println!("note: {why}; this machine will build it once one is published");
+            crate::say!("note: {why}; this machine will build it once one is published");
             None
         }
         Err(NoRecipe::Refused(why)) => {
@@ -117,7 +126,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
         let k = PrivateKey::generate(&mut rand_core::OsRng, 3072)?;
         keyfile::write_new(&key_path, &k)?;
         std::fs::write(key_path.with_extension("pub"), k.public_key().to_pem())?;
-        println!("made this machine's key: {} (mode 600)", key_path.display());
+        crate::say!("made this machine's key: {} (mode 600)", key_path.display());
         k
     };
 
@@ -143,7 +152,8 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
         }
         Sent::Unreachable(e) | Sent::NotTbox(e) => {
             eprintln!(
-                "tbox-report: could not register now ({e}); run `tbox-report register --project {project}` later"
+                "tbox-report: could not register now ({e}); the config is written: run `tbox-report register \
+                 --project {project}` in a while"
             );
             None
         }
@@ -168,14 +178,14 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
         let repo = recipe.as_ref().map(|v| v.recipe.repo.as_str());
         text.push_str(&project_block(&project, &pin, repo, &branch, &workdir));
         write_config(&config_path, &text)?;
-        println!("{project} added to {}", config_path.display());
+        crate::say!("{project} added to {}", config_path.display());
     } else {
-        println!("{project} is in {} already", config_path.display());
+        crate::say!("{project} is in {} already", config_path.display());
     }
 
     if let Some(v) = &recipe {
         let r = &v.recipe;
-        println!(
+        crate::say!(
             "recipe version {} signed by {}: builds {} from {} (steps: {})",
             r.version,
             v.key,
@@ -193,37 +203,42 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
                     .find(|(n, _)| n == m)
                     .map(|(_, d)| crate::client::printable(d))
                     .unwrap_or_else(|| "no description".into());
-                println!(
+                crate::say!(
                     "warning: the recipe requires capability {m:?} ({what}), which this machine does not declare;"
                 );
-                println!("         `run` skips it until `capabilities` in {} lists it", config_path.display());
+                crate::say!("         `run` skips it until `capabilities` in {} lists it", config_path.display());
             }
         }
         if r.network && !existing.as_ref().is_some_and(|c| c.allow_network) {
-            println!("warning: the recipe needs the network; `run` skips it unless you set allow_network = true");
+            crate::say!("warning: the recipe needs the network; `run` skips it unless you set allow_network = true");
         }
     }
 
     let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "tbox-report".into());
     let cfg = config_path.display();
-    println!();
+    crate::say!();
     match registration.as_ref().map(|v| (v["status"].as_str().unwrap_or(""), &v["pending_projects"])) {
         Some(("active", pending)) if pending.as_array().is_some_and(|a| a.iter().any(|p| p == &json!(project))) => {
-            println!("builder {builder} is approved, but must be approved for {project} too: until then its reports");
-            println!("are refused. An admin of {server} runs: tbox-server builder approve {builder}");
+            crate::say!(
+                "builder {builder} is approved, but must be approved for {project} too: until then its reports"
+            );
+            crate::say!("are refused. An admin of {server} runs: tbox-server builder approve {builder}");
         }
-        Some(("active", _)) => println!("builder {builder} is approved for {project}: nothing to wait for"),
+        Some(("active", _)) => crate::say!("builder {builder} is approved for {project}: nothing to wait for"),
         Some(_) => {
-            println!("builder {builder} is registered and PENDING: an admin of {server} must approve it");
-            println!("(tbox-server builder approve {builder}); until then its reports are refused");
+            crate::say!("builder {builder} is registered and PENDING: an admin of {server} must approve it");
+            crate::say!("(tbox-server builder approve {builder}); until then its reports are refused");
         }
         None => {}
     }
-    println!("then build once by hand:  {me} run --config {cfg} --project {project}");
-    println!("and let cron do the rest (crontab -e):");
-    println!("  */15 * * * * {me} run --config {cfg} 2>>{}", config::state_dir().join("cron.log").display());
-    println!("or a systemd user timer: see scripts/tbox-report.service and scripts/tbox-report.timer");
-    Ok(exit::OK)
+    crate::say!("then build once by hand:  {me} run --config {cfg} --project {project}");
+    crate::say!("and let cron do the rest (crontab -e):");
+    crate::say!("  */15 * * * * {me} run --config {cfg} 2>>{}", config::state_dir().join("cron.log").display());
+    crate::say!(
+        "or a systemd user timer: see scripts/tbox-report.service and scripts/tbox-report.timer in tbox's source"
+    );
+    // Joined, but not registered: say so in the exit code too (as for a spooled report).
+    Ok(if registration.is_some() { exit::OK } else { exit::SPOOLED })
 }
 
 pub fn leave(args: &LeaveArgs) -> anyhow::Result<u8> {
@@ -241,8 +256,8 @@ pub fn leave(args: &LeaveArgs) -> anyhow::Result<u8> {
     for kind in ["last-revision", "refused"] {
         let _ = std::fs::remove_file(config.project_state(kind, &args.project));
     }
-    println!("left {}: removed from {}, its recipe forgotten", args.project, path.display());
-    println!(
+    crate::say!("left {}: removed from {}, its recipe forgotten", args.project, path.display());
+    crate::say!(
         "its source stays in {} (delete it if you like); the server keeps this builder's past builds",
         config::expand(&config.projects[index].workdir).display()
     );

@@ -15,10 +15,10 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<u8> {
     let public = key.public_key();
     let pub_path = path.with_extension("pub");
     std::fs::write(&pub_path, public.to_pem())?;
-    println!("private key: {} (mode 600; keep it on this machine)", path.display());
-    println!("public key:  {}", pub_path.display());
-    println!("fingerprint: {}", public.fingerprint());
-    println!();
-    print!("{}", public.to_pem());
+    crate::say!("private key: {} (mode 600; keep it on this machine)", path.display());
+    crate::say!("public key:  {}", pub_path.display());
+    crate::say!("fingerprint: {}", public.fingerprint());
+    crate::say!();
+    crate::say!("{}", public.to_pem().trim_end());
     Ok(exit::OK)
 }

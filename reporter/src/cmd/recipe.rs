@@ -59,9 +59,9 @@ fn sign(recipe: &Path, key: &Path) -> anyhow::Result<u8> {
     let out = sig_path(recipe, None);
     // Exactly what `openssl dgst -sha256 -sign … | base64 -w0` writes: no newline.
     std::fs::write(&out, &signature).with_context(|| format!("cannot write {}", out.display()))?;
-    println!("signed {} ({})", recipe.display(), summary(&r));
-    println!("key    {}", key.public_key().fingerprint());
-    println!("wrote  {}", out.display());
+    crate::say!("signed {} ({})", recipe.display(), summary(&r));
+    crate::say!("key    {}", key.public_key().fingerprint());
+    crate::say!("wrote  {}", out.display());
     Ok(exit::OK)
 }
 
@@ -84,9 +84,19 @@ fn verify(args: &RecipeVerifyArgs) -> anyhow::Result<u8> {
     });
     match checked {
         Ok(r) => {
-            println!("good: {} ({})", args.recipe.display(), summary(&r));
-            println!("signed by {}", key.fingerprint());
+            crate::say!("good: {} ({})", args.recipe.display(), summary(&r));
+            crate::say!("signed by {}", key.fingerprint());
             Ok(exit::OK)
+        }
+        Err(tbox_protocol::RecipeError::NotSigned) => {
+            eprintln!(
+                "tbox-report: {} REFUSED: its signature ({}) does not verify with {} ({})",
+                args.recipe.display(),
+                sig_file.display(),
+                args.key.display(),
+                key.fingerprint()
+            );
+            Ok(exit::REFUSED)
         }
         Err(e) => {
             eprintln!("tbox-report: {} REFUSED: {e}", args.recipe.display());
@@ -108,9 +118,9 @@ fn publish(args: &RecipePublishArgs) -> anyhow::Result<u8> {
         .header("Tbox-Signature", sig.trim())
         .send(&bytes[..]);
     send_outcome(&url, answer, |v| {
-        println!("published {} ({})", args.recipe.display(), summary(&r));
-        println!("signed by {}", v["key"].as_str().unwrap_or("?"));
-        println!("served at {}", v["url"].as_str().unwrap_or(&url));
+        crate::say!("published {} ({})", args.recipe.display(), summary(&r));
+        crate::say!("signed by {}", v["key"].as_str().unwrap_or("?"));
+        crate::say!("served at {}", v["url"].as_str().unwrap_or(&url));
     })
 }
 
@@ -122,7 +132,7 @@ fn rotate(args: &RecipeRotateArgs) -> anyhow::Result<u8> {
         let k = PrivateKey::generate(&mut rand_core::OsRng, 3072)?;
         keyfile::write_new(&args.new, &k)?;
         std::fs::write(args.new.with_extension("pub"), k.public_key().to_pem())?;
-        println!("new key written to {} (mode 600)", args.new.display());
+        crate::say!("new key written to {} (mode 600)", args.new.display());
         k
     };
     let pem = new.public_key().to_pem();
@@ -134,9 +144,9 @@ fn rotate(args: &RecipeRotateArgs) -> anyhow::Result<u8> {
         .send(pem.as_bytes());
     send_outcome(&url, answer, |_| {
         let (from, to) = (old.public_key().fingerprint(), new.public_key().fingerprint());
-        println!("project {}: key {to} added, endorsed by {from}", args.project);
-        println!("volunteers who pinned {from} follow it by themselves; new volunteers should pin {to}");
-        println!("sign the next recipes with {}", args.new.display());
+        crate::say!("project {}: key {to} added, endorsed by {from}", args.project);
+        crate::say!("volunteers who pinned {from} follow it by themselves; new volunteers should pin {to}");
+        crate::say!("sign the next recipes with {}", args.new.display());
     })
 }
 

@@ -19,12 +19,13 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
     match client.register(&body) {
         Sent::Delivered(v) => {
             let status = v["status"].as_str().unwrap_or("?");
-            println!("builder {} is registered for {}: status {status}", config.builder, args.projects.join(", "));
-            println!("key fingerprint {}", key.public_key().fingerprint());
+            crate::say!("builder {} is registered for {}: status {status}", config.builder, args.projects.join(", "));
+            crate::say!("key fingerprint {}", key.public_key().fingerprint());
             if status == "pending" {
-                println!(
+                crate::say!(
                     "an administrator of {} must now run: tbox-server builder approve {}",
-                    config.server, config.builder
+                    config.server,
+                    config.builder
                 );
             }
             Ok(exit::OK)

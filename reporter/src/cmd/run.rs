@@ -52,11 +52,64 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         None => config.projects.iter().collect(),
     };
     anyhow::ensure!(!projects.is_empty(), "the config has no [[project]] to build");
+    let standing = standing(&config, &client);
     let mut code = exit::OK;
     for project in projects {
+        // Not allowed to report: the build would be thrown away, so it does not run.
+        if let Some(why) = standing.as_ref().and_then(|s| s.refusal(&config, &project.name)) {
+            eprintln!("tbox-report: {}: not built: {why}", project.name);
+            code = exit::worst(code, exit::REJECTED);
+            continue;
+        }
         code = exit::worst(code, run_project(&config, &client, project, args)?);
     }
     Ok(code)
+}
+
+/// What the server says this builder may do; None when it cannot say now (then builds run and
+/// their reports wait in the spool).
+struct Standing {
+    status: String,
+    projects: Vec<String>,
+    pending: Vec<String>,
+}
+
+fn standing(config: &Config, client: &Client) -> Option<Standing> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    };
+    match client.get_as_builder(&format!("/api/v1/builders/{}", config.builder)) {
+        Sent::Delivered(v) => Some(Standing {
+            status: v["status"].as_str().unwrap_or_default().to_owned(),
+            projects: strings(&v["projects"]),
+            pending: strings(&v["pending_projects"]),
+        }),
+        Sent::Rejected { status: 404, .. } => {
+            Some(Standing { status: "unknown".into(), projects: Vec::new(), pending: Vec::new() })
+        }
+        _ => None,
+    }
+}
+
+impl Standing {
+    fn refusal(&self, config: &Config, project: &str) -> Option<String> {
+        let (b, server) = (&config.builder, &config.server);
+        let approve = format!("an admin of {server} runs `tbox-server builder approve {b}`");
+        match self.status.as_str() {
+            "unknown" => Some(format!(
+                "builder {b} is not registered on {server} (tbox-report register --project {project}, or join)"
+            )),
+            "pending" => Some(format!("builder {b} is pending approval; {approve}")),
+            "revoked" => Some(format!("builder {b} is revoked on {server}")),
+            _ if self.pending.iter().any(|p| p == project) => {
+                Some(format!("builder {b} asked to report for {project}, which waits for approval; {approve}"))
+            }
+            _ if !self.projects.iter().any(|p| p == project) => {
+                Some(format!("builder {b} may not report for {project} on {server} (ask its admins)"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The revision last reported for a project, if any.
@@ -117,7 +170,10 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         Ok(plan) => plan,
         Err(Skip::Quietly(code)) => return Ok(exit::worst(floor, code)),
         Err(Skip::Refused(why)) => {
-            return refuse(config, client, project, ("recipe refused", "unknown"), &why, floor, verbose);
+            // Nothing was fetched: the report names the revision built last, so that the
+            // waterfall does not show a revision "unknown".
+            let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
+            return refuse(config, client, project, ("recipe refused", &last), &why, floor, verbose);
         }
     };
     let started_at = Utc::now();

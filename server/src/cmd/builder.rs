@@ -18,9 +18,9 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                 builders::set_status(c, &args.name, builders::ACTIVE)?;
                 builders::grant_requests(c, b.id)
             })?;
-            println!("builder {} approved: its reports are accepted from now on", args.name);
+            crate::say!("builder {} approved: its reports are accepted from now on", args.name);
             if !granted.is_empty() {
-                println!("it may now also report for: {}", granted.join(", "));
+                crate::say!("it may now also report for: {}", granted.join(", "));
             }
             Ok(())
         }
@@ -33,11 +33,11 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                     if !builders::revoke_key(&mut conn, b.id, fp)? {
                         bail!("builder {:?} has no unrevoked key {fp}", args.name);
                     }
-                    println!("key {fp} of builder {} revoked", args.name);
+                    crate::say!("key {fp} of builder {} revoked", args.name);
                 }
                 None => {
                     builders::set_status(&mut conn, &args.name, builders::REVOKED)?;
-                    println!("builder {} revoked: its reports are refused from now on", args.name);
+                    crate::say!("builder {} revoked: its reports are refused from now on", args.name);
                 }
             }
             Ok(())
@@ -46,7 +46,7 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
             let mut conn = super::connect(&args.db)?;
             let gone = db::write_transaction(&mut conn, |c| builders::reject_pending(c, Some(&args.names), None))?;
             for name in &gone {
-                println!("pending builder {name} rejected and deleted");
+                crate::say!("pending builder {name} rejected and deleted");
             }
             let missed: Vec<&String> = args.names.iter().filter(|n| !gone.contains(n)).collect();
             if !missed.is_empty() {
@@ -61,7 +61,11 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
             let mut conn = super::connect(&args.db)?;
             let before = now() - args.older_than;
             let gone = db::write_transaction(&mut conn, |c| builders::reject_pending(c, None, Some(before)))?;
-            println!("deleted {} pending registration(s) older than {}", gone.len(), before.format("%Y-%m-%d %H:%M"));
+            crate::say!(
+                "deleted {} pending registration(s) older than {}",
+                gone.len(),
+                before.format("%Y-%m-%d %H:%M")
+            );
             Ok(())
         }
         BuilderCommand::List(args) => {
@@ -73,7 +77,7 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                 if args.pending && b.status != builders::PENDING && asks.is_empty() {
                     continue;
                 }
-                println!(
+                crate::say!(
                     "{}\t{}\towner={}\tprojects={}\tregistered={}\tlast_report={}",
                     b.name,
                     b.status,
@@ -84,10 +88,14 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
                 );
                 for k in &l.keys {
                     let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                    println!("\tkey {} ({state})", k.fingerprint);
+                    crate::say!("\tkey {} ({state})", k.fingerprint);
                 }
                 if !asks.is_empty() {
-                    println!("\tasks to join: {} (grant with: tbox-server builder approve {})", asks.join(","), b.name);
+                    crate::say!(
+                        "\tasks to join: {} (grant with: tbox-server builder approve {})",
+                        asks.join(","),
+                        b.name
+                    );
                 }
             }
             Ok(())
@@ -127,7 +135,7 @@ fn add(args: &BuilderAddArgs) -> anyhow::Result<()> {
         }
         Ok(builders::add_key(conn, builder.id, &fingerprint, &key.to_pem())?)
     })?;
-    println!(
+    crate::say!(
         "builder {} may report for {} with key {fingerprint}{}",
         args.name,
         args.projects.join(", "),

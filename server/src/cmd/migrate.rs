@@ -11,10 +11,10 @@ pub fn run(args: &DbArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", url.redacted()))?;
     let applied = db::migrate(&mut conn)?;
     if applied.is_empty() {
-        println!("{}: schema is up to date", url.redacted());
+        crate::say!("{}: schema is up to date", url.redacted());
     } else {
         for m in applied {
-            println!("{}: applied {m}", url.redacted());
+            crate::say!("{}: applied {m}", url.redacted());
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ pub fn run(cmd: ProjectCommand) -> anyhow::Result<()> {
         ProjectCommand::List(db) => {
             let mut conn = super::connect(&db)?;
             for p in projects::list(&mut conn)? {
-                println!("{}\t{}\t{}", p.name, p.title, p.repo_url.unwrap_or_default());
+                crate::say!("{}\t{}\t{}", p.name, p.title, p.repo_url.unwrap_or_default());
             }
             Ok(())
         }
@@ -45,8 +45,8 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
                 created_at: now(),
             };
             crate::api::recipes::add_key(&mut conn, &new).map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("key {fp} may now sign recipes of project {}", args.project);
-            println!("volunteers join with: tbox-report join <server>/projects/{} --key {fp}", args.project);
+            crate::say!("key {fp} may now sign recipes of project {}", args.project);
+            crate::say!("volunteers join with: tbox-report join <server>/projects/{} --key {fp}", args.project);
             Ok(())
         }
         ProjectKeyCommand::Revoke(args) => {
@@ -55,9 +55,10 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
             if !recipes::revoke_key(&mut conn, p.id, &args.key, now())? {
                 bail!("project {:?} has no unrevoked key {}", args.project, args.key);
             }
-            println!(
+            crate::say!(
                 "key {} of project {} revoked: its signatures are refused from now on; volunteers who pinned it, or reached a key only through it, must join again",
-                args.key, args.project
+                args.key,
+                args.project
             );
             Ok(())
         }
@@ -65,7 +66,7 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
             let mut conn = super::connect(&args.db)?;
             let p = project(&mut conn, &args.project)?;
             for k in recipes::keys(&mut conn, p.id)? {
-                println!(
+                crate::say!(
                     "{}\t{}\tendorsed_by={}\tadded={}",
                     k.fingerprint,
                     if k.revoked_at.is_some() { "revoked" } else { "active" },
@@ -91,7 +92,7 @@ fn capability(cmd: CapabilityCommand) -> anyhow::Result<()> {
             let p = project(&mut conn, &args.project)?;
             let cap = Capability { project_id: p.id, name: args.name.clone(), description: description.to_owned() };
             crate::db::write_transaction(&mut conn, |c| recipes::set_capability(c, &cap))?;
-            println!("capability {} of project {}: {description}", args.name, args.project);
+            crate::say!("capability {} of project {}: {description}", args.name, args.project);
             Ok(())
         }
         CapabilityCommand::Remove(args) => {
@@ -100,14 +101,14 @@ fn capability(cmd: CapabilityCommand) -> anyhow::Result<()> {
             if !recipes::remove_capability(&mut conn, p.id, &args.name)? {
                 bail!("project {:?} has no capability {:?}", args.project, args.name);
             }
-            println!("capability {} of project {} removed", args.name, args.project);
+            crate::say!("capability {} of project {} removed", args.name, args.project);
             Ok(())
         }
         CapabilityCommand::List(args) => {
             let mut conn = super::connect(&args.db)?;
             let p = project(&mut conn, &args.project)?;
             for c in recipes::capabilities(&mut conn, p.id)? {
-                println!("{}\t{}", c.name, c.description);
+                crate::say!("{}\t{}", c.name, c.description);
             }
             Ok(())
         }
@@ -133,6 +134,6 @@ fn add(args: &ProjectAddArgs) -> anyhow::Result<()> {
         compare_url: args.compare_url.as_deref(),
     };
     projects::add(&mut conn, &new).with_context(|| format!("adding project {:?}", args.name))?;
-    println!("project {} added", args.name);
+    crate::say!("project {} added", args.name);
     Ok(())
 }

@@ -16,6 +16,6 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<()> {
         total += n;
     }
     let logs = db::write_transaction(&mut conn, builds::prune_logs)?;
-    println!("pruned {total} builds started before {} UTC and {logs} unused logs", before.format("%Y-%m-%d %H:%M"));
+    crate::say!("pruned {total} builds started before {} UTC and {logs} unused logs", before.format("%Y-%m-%d %H:%M"));
     Ok(())
 }

@@ -16,7 +16,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     run_with(args, |addrs| {
         // Tests and scripts read this line to learn the port when binding to :0.
         for addr in addrs {
-            println!("tbox-server listening on http://{addr} (database {redacted})");
+            crate::say!("tbox-server listening on http://{addr} (database {redacted})");
         }
         let _ = std::io::stdout().flush();
     })
