@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         recipe_version: None,
         recipe_key: None,
         sandbox: None,
+        lease: None,
     };
     let json = serde_json::to_vec(&report).unwrap_or_else(|e| panic!("results do not serialise: {e}"));
     if let Err(e) = parse_report(&json, now()) {

@@ -58,6 +58,9 @@ pub struct Report {
     /// How the steps were isolated: `bubblewrap`, or `none` when the volunteer opted out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// The lease this build answers (a project's build request); its finished report closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 /// One step of a build (checkout, build, test, …).

@@ -128,6 +128,7 @@ mod tests {
             recipe_version: None,
             recipe_key: None,
             sandbox: None,
+            lease: None,
         }
     }
 

@@ -67,6 +67,53 @@ pub enum Command {
     /// For maintainers: sign, check, publish a project's recipe, and rotate the project's key.
     #[command(subcommand)]
     Recipe(RecipeCommand),
+    /// For maintainers: ask volunteers' machines for builds (signed with the project's key).
+    #[command(after_help = EXIT_CODES)]
+    Request(RequestArgs),
+    /// Stay running: take leases on the projects' build requests and build them, and do the
+    /// periodic builds of `run` (for systemd; see scripts/tbox-report-serve.service).
+    #[command(after_help = EXIT_CODES)]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The project.
+    #[arg(long, value_name = "P")]
+    pub project: String,
+    /// The project's private key (PEM).
+    #[arg(long, value_name = "PROJECT.pem")]
+    pub key: PathBuf,
+    /// The tbox server's base URL.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The branch to build.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// A commit to build [default: the branch's head when each builder fetches].
+    #[arg(long, value_name = "SHA")]
+    pub revision: Option<String>,
+    /// How many distinct builders should build it.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub builders: u32,
+    /// A capability builders must have (repeat for several).
+    #[arg(long = "requires", value_name = "CAP")]
+    pub requires: Vec<String>,
+    /// How long builders may take (e.g. 24h, 3d) [default: no deadline].
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Seconds between the periodic builds of `run` (each builds only a changed revision).
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub every: u64,
+    /// Stop after this many builds (for tests and trials) [default: never].
+    #[arg(long, value_name = "N", hide = true)]
+    pub max_builds: Option<u64>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

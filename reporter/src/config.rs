@@ -37,6 +37,10 @@ pub struct Config {
     /// Whether steps may use the network when a recipe asks for it.
     #[serde(default)]
     pub allow_network: bool,
+    /// `serve` takes no new build while the 1-minute load average is above this (as the
+    /// PostgreSQL Buildfarm client's `max_load_avg`).
+    #[serde(default)]
+    pub max_load: Option<f64>,
     /// The projects this machine builds.
     #[serde(default, rename = "project")]
     pub projects: Vec<Project>,
@@ -64,6 +68,9 @@ pub struct Project {
     /// Overrides the top-level `allow_network` for this project.
     #[serde(default)]
     pub allow_network: Option<bool>,
+    /// Requested builds `serve` takes for this project per day (UTC) at most.
+    #[serde(default)]
+    pub daily_budget: Option<u32>,
     /// Shown on the builder page; os, arch, kernel and cpus are detected.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

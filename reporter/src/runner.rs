@@ -35,6 +35,18 @@ pub enum Ending {
     TooMuchOutput(u64),
     /// It could not be started (no shell, no workdir…): the reporter's problem, not the build's.
     NotStarted(String),
+    /// The reporter was asked to stop (SIGTERM to `tbox-report serve`) and stopped it.
+    Cancelled,
+}
+
+/// Set when the reporter must stop: a running step is stopped as on a timeout (see
+/// `cmd/serve.rs`, which sets it from SIGTERM and SIGINT).
+pub static STOP: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(std::sync::Arc::default);
+
+/// Whether the reporter was asked to stop.
+pub fn stopping() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl Ending {
@@ -124,7 +136,8 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             Err(e) => break Ending::NotStarted(format!("lost track of the step: {e}")),
         }
         let written = log.metadata().map(|m| m.len()).unwrap_or(0);
-        if started.elapsed() >= spec.timeout || written > spec.max_output {
+        let stop = stopping();
+        if stop || started.elapsed() >= spec.timeout || written > spec.max_output {
             // In a sandbox our group is only bwrap: its pid 1 puts the step in a new session.
             // Signalling that session's group lets the step end gracefully; bwrap then returns
             // only once the pid namespace is empty (`setsid` stragglers included), so nothing is
@@ -140,7 +153,9 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             }
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
-            break if written > spec.max_output {
+            break if stop {
+                Ending::Cancelled
+            } else if written > spec.max_output {
                 Ending::TooMuchOutput(written)
             } else {
                 Ending::TimedOut(spec.timeout)

@@ -40,6 +40,9 @@ pub enum Command {
     /// Manage builders (volunteer machines) and their keys.
     #[command(subcommand)]
     Builder(BuilderCommand),
+    /// Ask builders for builds of a project (as `tbox-report request` does, signed).
+    #[command(subcommand)]
+    Request(RequestCommand),
     /// Delete builds that started before a given age, and logs no build uses any more.
     #[command(after_help = EXIT_CODES)]
     Prune(PruneArgs),
@@ -86,6 +89,14 @@ pub struct ServeArgs {
     /// A builder not heard from for this long is marked stale (e.g. 48h, 7d).
     #[arg(long, env = "TBOX_STALE_AFTER", default_value = "48h", value_parser = parse_age, value_name = "AGE")]
     pub stale_after: chrono::TimeDelta,
+    /// A build started this long ago with no `finished` report is shown as lost (e.g. 12h, 90m,
+    /// 2d); a late `finished` report still completes it.
+    #[arg(long, env = "TBOX_LOST_AFTER", default_value = "12h", value_parser = parse_age, value_name = "AGE")]
+    pub lost_after: chrono::TimeDelta,
+    /// Seconds between two searches for lost builds (tests make it short).
+    #[arg(long, default_value_t = 30, hide = true, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub lost_check_every: u64,
     /// The address users reach this server at (e.g. `https://tbox.example.org`), used for the
     /// links in feeds and answers. Without it, links use the Host the client sent.
     #[arg(long, env = "TBOX_PUBLIC_URL", value_name = "URL")]
@@ -93,6 +104,10 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "TBOX_WORKERS")]
     pub workers: Option<usize>,
+    /// How long a lease on a build request lasts unless its builder renews it; then the
+    /// attempt is lost and another builder gets the slot (e.g. 10m, 90s).
+    #[arg(long, env = "TBOX_LEASE_TTL", default_value = "10m", value_parser = parse_age, value_name = "AGE")]
+    pub lease_ttl: chrono::TimeDelta,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +123,49 @@ pub enum ProjectCommand {
     /// Manage the capabilities the project's recipes may require.
     #[command(subcommand)]
     Capability(CapabilityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// Ask for builds: N distinct builders build a branch (at a revision) before a deadline.
+    #[command(after_help = EXIT_CODES)]
+    Add(RequestAddArgs),
+    /// A project's newest requests and their attempts.
+    List(ProjectOnlyArgs),
+    /// Cancel an open request (its running attempts may still report).
+    #[command(after_help = EXIT_CODES)]
+    Cancel(RequestCancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestAddArgs {
+    /// The project.
+    pub project: String,
+    /// The branch to build.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// A commit to build [default: the branch's head when each builder fetches].
+    #[arg(long, value_name = "SHA")]
+    pub revision: Option<String>,
+    /// How many distinct builders should build it.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub builders: i32,
+    /// A capability builders must have (repeat for several).
+    #[arg(long = "requires", value_name = "CAP")]
+    pub requires: Vec<String>,
+    /// How long builders may take to answer (e.g. 24h, 3d).
+    #[arg(long, value_parser = parse_age, value_name = "AGE")]
+    pub deadline: Option<chrono::TimeDelta>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestCancelArgs {
+    /// The request's number.
+    pub id: i64,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +377,7 @@ mod tests {
     fn ages() {
         assert_eq!(parse_age("90d"), Ok(chrono::TimeDelta::days(90)));
         assert_eq!(parse_age("2w"), Ok(chrono::TimeDelta::weeks(2)));
+        assert_eq!(parse_age("1s"), Ok(chrono::TimeDelta::seconds(1)));
         assert!(parse_age("90").is_err());
         assert!(parse_age("d").is_err());
         assert!(parse_age("5y").is_err());

@@ -63,6 +63,10 @@ impl AppError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::client(StatusCode::CONFLICT, code, message)
     }
+    /// 410: it existed, and is over (an expired lease).
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::client(StatusCode::GONE, "gone", message)
+    }
     /// 413.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::client(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)

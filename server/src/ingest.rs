@@ -129,7 +129,8 @@ pub fn write(conn: &mut DbConn, p: &Prepared) -> Result<Outcome, AppError> {
 ///
 /// A revoked or pending status is told only to someone holding one of the builder's keys, so
 /// the answers reveal nothing about builders to strangers.
-fn authenticate(conn: &mut DbConn, sub: Submission<'_>, digest: &[u8; 32]) -> Result<Builder, AppError> {
+/// The active builder that signed a submission (its headers and body).
+pub fn authenticate(conn: &mut DbConn, sub: Submission<'_>, digest: &[u8; 32]) -> Result<Builder, AppError> {
     let name = sub
         .builder
         .filter(|n| !n.is_empty())
@@ -327,6 +328,16 @@ fn store_build(
         })
         .collect();
     builds::insert_tests(conn, &tests)?;
+    if let Some(lease) = report.lease {
+        let result = report.result.filter(|_| report.state == BuildState::Finished).map(BuildResult::as_str);
+        let id = i64::try_from(lease).unwrap_or(i64::MAX);
+        if crate::db::requests::report(conn, id, builder_id, project_id, build_id, result, now)?.is_err() {
+            return Err(AppError::invalid(
+                "unknown_lease",
+                format!("lease: {lease} is not a lease of this builder for project {:?}", report.project),
+            ));
+        }
+    }
     builds::record_report(conn, digest, build_id, now)?;
     builds::update_head(conn, &fields, build_id)?;
     builders::touch(conn, builder_id, &properties, now)?;

@@ -26,6 +26,7 @@ pub mod cmd;
 pub mod db;
 pub mod error;
 pub mod ingest;
+pub mod leases;
 pub mod logging;
 pub mod logscan;
 pub mod metrics;
@@ -56,8 +57,14 @@ pub struct AppState {
     pub max_pending: i64,
     /// A builder not heard from for this long is shown as stale.
     pub stale_after: chrono::TimeDelta,
+    /// A started build with no finished report after this long is shown as lost.
+    pub lost_after: chrono::TimeDelta,
     /// The server's public base URL, if configured (no trailing slash).
     pub public_url: Option<String>,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl: chrono::TimeDelta,
+    /// Moves when there may be new work for builders waiting on a lease (long polls).
+    pub work: leases::Work,
 }
 
 impl AppState {

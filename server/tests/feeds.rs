@@ -122,7 +122,10 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     assert_eq!(doc["openapi"], "3.0.3");
 
     let v = get_checked(&s, &doc, "/api/v1/projects", "/api/v1/projects", 200);
-    assert_eq!(v["projects"][0]["status"], json!({"green": 1, "red": 2, "building": 0, "stale": 0, "nodata": 0}));
+    assert_eq!(
+        v["projects"][0]["status"],
+        json!({"green": 1, "red": 2, "building": 0, "lost": 0, "stale": 0, "nodata": 0})
+    );
     get_checked(&s, &doc, "/api/v1/projects/{project}", "/api/v1/projects/demo", 200);
     get_checked(&s, &doc, "/api/v1/projects/{project}", "/api/v1/projects/nope", 404);
     let v = get_checked(&s, &doc, "/api/v1/projects/{project}/builds", "/api/v1/projects/demo/builds?limit=4", 200);

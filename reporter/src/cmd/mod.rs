@@ -7,7 +7,9 @@ mod keygen;
 mod push;
 mod recipe;
 mod register;
+mod request;
 mod run;
+mod serve;
 
 use std::path::Path;
 
@@ -29,6 +31,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Join(a) => join::join(&a),
         Command::Leave(a) => join::leave(&a),
         Command::Recipe(c) => recipe::run(c),
+        Command::Request(a) => request::run(&a),
+        Command::Serve(a) => serve::run(&a),
     }
 }
 

@@ -68,6 +68,7 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         recipe_version: None,
         recipe_key: None,
         sandbox: None,
+        lease: None,
     };
     super::deliver(&report, &client, &config.spool_dir(), true)
 }

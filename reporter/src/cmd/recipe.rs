@@ -151,7 +151,7 @@ fn rotate(args: &RecipeRotateArgs) -> anyhow::Result<u8> {
 }
 
 /// Prints what a server said about a PUT or POST; the exit code follows the status.
-fn send_outcome(
+pub(super) fn send_outcome(
     url: &str,
     answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     done: impl FnOnce(&serde_json::Value),

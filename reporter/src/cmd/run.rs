@@ -61,7 +61,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
             code = exit::worst(code, exit::REJECTED);
             continue;
         }
-        code = exit::worst(code, run_project(&config, &client, project, args)?);
+        code = exit::worst(code, run_project(&config, &client, project, args.force, args.common.verbose, None)?);
     }
     Ok(code)
 }
@@ -126,8 +126,52 @@ fn last_built(config: &Config, project: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn run_project(config: &Config, client: &Client, project: &Project, args: &RunArgs) -> anyhow::Result<u8> {
-    let verbose = args.common.verbose;
+/// A build a project asked for (a lease on one of its requests), rather than one of `run`'s
+/// own: the request's branch and revision, and the lease its reports close.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub branch: String,
+    pub revision: Option<String>,
+    pub lease: u64,
+}
+
+/// Answers a lease without building: the project sees why on its request.
+pub fn decline(
+    config: &Config,
+    client: &Client,
+    project: &Project,
+    job: &Job,
+    why: &str,
+    verbose: bool,
+) -> anyhow::Result<u8> {
+    let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
+    let requested = Project { branch: job.branch.clone(), ..project.clone() };
+    refuse(config, client, &requested, ("declined", &last, Some(job.lease)), why, exit::OK, verbose)
+}
+
+/// Builds a leased request now, whatever was built before.
+pub fn run_job(config: &Config, client: &Client, project: &Project, job: &Job, verbose: bool) -> anyhow::Result<u8> {
+    run_project(config, client, project, true, verbose, Some(job))
+}
+
+fn run_project(
+    config: &Config,
+    client: &Client,
+    project: &Project,
+    force: bool,
+    verbose: bool,
+    job: Option<&Job>,
+) -> anyhow::Result<u8> {
+    // A request names its own branch: everything below builds that one.
+    let requested;
+    let project = match job {
+        Some(j) => {
+            requested = Project { branch: j.branch.clone(), ..project.clone() };
+            &requested
+        }
+        None => project,
+    };
+    let lease = job.map(|j| j.lease);
     let state = config::state_dir();
     let lock_path = config.project_state("locks", &project.name).with_extension("lock");
     if let Some(dir) = lock_path.parent() {
@@ -173,13 +217,14 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
             // Nothing was fetched: the report names the revision built last, so that the
             // waterfall does not show a revision "unknown".
             let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
-            return refuse(config, client, project, ("recipe refused", &last), &why, floor, verbose);
+            return refuse(config, client, project, ("recipe refused", &last, lease), &why, floor, verbose);
         }
     };
     let started_at = Utc::now();
     let mut steps = Vec::new();
     let how = if plan.recipe.is_some() { Git::Recipe } else { Git::Own };
-    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, &workdir, how));
+    let revision_wanted = job.and_then(|j| j.revision.as_deref());
+    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
     if let Some((step, ok)) = &checkout {
         if !ok {
             // The source could not be updated: report it (the reporter's trouble, purple),
@@ -189,6 +234,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
             let mut report =
                 finish(project, config, super::new_uuid(), "unknown".into(), started_at, vec![s], Vec::new());
             mark(&mut report, &plan, None, config.sandbox_for(project));
+            report.lease = lease;
             return Ok(exit::worst(floor, super::deliver(&report, client, &config.spool_dir(), verbose)?));
         }
         steps.push(step.clone());
@@ -199,7 +245,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         None => rev.clone(),
     });
     if let Some(key) = &build_key
-        && !args.force
+        && !force
         && last_built(config, &project.name).as_deref() == Some(key.as_str())
     {
         if verbose {
@@ -224,7 +270,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
             Ok(s) => Some(s),
             Err(e) => {
                 let why = format!("no sandbox could be made for the steps, so none ran: {e}");
-                return refuse(config, client, project, ("no sandbox", &revision), &why, floor, verbose);
+                return refuse(config, client, project, ("no sandbox", &revision, lease), &why, floor, verbose);
             }
         },
     };
@@ -253,8 +299,10 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
         recipe_version: None,
         recipe_key: None,
         sandbox: None,
+        lease: None,
     };
     mark(&mut started, &plan, sandbox.as_ref(), config.sandbox_for(project));
+    started.lease = lease;
     if let Sent::Rejected { status, message } = client.submit_once(&serde_json::to_vec(&started)?) {
         eprintln!("tbox-report: the server refused the started report for {} ({status}): {message}", project.name);
     }
@@ -264,7 +312,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
     let mut stop = false;
     for (i, cfg) in plan.steps.iter().enumerate() {
         let kind = cfg.kind;
-        if stop {
+        if stop || runner::stopping() {
             let now = Utc::now().fixed_offset();
             steps.push(Step {
                 name: cfg.name.clone(),
@@ -319,6 +367,10 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
                 text.push_str(&format!("[tbox-report] {why}\n"));
                 BuildResult::Exception
             }
+            Ending::Cancelled => {
+                text.push_str("\n[tbox-report] stopped: tbox-report was asked to stop (SIGTERM) during this step\n");
+                BuildResult::Cancelled
+            }
         };
         if let Ending::Signalled(sig) = ending {
             text.push_str(&format!("\n[tbox-report] the step was killed by signal {sig}\n"));
@@ -353,6 +405,7 @@ fn run_project(config: &Config, client: &Client, project: &Project, args: &RunAr
 
     let mut report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
     mark(&mut report, &plan, sandbox.as_ref(), config.sandbox_for(project));
+    report.lease = lease;
     let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
     let code = exit::worst(floor, delivered);
     if delivered == exit::OK || delivered == exit::SPOOLED {
@@ -510,14 +563,14 @@ fn refuse(
     config: &Config,
     client: &Client,
     project: &Project,
-    (step_name, revision): (&str, &str),
+    (step_name, revision, lease): (&str, &str, Option<u64>),
     why: &str,
     floor: u8,
     verbose: bool,
 ) -> anyhow::Result<u8> {
     eprintln!("tbox-report: {}: REFUSED, nothing was run: {why}", project.name);
     let marker = config.project_state("refused", &project.name);
-    if std::fs::read_to_string(&marker).is_ok_and(|old| old == why) {
+    if lease.is_none() && std::fs::read_to_string(&marker).is_ok_and(|old| old == why) {
         if verbose {
             eprintln!("tbox-report: {}: the project was told of this refusal already", project.name);
         }
@@ -537,7 +590,9 @@ fn refuse(
         )),
         log_truncated: false,
     };
-    let report = finish(project, config, super::new_uuid(), revision.to_owned(), now, vec![step], Vec::new());
+    let mut report = finish(project, config, super::new_uuid(), revision.to_owned(), now, vec![step], Vec::new());
+    // A leased build refused still answers its lease: the project sees why on the request.
+    report.lease = lease;
     let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
     if delivered == exit::OK || delivered == exit::SPOOLED {
         if let Some(dir) = marker.parent() {
@@ -563,7 +618,9 @@ fn finish(
     steps: Vec<Step>,
     tests: Vec<tbox_protocol::TestResult>,
 ) -> Report {
-    let result = if steps.iter().any(|s| s.result == BuildResult::Exception) {
+    let result = if steps.iter().any(|s| s.result == BuildResult::Cancelled) {
+        BuildResult::Cancelled
+    } else if steps.iter().any(|s| s.result == BuildResult::Exception) {
         BuildResult::Exception
     } else if steps.iter().any(|s| s.result == BuildResult::Failure) {
         BuildResult::Failure
@@ -588,6 +645,7 @@ fn finish(
         recipe_version: None,
         recipe_key: None,
         sandbox: None,
+        lease: None,
     }
 }
 
@@ -608,7 +666,7 @@ enum Git {
 const GIT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Clones, or fetches and checks out `branch`. Returns the step to report and whether it worked.
-fn checkout(url: &str, branch: &str, workdir: &Path, how: Git) -> (Step, bool) {
+fn checkout(url: &str, branch: &str, revision: Option<&str>, workdir: &Path, how: Git) -> (Step, bool) {
     let start = Utc::now().fixed_offset();
     let mut log = String::new();
     // Fetched from the URL itself, not from `origin`: the source is the one the config or the
@@ -623,6 +681,11 @@ fn checkout(url: &str, branch: &str, workdir: &Path, how: Git) -> (Step, bool) {
         let target = workdir.to_string_lossy();
         git(&["clone", "--quiet", "--branch", branch, "--", url, &target], parent, how, &mut log)
     };
+    // A request may name a commit of the branch.
+    let ok = ok
+        && revision.is_none_or(|rev| {
+            !rev.starts_with('-') && git(&["checkout", "--quiet", "--force", rev], workdir, how, &mut log)
+        });
     let step = Step {
         name: "checkout".into(),
         result: if ok { BuildResult::Success } else { BuildResult::Exception },

@@ -2,10 +2,12 @@
 
 pub mod builders;
 pub mod builds;
+pub mod leases;
 pub mod openapi;
 pub mod projects;
 pub mod recipes;
 pub mod reports;
+pub mod requests;
 pub mod status;
 pub mod views;
 

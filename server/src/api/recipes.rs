@@ -126,7 +126,7 @@ fn not_above(version: i64, current: i64) -> AppError {
 }
 
 /// The fingerprint of the project key that made `signature` over `body`.
-fn signed_by(keys: &[ProjectKey], body: &[u8], signature: &str, project: &str) -> Result<String, AppError> {
+pub(crate) fn signed_by(keys: &[ProjectKey], body: &[u8], signature: &str, project: &str) -> Result<String, AppError> {
     if keys.is_empty() {
         return Err(AppError::unauthorized(
             "no_project_key",

@@ -46,8 +46,8 @@ impl HeadView {
         HeadView {
             builder: h.builder.name.clone(),
             branch: b.branch.clone(),
-            state: b.state.clone(),
-            result: b.result.clone(),
+            state: b.shown_state().to_owned(),
+            result: b.shown_result().map(str::to_owned),
             status: of_build(&b.state, b.result.as_deref(), h.failing_kind.as_deref()).2,
             stale: is_stale(h.builder.last_report_at, stale_after),
             build: b.id,
@@ -321,7 +321,7 @@ pub async fn history(
     Ok(HttpResponse::Ok().json(serde_json::json!({"name": test, "results": list})))
 }
 
-/// Builders of each project by colour: green, red, building, stale, nodata (newest build of each
+/// Builders of each project by colour: green, red, building, lost, stale, nodata (newest build of each
 /// builder, whatever its branch). Keyed by project id.
 pub fn summaries(
     conn: &mut DbConn,
@@ -342,6 +342,7 @@ pub fn summaries(
             "success" | "warnings" => "green",
             "failure" | "tests-failed" | "exception" => "red",
             "building" => "building",
+            "lost" => "lost",
             "stale" => "stale",
             _ => "nodata",
         };

@@ -19,7 +19,9 @@ pub struct BuildSummary {
     pub builder: String,
     pub branch: String,
     pub revision: String,
+    /// `started`, `finished`, or `lost` (started, and no `finished` report came in time).
     pub state: String,
+    /// Set once finished; null while started or lost.
     pub result: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -37,6 +39,7 @@ pub struct StepBrief {
 impl BuildSummary {
     pub fn new(l: Listed, base: &str) -> Self {
         let b = l.build;
+        let (state, result) = (b.shown_state().to_owned(), b.shown_result().map(str::to_owned));
         BuildSummary {
             url: format!("{base}/builds/{}", b.id),
             id: b.id,
@@ -44,8 +47,8 @@ impl BuildSummary {
             builder: l.builder,
             branch: b.branch,
             revision: b.revision,
-            state: b.state,
-            result: b.result,
+            state,
+            result,
             started_at: time(b.started_at),
             finished_at: b.finished_at.map(time),
             steps: l.steps.into_iter().map(|s| StepBrief { name: s.name, result: s.result }).collect(),
@@ -62,7 +65,9 @@ pub struct BuildDetail {
     pub builder: String,
     pub branch: String,
     pub revision: String,
+    /// `started`, `finished`, or `lost` (started, and no `finished` report came in time).
     pub state: String,
+    /// Set once finished; null while started or lost.
     pub result: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -106,6 +111,7 @@ pub struct TestDetail {
 impl BuildDetail {
     pub fn new(f: Full, base: &str) -> Self {
         let b = f.build;
+        let (state, result) = (b.shown_state().to_owned(), b.shown_result().map(str::to_owned));
         let id = b.id;
         BuildDetail {
             url: format!("{base}/builds/{id}"),
@@ -115,8 +121,8 @@ impl BuildDetail {
             builder: f.builder,
             branch: b.branch,
             revision: b.revision,
-            state: b.state,
-            result: b.result,
+            state,
+            result,
             started_at: time(b.started_at),
             finished_at: b.finished_at.map(time),
             received_at: time(b.received_at),
@@ -162,7 +168,7 @@ pub struct ProjectView {
     pub repo_url: Option<String>,
     pub revision_url: Option<String>,
     pub url: String,
-    /// Builders by the colour of their newest build: green, red, building, stale, nodata.
+    /// Builders by the colour of their newest build: green, red, building, lost, stale, nodata.
     pub status: StatusCounts,
     pub feeds: Feeds,
 }
@@ -173,6 +179,8 @@ pub struct StatusCounts {
     pub green: usize,
     pub red: usize,
     pub building: usize,
+    /// Their newest build started and never finished.
+    pub lost: usize,
     pub stale: usize,
     pub nodata: usize,
 }
@@ -198,6 +206,7 @@ impl ProjectView {
                 green: c("green"),
                 red: c("red"),
                 building: c("building"),
+                lost: c("lost"),
                 stale: c("stale"),
                 nodata: c("nodata"),
             },

@@ -4,6 +4,7 @@ mod builder;
 mod migrate;
 mod project;
 mod prune;
+mod request;
 pub mod serve;
 
 use crate::cli::{Cli, Command, DbArgs};
@@ -16,6 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&args),
         Command::Project(cmd) => project::run(cmd),
         Command::Builder(cmd) => builder::run(cmd),
+        Command::Request(cmd) => request::run(cmd),
         Command::Prune(args) => prune::run(&args),
     }
 }

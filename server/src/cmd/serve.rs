@@ -51,6 +51,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         DatabaseUrl::Sqlite(_) => Some(Writer::start(db::Manager::new(url.clone()))?),
         DatabaseUrl::Postgres(_) => None,
     };
+    let work = crate::leases::Work::default();
     let state = web::Data::new(AppState {
         pool,
         writer,
@@ -61,9 +62,19 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         registrations: std::sync::Arc::new(registrations),
         max_pending: i64::from(args.max_pending),
         stale_after: args.stale_after,
+        lost_after: args.lost_after,
         public_url,
+        lease_ttl: args.lease_ttl,
+        work: work.clone(),
     });
+    crate::leases::start(state.pool.clone(), work).context("starting the lease sweeper")?;
     actix_web::rt::System::new().block_on(async move {
+        // Ends with the server (a thread of its own would outlive `run_with` in other programs' tests).
+        actix_web::rt::spawn(mark_lost_builds(
+            state.pool.clone(),
+            args.lost_after,
+            std::time::Duration::from_secs(args.lost_check_every),
+        ));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -88,6 +99,27 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         on_bound(&server.addrs());
         server.run().await.context("server stopped with an error")
     })
+}
+
+/// Marks builds lost once at start, then every `every` while the server runs. Each server
+/// process on a shared database does it too: the update is idempotent.
+async fn mark_lost_builds(pool: db::Pool, lost_after: chrono::TimeDelta, every: std::time::Duration) {
+    loop {
+        let pool = pool.clone();
+        let marked = web::block(move || -> anyhow::Result<usize> {
+            let mut conn = pool.get()?;
+            let before = db::now() - lost_after;
+            Ok(db::write_transaction(&mut conn, |c| db::builds::mark_lost(c, before))?)
+        })
+        .await;
+        match marked {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => log::info!("{n} build(s) sent no finished report in time: now shown as lost"),
+            Ok(Err(e)) => log::warn!("marking lost builds: {e:#}"),
+            Err(e) => log::warn!("marking lost builds: {e}"),
+        }
+        actix_web::rt::time::sleep(every).await;
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit (1,024 is a common soft default, far

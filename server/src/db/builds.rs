@@ -40,6 +40,50 @@ pub fn complete(conn: &mut DbConn, id: i64, fields: &BuildFields<'_>) -> QueryRe
     Ok(())
 }
 
+/// The result of a `started` build that sent no `finished` report within `serve --lost-after`.
+/// Its state stays `started`, so a late `finished` report still completes it (see
+/// [`complete`]); the API shows it as `"state": "lost"` with no result.
+pub const LOST: &str = "lost";
+
+// What a stored build means, next to the query that marks builds lost.
+impl Build {
+    /// Started, and given up on: no `finished` report came in time.
+    pub fn is_lost(&self) -> bool {
+        self.state == "started" && self.result.as_deref() == Some(LOST)
+    }
+
+    /// Started and still expected to finish.
+    pub fn is_running(&self) -> bool {
+        self.state == "started" && !self.is_lost()
+    }
+
+    /// The state programs see: `started`, `finished` or `lost`.
+    pub fn shown_state(&self) -> &str {
+        if self.is_lost() { LOST } else { &self.state }
+    }
+
+    /// The result programs see: none until a `finished` report says it.
+    pub fn shown_result(&self) -> Option<&str> {
+        if self.state == "finished" { self.result.as_deref() } else { None }
+    }
+}
+
+/// Marks builds started before `before` that are still running as lost; returns how many.
+///
+/// Idempotent (several servers on one database may all run it), and it never touches a
+/// finished build, so it cannot undo a `finished` report committed meanwhile. The conditions on
+/// state and result are literals so that the `builds_started` partial index, which holds only
+/// the running builds, is used whatever plan the database caches.
+pub fn mark_lost(conn: &mut DbConn, before: NaiveDateTime) -> QueryResult<usize> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Bool;
+    diesel::update(
+        builds::table.filter(sql::<Bool>("state = 'started' AND result IS NULL")).filter(builds::started_at.lt(before)),
+    )
+    .set(builds::result.eq(LOST))
+    .execute(conn)
+}
+
 /// Remembers a report body's digest, so that sending it again changes nothing.
 pub fn record_report(conn: &mut DbConn, digest: &str, build_id: i64, at: NaiveDateTime) -> QueryResult<()> {
     diesel::insert_into(reports::table)

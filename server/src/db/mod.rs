@@ -15,6 +15,7 @@ pub mod builds;
 pub mod models;
 pub mod projects;
 pub mod recipes;
+pub mod requests;
 pub mod schema;
 pub mod status;
 

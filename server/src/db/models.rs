@@ -234,3 +234,51 @@ pub struct Capability {
     pub name: String,
     pub description: String,
 }
+
+/// A build a project asked for.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = build_requests)]
+pub struct BuildRequest {
+    pub id: i64,
+    pub project_id: i64,
+    pub branch: String,
+    pub revision: Option<String>,
+    pub builders: i32,
+    pub requires: String,
+    pub deadline: Option<NaiveDateTime>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub digest: Option<String>,
+    pub requested_by: String,
+    pub created_at: NaiveDateTime,
+    pub closed_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = build_requests)]
+pub struct NewBuildRequest<'a> {
+    pub project_id: i64,
+    pub branch: &'a str,
+    pub revision: Option<&'a str>,
+    pub builders: i32,
+    pub requires: &'a str,
+    pub deadline: Option<NaiveDateTime>,
+    pub state: &'a str,
+    pub digest: Option<&'a str>,
+    pub requested_by: &'a str,
+    pub created_at: NaiveDateTime,
+}
+
+/// One builder's attempt at a request.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = leases)]
+pub struct Lease {
+    pub id: i64,
+    pub request_id: i64,
+    pub builder_id: i64,
+    pub state: String,
+    pub granted_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub build_id: Option<i64>,
+    pub ended_at: Option<NaiveDateTime>,
+}

@@ -41,6 +41,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    build_requests (id) {
+        id -> Int8,
+        project_id -> Int8,
+        branch -> Text,
+        revision -> Nullable<Text>,
+        builders -> Int4,
+        requires -> Text,
+        deadline -> Nullable<Timestamp>,
+        state -> Text,
+        reason -> Nullable<Text>,
+        digest -> Nullable<Text>,
+        requested_by -> Text,
+        created_at -> Timestamp,
+        closed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     builds (id) {
         id -> Int8,
         project_id -> Int8,
@@ -68,6 +86,19 @@ diesel::table! {
         branch -> Text,
         build_id -> Int8,
         started_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    leases (id) {
+        id -> Int8,
+        request_id -> Int8,
+        builder_id -> Int8,
+        state -> Text,
+        granted_at -> Timestamp,
+        expires_at -> Timestamp,
+        build_id -> Nullable<Int8>,
+        ended_at -> Nullable<Timestamp>,
     }
 }
 
@@ -167,9 +198,13 @@ diesel::joinable!(builder_project_requests -> builders (builder_id));
 diesel::joinable!(builder_project_requests -> projects (project_id));
 diesel::joinable!(builder_projects -> builders (builder_id));
 diesel::joinable!(builder_projects -> projects (project_id));
+diesel::joinable!(build_requests -> projects (project_id));
 diesel::joinable!(builds -> builders (builder_id));
 diesel::joinable!(builds -> projects (project_id));
 diesel::joinable!(heads -> builds (build_id));
+diesel::joinable!(leases -> build_requests (request_id));
+diesel::joinable!(leases -> builders (builder_id));
+diesel::joinable!(leases -> builds (build_id));
 diesel::joinable!(project_capabilities -> projects (project_id));
 diesel::joinable!(project_keys -> projects (project_id));
 diesel::joinable!(recipes -> projects (project_id));
@@ -182,9 +217,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     builder_keys,
     builder_project_requests,
     builder_projects,
+    build_requests,
     builders,
     builds,
     heads,
+    leases,
     logs,
     project_capabilities,
     project_keys,

@@ -121,6 +121,7 @@ pub async fn page(
     ctx.insert("revisions", &revisions);
     ctx.insert("branches", &branches);
     ctx.insert("q", &q);
+    ctx.insert("lost_after", &status::age(state.lost_after));
     ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
     super::html(&super::templates::render("console.html", &ctx).map_err(AppError::from)?)
 }

@@ -76,6 +76,7 @@ fn changes(
     branch: Option<&str>,
     base: &str,
     stale_after: chrono::TimeDelta,
+    lost_after: chrono::TimeDelta,
 ) -> Result<Vec<Entry>, AppError> {
     let filter = Filter {
         builders: Some(cols.iter().map(|b| b.id).collect()),
@@ -126,6 +127,24 @@ fn changes(
                 last = Some(b);
             }
         }
+    }
+    // A builder going silent mid-build is news too; it is neither red nor green, so it does not
+    // stand between a build and the one it is compared with above.
+    for b in listed.iter().map(|l| &l.build).filter(|b| b.is_lost()) {
+        let Some(builder) = cols.iter().find(|c| c.id == b.builder_id) else { continue };
+        entries.push(Entry {
+            id: format!("tag:{host},2026:build/{}/lost", b.id),
+            title: format!("{} went silent mid-build on {}: lost", builder.name, b.branch),
+            // When it was given up on (another server may have a shorter --lost-after).
+            updated: (b.started_at + lost_after).min(crate::db::now()),
+            link: format!("{base}/builds/{}", b.id),
+            summary: format!(
+                "{} started building revision {} at {} and sent no finished report.",
+                builder.name,
+                b.revision,
+                time(b.started_at)
+            ),
+        });
     }
     for b in cols {
         if let Some(seen) = b.last_report_at.filter(|_| is_stale(b.last_report_at, stale_after)) {
@@ -178,6 +197,7 @@ async fn atom_for(
     let base = crate::api::base_url(&req);
     let pool = state.pool.clone();
     let stale_after = state.stale_after;
+    let lost_after = state.lost_after;
     let self_url = format!("{base}{}", req.uri());
     let base2 = base.clone();
     let (p, entries) = web::block(move || -> Result<_, AppError> {
@@ -190,7 +210,7 @@ async fn atom_for(
                 return Err(AppError::not_found(format!("no builder {b:?} in project {name:?}")));
             }
         }
-        let mut entries = changes(&mut conn, p.id, &cols, q.branch.as_deref(), &base2, stale_after)?;
+        let mut entries = changes(&mut conn, p.id, &cols, q.branch.as_deref(), &base2, stale_after, lost_after)?;
         for e in &mut entries {
             e.link = e.link.replace("{project}", &p.name);
         }
@@ -243,7 +263,8 @@ fn verdict(hs: &[Head]) -> Verdict {
         return Verdict { message: "no data".into(), colour: "lightgrey", hex: "#9f9f9f" };
     }
     let red = hs.iter().filter(|h| colour(&h.build) == Some("red")).count();
-    let building = hs.iter().filter(|h| h.build.state == "started").count();
+    let building = hs.iter().filter(|h| h.build.is_running()).count();
+    let lost = hs.iter().filter(|h| h.build.is_lost()).count();
     let warned = hs.iter().any(|h| h.build.result.as_deref() == Some("warnings"));
     if hs.len() == 1 {
         let h = &hs[0];
@@ -254,14 +275,17 @@ fn verdict(hs: &[Head]) -> Verdict {
             "failure" => ("red", "#cf222e"),
             "exception" => ("blueviolet", "#8250df"),
             "building" => ("yellow", "#bf8700"),
+            "lost" => ("475569", "#475569"),
             _ => ("lightgrey", "#9f9f9f"),
         };
         return Verdict { message: if word == "success" { "passing".into() } else { word.into() }, colour, hex };
     }
     if red > 0 {
         Verdict { message: format!("failing on {red} of {}", hs.len()), colour: "red", hex: "#cf222e" }
-    } else if building == hs.len() {
+    } else if building + lost == hs.len() && building > 0 {
         Verdict { message: "building".into(), colour: "yellow", hex: "#bf8700" }
+    } else if lost == hs.len() {
+        Verdict { message: "lost".into(), colour: "475569", hex: "#475569" }
     } else if warned {
         Verdict { message: "passing, warnings".into(), colour: "orange", hex: "#bc4c00" }
     } else {
@@ -390,7 +414,7 @@ pub async fn cctray(
     let (p, hs) = load_heads(&state, path.into_inner(), q.into_inner()).await??;
     // For a running build, cctray wants the status of the last finished one.
     let pool = state.pool.clone();
-    let running: Vec<Build> = hs.iter().filter(|h| h.build.state == "started").map(|h| h.build.clone()).collect();
+    let running: Vec<Build> = hs.iter().filter(|h| h.build.is_running()).map(|h| h.build.clone()).collect();
     let finished: HashMap<i64, Build> = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let mut out = HashMap::new();
@@ -406,12 +430,14 @@ pub async fn cctray(
     for h in &hs {
         let b = finished.get(&h.build.id).unwrap_or(&h.build);
         let status = match b.result.as_deref() {
+            // The builder went silent mid-build: not the source's fault, but not a success.
+            Some(builds::LOST) => "Exception",
             Some("success" | "warnings") => "Success",
             Some("failure") => "Failure",
             Some("exception") => "Exception",
             _ => "Unknown",
         };
-        let activity = if h.build.state == "started" { "Building" } else { "Sleeping" };
+        let activity = if h.build.is_running() { "Building" } else { "Sleeping" };
         let _ = writeln!(
             x,
             "  <Project name=\"{}\" activity=\"{activity}\" lastBuildStatus=\"{status}\" lastBuildLabel=\"{}\" lastBuildTime=\"{}\" webUrl=\"{}\"/>",

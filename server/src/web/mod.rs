@@ -8,6 +8,7 @@ pub mod feeds;
 pub mod index;
 pub mod logs;
 pub mod manners;
+pub mod requests;
 pub mod status;
 pub mod templates;
 pub mod waterfall;

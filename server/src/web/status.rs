@@ -3,14 +3,19 @@
 /// Class, glyph and word for a build.
 ///
 /// A failure whose first failing step is a test step is "tests failed" (orange): the code
-/// builds, tests fail. Any other failure is "failed" (red): the tree is broken.
+/// builds, tests fail. Any other failure is "failed" (red): the tree is broken. A build that
+/// never sent its `finished` report is "lost" (slate): nothing is known about the source.
 pub fn of_build(
     state: &str,
     result: Option<&str>,
     failing_step_kind: Option<&str>,
 ) -> (&'static str, &'static str, &'static str) {
     if state == "started" {
-        return ("building", "⟳", "building");
+        return if result == Some(crate::db::builds::LOST) {
+            ("lost", "∅", "lost")
+        } else {
+            ("building", "⟳", "building")
+        };
     }
     match result {
         Some("success") => ("success", "✔", "success"),
@@ -60,6 +65,7 @@ mod tests {
         assert_eq!(of_build("finished", Some("failure"), Some("test")).0, "tests-failed");
         assert_eq!(of_build("finished", Some("failure"), None).0, "failure");
         assert_eq!(of_build("started", None, None).2, "building");
+        assert_eq!(of_build("started", Some("lost"), None), ("lost", "∅", "lost"));
         assert_eq!(duration(3725), "1h 02m");
         assert_eq!(duration(187), "3m 07s");
     }

@@ -15,6 +15,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("error.html", include_str!("../../templates/error.html")),
     ("console.html", include_str!("../../templates/console.html")),
     ("builder.html", include_str!("../../templates/builder.html")),
+    ("requests.html", include_str!("../../templates/requests.html")),
 ];
 
 /// Parses the templates; `serve` calls this before it binds, so a broken template stops

@@ -248,6 +248,7 @@ pub async fn page(
         t.with_before(q.before.clone())
     });
     ctx.insert("stale_after", &status::age(state.stale_after));
+    ctx.insert("lost_after", &status::age(state.lost_after));
     ctx.insert("recipe", &recipe.as_ref().and_then(recipe_json));
     ctx.insert("base", &crate::api::base_url(&req));
     ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
@@ -298,7 +299,11 @@ pub fn project_json(p: &Project) -> serde_json::Value {
 /// Places each build in its column, spanning the rows from its end (top) to its start.
 fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> {
     let now = crate::db::now();
-    let end_of = |l: &Listed| l.build.finished_at.unwrap_or(now).max(l.build.started_at);
+    // A lost build has no end: it takes one row, so it hides none of the builds after it.
+    let end_of = |l: &Listed| {
+        let end = if l.build.is_lost() { l.build.started_at } else { l.build.finished_at.unwrap_or(now) };
+        end.max(l.build.started_at)
+    };
     let times: Vec<NaiveDateTime> = {
         let set: BTreeSet<NaiveDateTime> = builds.iter().flat_map(|l| [l.build.started_at, end_of(l)]).collect();
         set.into_iter().rev().collect()
@@ -344,7 +349,11 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
                 revision_url: revision_url.clone(),
                 changes_url,
                 since: previous.as_deref().map(short),
-                duration: status::duration((end_of(l) - b.started_at).num_seconds()),
+                duration: if b.is_lost() {
+                    String::new()
+                } else {
+                    status::duration((end_of(l) - b.started_at).num_seconds())
+                },
                 unsandboxed: b.sandbox.as_deref() == Some("none"),
                 recipe_version: b.recipe_version,
                 steps: l

@@ -1,0 +1,196 @@
+//! `tbox-report serve`: one long-running process for all of a volunteer's projects. It asks
+//! the server for work (a long poll on `POST /api/v1/leases`), builds what it is given while
+//! renewing the lease, and between requests does `run`'s periodic builds.
+//!
+//! Polite to its host: one build at a time; no new build while the load average is above
+//! `max_load`; at most `daily_budget` requested builds per project a day; on SIGTERM (or
+//! Ctrl-C) the running step is stopped, the build reported as cancelled, and it exits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use super::run::{self, Job};
+use crate::cli::{RunArgs, ServeArgs};
+use crate::client::Client;
+use crate::config::{Config, Project};
+use crate::{exit, runner};
+
+/// Seconds one long poll may wait for work.
+const WAIT: u64 = 60;
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&runner::STOP)).context("cannot handle SIGTERM")?;
+    }
+    let mut built = 0u64;
+    let mut next_periodic = Instant::now();
+    let mut code = exit::OK;
+    eprintln!("tbox-report serve: started (periodic builds every {} s)", args.every);
+    while !runner::stopping() && args.max_builds.is_none_or(|m| built < m) {
+        // Read again each round, so that a `join` or an edit takes effect without a restart.
+        let (config, client) = super::load(&args.common)?;
+        if let Some(why) = too_busy(&config) {
+            eprintln!("tbox-report serve: {why}; waiting");
+            pause(Duration::from_secs(60));
+            continue;
+        }
+        match take_lease(&config, &client, args.common.verbose) {
+            Ok(Some((project, job))) => {
+                code = exit::worst(code, build_leased(&config, &client, &project, &job, args.common.verbose)?);
+                built += 1;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("tbox-report serve: asking for work: {e}");
+                pause(Duration::from_secs(30));
+            }
+        }
+        if Instant::now() >= next_periodic && !runner::stopping() {
+            let periodic = RunArgs { project: None, force: false, common: args.common.clone() };
+            match run::run(&periodic) {
+                Ok(c) => code = exit::worst(code, c),
+                Err(e) => eprintln!("tbox-report serve: periodic build: {e:#}"),
+            }
+            next_periodic = Instant::now() + Duration::from_secs(args.every);
+        }
+    }
+    eprintln!("tbox-report serve: stopped");
+    // A build was reported as cancelled, not dropped: stopping is not an error.
+    Ok(if code == exit::ERROR { code } else { exit::OK })
+}
+
+/// Sleeps, but wakes at once to stop.
+fn pause(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !runner::stopping() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Why no build should start now, if one should not.
+fn too_busy(config: &Config) -> Option<String> {
+    let max = config.max_load?;
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+    (load > max).then(|| format!("the load average is {load:.2}, above max_load = {max}"))
+}
+
+/// Today's count of requested builds per project, kept under the state directory.
+fn budget_file(config: &Config, project: &str) -> std::path::PathBuf {
+    config.project_state("budget", project)
+}
+
+fn spent_today(config: &Config, project: &str) -> u32 {
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    std::fs::read_to_string(budget_file(config, project))
+        .ok()
+        .and_then(|t| t.split_once(' ').filter(|(day, _)| *day == today).and_then(|(_, n)| n.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn spend(config: &Config, project: &str) {
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let n = spent_today(config, project) + 1;
+    let path = budget_file(config, project);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(path, format!("{today} {n}\n"));
+}
+
+/// Asks for work for every project with a source this machine can build and budget left.
+fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<(Project, Job)>, String> {
+    let projects: Vec<&Project> = config
+        .projects
+        .iter()
+        // A request names a branch: only a project whose source tbox-report fetches can build it.
+        .filter(|p| p.recipe.is_some() || p.git.is_some())
+        .filter(|p| p.daily_budget.is_none_or(|b| spent_today(config, &p.name) < b))
+        .collect();
+    if projects.is_empty() {
+        pause(Duration::from_secs(WAIT));
+        return Ok(None);
+    }
+    let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    let body = serde_json::to_vec(&json!({ "projects": names, "capabilities": config.capabilities, "wait": WAIT }))
+        .map_err(|e| e.to_string())?;
+    let (status, v) = client.send_signed("POST", "/api/v1/leases", &body)?;
+    match status {
+        200 => {
+            let (Some(lease), Some(project), Some(branch)) =
+                (v["lease"].as_u64(), v["project"].as_str(), v["branch"].as_str())
+            else {
+                return Err(format!("the server's lease is not what tbox-report expects: {v}"));
+            };
+            let Some(p) = projects.iter().find(|p| p.name == project) else {
+                return Err(format!("the server leased a build of {project:?}, which this machine did not ask for"));
+            };
+            let job = Job { branch: branch.to_owned(), revision: v["revision"].as_str().map(str::to_owned), lease };
+            if verbose {
+                eprintln!("tbox-report serve: lease {lease}: {project} on {branch}");
+            }
+            Ok(Some(((*p).clone(), job)))
+        }
+        204 => Ok(None),
+        s => Err(format!("the server answered {s}: {}", v["message"].as_str().unwrap_or("no message"))),
+    }
+}
+
+/// Builds a leased request, renewing the lease meanwhile.
+fn build_leased(config: &Config, client: &Client, project: &Project, job: &Job, verbose: bool) -> anyhow::Result<u8> {
+    spend(config, &project.name);
+    let done = Arc::new(AtomicBool::new(false));
+    let renewer = {
+        let (done, client) = (Arc::clone(&done), client.clone());
+        let path = format!("/api/v1/leases/{}", job.lease);
+        std::thread::spawn(move || {
+            // Well within any sensible lease time, and cheap.
+            let every = Duration::from_secs(60);
+            let mut last = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                match client.send_signed("PUT", &path, b"{}") {
+                    Ok((200, _)) => {}
+                    Ok((410, v)) => {
+                        eprintln!(
+                            "tbox-report serve: {} (building on: the report is still recorded)",
+                            v["message"].as_str().unwrap_or("the lease ran out")
+                        );
+                        return;
+                    }
+                    Ok((s, v)) => eprintln!("tbox-report serve: renewing the lease: {s} {}", msg(&v)),
+                    Err(e) => eprintln!("tbox-report serve: renewing the lease: {e}"),
+                }
+            }
+        })
+    };
+    let outcome = if project.recipe.is_none() && job.branch != project.branch {
+        // The volunteer's own steps are for the branch it configured.
+        run::decline(
+            config,
+            client,
+            project,
+            job,
+            &format!("this machine builds only branch {:?} of {} with its own steps", project.branch, project.name),
+            verbose,
+        )
+    } else {
+        run::run_job(config, client, project, job, verbose)
+    };
+    done.store(true, Ordering::SeqCst);
+    let _ = renewer.join();
+    outcome
+}
+
+fn msg(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or("")
+}

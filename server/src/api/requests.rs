@@ -1,0 +1,248 @@
+//! Build requests: a project asks for builds (`POST`, signed by a project key), anyone reads
+//! them with their attempts (`GET`).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tbox_protocol::report_id;
+
+use super::status::project;
+use super::views::time;
+use crate::AppState;
+use crate::db::models::{BuildRequest, NewBuildRequest};
+use crate::db::{self, DbConn, recipes, requests};
+use crate::error::AppError;
+
+/// The body of `POST /api/v1/projects/{p}/requests`.
+#[derive(Debug, Deserialize)]
+pub struct Ask {
+    pub branch: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default = "one")]
+    pub builders: i32,
+    #[serde(default)]
+    pub requires: Vec<String>,
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// Most builders one request may ask for.
+pub const MAX_BUILDERS: i32 = 100;
+/// The furthest deadline.
+const MAX_DEADLINE_DAYS: i64 = 90;
+
+/// Checks a request's fields (422 naming the field).
+pub fn check(conn: &mut DbConn, project_id: i64, ask: &Ask, now: DateTime<Utc>) -> Result<(), AppError> {
+    let bad = |m: String| Err(AppError::invalid("invalid", m));
+    let b = &ask.branch;
+    if b.is_empty()
+        || b.len() > 200
+        || b.starts_with('-')
+        || !b.chars().all(|c| c.is_ascii_alphanumeric() || "._-/+".contains(c))
+    {
+        return bad("branch: must be a branch name (A-Z a-z 0-9 . _ - / +, at most 200)".into());
+    }
+    if let Some(r) = &ask.revision
+        && (r.is_empty() || r.len() > 200 || r.starts_with('-') || !r.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        return bad("revision: must be a commit id (letters and digits)".into());
+    }
+    if !(1..=MAX_BUILDERS).contains(&ask.builders) {
+        return bad(format!("builders: must be 1 to {MAX_BUILDERS}"));
+    }
+    let known: Vec<String> = recipes::capabilities(conn, project_id)?.into_iter().map(|c| c.name).collect();
+    for (i, r) in ask.requires.iter().enumerate() {
+        if !known.contains(r) {
+            return bad(format!("requires[{i}]: capability {r:?} is not registered for this project"));
+        }
+    }
+    if let Some(d) = ask.deadline {
+        if d <= now {
+            return bad("deadline: already past".into());
+        }
+        if d > now + chrono::TimeDelta::days(MAX_DEADLINE_DAYS) {
+            return bad(format!("deadline: at most {MAX_DEADLINE_DAYS} days ahead"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    id: i64,
+    state: String,
+    url: String,
+}
+
+/// `POST /api/v1/projects/{p}/requests`.
+pub async fn create(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, AppError> {
+    json_content(req.headers())?;
+    let signature = req
+        .headers()
+        .get("tbox-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            AppError::unauthorized("unsigned", "missing Tbox-Signature header (a project key's signature)")
+        })?;
+    let body = crate::body::read(req.headers(), payload, state.body_limits(16 << 10)).await?;
+    let name = path.into_inner();
+    let pool = state.pool.clone();
+    let (row, created) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let keys = recipes::active_keys(&mut conn, p.id)?;
+        let signer = super::recipes::signed_by(&keys, &body, &signature, &name)?;
+        let ask: Ask = serde_json::from_slice(&body)
+            .map_err(|e| AppError::bad_request("malformed", format!("not a build request: {e}")))?;
+        let now = Utc::now();
+        check(&mut conn, p.id, &ask, now)?;
+        let requires = serde_json::to_string(&ask.requires).map_err(|e| anyhow::anyhow!(e))?;
+        let digest = report_id(&body);
+        let new = NewBuildRequest {
+            project_id: p.id,
+            branch: &ask.branch,
+            revision: ask.revision.as_deref(),
+            builders: ask.builders,
+            requires: &requires,
+            deadline: ask.deadline.map(db::to_db_time),
+            state: "open",
+            digest: Some(&digest),
+            requested_by: &signer,
+            created_at: db::to_db_time(now),
+        };
+        Ok(requests::add(&mut conn, &new)?)
+    })
+    .await??;
+    if created {
+        state.work.bump();
+    }
+    let url = format!("{}/projects/{}/requests#request-{}", super::base_url(&req), path_project(&req), row.id);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(HttpResponse::build(status).json(Created { id: row.id, state: row.state, url }))
+}
+
+fn path_project(req: &HttpRequest) -> String {
+    req.match_info().get("project").unwrap_or_default().to_owned()
+}
+
+fn json_content(headers: &HeaderMap) -> Result<(), AppError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(AppError::unsupported_media_type(format!(
+            "Content-Type must be application/json, got {:?}",
+            if ct.is_empty() { "nothing" } else { ct }
+        )))
+    }
+}
+
+/// A request as the API and the page show it.
+#[derive(Debug, Serialize)]
+pub struct RequestView {
+    pub id: i64,
+    pub state: String,
+    pub reason: Option<String>,
+    pub branch: String,
+    pub revision: Option<String>,
+    pub builders: i32,
+    pub requires: Vec<String>,
+    pub deadline: Option<String>,
+    pub requested_by: String,
+    pub created_at: String,
+    pub closed_at: Option<String>,
+    pub leased: usize,
+    pub done: usize,
+    pub lost: usize,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One attempt: a builder's lease and what became of it.
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    pub lease: i64,
+    pub builder: String,
+    pub state: String,
+    pub granted_at: String,
+    pub expires_at: String,
+    pub ended_at: Option<String>,
+    pub build: Option<i64>,
+    pub build_url: Option<String>,
+}
+
+/// A project's newest requests with their attempts (two queries).
+pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Result<Vec<RequestView>, AppError> {
+    let rows: Vec<BuildRequest> = requests::list(conn, project_id, limit)?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let attempts = requests::attempts(conn, &ids)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mine: Vec<AttemptView> = attempts
+                .iter()
+                .filter(|(l, _)| l.request_id == r.id)
+                .map(|(l, builder)| AttemptView {
+                    lease: l.id,
+                    builder: builder.clone(),
+                    state: l.state.clone(),
+                    granted_at: time(l.granted_at),
+                    expires_at: time(l.expires_at),
+                    ended_at: l.ended_at.map(time),
+                    build: l.build_id,
+                    build_url: l.build_id.map(|b| format!("{base}/builds/{b}")),
+                })
+                .collect();
+            let n = |s: &str| mine.iter().filter(|a| a.state == s).count();
+            RequestView {
+                id: r.id,
+                leased: n("leased"),
+                done: n("done"),
+                lost: n("lost"),
+                state: r.state,
+                reason: r.reason,
+                branch: r.branch,
+                revision: r.revision,
+                builders: r.builders,
+                requires: serde_json::from_str(&r.requires).unwrap_or_default(),
+                deadline: r.deadline.map(time),
+                requested_by: r.requested_by,
+                created_at: time(r.created_at),
+                closed_at: r.closed_at.map(time),
+                attempts: mine,
+            }
+        })
+        .collect())
+}
+
+/// `GET /api/v1/projects/{p}/requests`: the newest 100, with their attempts.
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let pool = state.pool.clone();
+    let base = super::base_url(&req);
+    let name2 = name.clone();
+    let requests = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name2)?;
+        views(&mut conn, p.id, &base, 100)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "requests": requests })))
+}

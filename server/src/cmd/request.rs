@@ -1,0 +1,90 @@
+//! `tbox-server request add | list | cancel`: build requests from the command line (an admin
+//! on the server needs no project key).
+
+use anyhow::{Context as _, bail};
+
+use crate::api::requests::{Ask, check, views};
+use crate::cli::{RequestAddArgs, RequestCommand};
+use crate::db::models::NewBuildRequest;
+use crate::db::{self, projects, requests};
+
+pub fn run(cmd: RequestCommand) -> anyhow::Result<()> {
+    match cmd {
+        RequestCommand::Add(args) => add(&args),
+        RequestCommand::List(args) => {
+            let mut conn = super::connect(&args.db)?;
+            let p = projects::by_name(&mut conn, &args.project)?
+                .with_context(|| format!("no project named {:?}", args.project))?;
+            for r in views(&mut conn, p.id, "", 100).map_err(|e| anyhow::anyhow!("{e}"))? {
+                crate::say!(
+                    "{}\t{}\t{}{}\t{} of {} done, {} building, {} lost\tby {}\t{}",
+                    r.id,
+                    r.state,
+                    r.branch,
+                    r.revision.as_deref().map(|v| format!("@{v}")).unwrap_or_default(),
+                    r.done,
+                    r.builders,
+                    r.leased,
+                    r.lost,
+                    r.requested_by,
+                    r.reason.unwrap_or_default()
+                );
+                for a in r.attempts {
+                    crate::say!(
+                        "\t{} {} {}",
+                        a.builder,
+                        a.state,
+                        a.build.map(|b| format!("build {b}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        RequestCommand::Cancel(args) => {
+            let mut conn = super::connect(&args.db)?;
+            if !requests::cancel(&mut conn, args.id, db::now())? {
+                bail!("request {} is not open (or does not exist)", args.id);
+            }
+            crate::say!("request {} cancelled", args.id);
+            Ok(())
+        }
+    }
+}
+
+fn add(args: &RequestAddArgs) -> anyhow::Result<()> {
+    let mut conn = super::connect(&args.db)?;
+    let p =
+        projects::by_name(&mut conn, &args.project)?.with_context(|| format!("no project named {:?}", args.project))?;
+    let now = chrono::Utc::now();
+    let ask = Ask {
+        branch: args.branch.clone(),
+        revision: args.revision.clone(),
+        builders: args.builders,
+        requires: args.requires.clone(),
+        deadline: args.deadline.map(|d| now + d),
+    };
+    check(&mut conn, p.id, &ask, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let requires = serde_json::to_string(&ask.requires)?;
+    let new = NewBuildRequest {
+        project_id: p.id,
+        branch: &ask.branch,
+        revision: ask.revision.as_deref(),
+        builders: ask.builders,
+        requires: &requires,
+        deadline: ask.deadline.map(db::to_db_time),
+        state: "open",
+        digest: None,
+        requested_by: "admin",
+        created_at: db::to_db_time(now),
+    };
+    let (r, _) = requests::add(&mut conn, &new)?;
+    crate::say!(
+        "request {} for {}: {} builder(s) on {}{}",
+        r.id,
+        args.project,
+        r.builders,
+        r.branch,
+        r.revision.as_deref().map(|v| format!(" at {v}")).unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Build requests and the leases that answer them.
+//!
+//! A request wants `builders` distinct builders to build a branch (at a revision). A builder
+//! asking for work gets a lease on one open request: an attempt that it renews while it builds
+//! and that its report closes. A lease not renewed in time is *lost*, and its slot goes to
+//! another builder, up to three attempts per slot. Grants are made one at a time (SQLite's
+//! write lock; an advisory lock on PostgreSQL, across server processes), so that no slot is
+//! granted twice.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+
+use super::models::{BuildRequest, Lease, NewBuildRequest};
+use super::schema::{build_requests, builders, leases, projects};
+use super::{DbConn, write_transaction};
+
+/// Attempts one slot may take before the request gives up on it.
+pub const ATTEMPTS_PER_SLOT: i64 = 3;
+
+/// Records a request; the same signed body again is the same request (`Ok((existing, false))`).
+pub fn add(conn: &mut DbConn, new: &NewBuildRequest<'_>) -> QueryResult<(BuildRequest, bool)> {
+    write_transaction(conn, |c| {
+        if let Some(d) = new.digest
+            && let Some(existing) = by_digest(c, d)?
+        {
+            return Ok((existing, false));
+        }
+        diesel::insert_into(build_requests::table).values(new).execute(c)?;
+        let created = build_requests::table
+            .filter(build_requests::project_id.eq(new.project_id))
+            .order(build_requests::id.desc())
+            .select(BuildRequest::as_select())
+            .first(c)?;
+        Ok((created, true))
+    })
+}
+
+fn by_digest(conn: &mut DbConn, digest: &str) -> QueryResult<Option<BuildRequest>> {
+    build_requests::table
+        .filter(build_requests::digest.eq(digest))
+        .select(BuildRequest::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// One request.
+pub fn by_id(conn: &mut DbConn, id: i64) -> QueryResult<Option<BuildRequest>> {
+    build_requests::table.find(id).select(BuildRequest::as_select()).first(conn).optional()
+}
+
+/// A project's newest requests.
+pub fn list(conn: &mut DbConn, project_id: i64, limit: i64) -> QueryResult<Vec<BuildRequest>> {
+    build_requests::table
+        .filter(build_requests::project_id.eq(project_id))
+        .order((build_requests::created_at.desc(), build_requests::id.desc()))
+        .limit(limit)
+        .select(BuildRequest::as_select())
+        .load(conn)
+}
+
+/// The attempts at these requests, oldest first, with their builders' names.
+pub fn attempts(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(Lease, String)>> {
+    leases::table
+        .inner_join(builders::table)
+        .filter(leases::request_id.eq_any(request_ids))
+        .order(leases::id)
+        .select((Lease::as_select(), builders::name))
+        .load(conn)
+}
+
+/// Cancels an open request and ends its leases; false when it was not open.
+pub fn cancel(conn: &mut DbConn, id: i64, now: NaiveDateTime) -> QueryResult<bool> {
+    write_transaction(conn, |c| {
+        let n = diesel::update(build_requests::table.find(id).filter(build_requests::state.eq("open")))
+            .set((
+                build_requests::state.eq("cancelled"),
+                build_requests::reason.eq("cancelled by an administrator"),
+                build_requests::closed_at.eq(now),
+            ))
+            .execute(c)?;
+        Ok(n > 0)
+    })
+}
+
+/// Counts of a request's attempts: (leased, done, lost). Only attempts lost after their build
+/// started count as lost here: a lease granted to a long poll whose builder had gone away (it
+/// never started) is a no-show, and must not use up the slot's attempts.
+fn counts(conn: &mut DbConn, request_id: i64) -> QueryResult<(i64, i64, i64)> {
+    let rows: Vec<(String, Option<i64>)> =
+        leases::table.filter(leases::request_id.eq(request_id)).select((leases::state, leases::build_id)).load(conn)?;
+    let n = |s: &str| rows.iter().filter(|(x, _)| x == s).count() as i64;
+    let lost = rows.iter().filter(|(x, b)| (x == "lost" && b.is_some()) || x == "cancelled").count() as i64;
+    Ok((n("leased"), n("done"), lost))
+}
+
+/// Closes a request that can take no more attempts: done when enough builds came, expired
+/// when its attempts are used up.
+fn settle(conn: &mut DbConn, r: &BuildRequest, now: NaiveDateTime) -> QueryResult<()> {
+    let (leased, done, lost) = counts(conn, r.id)?;
+    let wanted = i64::from(r.builders);
+    let (state, reason) = if done >= wanted {
+        ("done", None)
+    } else if leased == 0 && leased + done + lost >= wanted * ATTEMPTS_PER_SLOT {
+        (
+            "expired",
+            Some(format!("{lost} attempts were lost or cancelled, all {} it could take", wanted * ATTEMPTS_PER_SLOT)),
+        )
+    } else {
+        return Ok(());
+    };
+    diesel::update(build_requests::table.find(r.id).filter(build_requests::state.eq("open")))
+        .set((build_requests::state.eq(state), build_requests::reason.eq(reason), build_requests::closed_at.eq(now)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Leases not renewed in time become lost attempts; requests past their deadline expire.
+/// Returns how many leases were lost. Idempotent: every server process may run it.
+pub fn sweep(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<usize> {
+    write_transaction(conn, |c| {
+        let lost: Vec<i64> = leases::table
+            .filter(leases::state.eq("leased"))
+            .filter(leases::expires_at.lt(now))
+            .select(leases::request_id)
+            .load(c)?;
+        let n = diesel::update(leases::table.filter(leases::state.eq("leased")).filter(leases::expires_at.lt(now)))
+            .set((leases::state.eq("lost"), leases::ended_at.eq(now)))
+            .execute(c)?;
+        for id in lost {
+            if let Some(r) = by_id(c, id)? {
+                settle(c, &r, now)?;
+            }
+        }
+        diesel::update(
+            build_requests::table.filter(build_requests::state.eq("open")).filter(build_requests::deadline.lt(now)),
+        )
+        .set((
+            build_requests::state.eq("expired"),
+            build_requests::reason.eq("its deadline passed"),
+            build_requests::closed_at.eq(now),
+        ))
+        .execute(c)?;
+        Ok(n)
+    })
+}
+
+/// What changes when there may be new work for a waiting builder: a new request (the highest
+/// id) or a slot given back (fewer leases held). Cheap, so that every server process can ask
+/// every second and wake its long polls when it moves.
+pub fn generation(conn: &mut DbConn) -> QueryResult<(i64, i64)> {
+    let newest: Option<i64> = build_requests::table.select(diesel::dsl::max(build_requests::id)).first(conn)?;
+    let held: i64 = leases::table.filter(leases::state.eq("leased")).count().get_result(conn)?;
+    Ok((newest.unwrap_or(0), held))
+}
+
+/// What a builder asks for.
+#[derive(Debug, Clone)]
+pub struct Asking<'a> {
+    pub builder_id: i64,
+    /// The projects it builds and may report for: (id, name).
+    pub projects: &'a [(i64, String)],
+    pub capabilities: &'a [String],
+}
+
+/// A lease granted, with what to build.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub lease: Lease,
+    pub request: BuildRequest,
+    pub project: String,
+}
+
+/// Whether some open request of these projects has no attempt from this builder yet: the
+/// cheap look (no lock) before trying to grant.
+pub fn has_work(conn: &mut DbConn, asking: &Asking<'_>, now: NaiveDateTime) -> QueryResult<bool> {
+    let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
+    let tried = leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id);
+    diesel::select(diesel::dsl::exists(
+        build_requests::table
+            .filter(build_requests::state.eq("open"))
+            .filter(build_requests::project_id.eq_any(ids))
+            .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
+            .filter(build_requests::id.ne_all(tried)),
+    ))
+    .get_result(conn)
+}
+
+/// Grants one lease, or none: the oldest open request the builder can take, preferring the
+/// project with the fewest leases held now (fair across projects). Exactly once: grants are
+/// serialised, also across server processes.
+pub fn grant(
+    conn: &mut DbConn,
+    asking: &Asking<'_>,
+    ttl: TimeDelta,
+    now: NaiveDateTime,
+) -> QueryResult<Option<Granted>> {
+    write_transaction(conn, |c| {
+        if let DbConn::Pg(pg) = c {
+            // Held until the transaction ends; every server process takes the same one.
+            diesel::sql_query("SELECT pg_advisory_xact_lock(7415001)").execute(pg)?;
+        }
+        let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
+        let tried: Vec<i64> =
+            leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id).load(c)?;
+        let open: Vec<BuildRequest> = build_requests::table
+            .filter(build_requests::state.eq("open"))
+            .filter(build_requests::project_id.eq_any(&ids))
+            .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
+            .order((build_requests::created_at, build_requests::id))
+            .limit(500)
+            .select(BuildRequest::as_select())
+            .load(c)?;
+        let held: Vec<(i64, i64)> = leases::table
+            .inner_join(build_requests::table)
+            .filter(leases::state.eq("leased"))
+            .filter(build_requests::project_id.eq_any(&ids))
+            .group_by(build_requests::project_id)
+            .select((build_requests::project_id, diesel::dsl::count_star()))
+            .load(c)?;
+        let held: HashMap<i64, i64> = held.into_iter().collect();
+        let mut candidates: Vec<&BuildRequest> = open
+            .iter()
+            .filter(|r| !tried.contains(&r.id))
+            .filter(|r| {
+                let requires: Vec<String> = serde_json::from_str(&r.requires).unwrap_or_default();
+                requires.iter().all(|cap| asking.capabilities.contains(cap))
+            })
+            .collect();
+        // Stable: within a project, oldest first.
+        candidates.sort_by_key(|r| held.get(&r.project_id).copied().unwrap_or(0));
+        for r in candidates {
+            let (leased, done, lost) = counts(c, r.id)?;
+            let wanted = i64::from(r.builders);
+            if leased + done >= wanted || leased + done + lost >= wanted * ATTEMPTS_PER_SLOT {
+                continue;
+            }
+            diesel::insert_into(leases::table)
+                .values((
+                    leases::request_id.eq(r.id),
+                    leases::builder_id.eq(asking.builder_id),
+                    leases::state.eq("leased"),
+                    leases::granted_at.eq(now),
+                    leases::expires_at.eq(now + ttl),
+                ))
+                .execute(c)?;
+            let lease = leases::table
+                .filter(leases::request_id.eq(r.id))
+                .filter(leases::builder_id.eq(asking.builder_id))
+                .select(Lease::as_select())
+                .first(c)?;
+            let project = asking.projects.iter().find(|p| p.0 == r.project_id).map(|p| p.1.clone()).unwrap_or_default();
+            return Ok(Some(Granted { lease, request: r.clone(), project }));
+        }
+        Ok(None)
+    })
+}
+
+/// Why a lease cannot be renewed or closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaseError {
+    /// No such lease of this builder.
+    Unknown,
+    /// It expired (its attempt is lost) or is done.
+    Over(String),
+}
+
+/// Renews a lease for another `ttl`.
+pub fn renew(
+    conn: &mut DbConn,
+    id: i64,
+    builder_id: i64,
+    ttl: TimeDelta,
+    now: NaiveDateTime,
+) -> QueryResult<Result<Lease, LeaseError>> {
+    write_transaction(conn, |c| {
+        let Some(lease) = mine(c, id, builder_id)? else { return Ok(Err(LeaseError::Unknown)) };
+        if lease.state != "leased" || lease.expires_at < now {
+            let state = if lease.state == "leased" { "lost" } else { lease.state.as_str() };
+            return Ok(Err(LeaseError::Over(state.to_owned())));
+        }
+        diesel::update(leases::table.find(id)).set(leases::expires_at.eq(now + ttl)).execute(c)?;
+        Ok(Ok(Lease { expires_at: now + ttl, ..lease }))
+    })
+}
+
+fn mine(conn: &mut DbConn, id: i64, builder_id: i64) -> QueryResult<Option<Lease>> {
+    leases::table.find(id).filter(leases::builder_id.eq(builder_id)).select(Lease::as_select()).first(conn).optional()
+}
+
+/// A report names its lease: link the build to the attempt and, once finished (`result`),
+/// close it (also an attempt given up for lost: the build did happen). Runs inside the
+/// report's transaction.
+pub fn report(
+    conn: &mut DbConn,
+    id: i64,
+    builder_id: i64,
+    project_id: i64,
+    build_id: i64,
+    result: Option<&str>,
+    now: NaiveDateTime,
+) -> QueryResult<Result<(), LeaseError>> {
+    let Some(lease) = mine(conn, id, builder_id)? else { return Ok(Err(LeaseError::Unknown)) };
+    let Some(request) = by_id(conn, lease.request_id)? else { return Ok(Err(LeaseError::Unknown)) };
+    if request.project_id != project_id {
+        return Ok(Err(LeaseError::Unknown));
+    }
+    if let Some(result) = result {
+        // A build its volunteer stopped is no answer: the slot goes to another builder.
+        let state = if result == "cancelled" { "cancelled" } else { "done" };
+        diesel::update(leases::table.find(id))
+            .set((leases::build_id.eq(build_id), leases::state.eq(state), leases::ended_at.eq(now)))
+            .execute(conn)?;
+        settle(conn, &request, now)?;
+    } else {
+        diesel::update(leases::table.find(id)).set(leases::build_id.eq(build_id)).execute(conn)?;
+    }
+    Ok(Ok(()))
+}
+
+/// The projects (id, name) among `names` that this builder may report for.
+pub fn allowed_projects(conn: &mut DbConn, builder_id: i64, names: &[String]) -> QueryResult<Vec<(i64, String)>> {
+    use super::schema::builder_projects;
+    builder_projects::table
+        .inner_join(projects::table)
+        .filter(builder_projects::builder_id.eq(builder_id))
+        .filter(projects::name.eq_any(names))
+        .select((projects::id, projects::name))
+        .load(conn)
+}

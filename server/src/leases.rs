@@ -1,0 +1,68 @@
+//! Waking builders that wait for work, and ending what nobody renewed.
+//!
+//! One thread per server process looks at the database every second: it turns leases that ran
+//! out into lost attempts (their slots go back to the requests), expires requests past their
+//! deadline, and notices when there may be new work — a new request, or a slot given back —
+//! also when another server process on the same PostgreSQL made it. Then it wakes every long
+//! poll of this process, which try to take a lease; a request made through this process wakes
+//! them at once.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::db::{self, Pool, requests};
+
+/// How often the database is looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A counter that moves whenever there may be new work.
+#[derive(Debug, Clone)]
+pub struct Work(watch::Sender<u64>);
+
+impl Default for Work {
+    fn default() -> Self {
+        Work(watch::channel(0).0)
+    }
+}
+
+impl Work {
+    /// Something changed: wake everyone waiting.
+    pub fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees the next change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Starts the sweeping thread; it runs as long as the process.
+pub fn start(pool: Pool, work: Work) -> std::io::Result<()> {
+    std::thread::Builder::new().name("tbox-leases".into()).spawn(move || {
+        let mut seen = None;
+        loop {
+            match tick(&pool) {
+                Ok((lost, generation)) => {
+                    if lost > 0 {
+                        log::info!("{lost} lease(s) ran out; their slots go to other builders");
+                    }
+                    if seen != Some(generation) {
+                        seen = Some(generation);
+                        work.bump();
+                    }
+                }
+                Err(e) => log::warn!("sweeping leases: {e:#}"),
+            }
+            std::thread::sleep(TICK);
+        }
+    })?;
+    Ok(())
+}
+
+fn tick(pool: &Pool) -> anyhow::Result<(usize, (i64, i64))> {
+    let mut conn = pool.get()?;
+    let lost = requests::sweep(&mut conn, db::now())?;
+    Ok((lost, requests::generation(&mut conn)?))
+}
