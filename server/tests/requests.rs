@@ -1,0 +1,316 @@
+//! Build requests and leases against real servers, on both backends: signed requests, exactly
+//! as many grants as slots under a race, renewal and expiry, re-queueing to another builder,
+//! long polls that wake early, deadlines, reports closing leases, and two server processes on
+//! one PostgreSQL database granting each slot once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, Server, TestDb, TestResult, key};
+use serde_json::{Value, json};
+use tbox_protocol::PrivateKey;
+
+on_both_backends!(
+    requests_are_signed_checked_and_listed,
+    racing_builders_get_exactly_the_slots,
+    an_expired_lease_is_lost_and_its_slot_goes_to_another_builder,
+    a_long_poll_answers_as_soon_as_work_appears,
+    a_deadline_expires_the_request,
+    a_report_closes_its_lease,
+);
+
+/// demo with key 1 as its project key, and builders b0..bN (all with key 2, active, for demo).
+fn setup(s: &Server, builders: usize) {
+    s.setup();
+    s.admin_ok(&["project", "key", "add", "demo", "--key", &s.pubkey_file(key(1))]);
+    let public = s.pubkey_file(key(2));
+    for i in 0..builders {
+        s.admin_ok(&["builder", "add", &format!("b{i}"), "--project", "demo", "--key", &public]);
+    }
+}
+
+fn send(s: &Server, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
+    let url = s.url(path);
+    let mut req = match method {
+        "PUT" => s.agent.put(&url),
+        _ => s.agent.post(&url),
+    };
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A request signed with project key `signer`.
+fn ask(s: &Server, body: &Value, signer: &PrivateKey) -> (u16, Value) {
+    let bytes = body.to_string().into_bytes();
+    let sig = signer.sign(&bytes);
+    send(
+        s,
+        "POST",
+        "/api/v1/projects/demo/requests",
+        &bytes,
+        &[("Content-Type", "application/json"), ("Tbox-Signature", &sig)],
+    )
+}
+
+/// Builder `name` asks for a lease.
+fn lease(s: &Server, name: &str, wait: u64) -> (u16, Value) {
+    let body = json!({"projects": ["demo"], "capabilities": [], "wait": wait}).to_string().into_bytes();
+    let sig = key(2).sign(&body);
+    send(
+        s,
+        "POST",
+        "/api/v1/leases",
+        &body,
+        &[("Content-Type", "application/json"), ("Tbox-Builder", name), ("Tbox-Signature", &sig)],
+    )
+}
+
+fn renew(s: &Server, name: &str, id: &Value) -> (u16, Value) {
+    let sig = key(2).sign(b"{}");
+    send(
+        s,
+        "PUT",
+        &format!("/api/v1/leases/{id}"),
+        b"{}",
+        &[("Content-Type", "application/json"), ("Tbox-Builder", name), ("Tbox-Signature", &sig)],
+    )
+}
+
+fn requests(s: &Server) -> Vec<Value> {
+    let (status, v) = s.get_json("/api/v1/projects/demo/requests");
+    assert_eq!(status, 200, "{v}");
+    v["requests"].as_array().cloned().unwrap()
+}
+
+/// Waits (at most 20 s) until `f` holds; the lease sweeper runs every second.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < until, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn requests_are_signed_checked_and_listed(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 1);
+    s.admin_ok(&["project", "capability", "add", "demo", "gpu", "--description", "a CUDA GPU"]);
+    let body = json!({"branch": "main", "builders": 2, "requires": ["gpu"], "nonce": "1"});
+    // Unsigned, or signed by a key that is not the project's: 401. Not JSON: 415 / 400.
+    let bytes = body.to_string();
+    let (status, _) =
+        send(&s, "POST", "/api/v1/projects/demo/requests", bytes.as_bytes(), &[("Content-Type", "application/json")]);
+    assert_eq!(status, 401);
+    assert_eq!(ask(&s, &body, key(0)).0, 401);
+    let sig = key(1).sign(bytes.as_bytes());
+    assert_eq!(
+        send(&s, "POST", "/api/v1/projects/demo/requests", bytes.as_bytes(), &[("Tbox-Signature", &sig)]).0,
+        415
+    );
+    let junk = b"{nope";
+    let sig = key(1).sign(junk);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/api/v1/projects/demo/requests",
+        junk,
+        &[("Content-Type", "application/json"), ("Tbox-Signature", &sig)],
+    );
+    assert_eq!(status, 400);
+    // Invalid fields: 422 naming the field.
+    for (bad, field) in [
+        (json!({"branch": "-x"}), "branch"),
+        (json!({"branch": "main", "builders": 0}), "builders"),
+        (json!({"branch": "main", "builders": 101}), "builders"),
+        (json!({"branch": "main", "revision": "not a sha!"}), "revision"),
+        (json!({"branch": "main", "requires": ["docker"]}), "requires[0]"),
+        (json!({"branch": "main", "deadline": "2001-01-01T00:00:00Z"}), "deadline"),
+    ] {
+        let (status, v) = ask(&s, &bad, key(1));
+        assert_eq!(status, 422, "{field}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with(field), "{field}: {v}");
+    }
+    let (status, v) = ask(&s, &body, key(1));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].clone();
+    // The same signed body again (a retry, a replay) is the same request.
+    let (status, again) = ask(&s, &body, key(1));
+    assert_eq!((status, &again["id"]), (200, &id));
+    let listed = requests(&s);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["state"], "open");
+    assert_eq!(listed[0]["builders"], 2);
+    assert_eq!(listed[0]["requires"], json!(["gpu"]));
+    assert_eq!(listed[0]["requested_by"].as_str(), Some(key(1).public_key().fingerprint().as_str()));
+    // A builder without the capability gets nothing.
+    assert_eq!(lease(&s, "b0", 0).0, 204);
+    let (status, page) = s.get("/projects/demo/requests");
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("id=\"request-{id}\"")) && page.contains("no builder has taken it yet"), "{page}");
+    // The admin's way, and cancelling.
+    let out = s.admin_ok(&["request", "add", "demo", "--branch", "release-1", "--builders", "3", "--deadline", "2d"]);
+    assert!(out.contains("3 builder(s) on release-1"), "{out}");
+    let newest = requests(&s)[0]["id"].as_i64().unwrap().to_string();
+    s.admin_ok(&["request", "cancel", &newest]);
+    assert_eq!(requests(&s)[0]["state"], "cancelled");
+    assert_eq!(s.admin(&["request", "cancel", &newest]).status.code(), Some(1));
+    assert!(s.admin_ok(&["request", "list", "demo"]).contains("release-1"));
+    Ok(())
+}
+
+fn racing_builders_get_exactly_the_slots(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 12);
+    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 3}), key(1)).0, 201);
+    let server = &s;
+    let granted: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12).map(|i| scope.spawn(move || lease(server, &format!("b{i}"), 0))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: Vec<&Value> = granted.iter().filter(|(status, _)| *status == 200).map(|(_, v)| v).collect();
+    assert_eq!(ok.len(), 3, "{granted:?}");
+    assert!(granted.iter().all(|(status, _)| *status == 200 || *status == 204), "{granted:?}");
+    let r = &requests(&s)[0];
+    assert_eq!((r["leased"].as_u64(), r["state"].as_str()), (Some(3), Some("open")));
+    let builders: std::collections::HashSet<&str> =
+        r["attempts"].as_array().unwrap().iter().map(|a| a["builder"].as_str().unwrap()).collect();
+    assert_eq!(builders.len(), 3, "three distinct builders");
+    Ok(())
+}
+
+fn an_expired_lease_is_lost_and_its_slot_goes_to_another_builder(backend: Backend) -> TestResult {
+    let Some(s) = Server::start_with(backend, &["--lease-ttl", "2s"]) else { return Ok(()) };
+    setup(&s, 2);
+    assert_eq!(ask(&s, &json!({"branch": "main"}), key(1)).0, 201);
+    let (status, first) = lease(&s, "b0", 0);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!((first["project"].as_str(), first["branch"].as_str()), (Some("demo"), Some("main")));
+    // The slot is taken.
+    assert_eq!(lease(&s, "b1", 0).0, 204);
+    // Renewed while building: still ours after more than a lease time.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(renew(&s, "b0", &first["lease"]).0, 200);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(renew(&s, "b0", &first["lease"]).0, 200);
+    // Someone else's lease: 404.
+    assert_eq!(renew(&s, "b1", &first["lease"]).0, 404);
+    // b0 goes silent: its lease runs out, the attempt is lost, b1 gets the slot.
+    eventually("the lease is lost", || requests(&s)[0]["attempts"][0]["state"] == "lost");
+    let (status, v) = renew(&s, "b0", &first["lease"]);
+    assert_eq!(status, 410, "{v}");
+    let (status, second) = lease(&s, "b1", 0);
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["request"], first["request"]);
+    assert_ne!(second["lease"], first["lease"]);
+    // One request never gets two attempts from the same builder.
+    assert_eq!(lease(&s, "b0", 0).0, 204);
+    Ok(())
+}
+
+fn a_long_poll_answers_as_soon_as_work_appears(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 1);
+    // Nothing to do: the poll ends after its wait with 204.
+    let t = Instant::now();
+    assert_eq!(lease(&s, "b0", 1).0, 204);
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    let (answer, waited) = std::thread::scope(|scope| {
+        let poll = scope.spawn(|| {
+            let t = Instant::now();
+            (lease(&s, "b0", 60), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(ask(&s, &json!({"branch": "main"}), key(1)).0, 201);
+        poll.join().unwrap()
+    });
+    assert_eq!(answer.0, 200, "{answer:?}");
+    // Far sooner than its 60 s wait.
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    // A request made from the command line (another process) wakes it too.
+    let (answer, waited) = std::thread::scope(|scope| {
+        let poll = scope.spawn(|| {
+            let t = Instant::now();
+            (lease(&s, "b0", 60), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        s.admin_ok(&["request", "add", "demo"]);
+        poll.join().unwrap()
+    });
+    assert_eq!(answer.0, 200, "{answer:?}");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    Ok(())
+}
+
+fn a_deadline_expires_the_request(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 1);
+    let deadline = (chrono::Utc::now() + chrono::TimeDelta::seconds(2)).to_rfc3339();
+    assert_eq!(ask(&s, &json!({"branch": "main", "deadline": deadline}), key(1)).0, 201);
+    eventually("the request expires", || requests(&s)[0]["state"] == "expired");
+    assert_eq!(requests(&s)[0]["reason"], "its deadline passed");
+    assert_eq!(lease(&s, "b0", 0).0, 204);
+    Ok(())
+}
+
+fn a_report_closes_its_lease(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 2);
+    s.admin_ok(&["builder", "add", "alice", "--project", "demo", "--key", &s.pubkey_file(key(0))]);
+    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 1}), key(1)).0, 201);
+    let (_, granted) = lease(&s, "b0", 0);
+    let mut report = common::report("r1");
+    report["builder"] = "b0".into();
+    report["lease"] = granted["lease"].clone();
+    // Another builder cannot close it.
+    let mut theirs = report.clone();
+    theirs["builder"] = "b1".into();
+    let (status, v) = s.send_as("b1", key(2), theirs.to_string().as_bytes());
+    assert_eq!((status, v["error"].as_str()), (422, Some("unknown_lease")), "{v}");
+    let mut started = common::started("r1");
+    started["builder"] = "b0".into();
+    started["lease"] = granted["lease"].clone();
+    assert_eq!(s.send_as("b0", key(2), started.to_string().as_bytes()).0, 201);
+    assert_eq!(requests(&s)[0]["attempts"][0]["build"].as_i64().is_some(), true, "started links the build");
+    let (status, v) = s.send_as("b0", key(2), report.to_string().as_bytes());
+    assert_eq!(status, 201, "{v}");
+    let r = &requests(&s)[0];
+    assert_eq!((r["state"].as_str(), r["done"].as_u64()), (Some("done"), Some(1)), "{r}");
+    assert_eq!(r["attempts"][0]["build"], v["build"]);
+    assert_eq!(lease(&s, "b1", 0).0, 204, "nothing left to do");
+    Ok(())
+}
+
+/// Two server processes on one PostgreSQL database: builders racing through both get exactly
+/// the slots, each once.
+#[test]
+fn two_servers_on_one_postgres_grant_each_slot_once() -> TestResult {
+    let Some(db) = TestDb::new(Backend::Postgres) else { return Ok(()) };
+    let url = db.url.clone();
+    let a = Server::start_on(db, &url, &[]);
+    setup(&a, 16);
+    let b = Server::start_on(TestDb::new(Backend::Sqlite).unwrap(), &url, &[]);
+    assert_eq!(ask(&a, &json!({"branch": "main", "builders": 5}), key(1)).0, 201);
+    for round in 0..3 {
+        let granted: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let server = if i % 2 == 0 { &a } else { &b };
+                    scope.spawn(move || lease(server, &format!("b{i}"), 0).0)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let expected = if round == 0 { 5 } else { 0 };
+        assert_eq!(granted.iter().filter(|s| **s == 200).count(), expected, "round {round}: {granted:?}");
+    }
+    let r = &requests(&b)[0];
+    assert_eq!(r["leased"], 5);
+    Ok(())
+}
