@@ -277,7 +277,7 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     started["builder"] = "b0".into();
     started["lease"] = granted["lease"].clone();
     assert_eq!(s.send_as("b0", key(2), started.to_string().as_bytes()).0, 201);
-    assert_eq!(requests(&s)[0]["attempts"][0]["build"].as_i64().is_some(), true, "started links the build");
+    assert!(requests(&s)[0]["attempts"][0]["build"].as_i64().is_some(), "started links the build");
     let (status, v) = s.send_as("b0", key(2), report.to_string().as_bytes());
     assert_eq!(status, 201, "{v}");
     let r = &requests(&s)[0];
