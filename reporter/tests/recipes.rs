@@ -49,6 +49,11 @@ struct World {
 
 impl World {
     fn new(projects: &[&str]) -> World {
+        World::new_with(projects, &[])
+    }
+
+    /// A world whose server gets these extra `serve` options.
+    fn new_with(projects: &[&str], serve: &[&str]) -> World {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("tbox-recipes-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -65,7 +70,7 @@ impl World {
         for p in projects {
             w.admin(&["project", "add", p]);
         }
-        w.base = start_server(&w.db);
+        w.base = start_server(&w.db, serve);
         w
     }
 
@@ -120,15 +125,19 @@ impl World {
 
     /// `tbox-report` the way the volunteer (or cron) runs it: a bare environment.
     fn volunteer(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.volunteer_at("home", args).output().unwrap()
+    }
+
+    /// `tbox-report` as the volunteer whose HOME is `home` (under this world) runs it.
+    fn volunteer_at(&self, home: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.join("home"))
+            .env("HOME", self.dir.join(home))
             .env("TBOX_RETRY_DELAYS", "0.05")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(std::process::Stdio::null());
+        c
     }
 
     fn config(&self) -> String {
@@ -202,10 +211,10 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
 }
 
-fn start_server(db: &str) -> String {
-    let cli =
-        Cli::try_parse_from(["tbox-server", "serve", "--bind", "127.0.0.1:0", "--database", db, "--workers", "1"])
-            .unwrap();
+fn start_server(db: &str, extra: &[&str]) -> String {
+    let mut argv = vec!["tbox-server", "serve", "--bind", "127.0.0.1:0", "--database", db, "--workers", "2"];
+    argv.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(argv).unwrap();
     let ServerCommand::Serve(args) = cli.command else { unreachable!() };
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
     std::thread::spawn(move || {
@@ -770,5 +779,163 @@ fn one_volunteer_builds_two_projects_and_leaves_one() -> TestResult {
     assert_eq!((w.builds("demo").len(), w.builds("other").len()), (2, 1));
     let out = w.volunteer(&["leave", "other"]);
     assert_eq!(out.status.code(), Some(1));
+    Ok(())
+}
+
+/// A project with a recipe whose step takes `seconds`, and `n` volunteers (homes v0, v1, …)
+/// joined and approved. Returns the project key's path.
+fn volunteers_for_requests(w: &World, n: usize, seconds: u32) -> PathBuf {
+    let (k, key_path) = w.maintain("demo");
+    let recipe = w.recipe(
+        "demo",
+        "recipe.toml",
+        &format!("{STEPS_OK}version = 1\n[[step]]\nname = \"build\"\nrun = \"echo building; sleep {seconds}\"\n"),
+    );
+    w.publish(&recipe, &key_path);
+    for i in 0..n {
+        let home = format!("v{i}");
+        std::fs::create_dir_all(w.dir.join(&home)).unwrap();
+        let out = w
+            .volunteer_at(
+                &home,
+                &[
+                    "join",
+                    &format!("{}/projects/demo", w.base),
+                    "--key",
+                    &k.public_key().fingerprint(),
+                    "--builder",
+                    &home,
+                ],
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        w.admin(&["builder", "approve", &home]);
+    }
+    key_path
+}
+
+fn request(w: &World, key: &Path, builders: &str) {
+    let out = w.maintainer(&[
+        "request",
+        "--project",
+        "demo",
+        "--key",
+        key.to_str().unwrap(),
+        "--server",
+        &w.base,
+        "--builders",
+        builders,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("request "), "{}", stdout(&out));
+}
+
+fn requests(w: &World) -> Vec<Value> {
+    w.get("/api/v1/projects/demo/requests")["requests"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(std::time::Instant::now() < until, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn volunteers_serving_build_a_request_end_to_end() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let key = volunteers_for_requests(&w, 3, 0);
+    // Three volunteers serve; each stops after one build.
+    let mut serving: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            w.volunteer_at(&format!("v{i}"), &["serve", "--every", "100000", "--max-builds", "1"]).spawn().unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    request(&w, &key, "2");
+    wait_for("two builds", 60, || requests(&w).first().is_some_and(|r| r["state"] == "done"));
+    let r = &requests(&w)[0];
+    assert_eq!((r["done"].as_u64(), r["attempts"].as_array().map(Vec::len)), (Some(2), Some(2)), "{r}");
+    let builders: std::collections::HashSet<&str> =
+        r["attempts"].as_array().unwrap().iter().map(|a| a["builder"].as_str().unwrap()).collect();
+    assert_eq!(builders.len(), 2, "two distinct volunteers: {r}");
+    for a in r["attempts"].as_array().unwrap() {
+        let b = w.get(&format!("/api/v1/builds/{}", a["build"]));
+        assert_eq!((b["result"].as_str(), b["recipe_version"].as_i64()), (Some("success"), Some(1)), "{b}");
+    }
+    let page = w.text("/projects/demo/requests");
+    assert!(page.contains("2 of 2 done"), "{page}");
+    for c in &mut serving {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
+#[test]
+fn sigterm_during_a_build_reports_it_cancelled_and_frees_the_slot() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let key = volunteers_for_requests(&w, 1, 120);
+    let mut serving = w.volunteer_at("v0", &["serve", "--every", "100000"]).spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    request(&w, &key, "1");
+    wait_for("the build to start", 60, || w.builds("demo").iter().any(|b| b["state"] == "started"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(serving.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = serving.try_wait()? {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    let (b, logs) = w.newest("demo");
+    assert_eq!(b["result"], "cancelled", "{b}");
+    assert!(logs.iter().any(|l| l.contains("asked to stop")), "{logs:?}");
+    let r = &requests(&w)[0];
+    assert_eq!((r["state"].as_str(), r["attempts"][0]["state"].as_str()), (Some("open"), Some("cancelled")), "{r}");
+    assert_eq!(r["leased"], 0, "the slot is free for another builder");
+    let left = Command::new("pgrep").args(["-f", "sleep 120"]).output()?;
+    assert!(left.stdout.is_empty(), "the step was left running");
+    Ok(())
+}
+
+#[test]
+fn a_volunteer_killed_mid_build_is_lost_and_another_builds_it() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new_with(&["demo"], &["--lease-ttl", "3s"]);
+    let key = volunteers_for_requests(&w, 2, 4);
+    let mut first = w.volunteer_at("v0", &["serve", "--every", "100000"]).spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    request(&w, &key, "1");
+    wait_for("the build to start", 60, || w.builds("demo").iter().any(|b| b["state"] == "started"));
+    // Gone without a word (its sandbox dies with it).
+    first.kill()?;
+    first.wait()?;
+    wait_for("the attempt to be lost", 30, || requests(&w)[0]["attempts"][0]["state"] == "lost");
+    let mut second = w.volunteer_at("v1", &["serve", "--every", "100000", "--max-builds", "1"]).spawn()?;
+    wait_for("another volunteer to build it", 60, || requests(&w)[0]["state"] == "done");
+    let r = &requests(&w)[0];
+    let attempts: Vec<(&str, &str)> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["builder"].as_str().unwrap(), a["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(attempts, [("v0", "lost"), ("v1", "done")], "{r}");
+    let _ = second.wait();
+    assert!(w.text("/projects/demo/requests").contains("lost (went silent)"));
     Ok(())
 }
