@@ -19,6 +19,7 @@ on_both_backends!(
     a_long_poll_answers_as_soon_as_work_appears,
     a_deadline_expires_the_request,
     a_report_closes_its_lease,
+    oldest_first_and_fair_across_projects,
 );
 
 /// demo with key 1 as its project key, and builders b0..bN (all with key 2, active, for demo).
@@ -312,5 +313,40 @@ fn two_servers_on_one_postgres_grant_each_slot_once() -> TestResult {
     }
     let r = &requests(&b)[0];
     assert_eq!(r["leased"], 5);
+    Ok(())
+}
+
+fn oldest_first_and_fair_across_projects(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 0);
+    s.admin_ok(&["project", "key", "add", "other", "--key", &s.pubkey_file(key(1))]);
+    let public = s.pubkey_file(key(2));
+    for b in ["x", "y", "z"] {
+        s.admin_ok(&["builder", "add", b, "--project", "demo", "--project", "other", "--key", &public]);
+    }
+    // demo asks twice, then other once.
+    s.admin_ok(&["request", "add", "demo", "--branch", "first"]);
+    std::thread::sleep(Duration::from_millis(20));
+    s.admin_ok(&["request", "add", "demo", "--branch", "second"]);
+    std::thread::sleep(Duration::from_millis(20));
+    s.admin_ok(&["request", "add", "other", "--branch", "third"]);
+    let take = |name: &str| {
+        let body = json!({"projects": ["demo", "other"], "wait": 0}).to_string().into_bytes();
+        let sig = key(2).sign(&body);
+        let (status, v) = send(
+            &s,
+            "POST",
+            "/api/v1/leases",
+            &body,
+            &[("Content-Type", "application/json"), ("Tbox-Builder", name), ("Tbox-Signature", &sig)],
+        );
+        assert_eq!(status, 200, "{v}");
+        (v["project"].as_str().unwrap().to_owned(), v["branch"].as_str().unwrap().to_owned())
+    };
+    // The oldest first; then the project with nothing being built, though demo's second is older.
+    assert_eq!(take("x"), ("demo".to_owned(), "first".to_owned()));
+    assert_eq!(take("y"), ("other".to_owned(), "third".to_owned()));
+    // demo's first wants one builder and has it: z gets demo's second.
+    assert_eq!(take("z"), ("demo".to_owned(), "second".to_owned()));
     Ok(())
 }
