@@ -17,7 +17,8 @@ use tbox_server::db::{self, DatabaseUrl, Manager, builders, projects};
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let (base, db_url, builder_key, project_key, pid) = (&a[1], &a[2], &a[3], &a[4], &a[5]);
-    let (n, requests, slots): (usize, usize, usize) = (a[6].parse().unwrap(), a[7].parse().unwrap(), a[8].parse().unwrap());
+    let (n, requests, slots): (usize, usize, usize) =
+        (a[6].parse().unwrap(), a[7].parse().unwrap(), a[8].parse().unwrap());
     let builder_key = PrivateKey::from_pem(&std::fs::read_to_string(builder_key).unwrap()).unwrap();
     let project_key = PrivateKey::from_pem(&std::fs::read_to_string(project_key).unwrap()).unwrap();
 
@@ -78,7 +79,8 @@ fn main() {
                         };
                         if resp.status().as_u16() == 200 {
                             let at = Instant::now();
-                            let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                            let v: serde_json::Value =
+                                serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
                             grants.lock().unwrap().push((v["request"].as_i64().unwrap(), at));
                         } else {
                             let _ = resp.body_mut().read_to_vec();
@@ -111,7 +113,8 @@ fn main() {
         let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
         (v["id"].as_i64().expect("request id"), at)
     };
-    let granted = |ids: &[(i64, Instant)]| grants.lock().unwrap().iter().filter(|(r, _)| ids.iter().any(|(i, _)| i == r)).count();
+    let granted =
+        |ids: &[(i64, Instant)]| grants.lock().unwrap().iter().filter(|(r, _)| ids.iter().any(|(i, _)| i == r)).count();
     let wait_for = |ids: &[(i64, Instant)], want: usize| {
         let deadline = Instant::now() + Duration::from_secs(120);
         while granted(ids) < want && Instant::now() < deadline {
@@ -132,7 +135,8 @@ fn main() {
         .filter_map(|(req, at)| paced.iter().find(|(id, _)| id == req).map(|(_, t)| at.saturating_duration_since(*t)))
         .collect();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
     println!(
         "{requests} requests x {slots} builders, one after another: {} of {} granted; request to grant p50 {:.1} ms, p99 {:.1} ms",
         latencies.len(),

@@ -190,6 +190,8 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     get_checked(&s, &doc, "/api/v1/projects/{project}/recipes", "/api/v1/projects/demo/recipes", 200);
     get_checked(&s, &doc, "/api/v1/projects/{project}/recipes", "/api/v1/projects/nope/recipes", 404);
     get_checked(&s, &doc, "/api/v1/projects/{project}/recipe", "/api/v1/projects/demo/recipe", 404);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/requests", "/api/v1/projects/demo/requests", 200);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/requests", "/api/v1/projects/nope/requests", 404);
 
     let v = get_checked(&s, &doc, "/api/v1/projects/{project}/shields.json", "/api/v1/projects/demo/shields.json", 200);
     let keys: HashSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

@@ -234,9 +234,8 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     crate::say!("then build once by hand:  {me} run --config {cfg} --project {project}");
     crate::say!("and let cron do the rest (crontab -e):");
     crate::say!("  */15 * * * * {me} run --config {cfg} 2>>{}", config::state_dir().join("cron.log").display());
-    crate::say!(
-        "or a systemd user timer: see scripts/tbox-report.service and scripts/tbox-report.timer in tbox's source"
-    );
+    crate::say!("or, to build also what the project requests as soon as it asks, keep `{me} serve --config {cfg}`");
+    crate::say!("running instead (a systemd unit: scripts/tbox-report-serve.service in tbox's source)");
     // Joined, but not registered: say so in the exit code too (as for a spooled report).
     Ok(if registration.is_some() { exit::OK } else { exit::SPOOLED })
 }

@@ -96,7 +96,9 @@ pub async fn take(
     loop {
         let (pool, projects, capabilities, ttl) =
             (state.pool.clone(), projects.clone(), ask.capabilities.clone(), state.lease_ttl);
+        let turn = state.work.turn().await;
         let granted = web::block(move || -> Result<_, AppError> {
+            let _turn = turn;
             let mut conn = pool.get()?;
             try_grant(&mut conn, builder.id, &projects, &capabilities, ttl)
         })

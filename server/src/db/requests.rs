@@ -172,19 +172,39 @@ pub struct Granted {
     pub project: String,
 }
 
-/// Whether some open request of these projects has no attempt from this builder yet: the
-/// cheap look (no lock) before trying to grant.
+/// Whether some open request of these projects has a free slot and no attempt from this
+/// builder yet: the cheap look (no lock) before trying to grant.
 pub fn has_work(conn: &mut DbConn, asking: &Asking<'_>, now: NaiveDateTime) -> QueryResult<bool> {
     let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
     let tried = leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id);
-    diesel::select(diesel::dsl::exists(
-        build_requests::table
-            .filter(build_requests::state.eq("open"))
-            .filter(build_requests::project_id.eq_any(ids))
-            .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
-            .filter(build_requests::id.ne_all(tried)),
-    ))
-    .get_result(conn)
+    let open: Vec<(i64, i32, String)> = build_requests::table
+        .filter(build_requests::state.eq("open"))
+        .filter(build_requests::project_id.eq_any(ids))
+        .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
+        .filter(build_requests::id.ne_all(tried))
+        .limit(200)
+        .select((build_requests::id, build_requests::builders, build_requests::requires))
+        .load(conn)?;
+    let open: Vec<(i64, i32, String)> = open
+        .into_iter()
+        .filter(|(_, _, requires)| {
+            serde_json::from_str::<Vec<String>>(requires)
+                .unwrap_or_default()
+                .iter()
+                .all(|c| asking.capabilities.contains(c))
+        })
+        .collect();
+    if open.is_empty() {
+        return Ok(false);
+    }
+    let busy: Vec<(i64, i64)> = leases::table
+        .filter(leases::request_id.eq_any(open.iter().map(|r| r.0)))
+        .filter(leases::state.eq_any(["leased", "done"]))
+        .group_by(leases::request_id)
+        .select((leases::request_id, diesel::dsl::count_star()))
+        .load(conn)?;
+    let busy: HashMap<i64, i64> = busy.into_iter().collect();
+    Ok(open.iter().any(|(id, builders, _)| busy.get(id).copied().unwrap_or(0) < i64::from(*builders)))
 }
 
 /// Grants one lease, or none: the oldest open request the builder can take, preferring the
