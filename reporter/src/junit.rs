@@ -25,6 +25,8 @@ struct Case {
     name: String,
     duration_ms: Option<u64>,
     status: Option<String>,
+    /// gtest's `result=` (`completed`, `skipped`, `suppressed`).
+    result: Option<String>,
     failure: bool,
     error: bool,
     skipped: bool,
@@ -81,6 +83,7 @@ pub fn parse(xml: &str) -> Result<Vec<TestResult>, JunitError> {
                             name: attr(e, "name")?.unwrap_or_default(),
                             duration_ms: attr(e, "time")?.as_deref().and_then(parse_seconds),
                             status: attr(e, "status")?,
+                            result: attr(e, "result")?,
                             ..Case::default()
                         };
                         if empty {
@@ -241,11 +244,13 @@ fn parse_seconds(s: &str) -> Option<u64> {
 
 fn finish(c: Case) -> TestResult {
     let status = c.status.as_deref().map(str::to_ascii_lowercase);
+    let gtest = c.result.as_deref().map(str::to_ascii_lowercase);
     let result = if c.error {
         TestOutcome::Error
     } else if c.failure {
         TestOutcome::Failed
-    } else if c.skipped {
+    } else if c.skipped || matches!(gtest.as_deref(), Some("skipped" | "suppressed")) {
+        // GTEST_SKIP() writes `status="run" result="skipped"`: skipped, not passed.
         TestOutcome::Skipped
     } else {
         match status.as_deref() {
@@ -259,7 +264,7 @@ fn finish(c: Case) -> TestResult {
     TestResult {
         suite: clean(&c.suite, 1000),
         name: match clean(&c.name, 2000) {
-            n if n.is_empty() => "(unnamed)".into(),
+            n if n.trim().is_empty() => "(unnamed)".into(),
             n => n,
         },
         result,
@@ -270,9 +275,10 @@ fn finish(c: Case) -> TestResult {
 }
 
 /// Names go on one line in reports: control characters become spaces, and length is capped.
+/// Spaces at either end are kept: a test is looked up by its exact name.
 fn clean(s: &str, max: usize) -> String {
     let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    truncate(s.trim(), max).to_owned()
+    truncate(&s, max).to_owned()
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -289,26 +295,35 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Largest JUnit file read; bigger ones become a note.
 const MAX_FILE: u64 = 64 << 20;
 
+/// What [`collect`] found.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub results: Vec<TestResult>,
+    /// Files that match but could not be used (unreadable, not JUnit, too large): as Jenkins'
+    /// junit step, these fail the step: results silently missing must not look green.
+    pub problems: Vec<String>,
+    /// Worth a line in the log, no more (an old file left from an earlier build).
+    pub notes: Vec<String>,
+    /// How many files matched the globs.
+    pub matched: usize,
+}
+
 /// Reads the JUnit files under `base` matching `globs` (skipping `.git`), optionally only
-/// those written since `since`. Returns the results and notes about files that could not be
-/// used, for the step's log.
-pub fn collect(
-    base: &std::path::Path,
-    globs: &[String],
-    since: Option<std::time::SystemTime>,
-) -> (Vec<TestResult>, Vec<String>) {
+/// those written since `since`.
+pub fn collect(base: &std::path::Path, globs: &[String], since: Option<std::time::SystemTime>) -> Collected {
     let mut notes = Vec::new();
+    let mut problems = Vec::new();
     let mut builder = globset::GlobSetBuilder::new();
     for g in globs {
         match globset::Glob::new(g) {
             Ok(glob) => {
                 builder.add(glob);
             }
-            Err(e) => notes.push(format!("junit glob {g:?} is not valid: {e}")),
+            Err(e) => problems.push(format!("junit glob {g:?} is not valid: {e}")),
         }
     }
     let Ok(set) = builder.build() else {
-        return (Vec::new(), notes);
+        return Collected { problems, notes, ..Collected::default() };
     };
     let mut results = Vec::new();
     let mut matched = 0;
@@ -331,25 +346,22 @@ pub fn collect(
         }
         matched += 1;
         if meta.is_some_and(|m| m.len() > MAX_FILE) {
-            notes.push(format!("JUnit file {} is larger than {MAX_FILE} bytes; not read", rel.display()));
+            problems.push(format!("JUnit file {} is larger than {MAX_FILE} bytes; not read", rel.display()));
             continue;
         }
         let text = match std::fs::read(entry.path()) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => {
-                notes.push(format!("JUnit file {} could not be read: {e}", rel.display()));
+                problems.push(format!("JUnit file {} could not be read: {e}", rel.display()));
                 continue;
             }
         };
         match parse(&text) {
             Ok(mut r) => results.append(&mut r),
-            Err(e) => notes.push(format!("JUnit file {} is not valid JUnit XML: {e}", rel.display())),
+            Err(e) => problems.push(format!("JUnit file {} is not valid JUnit XML: {e}", rel.display())),
         }
     }
-    if matched == 0 && !globs.is_empty() {
-        notes.push(format!("no JUnit file matched {}", globs.join(", ")));
-    }
-    (results, notes)
+    Collected { results, problems, notes, matched }
 }
 
 #[cfg(test)]
@@ -377,6 +389,46 @@ mod tests {
         assert_eq!((r[2].suite.as_str(), r[2].result, r[2].message.as_deref()), ("pkg", TestOutcome::Skipped, None));
         assert_eq!(r[3].result, TestOutcome::Passed, "a flaky test that passed on rerun passed");
         assert_eq!((r[4].name.as_str(), r[4].result), (SUITE_LEVEL, TestOutcome::Error));
+        Ok(())
+    }
+
+    #[test]
+    fn gtest_skip_is_skipped_and_names_keep_their_spaces() -> TestResult {
+        let xml = r#"<testsuites><testsuite name="Math">
+  <testcase name="Skips" status="run" result="skipped" time="0" classname="Math"><skipped message="not today"/></testcase>
+  <testcase name="SkipsBare" status="run" result="skipped" time="0" classname="Math"/>
+  <testcase name="Disabled" status="notrun" result="suppressed" time="0" classname="Math"/>
+  <testcase name="Runs" status="run" result="completed" time="0.001" classname="Math"/>
+  <testcase name="  padded name " classname=" Spaced "/>
+</testsuite></testsuites>"#;
+        let r = parse(xml)?;
+        let outcome = |n: &str| r.iter().find(|t| t.name == n).map(|t| t.result);
+        assert_eq!(outcome("Skips"), Some(TestOutcome::Skipped));
+        assert_eq!(outcome("SkipsBare"), Some(TestOutcome::Skipped), "GTEST_SKIP without a <skipped> element");
+        assert_eq!(outcome("Disabled"), Some(TestOutcome::Skipped));
+        assert_eq!(outcome("Runs"), Some(TestOutcome::Passed));
+        let padded = r.iter().find(|t| t.name.contains("padded")).ok_or("missing")?;
+        assert_eq!((padded.name.as_str(), padded.suite.as_str()), ("  padded name ", " Spaced "));
+        Ok(())
+    }
+
+    #[test]
+    fn unreadable_files_are_problems_not_notes() -> TestResult {
+        let dir = std::env::temp_dir().join(format!("tbox-junit-collect-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("out"))?;
+        std::fs::write(dir.join("out/good.xml"), r#"<testsuite name="s"><testcase name="t"/></testsuite>"#)?;
+        std::fs::write(dir.join("out/cut.xml"), r#"<testsuite name="s"><testcase name="t"#)?;
+        std::fs::write(dir.join("out/dtd.xml"), "<!DOCTYPE x [<!ENTITY a \"b\">]><testsuite/>")?;
+        let found = collect(&dir, &["out/*.xml".to_owned()], None);
+        assert_eq!((found.matched, found.results.len()), (3, 1));
+        assert_eq!(found.problems.len(), 2, "{:?}", found.problems);
+        assert!(
+            found.problems.iter().any(|p| p.contains("cut.xml"))
+                && found.problems.iter().any(|p| p.contains("dtd.xml"))
+        );
+        let none = collect(&dir, &["nothing/*.xml".to_owned()], None);
+        assert_eq!((none.matched, none.problems.len()), (0, 0));
+        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 

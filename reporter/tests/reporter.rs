@@ -346,6 +346,38 @@ fn passing_and_failing_steps_with_junit_and_no_leaked_environment() -> TestResul
     Ok(())
 }
 
+/// Issue 11: a JUnit file that cannot be read left the build green with 0 tests; a test step
+/// whose globs matched nothing said nothing.
+#[test]
+fn unreadable_junit_fails_the_step_and_missing_junit_is_said() -> TestResult {
+    let v = Volunteer::new(
+        "[[project.step]]\nname = \"unit\"\nkind = \"test\"\n\
+         run = '''mkdir -p out && printf '<testsuite name=\"s\"><testcase name=\"t\"' > out/cut.xml'''\n\
+         junit = [\"out/*.xml\"]\ncontinue_on_failure = true\n\n\
+         [[project.step]]\nname = \"integration\"\nkind = \"test\"\nrun = \"true\"\njunit = [\"it-results/*.xml\"]\n",
+    );
+    v.serve();
+    let out = v.cmd(&["run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = v.build(&v.builds()[0]["id"]);
+    let steps: Vec<(&str, &str)> = b["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("unit", "failure"), ("integration", "warnings")], "{b}");
+    assert_ne!(b["result"], "success");
+    let log = v.text(b["steps"][0]["log_url"].as_str().unwrap());
+    assert!(log.contains("[tbox-report] error: JUnit file out/cut.xml is not valid JUnit XML"), "{log}");
+    // The build page says which file and why, and that the other step found no results.
+    let page = v.text(&format!("{}/builds/{}", v.base, b["id"]));
+    // (Tera escapes `/` as `&#x2F;`.)
+    assert!(page.contains("out&#x2F;cut.xml is not valid JUnit XML"), "{page}");
+    assert!(page.contains("no JUnit file matched it-results&#x2F;*.xml"), "{page}");
+    Ok(())
+}
+
 #[test]
 fn a_timed_out_step_leaves_no_process_behind() -> TestResult {
     let v = Volunteer::new(

@@ -13,6 +13,7 @@ on_both_backends!(
     builds_list_pages_with_a_cursor,
     read_api_errors_are_json,
     pages_escape_everything_a_builder_sends,
+    test_names_keep_their_spaces,
 );
 
 fn builder_add_refuses_small_keys_and_unknown_projects(backend: Backend) -> TestResult {
@@ -189,5 +190,23 @@ fn pages_escape_everything_a_builder_sends(backend: Backend) -> TestResult {
     let csp = resp.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(resp.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
+    Ok(())
+}
+
+/// Issue 11: test names lost their leading and trailing spaces, and a lookup by the exact name
+/// found nothing.
+fn test_names_keep_their_spaces(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    s.setup();
+    let mut r = report("spaces");
+    r["tests"] = json!([{"suite": " lead", "name": "  padded name ", "result": "failed"}]);
+    assert_eq!(s.send(&r).0, 201);
+    let (status, v) = s.get_json("/api/v1/projects/demo/tests/history?suite=%20lead&name=%20%20padded%20name%20");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(1), "{v}");
+    let (_, v) = s.get_json("/api/v1/projects/demo/tests/history?name=padded%20name");
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(0), "only the exact name: {v}");
+    let (_, b) = s.get_json(&format!("/api/v1/builds/{}", s.builds("demo")[0]["id"]));
+    assert_eq!(b["tests"][0]["name"], "  padded name ");
     Ok(())
 }

@@ -44,11 +44,19 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
             log_truncated: truncated,
         });
     }
-    let (tests, notes) =
-        if args.junit.is_empty() { (Vec::new(), Vec::new()) } else { junit::collect(&cwd, &args.junit, None) };
-    for n in notes {
+    let found =
+        if args.junit.is_empty() { junit::Collected::default() } else { junit::collect(&cwd, &args.junit, None) };
+    for n in found.notes.iter().chain(&found.problems) {
         eprintln!("tbox-report: {n}");
     }
+    if !args.junit.is_empty() && found.matched == 0 {
+        eprintln!("tbox-report: no JUnit file matched {}", args.junit.join(", "));
+    }
+    if !found.problems.is_empty() {
+        // As `run` does: results that cannot be read are not reported as if there were none.
+        anyhow::bail!("the JUnit files above could not be read; nothing was sent");
+    }
+    let tests = found.results;
     let started_at = steps.iter().map(|s| s.started_at).min().unwrap_or(now);
     let report = Report {
         format: FORMAT.into(),

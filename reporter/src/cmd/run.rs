@@ -375,17 +375,35 @@ fn run_project(
         if let Ending::Signalled(sig) = ending {
             text.push_str(&format!("\n[tbox-report] the step was killed by signal {sig}\n"));
         }
+        let mut result = result;
         if !cfg.junit.is_empty() {
-            let (mut found, notes) = junit::collect(&workdir, &cfg.junit, Some(since));
-            tests.append(&mut found);
-            for n in notes {
+            let mut found = junit::collect(&workdir, &cfg.junit, Some(since));
+            tests.append(&mut found.results);
+            for n in &found.notes {
                 text.push_str(&format!("\n[tbox-report] {n}\n"));
+            }
+            // Results that could not be read are not a pass: the step fails, and says which
+            // file and why (the log's brief on the build page shows these lines).
+            for p in &found.problems {
+                text.push_str(&format!("\n[tbox-report] error: {p}\n"));
+            }
+            if !found.problems.is_empty() && matches!(result, BuildResult::Success | BuildResult::Warnings) {
+                result = BuildResult::Failure;
+            }
+            if found.matched == 0 {
+                text.push_str(&format!(
+                    "\n[tbox-report] warning: no JUnit file matched {}; no test results from this step\n",
+                    cfg.junit.join(", ")
+                ));
+                if kind == Some(StepKind::Test) && result == BuildResult::Success {
+                    result = BuildResult::Warnings;
+                }
             }
         }
         if verbose {
             eprintln!("tbox-report: {}: step {} → {}", project.name, cfg.name, result);
         }
-        if result != BuildResult::Success && !cfg.continue_on_failure {
+        if !matches!(result, BuildResult::Success | BuildResult::Warnings) && !cfg.continue_on_failure {
             stop = true;
         }
         steps.push(Step {
@@ -624,6 +642,8 @@ fn finish(
         BuildResult::Exception
     } else if steps.iter().any(|s| s.result == BuildResult::Failure) {
         BuildResult::Failure
+    } else if steps.iter().any(|s| s.result == BuildResult::Warnings) {
+        BuildResult::Warnings
     } else {
         BuildResult::Success
     };
