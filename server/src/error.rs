@@ -63,6 +63,10 @@ impl AppError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::client(StatusCode::CONFLICT, code, message)
     }
+    /// 405: the resource exists, but not for this method (the caller adds `Allow`).
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::client(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+    }
     /// 410: it existed, and is over (an expired lease).
     pub fn gone(message: impl Into<String>) -> Self {
         Self::client(StatusCode::GONE, "gone", message)

@@ -2,6 +2,7 @@
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{ALLOW, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 
@@ -17,31 +18,40 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::QueryConfig::default()
                     .error_handler(|e, _| AppError::bad_request("bad_query", e.to_string()).into()),
             )
-            .route("/reports", web::post().to(api::reports::submit))
-            .route("/builders", web::post().to(api::builders::register))
-            .route("/builders/{name}", read().to(api::builders::get))
-            .route("/openapi.json", read().to(api::openapi::get))
-            .route("/projects", read().to(api::projects::list))
-            .route("/projects/{project}", read().to(api::projects::get))
-            .route("/projects/{project}/recipe", web::put().to(api::recipes::publish))
-            .route("/projects/{project}/recipe", read().to(api::recipes::current))
-            .route("/projects/{project}/recipes", read().to(api::recipes::history))
-            .route("/projects/{project}/recipes/{version}", read().to(api::recipes::version))
-            .route("/projects/{project}/keys", web::post().to(api::recipes::rotate))
-            .route("/projects/{project}/keys", read().to(api::recipes::keys))
-            .route("/projects/{project}/capabilities", read().to(api::recipes::capabilities))
-            .route("/projects/{project}/requests", web::post().to(api::requests::create))
-            .route("/projects/{project}/requests", read().to(api::requests::list))
-            .route("/leases", web::post().to(api::leases::take))
-            .route("/leases/{id}", web::put().to(api::leases::renew))
-            .route("/projects/{project}/builds", read().to(api::builds::list))
-            .route("/projects/{project}/builders", read().to(api::status::builders))
-            .route("/projects/{project}/status", read().to(api::status::status))
-            .route("/projects/{project}/revisions/{revision}", read().to(api::status::revision))
-            .route("/projects/{project}/tests/failing", read().to(api::status::failing))
-            .route("/projects/{project}/tests/history", read().to(api::status::history))
-            .route("/projects/{project}/shields.json", read().to(pages::feeds::shields))
-            .route("/builds/{id}", read().to(api::builds::get))
+            .service(api_res("/reports", "POST").route(web::post().to(api::reports::submit)))
+            .service(api_res("/builders", "POST").route(web::post().to(api::builders::register)))
+            .service(api_res("/builders/{name}", READ).route(read().to(api::builders::get)))
+            .service(api_res("/openapi.json", READ).route(read().to(api::openapi::get)))
+            .service(api_res("/projects", READ).route(read().to(api::projects::list)))
+            .service(api_res("/projects/{project}", READ).route(read().to(api::projects::get)))
+            .service(
+                api_res("/projects/{project}/recipe", "GET, HEAD, PUT")
+                    .route(web::put().to(api::recipes::publish))
+                    .route(read().to(api::recipes::current)),
+            )
+            .service(api_res("/projects/{project}/recipes", READ).route(read().to(api::recipes::history)))
+            .service(api_res("/projects/{project}/recipes/{version}", READ).route(read().to(api::recipes::version)))
+            .service(
+                api_res("/projects/{project}/keys", "GET, HEAD, POST")
+                    .route(web::post().to(api::recipes::rotate))
+                    .route(read().to(api::recipes::keys)),
+            )
+            .service(api_res("/projects/{project}/capabilities", READ).route(read().to(api::recipes::capabilities)))
+            .service(
+                api_res("/projects/{project}/requests", "GET, HEAD, POST")
+                    .route(web::post().to(api::requests::create))
+                    .route(read().to(api::requests::list)),
+            )
+            .service(api_res("/leases", "POST").route(web::post().to(api::leases::take)))
+            .service(api_res("/leases/{id}", "PUT").route(web::put().to(api::leases::renew)))
+            .service(api_res("/projects/{project}/builds", READ).route(read().to(api::builds::list)))
+            .service(api_res("/projects/{project}/builders", READ).route(read().to(api::status::builders)))
+            .service(api_res("/projects/{project}/status", READ).route(read().to(api::status::status)))
+            .service(api_res("/projects/{project}/revisions/{revision}", READ).route(read().to(api::status::revision)))
+            .service(api_res("/projects/{project}/tests/failing", READ).route(read().to(api::status::failing)))
+            .service(api_res("/projects/{project}/tests/history", READ).route(read().to(api::status::history)))
+            .service(api_res("/projects/{project}/shields.json", READ).route(read().to(pages::feeds::shields)))
+            .service(api_res("/builds/{id}", READ).route(read().to(api::builds::get)))
             .default_service(web::to(api_not_found)),
     )
     .service(
@@ -53,20 +63,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::QueryConfig::default()
                     .error_handler(|e, _| PageError(AppError::bad_request("bad_query", e.to_string())).into()),
             )
-            .route("/", read().to(pages::index::page))
-            .route("/projects/{project}", read().to(pages::waterfall::page))
-            .route("/projects/{project}/console", read().to(pages::console::page))
-            .route("/projects/{project}/requests", read().to(pages::requests::page))
-            .route("/projects/{project}/feed.atom", read().to(pages::feeds::atom))
-            .route("/projects/{project}/badge.svg", read().to(pages::feeds::badge))
-            .route("/projects/{project}/cctray.xml", read().to(pages::feeds::cctray))
-            .route("/projects/{project}/builders/{builder}/feed.atom", read().to(pages::feeds::builder_atom))
-            .route("/projects/{project}/builders/{builder}/badge.svg", read().to(pages::feeds::builder_badge))
-            .route("/metrics", read().to(crate::metrics::get))
-            .route("/projects/{project}/builders/{builder}", read().to(pages::builder::page))
-            .route("/builds/{id}", read().to(pages::build::page))
-            .route("/builds/{id}/steps/{position}/log", read().to(pages::logs::raw))
-            .route("/static/{file}", read().to(pages::assets::get))
+            .service(page("/", pages::index::page))
+            .service(page("/projects/{project}", pages::waterfall::page))
+            .service(page("/projects/{project}/console", pages::console::page))
+            .service(page("/projects/{project}/requests", pages::requests::page))
+            .service(page("/projects/{project}/feed.atom", pages::feeds::atom))
+            .service(page("/projects/{project}/badge.svg", pages::feeds::badge))
+            .service(page("/projects/{project}/cctray.xml", pages::feeds::cctray))
+            .service(page("/projects/{project}/builders/{builder}/feed.atom", pages::feeds::builder_atom))
+            .service(page("/projects/{project}/builders/{builder}/badge.svg", pages::feeds::builder_badge))
+            .service(page("/metrics", crate::metrics::get))
+            .service(page("/projects/{project}/builders/{builder}", pages::builder::page))
+            .service(page("/builds/{id}", pages::build::page))
+            .service(page("/builds/{id}/steps/{position}/log", pages::logs::raw))
+            .service(page("/static/{file}", pages::assets::get))
             .default_service(web::to(page_not_found)),
     );
 }
@@ -99,6 +109,34 @@ pub async fn reject_nul(
 /// the body out of HEAD answers itself).
 fn read() -> actix_web::Route {
     web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
+/// What read-only resources allow.
+const READ: &str = "GET, HEAD";
+
+/// An API resource; a method it does not take is a 405 with `Allow` and the JSON error body.
+fn api_res(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let e = AppError::method_not_allowed(format!("this resource takes {allow}"));
+        let mut res = actix_web::ResponseError::error_response(&e);
+        res.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        Ok::<_, actix_web::Error>(res)
+    }))
+}
+
+/// A page (GET and HEAD); other methods are a 405 with `Allow`.
+fn page<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(read().to(handler)).default_service(web::to(|| async {
+        let e = PageError(AppError::method_not_allowed(format!("this page takes {READ}")));
+        let mut res = actix_web::ResponseError::error_response(&e);
+        res.headers_mut().insert(ALLOW, HeaderValue::from_static(READ));
+        Ok::<_, actix_web::Error>(res)
+    }))
 }
 
 async fn api_not_found() -> Result<HttpResponse, AppError> {

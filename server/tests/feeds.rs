@@ -15,6 +15,7 @@ on_both_backends!(
     builds_filters_and_paging_while_reports_arrive,
     http_manners_etag_cors_compression,
     atom_badges_shields_cctray_metrics,
+    feed_ids_methods_and_unknown_projects,
 );
 
 /// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
@@ -429,5 +430,90 @@ fn atom_badges_shields_cctray_metrics(backend: Backend) -> TestResult {
     ] {
         assert!(metrics.contains(needle), "/metrics lacks {needle:?}:\n{metrics}");
     }
+    Ok(())
+}
+
+fn header(s: &Server, method: &str, path: &str, host: Option<&str>) -> (u16, Option<String>, String, String) {
+    let url = s.url(path);
+    let mut req = match method {
+        "POST" => s.agent.post(&url).header("Content-Type", "application/json"),
+        "DELETE" => s.agent.delete(&url).force_send_body(),
+        _ => s.agent.get(&url).force_send_body(),
+    };
+    if let Some(h) = host {
+        req = req.header("Host", h);
+    }
+    let mut resp = req.send(&b""[..]).unwrap();
+    let get = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (allow, ctype) = (get("allow"), get("content-type").unwrap_or_default());
+    let status = resp.status().as_u16();
+    (status, allow, ctype, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// Issue 11, item 4: Atom ids that are valid `tag:` URIs and do not change with the Host
+/// header, feed ids without the query and titles that say which feed; 405 with `Allow` and a
+/// body; badges and cctray that stay an image and XML for an unknown project; cctray listing
+/// builders that never reported, and pointing a running build at its builder's page.
+fn feed_ids_methods_and_unknown_projects(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    s.admin_ok(&["builder", "add", "dave", "--project", "demo", "--key", &s.pubkey_file(key(0))]);
+    let ids = |text: &str| -> Vec<String> {
+        text.split("<id>").skip(1).map(|t| t.split("</id>").next().unwrap_or("").to_owned()).collect()
+    };
+    let (_, _, _, a) = header(&s, "GET", "/projects/demo/feed.atom?branch=main", None);
+    let (_, _, _, b) = header(&s, "GET", "/projects/demo/feed.atom?branch=main", Some("evil.example:81"));
+    assert_eq!(ids(&a), ids(&b), "ids do not depend on the Host header");
+    let all = ids(&a);
+    assert!(all.len() > 1, "{a}");
+    for id in &all {
+        // RFC 4151: tag:authority,date:specific, the authority a DNS name (no port, no path).
+        let rest = id.strip_prefix("tag:").unwrap_or_else(|| panic!("not a tag URI: {id}"));
+        let (authority, _) = rest.split_once(',').unwrap();
+        assert!(authority.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'), "{id}");
+        assert!(!id.contains('?'), "{id}");
+    }
+    assert_eq!(all[0], "tag:tbox.invalid,2026:demo/feed/branch/main");
+    assert!(a.contains("<title>Demo: build status changes on main</title>"), "{a}");
+    let (_, _, _, bob) = header(&s, "GET", "/projects/demo/builders/bob/feed.atom", None);
+    assert!(
+        bob.contains("<title>Demo: bob&apos;s build status changes</title>")
+            || bob.contains("<title>Demo: bob's build status changes</title>"),
+        "{bob}"
+    );
+    assert_eq!(ids(&bob)[0], "tag:tbox.invalid,2026:demo/feed/builder/bob");
+
+    // Methods a resource does not take: 405, Allow, and a body saying so.
+    let (status, allow, ctype, body) = header(&s, "GET", "/api/v1/reports", None);
+    assert_eq!((status, allow.as_deref()), (405, Some("POST")), "{body}");
+    assert!(ctype.starts_with("application/json") && body.contains("method_not_allowed"), "{ctype} {body}");
+    let (status, allow, _, body) = header(&s, "DELETE", "/api/v1/projects/demo", None);
+    assert_eq!((status, allow.as_deref()), (405, Some("GET, HEAD")), "{body}");
+    let (status, allow, _, _) = header(&s, "POST", "/api/v1/projects/demo/recipe", None);
+    assert_eq!((status, allow.as_deref()), (405, Some("GET, HEAD, PUT")));
+    let (status, allow, ctype, _) = header(&s, "POST", "/projects/demo", None);
+    assert_eq!((status, allow.as_deref()), (405, Some("GET, HEAD")));
+    assert!(ctype.starts_with("text/html"), "{ctype}");
+    assert_eq!(header(&s, "GET", "/api/v1/nothing-here", None).0, 404);
+
+    // An unknown project's badge is still an image, its cctray still XML.
+    let (status, _, ctype, svg) = header(&s, "GET", "/projects/nope/badge.svg", None);
+    assert_eq!(status, 404);
+    assert!(ctype.starts_with("image/svg+xml") && svg.contains("unknown"), "{ctype} {svg}");
+    let (status, _, ctype, _) = header(&s, "GET", "/projects/demo/builders/nobody/badge.svg", None);
+    assert!(status == 404 && ctype.starts_with("image/svg+xml"), "{status} {ctype}");
+    let (status, _, ctype, xml) = header(&s, "GET", "/projects/nope/cctray.xml", None);
+    assert_eq!(status, 404);
+    assert!(ctype.starts_with("application/xml") && xml.contains("<Projects/>"), "{ctype} {xml}");
+
+    // cctray: dave never reported; a running build points at its builder's page.
+    let mut running = common::started("alice-running");
+    running["revision"] = json!("rev4");
+    running["started_at"] = json!("2026-11-03T20:00:00Z");
+    assert_eq!(s.send(&running).0, 201);
+    let (_, _, _, tray) = header(&s, "GET", "/projects/demo/cctray.xml", None);
+    assert!(tray.contains("name=\"demo/dave\" activity=\"Sleeping\" lastBuildStatus=\"Unknown\""), "{tray}");
+    let alice = tray.lines().find(|l| l.contains("demo/alice")).unwrap();
+    assert!(alice.contains("activity=\"Building\"") && alice.contains("/projects/demo/builders/alice\""), "{alice}");
     Ok(())
 }

@@ -40,7 +40,7 @@ fn esc(s: &str) -> String {
 }
 
 /// Narrowing for every feed: one builder and/or one branch.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct FeedQuery {
     pub builder: Option<String>,
     pub branch: Option<String>,
@@ -69,8 +69,11 @@ const WINDOW: i64 = 1000;
 /// Entries in a feed.
 const ENTRIES: usize = 50;
 
+#[allow(clippy::too_many_arguments)]
 fn changes(
     conn: &mut DbConn,
+    authority: &str,
+    project: &str,
     project_id: i64,
     cols: &[Builder],
     branch: Option<&str>,
@@ -84,7 +87,8 @@ fn changes(
         ..Filter::default()
     };
     let listed = builds::newest(conn, project_id, &filter, None, WINDOW)?;
-    let host = base.split("://").nth(1).unwrap_or("tbox");
+    // Entry ids are `tag:` URIs (RFC 4151) that stay the same however the feed is fetched.
+    let tag = |specific: String| format!("tag:{authority},2026:{project}/{specific}");
     let mut entries = Vec::new();
     // Oldest first per (builder, branch), so each build is compared with the one before it.
     let mut runs: HashMap<(i64, String), Vec<&Build>> = HashMap::new();
@@ -96,7 +100,7 @@ fn changes(
         let first_in_window = run[0];
         if builds::neighbours(conn, first_in_window)?.0.is_none() {
             entries.push(Entry {
-                id: format!("tag:{host},2026:build/{}/new", first_in_window.id),
+                id: tag(format!("build/{}/new", first_in_window.id)),
                 title: format!("{} reported for the first time on {branch}: {}", builder.name, word(first_in_window)),
                 updated: first_in_window.finished_at.unwrap_or(first_in_window.started_at),
                 link: format!("{base}/builds/{}", first_in_window.id),
@@ -110,7 +114,7 @@ fn changes(
             {
                 let what = if now == "red" { "broke" } else { "is fixed" };
                 entries.push(Entry {
-                    id: format!("tag:{host},2026:build/{}/{now}", b.id),
+                    id: tag(format!("build/{}/{now}", b.id)),
                     title: format!("{} {what} on {branch}: {} (was {})", builder.name, word(b), word(prev)),
                     updated: b.finished_at.unwrap_or(b.started_at),
                     link: format!("{base}/builds/{}", b.id),
@@ -133,7 +137,7 @@ fn changes(
     for b in listed.iter().map(|l| &l.build).filter(|b| b.is_lost()) {
         let Some(builder) = cols.iter().find(|c| c.id == b.builder_id) else { continue };
         entries.push(Entry {
-            id: format!("tag:{host},2026:build/{}/lost", b.id),
+            id: tag(format!("build/{}/lost", b.id)),
             title: format!("{} went silent mid-build on {}: lost", builder.name, b.branch),
             // When it was given up on (another server may have a shorter --lost-after).
             updated: (b.started_at + lost_after).min(crate::db::now()),
@@ -150,7 +154,7 @@ fn changes(
         if let Some(seen) = b.last_report_at.filter(|_| is_stale(b.last_report_at, stale_after)) {
             let at = seen + stale_after;
             entries.push(Entry {
-                id: format!("tag:{host},2026:builder/{}/stale/{}", b.name, seen.and_utc().timestamp()),
+                id: tag(format!("builder/{}/stale/{}", b.name, seen.and_utc().timestamp())),
                 title: format!("{} has gone stale", b.name),
                 updated: at,
                 link: format!("{base}/projects/{}/builders/{}", "{project}", b.name),
@@ -200,6 +204,9 @@ async fn atom_for(
     let lost_after = state.lost_after;
     let self_url = format!("{base}{}", req.uri());
     let base2 = base.clone();
+    let authority = tag_authority(state.public_url.as_deref());
+    let authority2 = authority.clone();
+    let (q_builder, q_branch) = (q.builder.clone(), q.branch.clone());
     let (p, entries) = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
@@ -210,7 +217,17 @@ async fn atom_for(
                 return Err(AppError::not_found(format!("no builder {b:?} in project {name:?}")));
             }
         }
-        let mut entries = changes(&mut conn, p.id, &cols, q.branch.as_deref(), &base2, stale_after, lost_after)?;
+        let mut entries = changes(
+            &mut conn,
+            &authority2,
+            &p.name,
+            p.id,
+            &cols,
+            q.branch.as_deref(),
+            &base2,
+            stale_after,
+            lost_after,
+        )?;
         for e in &mut entries {
             e.link = e.link.replace("{project}", &p.name);
         }
@@ -218,15 +235,27 @@ async fn atom_for(
     })
     .await??;
     let updated = entries.first().map(|e| e.updated).unwrap_or(p.created_at);
+    // The feed's id and title say which feed it is (project, builder, branch), not the URL
+    // it was fetched by.
+    let (mut feed_id, mut title) =
+        (format!("tag:{authority},2026:{}/feed", p.name), format!("{}: build status changes", p.title));
+    if let Some(b) = &q_builder {
+        feed_id.push_str(&format!("/builder/{b}"));
+        title = format!("{}: {b}'s build status changes", p.title);
+    }
+    if let Some(br) = &q_branch {
+        feed_id.push_str(&format!("/branch/{br}"));
+        title.push_str(&format!(" on {br}"));
+    }
     let mut x = String::new();
     let _ = write!(
         x,
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\n\
-         <id>{}</id>\n<title>{} build status changes</title>\n<updated>{}</updated>\n\
+         <id>{}</id>\n<title>{}</title>\n<updated>{}</updated>\n\
          <link rel=\"self\" type=\"application/atom+xml\" href=\"{}\"/>\n<link rel=\"alternate\" type=\"text/html\" href=\"{}\"/>\n\
          <author><name>tbox</name></author>\n<generator>tbox-server</generator>\n",
-        esc(&self_url),
-        esc(&p.title),
+        esc(&feed_id),
+        esc(&title),
         time(updated),
         esc(&self_url),
         esc(&format!("{base}/projects/{}", p.name)),
@@ -304,6 +333,11 @@ fn load_heads(
     web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
+        if let Some(b) = &q.builder
+            && !builders::for_project(&mut conn, p.id)?.iter().any(|c| &c.name == b)
+        {
+            return Err(AppError::not_found(format!("no builder {b:?} in project {name:?}")));
+        }
         let hs = heads(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref())?;
         Ok((p, hs))
     })
@@ -372,8 +406,24 @@ pub async fn badge(
     path: web::Path<String>,
     q: web::Query<FeedQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let (label, v) = verdict_for(&state, path.into_inner(), q.into_inner()).await?;
-    Ok(svg_response(&label, &v))
+    let name = path.into_inner();
+    badge_answer(&name, verdict_for(&state, name.clone(), q.into_inner()).await)
+}
+
+/// A badge is always an image: an unknown project or builder gets a grey "unknown" one with
+/// the 404 status, so that a README shows something sensible rather than a broken image.
+fn badge_answer(name: &str, found: Result<(String, Verdict), AppError>) -> Result<HttpResponse, PageError> {
+    match found {
+        Ok((label, v)) => Ok(svg_response(&label, &v)),
+        Err(AppError::Client { code: "not_found", .. }) => {
+            let v = Verdict { message: "unknown".into(), colour: "lightgrey", hex: "#6e7781" };
+            let mut res = svg_response(name, &v);
+            *res.status_mut() = actix_web::http::StatusCode::NOT_FOUND;
+            res.headers_mut().insert(CACHE_CONTROL, actix_web::http::header::HeaderValue::from_static("no-cache"));
+            Ok(res)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /projects/{p}/builders/{b}/badge.svg`: the same as `badge.svg?builder=B`.
@@ -382,8 +432,10 @@ pub async fn builder_badge(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (p, b) = path.into_inner();
-    let (label, v) = verdict_for(&state, p, FeedQuery { builder: Some(b), branch: None }).await?;
-    Ok(svg_response(&label, &v))
+    badge_answer(
+        &format!("{p} {b}"),
+        verdict_for(&state, p.clone(), FeedQuery { builder: Some(b), branch: None }).await,
+    )
 }
 
 /// `GET /api/v1/projects/{p}/shields.json[?branch=B][&builder=N]`: the shields.io endpoint schema.
@@ -411,7 +463,35 @@ pub async fn cctray(
     q: web::Query<FeedQuery>,
 ) -> Result<HttpResponse, PageError> {
     let base = crate::api::base_url(&req);
-    let (p, hs) = load_heads(&state, path.into_inner(), q.into_inner()).await??;
+    let q = q.into_inner();
+    let xml = |status: actix_web::http::StatusCode, body: String| {
+        HttpResponse::build(status)
+            .insert_header((CONTENT_TYPE, "application/xml; charset=utf-8"))
+            .insert_header((CACHE_CONTROL, "public, max-age=30"))
+            .body(body)
+    };
+    let (p, hs) = match load_heads(&state, path.into_inner(), q.clone()).await? {
+        Ok(found) => found,
+        // cctray clients read XML, also when the project is not there.
+        Err(AppError::Client { code: "not_found", .. }) => {
+            return Ok(xml(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Projects/>\n".into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Builders that never reported are listed too, as Unknown (as Jenkins does).
+    let (pool, pid, only) = (state.pool.clone(), p.id, q.builder.clone());
+    let silent: Vec<Builder> = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        Ok(builders::for_project(&mut conn, pid)?)
+    })
+    .await??
+    .into_iter()
+    .filter(|b| only.as_ref().is_none_or(|o| o == &b.name))
+    .filter(|b| !hs.iter().any(|h| h.builder.id == b.id))
+    .collect();
     // For a running build, cctray wants the status of the last finished one.
     let pool = state.pool.clone();
     let running: Vec<Build> = hs.iter().filter(|h| h.build.is_running()).map(|h| h.build.clone()).collect();
@@ -437,21 +517,45 @@ pub async fn cctray(
             Some("exception") => "Exception",
             _ => "Unknown",
         };
-        let activity = if h.build.is_running() { "Building" } else { "Sleeping" };
+        let running = h.build.is_running();
+        let activity = if running { "Building" } else { "Sleeping" };
+        // While it builds, the page that shows it building is the builder's.
+        let url = if running {
+            format!("{base}/projects/{}/builders/{}", p.name, h.builder.name)
+        } else {
+            format!("{base}/builds/{}", b.id)
+        };
         let _ = writeln!(
             x,
             "  <Project name=\"{}\" activity=\"{activity}\" lastBuildStatus=\"{status}\" lastBuildLabel=\"{}\" lastBuildTime=\"{}\" webUrl=\"{}\"/>",
             esc(&format!("{}/{} ({})", p.name, h.builder.name, h.build.branch)),
             b.id,
             time(b.finished_at.unwrap_or(b.started_at)),
-            esc(&format!("{base}/builds/{}", b.id)),
+            esc(&url),
+        );
+    }
+    for b in &silent {
+        let _ = writeln!(
+            x,
+            "  <Project name=\"{}\" activity=\"Sleeping\" lastBuildStatus=\"Unknown\" lastBuildLabel=\"\" lastBuildTime=\"{}\" webUrl=\"{}\"/>",
+            esc(&format!("{}/{}", p.name, b.name)),
+            time(b.created_at),
+            esc(&format!("{base}/projects/{}/builders/{}", p.name, b.name)),
         );
     }
     x.push_str("</Projects>\n");
-    Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, "application/xml; charset=utf-8"))
-        .insert_header((CACHE_CONTROL, "public, max-age=30"))
-        .body(x))
+    Ok(xml(actix_web::http::StatusCode::OK, x))
+}
+
+/// The authority of this server's `tag:` URIs: the host of `--public-url` (RFC 4151 allows no
+/// port and no path there), else a fixed name, so that ids never depend on the Host header.
+fn tag_authority(public_url: Option<&str>) -> String {
+    let host = public_url
+        .and_then(|u| u.split("://").nth(1))
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .map(str::to_ascii_lowercase)
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    host.unwrap_or_else(|| "tbox.invalid".to_owned())
 }
 
 #[cfg(test)]
