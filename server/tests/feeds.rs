@@ -423,13 +423,56 @@ fn atom_badges_shields_cctray_metrics(backend: Backend) -> TestResult {
     for needle in [
         "tbox_reports_accepted_total 10",
         "tbox_reports_rejected_total{reason=\"unsigned\"} 1",
+        // Series exist before their first event.
+        "tbox_reports_rejected_total{reason=\"bad_signature\"} 0",
+        "tbox_builds_recorded_total{result=\"cancelled\"} 0",
         "tbox_builds_recorded_total{result=\"failure\"} 4",
         "tbox_ingest_seconds_count 10",
         "tbox_db_connections{state=\"in_use\"}",
+        "tbox_db_connections_max 4",
         "tbox_build_info{version=",
+        "tbox_http_requests_total{method=\"POST\",route=\"/api/v1/reports\",status=\"201\"}",
+        "tbox_http_request_duration_seconds_bucket{route=\"/projects/{project}/cctray.xml\",le=\"+Inf\"}",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
     ] {
         assert!(metrics.contains(needle), "/metrics lacks {needle:?}:\n{metrics}");
     }
+    assert!(!metrics.contains("state=\"max\""), "the pool's limit is not a usage state");
+    // The exposition format, as promtool reads it: every family has HELP and TYPE before its
+    // samples, no series twice, every value a number.
+    let mut declared = HashSet::new();
+    let mut seen = HashSet::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            declared.insert(rest.split_whitespace().next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(declared.contains(name) || declared.contains(family), "no TYPE before {line}");
+        assert!(seen.insert(series.to_owned()), "series twice: {series}");
+    }
+    // A build reported started and then finished is one build, counted once by result.
+    let started_builds: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tbox_builds_started_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let finished: u64 = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("tbox_builds_recorded_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum();
+    assert_eq!(started_builds + finished, 10, "{metrics}");
     Ok(())
 }
 

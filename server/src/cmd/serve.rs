@@ -83,6 +83,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
                 .wrap(actix_web::middleware::Compress::default())
                 .wrap(actix_web::middleware::from_fn(routes::reject_nul))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+                .wrap(actix_web::middleware::from_fn(crate::metrics::track))
                 .configure(routes::configure)
         })
         // Compressed answers are streamed in pieces; without TCP_NODELAY, Nagle's algorithm
