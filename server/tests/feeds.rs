@@ -16,6 +16,7 @@ on_both_backends!(
     http_manners_etag_cors_compression,
     atom_badges_shields_cctray_metrics,
     feed_ids_methods_and_unknown_projects,
+    words_colours_and_numbers_agree,
 );
 
 /// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
@@ -558,5 +559,35 @@ fn feed_ids_methods_and_unknown_projects(backend: Backend) -> TestResult {
     assert!(tray.contains("name=\"demo/dave\" activity=\"Sleeping\" lastBuildStatus=\"Unknown\""), "{tray}");
     let alice = tray.lines().find(|l| l.contains("demo/alice")).unwrap();
     assert!(alice.contains("activity=\"Building\"") && alice.contains("/projects/demo/builders/alice\""), "{alice}");
+    Ok(())
+}
+
+/// Issue 11, item 2: a test failure is "tests failed" (orange) on the builder page and in the
+/// feed as on the waterfall; a rate of 4 in 6 is 67%; steps are numbered from 1.
+fn words_colours_and_numbers_agree(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    let (_, waterfall) = s.get("/projects/demo");
+    assert!(waterfall.contains("tests failed"), "the fixture's red builds are test failures");
+    let (_, page) = s.get("/projects/demo/builders/bob");
+    assert!(page.contains("class=\"tests-failed\"") || page.contains("tests-failed"), "{page}");
+    assert!(page.contains("tests failed"), "{page}");
+    let (_, feed) = s.get("/projects/demo/feed.atom");
+    assert!(feed.contains("bob broke on main: tests failed (was success)"), "{feed}");
+    // dave: 4 green of 6.
+    s.admin_ok(&["builder", "add", "dave", "--project", "demo", "--key", &s.pubkey_file(key(0))]);
+    for i in 0..6 {
+        let mut r = common::report(&format!("dave-{i}"));
+        r["builder"] = json!("dave");
+        r["started_at"] = json!(format!("2026-11-04T0{i}:00:00Z"));
+        r["finished_at"] = json!(format!("2026-11-04T0{i}:10:00Z"));
+        r["result"] = json!(if i < 4 { "success" } else { "failure" });
+        assert_eq!(s.send_as("dave", key(0), r.to_string().as_bytes()).0, 201);
+    }
+    let (_, page) = s.get("/projects/demo/builders/dave");
+    assert!(page.contains(">67%<"), "4 of 6 rounds to 67%: {page}");
+    let id = s.builds("demo")[0]["id"].clone();
+    let (_, build) = s.get(&format!("/builds/{id}"));
+    assert!(build.contains("id=\"step-0\"><td>1</td>"), "steps are numbered from 1: {build}");
     Ok(())
 }

@@ -325,6 +325,22 @@ pub fn prune_logs(conn: &mut DbConn) -> QueryResult<usize> {
 }
 
 /// A builder's newest builds in a project.
+/// The kind of each build's first failing step, for those that have one (a failing `test`
+/// step makes a build "tests failed" rather than "failed").
+pub fn failing_kinds(conn: &mut DbConn, build_ids: &[i64]) -> QueryResult<std::collections::HashMap<i64, String>> {
+    let rows: Vec<(i64, Option<String>)> = steps::table
+        .filter(steps::build_id.eq_any(build_ids))
+        .filter(steps::result.eq("failure"))
+        .order((steps::build_id, steps::position))
+        .select((steps::build_id, steps::kind))
+        .load(conn)?;
+    let mut first = std::collections::HashMap::new();
+    for (id, kind) in rows {
+        first.entry(id).or_insert(kind);
+    }
+    Ok(first.into_iter().filter_map(|(id, k)| k.map(|k| (id, k))).collect())
+}
+
 pub fn of_builder(conn: &mut DbConn, builder_id: i64, project_id: i64, limit: i64) -> QueryResult<Vec<Build>> {
     builds::table
         .filter(builds::builder_id.eq(builder_id))

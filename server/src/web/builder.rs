@@ -41,7 +41,7 @@ struct PropertyChange {
 pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, PageError> {
     let (project_name, builder_name) = path.into_inner();
     let pool = state.pool.clone();
-    let (project, listed, history) = web::block(move || -> Result<_, PageError> {
+    let (project, listed, history, kinds) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let project = projects::by_name(&mut conn, &project_name)?
             .ok_or_else(|| AppError::not_found(format!("no project named {project_name:?}")))?;
@@ -50,7 +50,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
             .filter(|l| l.builder.status == builders::ACTIVE)
             .ok_or_else(|| AppError::not_found(format!("no builder named {builder_name:?}")))?;
         let history = builds::of_builder(&mut conn, listed.builder.id, project.id, HISTORY)?;
-        Ok((project, listed, history))
+        let kinds = builds::failing_kinds(&mut conn, &history.iter().map(|b| b.id).collect::<Vec<_>>())?;
+        Ok((project, listed, history, kinds))
     })
     .await??;
 
@@ -63,7 +64,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
     let rows: Vec<HistoryRow> = history
         .iter()
         .map(|x| {
-            let (class, glyph, word) = status::of_build(&x.state, x.result.as_deref(), None);
+            let (class, glyph, word) =
+                status::of_build(&x.state, x.result.as_deref(), kinds.get(&x.id).map(String::as_str));
             HistoryRow {
                 id: x.id,
                 time: time(x.started_at),
@@ -131,7 +133,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
         "rate",
         &serde_json::json!({
             "finished": finished.len(), "green": green,
-            "percent": (green * 100).checked_div(finished.len()),
+            // Rounded, not truncated: 4 of 6 is 67%.
+            "percent": (!finished.is_empty()).then(|| ((green * 100) as f64 / finished.len() as f64).round() as u64),
             "mean": (!durations.is_empty()).then(|| status::duration(durations.iter().sum::<i64>() / durations.len() as i64)),
         }),
     );

@@ -90,6 +90,14 @@ fn changes(
     // Entry ids are `tag:` URIs (RFC 4151) that stay the same however the feed is fetched.
     let tag = |specific: String| format!("tag:{authority},2026:{project}/{specific}");
     let mut entries = Vec::new();
+    // A failing test step makes a build "tests failed", as on every page.
+    let kinds: HashMap<i64, &str> = listed
+        .iter()
+        .filter_map(|l| {
+            l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref()).map(|k| (l.build.id, k))
+        })
+        .collect();
+    let word = |b: &Build| of_build(&b.state, b.result.as_deref(), kinds.get(&b.id).copied()).2;
     // Oldest first per (builder, branch), so each build is compared with the one before it.
     let mut runs: HashMap<(i64, String), Vec<&Build>> = HashMap::new();
     for l in listed.iter().rev().filter(|l| l.build.state == "finished") {
@@ -166,10 +174,6 @@ fn changes(
     entries.sort_by(|a, b| b.updated.cmp(&a.updated).then_with(|| a.id.cmp(&b.id)));
     entries.truncate(ENTRIES);
     Ok(entries)
-}
-
-fn word(b: &Build) -> &'static str {
-    of_build(&b.state, b.result.as_deref(), None).2
 }
 
 /// `GET /projects/{p}/feed.atom` (and `/projects/{p}/builders/{b}/feed.atom`): status changes.
