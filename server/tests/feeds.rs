@@ -17,6 +17,7 @@ on_both_backends!(
     atom_badges_shields_cctray_metrics,
     feed_ids_methods_and_unknown_projects,
     words_colours_and_numbers_agree,
+    one_rule_for_broke_and_histories_per_branch,
 );
 
 /// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
@@ -589,5 +590,58 @@ fn words_colours_and_numbers_agree(backend: Backend) -> TestResult {
     let id = s.builds("demo")[0]["id"].clone();
     let (_, build) = s.get(&format!("/builds/{id}"));
     assert!(build.contains("id=\"step-0\"><td>1</td>"), "steps are numbered from 1: {build}");
+    Ok(())
+}
+
+/// Issue 11, item 2: a first build that is red is not "broke … the build before it was
+/// green"; cancelled builds in between do not count; a builder's history is per branch.
+fn one_rule_for_broke_and_histories_per_branch(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    s.setup();
+    let send = |uuid: &str, branch: &str, rev: &str, hour: u32, result: &str| -> i64 {
+        let mut r = common::report(uuid);
+        r["branch"] = json!(branch);
+        r["revision"] = json!(rev);
+        r["started_at"] = json!(format!("2026-11-05T{hour:02}:00:00Z"));
+        r["finished_at"] = json!(format!("2026-11-05T{hour:02}:10:00Z"));
+        let (from, to) = (r["started_at"].clone(), r["finished_at"].clone());
+        for st in r["steps"].as_array_mut().unwrap() {
+            st["started_at"] = from.clone();
+            st["finished_at"] = to.clone();
+            st["result"] = json!(if result == "failure" { "failure" } else { "success" });
+            st["kind"] = Value::Null;
+        }
+        r["result"] = json!(result);
+        let (status, v) = s.send(&r);
+        assert_eq!(status, 201, "{v}");
+        v["build"].as_i64().unwrap()
+    };
+    let first = send("a1", "main", "r1", 1, "failure");
+    let (_, page) = s.get(&format!("/builds/{first}"));
+    assert!(page.contains("This is the first build of alice on main, and it is red."), "{page}");
+    assert!(!page.contains("the build before it was green") && !page.contains("broke"), "{page}");
+    let green = send("a2", "main", "r2", 2, "success");
+    send("a3", "main", "r3", 3, "cancelled");
+    let red = send("a4", "main", "r4", 4, "failure");
+    let (_, page) = s.get(&format!("/builds/{red}"));
+    assert!(
+        page.contains(&format!("the build before it (<a href=\"/builds/{green}\">build {green}</a>) was green")),
+        "{page}"
+    );
+    let (_, console) = s.get("/projects/demo/console");
+    assert!(console.contains("first build") && console.contains("new regression"), "{console}");
+    // A release branch between them: neighbours and "since" stay on their branch.
+    let release = send("b1", "release-1.x", "x1", 5, "success");
+    let later = send("a5", "main", "r5", 6, "failure");
+    let (_, page) = s.get(&format!("/builds/{later}"));
+    assert!(page.contains(&format!("href=\"/builds/{red}\" rel=\"prev\"")), "previous on main is {red}: {page}");
+    let (_, page) = s.get(&format!("/builds/{release}"));
+    assert!(!page.contains("rel=\"prev\"") && !page.contains("rel=\"next\""), "alone on its branch: {page}");
+    let (_, waterfall) = s.get("/projects/demo");
+    assert!(waterfall.contains("<span class=\"tag branch\" title=\"branch\">release-1.x</span>"), "{waterfall}");
+    assert!(
+        !waterfall.contains("since <a href=\"https://example.org/c/x1"),
+        "main is not compared with the release build"
+    );
     Ok(())
 }

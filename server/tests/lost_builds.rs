@@ -125,6 +125,6 @@ fn a_build_that_never_finishes_is_lost_until_it_does(backend: Backend) -> TestRe
     assert!(xml.contains(r#"lastBuildStatus="Failure""#), "{xml}");
     let (_, text) = s.get("/projects/demo/feed.atom");
     assert!(!text.contains("went silent"), "{text}");
-    assert!(text.contains("alice broke on main: failed (was success)"), "{text}");
+    assert!(text.contains("alice broke on main: tests failed (was success)"), "{text}");
     Ok(())
 }

@@ -353,15 +353,21 @@ pub fn of_builder(conn: &mut DbConn, builder_id: i64, project_id: i64, limit: i6
 
 /// The same builder's build in the same project just before and just after this one.
 pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Option<i64>)> {
-    let same = builds::table.filter(builds::builder_id.eq(b.builder_id)).filter(builds::project_id.eq(b.project_id));
-    let prev = same
+    // A builder's history is per branch: a release build's neighbours are release builds.
+    let same = || {
+        builds::table
+            .filter(builds::builder_id.eq(b.builder_id))
+            .filter(builds::project_id.eq(b.project_id))
+            .filter(builds::branch.eq(b.branch.clone()))
+    };
+    let prev = same()
         .filter(builds::started_at.le(b.started_at))
         .filter(builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.lt(b.id))))
         .order((builds::started_at.desc(), builds::id.desc()))
         .select(builds::id)
         .first(conn)
         .optional()?;
-    let next = same
+    let next = same()
         .filter(builds::started_at.ge(b.started_at))
         .filter(builds::started_at.gt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.gt(b.id))))
         .order((builds::started_at.asc(), builds::id.asc()))
@@ -369,6 +375,24 @@ pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Opt
         .first(conn)
         .optional()?;
     Ok((prev, next))
+}
+
+/// The build before `b` on its builder and branch that was green or red: what "broke",
+/// "already failing" and "first build" are decided by, on every page. Cancelled, skipped and
+/// lost builds say nothing about the source and are passed over.
+pub fn previous_decided(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
+    builds::table
+        .filter(builds::builder_id.eq(b.builder_id))
+        .filter(builds::project_id.eq(b.project_id))
+        .filter(builds::branch.eq(b.branch.clone()))
+        .filter(builds::state.eq("finished"))
+        .filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]))
+        .filter(builds::started_at.le(b.started_at))
+        .filter(builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.lt(b.id))))
+        .order((builds::started_at.desc(), builds::id.desc()))
+        .select(Build::as_select())
+        .first(conn)
+        .optional()
 }
 
 /// For a red build: the first red build of this builder and branch after its last green one.

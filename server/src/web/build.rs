@@ -40,7 +40,7 @@ struct BriefView {
 pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, PageError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
-    let (full, briefs, (prev, next), since) = web::block(move || -> Result<_, PageError> {
+    let (full, briefs, (prev, next), since, before) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
         let mut briefs = Vec::new();
@@ -67,14 +67,20 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         }
         let neighbours = builds::neighbours(&mut conn, &full.build)?;
         let red = matches!(full.build.result.as_deref(), Some("failure" | "exception"));
-        let since = if red { builds::failing_since(&mut conn, &full.build)? } else { None };
-        Ok((full, briefs, neighbours, since))
+        // One rule with the console and the feed: what the last green-or-red build before it was.
+        let before = if red { builds::previous_decided(&mut conn, &full.build)? } else { None };
+        let already = before.as_ref().is_some_and(|p| matches!(p.result.as_deref(), Some("failure" | "exception")));
+        let since = if already { builds::failing_since(&mut conn, &full.build)? } else { None };
+        Ok((full, briefs, neighbours, since, before))
     })
     .await??;
 
     let b = &full.build;
-    // This build is itself the first red one after the last green: it broke the builder.
-    let since_is_this = since.as_ref().is_some_and(|f| f.id == b.id);
+    let red = matches!(b.result.as_deref(), Some("failure" | "exception"));
+    // Red with nothing green or red before it on this branch: its first build, not a breakage.
+    let first_build = red && before.is_none();
+    // Red after a green one: this build broke the builder.
+    let broke = before.as_ref().filter(|p| matches!(p.result.as_deref(), Some("success" | "warnings"))).map(|p| p.id);
     let failing_kind = full.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
     let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
     let properties: serde_json::Map<String, serde_json::Value> =
@@ -124,7 +130,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
                                "time": time(f.started_at), "label": f.started_at.format("%Y-%m-%d %H:%M").to_string()})
         }),
     );
-    ctx.insert("first_red", &(since_is_this));
+    ctx.insert("first_build", &first_build);
+    ctx.insert("broke_after", &broke);
     ctx.insert(
         "tests",
         &tests

@@ -69,8 +69,14 @@ pub async fn page(
     let previous = |l: &Listed| -> Option<&Listed> {
         let list = by_builder.get(&l.build.builder_id)?;
         let i = list.iter().position(|x| x.build.id == l.build.id)?;
-        list[i + 1..].iter().find(|x| x.build.branch == l.build.branch && x.build.state == "finished").copied()
+        // The same rule as the build page: cancelled, skipped and lost builds are passed over.
+        list[i + 1..]
+            .iter()
+            .find(|x| x.build.branch == l.build.branch && (is_green(&x.build) || is_red(&x.build)))
+            .copied()
     };
+    // Nothing before it in the window: its first build, unless the window was cut.
+    let whole = (builds.len() as i64) < WINDOW;
 
     let mut order: Vec<&str> = Vec::new();
     for l in &builds {
@@ -96,6 +102,7 @@ pub async fn page(
                     let why = is_red(&l.build).then(|| match previous(l) {
                         Some(p) if is_green(&p.build) => "new regression",
                         Some(p) if is_red(&p.build) => "already failing",
+                        None if whole => "first build",
                         _ => "failing",
                     });
                     Some(Cell { id: l.build.id, class, glyph, word, why })

@@ -173,6 +173,8 @@ struct Cell {
     unsandboxed: bool,
     /// The signed recipe version it ran, if any.
     recipe_version: Option<i64>,
+    /// Its branch, when the page shows builds of several.
+    branch: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -299,6 +301,7 @@ pub fn project_json(p: &Project) -> serde_json::Value {
 /// Places each build in its column, spanning the rows from its end (top) to its start.
 fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> {
     let now = crate::db::now();
+    let several_branches = builds.iter().any(|l| l.build.branch != builds[0].build.branch);
     // A lost build has no end: it takes one row, so it hides none of the builds after it.
     let end_of = |l: &Listed| {
         let end = if l.build.is_lost() { l.build.started_at } else { l.build.finished_at.unwrap_or(now) };
@@ -333,7 +336,13 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
             let bottom = bottom.max(top);
             let failing_kind = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
             let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
-            let previous = col.get(k + 1).map(|p| p.build.revision.clone()).filter(|p| *p != b.revision);
+            // "Since" and the compare link are within the build's branch: a release build is not
+            // compared with one of main.
+            let previous = col[k + 1..]
+                .iter()
+                .find(|p| p.build.branch == b.branch)
+                .map(|p| p.build.revision.clone())
+                .filter(|p| *p != b.revision);
             let revision_url = super::revision_link(project.revision_url.as_deref(), &b.revision);
             let changes_url = previous.as_ref().and_then(|p| {
                 project.compare_url.as_deref().map(|t| t.replace("{from}", p).replace("{to}", &b.revision))
@@ -355,6 +364,7 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
                     status::duration((end_of(l) - b.started_at).num_seconds())
                 },
                 unsandboxed: b.sandbox.as_deref() == Some("none"),
+                branch: several_branches.then(|| b.branch.clone()),
                 recipe_version: b.recipe_version,
                 steps: l
                     .steps
