@@ -42,6 +42,11 @@ static ERROR: LazyLock<Regex> = LazyLock::new(|| {
         r"|\blinking with .* failed|\bSegmentation fault\b|\bcore dumped\b|\bAssertion .* failed",
         r"|TEST-UNEXPECTED-|\[taskcluster:error\]|\bAborted\b|\btimed out\b|\bexited with (?:code|status) [1-9]",
         r"|\bcannot find\b|\bNo such file or directory\b",
+        // Go's race detector, the sanitizers (ASan, TSan, UBSan, LSan), Rust panics, pytest's
+        // `E   ` lines, TAP, MSVC's `error C2065:` / `error LNK2019:`, Gradle.
+        r"|^WARNING: DATA RACE\b|==\d+==ERROR: \w*Sanitizer|^SUMMARY: \w*Sanitizer|\bruntime error: ",
+        r"|\bthread '[^']*' panicked at\b|^E {3}|^not ok \d+|\berror [A-Z]{1,3}\d{3,5}\s*:",
+        r"|\bFAILURE: Build failed\b",
     ))
 });
 
@@ -224,6 +229,28 @@ mod tests {
 
     fn brief(text: &str) -> Brief {
         scan(text.as_bytes()).unwrap_or_default()
+    }
+
+    #[test]
+    fn failures_of_more_toolchains_are_errors() {
+        for line in [
+            "WARNING: DATA RACE",
+            "==41877==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010",
+            "SUMMARY: AddressSanitizer: heap-use-after-free /src/main.c:9 in main",
+            "src/parse.c:17:9: runtime error: signed integer overflow: 2147483647 + 1 cannot be represented",
+            "thread 'parser::tests::empty' panicked at src/parser.rs:41:9:",
+            "FAILED tests/test_lexer.py::test_empty - AssertionError: assert 1 == 0",
+            "E       assert 1 == 0",
+            "not ok 3 - parses nested lists",
+            "main.cpp(12): error C2065: 'x': undeclared identifier",
+            "LINK : fatal error LNK1181: cannot open input file 'foo.lib'",
+            "FAILURE: Build failed with an exception.",
+        ] {
+            assert_eq!(classify(line), Kind::Error, "{line}");
+        }
+        for line in ["ok 2 - parses lists", "Everything fine", "  E is a letter", "WARNING: deprecated flag"] {
+            assert_ne!(classify(line), Kind::Error, "{line}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ on_both_backends!(
     feed_ids_methods_and_unknown_projects,
     words_colours_and_numbers_agree,
     one_rule_for_broke_and_histories_per_branch,
+    a_red_build_says_its_first_error,
 );
 
 /// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
@@ -643,5 +644,36 @@ fn one_rule_for_broke_and_histories_per_branch(backend: Backend) -> TestResult {
         !waterfall.contains("since <a href=\"https://example.org/c/x1"),
         "main is not compared with the release build"
     );
+    Ok(())
+}
+
+/// Issue 11, item 7: the first error, in one line, at the top of a red build's page and in its
+/// JSON; found in the log of a Rust panic among lines that are not errors.
+fn a_red_build_says_its_first_error(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    s.setup();
+    let mut r = common::report("panicky");
+    r["steps"][1]["log"] = json!(
+        "running 3 tests\ntest lexer::ok ... ok\n\nthread 'parser::tests::empty' panicked at src/parser.rs:41:9:\nassertion `left == right` failed\ntest parser::tests::empty ... FAILED\n"
+    );
+    let (status, v) = s.send(&r);
+    assert_eq!(status, 201, "{v}");
+    let (_, b) = s.get_json(&format!("/api/v1/builds/{}", v["build"]));
+    let first = &b["first_error"];
+    assert_eq!(
+        (first["step"].as_i64(), first["step_name"].as_str(), first["line"].as_i64()),
+        (Some(2), Some("test"), Some(4)),
+        "{b}"
+    );
+    assert!(first["text"].as_str().unwrap().starts_with("thread 'parser::tests::empty' panicked at"), "{b}");
+    let (_, page) = s.get(&format!("/builds/{}", v["build"]));
+    assert!(page.contains("First error, in step 2 “test”"), "{page}");
+    // A green build has none.
+    let mut g = common::report("green");
+    g["result"] = json!("success");
+    g["steps"][1]["result"] = json!("success");
+    let (_, v) = s.send(&g);
+    let (_, b) = s.get_json(&format!("/api/v1/builds/{}", v["build"]));
+    assert!(b["first_error"].is_null(), "{b}");
     Ok(())
 }

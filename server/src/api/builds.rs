@@ -105,8 +105,14 @@ pub async fn list(
 pub async fn get(req: HttpRequest, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, AppError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
-    let full = web::block(move || -> Result<_, AppError> { Ok(builds::get(&mut *pool.get()?, id)?) })
-        .await??
-        .ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
-    Ok(HttpResponse::Ok().json(BuildDetail::new(full, &super::base_url(&req))))
+    let (full, first) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
+        let first = crate::web::logs::first_error(&mut conn, id, &full.steps)?;
+        Ok((full, first))
+    })
+    .await??;
+    let mut detail = BuildDetail::new(full, &super::base_url(&req));
+    detail.first_error = first;
+    Ok(HttpResponse::Ok().json(detail))
 }

@@ -81,6 +81,8 @@ pub struct BuildDetail {
     pub sandbox: Option<String>,
     pub properties: serde_json::Map<String, serde_json::Value>,
     pub url: String,
+    /// A red build's failure in one line: the first error line of its first failed step.
+    pub first_error: Option<crate::web::logs::FirstError>,
     pub steps: Vec<StepDetail>,
     pub tests: Vec<TestDetail>,
 }
@@ -130,6 +132,7 @@ impl BuildDetail {
             recipe_version: b.recipe_version,
             recipe_key: b.recipe_key,
             sandbox: b.sandbox,
+            first_error: None,
             properties: serde_json::from_str(&b.properties).unwrap_or_default(),
             steps: f
                 .steps

@@ -40,7 +40,7 @@ struct BriefView {
 pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, PageError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
-    let (full, briefs, (prev, next), since, before) = web::block(move || -> Result<_, PageError> {
+    let (full, briefs, (prev, next), since, before, first) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
         let mut briefs = Vec::new();
@@ -65,13 +65,14 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
                 });
             }
         }
+        let first = super::logs::first_error(&mut conn, id, &full.steps)?;
         let neighbours = builds::neighbours(&mut conn, &full.build)?;
         let red = matches!(full.build.result.as_deref(), Some("failure" | "exception"));
         // One rule with the console and the feed: what the last green-or-red build before it was.
         let before = if red { builds::previous_decided(&mut conn, &full.build)? } else { None };
         let already = before.as_ref().is_some_and(|p| matches!(p.result.as_deref(), Some("failure" | "exception")));
         let since = if already { builds::failing_since(&mut conn, &full.build)? } else { None };
-        Ok((full, briefs, neighbours, since, before))
+        Ok((full, briefs, neighbours, since, before, first))
     })
     .await??;
 
@@ -131,6 +132,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         }),
     );
     ctx.insert("first_build", &first_build);
+    ctx.insert("first_error", &first);
     ctx.insert("broke_after", &broke);
     ctx.insert(
         "tests",
