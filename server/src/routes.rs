@@ -77,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(page("/builds/{id}", pages::build::page))
             .service(page("/builds/{id}/steps/{position}/log", pages::logs::raw))
             .service(page("/static/{file}", pages::assets::get))
+            .service(page("/favicon.ico", pages::assets::favicon))
             .default_service(web::to(page_not_found)),
     );
 }

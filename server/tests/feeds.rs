@@ -19,6 +19,7 @@ on_both_backends!(
     words_colours_and_numbers_agree,
     one_rule_for_broke_and_histories_per_branch,
     a_red_build_says_its_first_error,
+    favicon_and_description,
 );
 
 /// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
@@ -383,7 +384,7 @@ fn atom_badges_shields_cctray_metrics(backend: Backend) -> TestResult {
     // (bob is fixed by now: carol alone is red)
     assert!(project_badge.contains("failing on 1 of 3") && project_badge.contains("#cf222e"), "{project_badge}");
     let (alice, narrow) = svg("/projects/demo/builders/alice/badge.svg");
-    assert!(alice.contains("passing") && alice.contains("#2da44e"), "{alice}");
+    assert!(alice.contains("passing") && alice.contains("#1a7f37"), "{alice}");
     assert!(wide > narrow - 20.0, "widths follow the text");
     let (main_badge, _) = svg("/projects/demo/badge.svg?branch=main");
     assert!(main_badge.contains("failing"));
@@ -675,5 +676,19 @@ fn a_red_build_says_its_first_error(backend: Backend) -> TestResult {
     let (_, v) = s.send(&g);
     let (_, b) = s.get_json(&format!("/api/v1/builds/{}", v["build"]));
     assert!(b["first_error"].is_null(), "{b}");
+    Ok(())
+}
+
+/// Issue 11, item 6 (in part): `/favicon.ico` is an icon, and pages carry a description.
+fn favicon_and_description(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    s.setup();
+    let mut resp = s.agent.get(s.url("/favicon.ico")).call()?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("image/x-icon"));
+    let icon = resp.body_mut().read_to_vec()?;
+    assert_eq!(&icon[..4], &[0, 0, 1, 0], "an ICO header");
+    let (_, page) = s.get("/projects/demo");
+    assert!(page.contains("<meta name=\"description\" content=\""), "{page}");
     Ok(())
 }

@@ -7,6 +7,8 @@ use crate::error::PageError;
 
 const CSS: &str = include_str!("../../../static/tbox.css");
 const JS: &str = include_str!("../../../static/tbox.js");
+/// 16×16, a PNG inside an ICO: what browsers and link previews ask `/favicon.ico` for.
+const ICON: &[u8] = include_bytes!("../../../static/favicon.ico");
 
 /// A short digest of the embedded files, for cache-busting URLs (`?v=…`).
 pub fn version() -> &'static str {
@@ -31,4 +33,12 @@ pub async fn get(path: web::Path<String>) -> Result<HttpResponse, PageError> {
         .insert_header((CONTENT_TYPE, mime))
         .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(7 * 86400)]))
         .body(body))
+}
+
+/// `GET /favicon.ico`.
+pub async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "image/x-icon"))
+        .insert_header(CacheControl(vec![CacheDirective::Public, CacheDirective::MaxAge(7 * 86400)]))
+        .body(ICON)
 }

@@ -303,7 +303,7 @@ fn verdict(hs: &[Head]) -> Verdict {
         let h = &hs[0];
         let (class, _, word) = of_build(&h.build.state, h.build.result.as_deref(), h.failing_kind.as_deref());
         let (colour, hex) = match class {
-            "success" => ("brightgreen", "#2da44e"),
+            "success" => ("brightgreen", "#1a7f37"),
             "warnings" | "tests-failed" => ("orange", "#bc4c00"),
             "failure" => ("red", "#cf222e"),
             "exception" => ("blueviolet", "#8250df"),
@@ -322,7 +322,7 @@ fn verdict(hs: &[Head]) -> Verdict {
     } else if warned {
         Verdict { message: "passing, warnings".into(), colour: "orange", hex: "#bc4c00" }
     } else {
-        Verdict { message: "passing".into(), colour: "brightgreen", hex: "#2da44e" }
+        Verdict { message: "passing".into(), colour: "brightgreen", hex: "#1a7f37" }
     }
 }
 
