@@ -67,6 +67,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(page("/projects/{project}", pages::waterfall::page))
             .service(page("/projects/{project}/console", pages::console::page))
             .service(page("/projects/{project}/requests", pages::requests::page))
+            .service(page("/projects/{project}/tests", pages::tests::page))
+            .service(page("/projects/{project}/tests/history", pages::tests::history))
             .service(page("/projects/{project}/feed.atom", pages::feeds::atom))
             .service(page("/projects/{project}/badge.svg", pages::feeds::badge))
             .service(page("/projects/{project}/cctray.xml", pages::feeds::cctray))

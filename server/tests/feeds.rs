@@ -20,6 +20,7 @@ on_both_backends!(
     one_rule_for_broke_and_histories_per_branch,
     a_red_build_says_its_first_error,
     favicon_and_description,
+    tests_pages_flaky_tests_and_counts,
 );
 
 /// Three builders: alice green throughout; bob green then red (at rev2, rev3); carol's test
@@ -690,5 +691,65 @@ fn favicon_and_description(backend: Backend) -> TestResult {
     assert_eq!(&icon[..4], &[0, 0, 1, 0], "an ICO header");
     let (_, page) = s.get("/projects/demo");
     assert!(page.contains("<meta name=\"description\" content=\""), "{page}");
+    Ok(())
+}
+
+/// Issue 11, item 3: the tests pages, flaky tests by DESIGN's rule, and test counts in lists
+/// and cells.
+fn tests_pages_flaky_tests_and_counts(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    fixture(&s);
+    s.admin_ok(&["builder", "add", "dave", "--project", "demo", "--key", &s.pubkey_file(key(0))]);
+    // dave: TestFlip passes, fails, passes, fails (3 flips) on four revisions; TestSolid fails
+    // from its first run on, on a revision nobody else built.
+    for (i, flip) in ["passed", "failed", "passed", "failed"].iter().enumerate() {
+        let mut r = common::report(&format!("dave-{i}"));
+        r["builder"] = json!("dave");
+        r["revision"] = json!(format!("dave-rev{i}"));
+        r["started_at"] = json!(format!("2026-11-04T0{i}:00:00Z"));
+        r["finished_at"] = json!(format!("2026-11-04T0{i}:10:00Z"));
+        r["tests"] = json!([
+            {"suite": "flip", "name": "TestFlip", "result": flip},
+            {"suite": "solid", "name": "TestSolid", "result": "failed", "message": "always"}
+        ]);
+        assert_eq!(s.send_as("dave", key(0), r.to_string().as_bytes()).0, 201);
+    }
+    let (_, v) = s.get_json("/api/v1/projects/demo/tests/failing");
+    let find = |name: &str| {
+        v["failing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {v}"))
+    };
+    // carol's TestParse failed where alice and bob passed it, on the same revision: flaky.
+    assert_eq!(find("TestParse")["flaky"], true);
+    assert_eq!(find("TestFlip")["flaky"], true, "three flips in dave's last builds");
+    assert_eq!(find("TestSolid")["flaky"], false);
+    assert_eq!(find("TestSolid")["since"]["revision"], "dave-rev0");
+    let (status, page) = s.get("/projects/demo/tests");
+    assert_eq!(status, 200);
+    assert!(page.contains("TestSolid") && page.contains("flaky") && page.contains("dave-rev0"), "{page}");
+    let (status, history) = s.get("/projects/demo/tests/history?suite=flip&name=TestFlip");
+    assert_eq!(status, 200);
+    assert!(history.contains("2 passed, 2 failed"), "{history}");
+    assert_eq!(s.get("/projects/demo/tests/history").0, 400);
+    // Build pages link test names to their history; lists and cells carry counts.
+    let newest = s.builds("demo")[0].clone();
+    assert_eq!(newest["tests"], json!({"passed": 0, "failed": 2, "error": 0, "skipped": 0}), "{newest}");
+    let (_, build) = s.get(&format!("/builds/{}", newest["id"]));
+    // (Tera escapes `/` as `&#x2F;` in attributes; browsers read it back.)
+    assert!(
+        build.contains("&#x2F;projects&#x2F;demo&#x2F;tests&#x2F;history?suite=solid&amp;name=TestSolid"),
+        "{build}"
+    );
+    let (status, _) = s.get("/projects/demo/tests/history?suite=solid&name=TestSolid");
+    assert_eq!(status, 200);
+    let (_, waterfall) = s.get("/projects/demo");
+    assert!(waterfall.contains("2 tests failed"), "{waterfall}");
+    let (_, console) = s.get("/projects/demo/console");
+    assert!(console.contains("tests failed"), "{console}");
     Ok(())
 }

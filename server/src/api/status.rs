@@ -169,41 +169,87 @@ pub async fn failing(
     let list = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
-        let hs: Vec<Head> = heads(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref())?
-            .into_iter()
-            .filter(|h| h.build.state == "finished")
-            .collect();
-        let ids: Vec<i64> = hs.iter().map(|h| h.build.id).collect();
-        let failing: Vec<(i64, String, String, String, Option<String>)> = test_results::table
-            .filter(test_results::build_id.eq_any(&ids))
-            .filter(test_results::result.eq_any(["failed", "error"]))
-            .order((test_results::build_id, test_results::suite, test_results::name))
-            .limit(MAX_FAILING as i64)
-            .select((
-                test_results::build_id,
-                test_results::suite,
-                test_results::name,
-                test_results::result,
-                test_results::message,
-            ))
-            .load(&mut conn)?;
-        let by_build: HashMap<i64, &Head> = hs.iter().map(|h| (h.build.id, h)).collect();
-        let mut out = Vec::new();
-        for (build_id, suite, test, result, message) in failing {
-            let Some(h) = by_build.get(&build_id) else { continue };
-            let since = failing_since(&mut conn, &h.build, &suite, &test)?;
-            out.push(serde_json::json!({
-                "suite": suite, "name": test, "result": result, "message": message,
-                "builder": h.builder.name, "branch": h.build.branch, "build": build_id,
-                "url": format!("{base}/builds/{build_id}"),
-                "since": since.map(|b| serde_json::json!({"build": b.id, "revision": b.revision,
-                    "started_at": time(b.started_at), "url": format!("{base}/builds/{}", b.id)})),
-            }));
-        }
-        Ok(out)
+        failing_tests(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref(), &base)
     })
     .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "failing": list })))
+}
+
+/// Tests failing in the newest finished build of each builder and branch, with since when and
+/// whether they are flaky (the API's `tests/failing` and the tests page).
+pub fn failing_tests(
+    conn: &mut DbConn,
+    project_id: i64,
+    builder: Option<&str>,
+    branch: Option<&str>,
+    base: &str,
+) -> Result<Vec<serde_json::Value>, AppError> {
+    let hs: Vec<Head> =
+        heads(conn, project_id, builder, branch)?.into_iter().filter(|h| h.build.state == "finished").collect();
+    let ids: Vec<i64> = hs.iter().map(|h| h.build.id).collect();
+    let failing: Vec<(i64, String, String, String, Option<String>)> = test_results::table
+        .filter(test_results::build_id.eq_any(&ids))
+        .filter(test_results::result.eq_any(["failed", "error"]))
+        .order((test_results::build_id, test_results::suite, test_results::name))
+        .limit(MAX_FAILING as i64)
+        .select((
+            test_results::build_id,
+            test_results::suite,
+            test_results::name,
+            test_results::result,
+            test_results::message,
+        ))
+        .load(conn)?;
+    let by_build: HashMap<i64, &Head> = hs.iter().map(|h| (h.build.id, h)).collect();
+    let mut out = Vec::new();
+    for (build_id, suite, test, result, message) in failing {
+        let Some(h) = by_build.get(&build_id) else { continue };
+        let since = failing_since(conn, &h.build, &suite, &test)?;
+        let flaky = is_flaky(conn, &h.build, &suite, &test)?;
+        out.push(serde_json::json!({
+            "suite": suite, "name": test, "result": result, "message": message,
+            "builder": h.builder.name, "branch": h.build.branch, "build": build_id,
+            "revision": h.build.revision, "url": format!("{base}/builds/{build_id}"), "flaky": flaky,
+            "since": since.map(|b| serde_json::json!({"build": b.id, "revision": b.revision,
+                "started_at": time(b.started_at), "url": format!("{base}/builds/{}", b.id)})),
+        }));
+    }
+    Ok(out)
+}
+
+/// Builds of a builder a test's flips are counted over, and the flips that make it flaky.
+const FLAKY_WINDOW: i64 = 20;
+const FLAKY_FLIPS: usize = 3;
+
+/// DESIGN's rule: a test is flaky when it both passed and failed on the same revision (any
+/// builders), or flipped at least 3 times in this builder's last 20 builds.
+pub fn is_flaky(conn: &mut DbConn, head: &Build, suite: &str, test: &str) -> QueryResult<bool> {
+    let passed_here: bool = diesel::select(diesel::dsl::exists(
+        test_results::table
+            .inner_join(builds_t::table)
+            .filter(test_results::name.eq(test.to_owned()))
+            .filter(test_results::suite.eq(suite.to_owned()))
+            .filter(builds_t::project_id.eq(head.project_id))
+            .filter(builds_t::revision.eq(head.revision.clone()))
+            .filter(test_results::result.eq("passed")),
+    ))
+    .get_result(conn)?;
+    if passed_here {
+        return Ok(true);
+    }
+    let recent: Vec<String> = test_results::table
+        .inner_join(builds_t::table)
+        .filter(test_results::name.eq(test.to_owned()))
+        .filter(test_results::suite.eq(suite.to_owned()))
+        .filter(builds_t::builder_id.eq(head.builder_id))
+        .filter(builds_t::project_id.eq(head.project_id))
+        .filter(builds_t::started_at.le(head.started_at))
+        .order((builds_t::started_at.desc(), builds_t::id.desc()))
+        .limit(FLAKY_WINDOW)
+        .select(test_results::result)
+        .load(conn)?;
+    let passed: Vec<bool> = recent.iter().filter(|r| *r != "skipped").map(|r| r == "passed").collect();
+    Ok(passed.windows(2).filter(|w| w[0] != w[1]).count() >= FLAKY_FLIPS)
 }
 
 /// The first build of this builder and branch, after the last one where the test passed,
@@ -266,59 +312,73 @@ pub async fn history(
     let pool = state.pool.clone();
     let base = super::base_url(&req);
     let test2 = test.clone();
-    let rows = web::block(move || -> Result<_, AppError> {
+    let list = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
-        // The newest builds of the project, each one's tests read through test_results_build:
-        // a history covers the last HISTORY_WINDOW builds, whatever the number stored.
-        let oldest: Option<NaiveDateTime> = builds_t::table
-            .filter(builds_t::project_id.eq(p.id))
-            .order((builds_t::started_at.desc(), builds_t::id.desc()))
-            .offset(HISTORY_WINDOW - 1)
-            .select(builds_t::started_at)
-            .first(&mut conn)
-            .optional()?;
-        let mut query = test_results::table
-            .inner_join(builds_t::table.inner_join(builders::table))
-            .filter(test_results::name.eq(test2))
-            .filter(builds_t::project_id.eq(p.id))
-            .filter(builders::status.eq(builders_db::ACTIVE))
-            .order((builds_t::started_at.desc(), builds_t::id.desc()))
-            .limit(limit)
-            .select((
-                builds_t::id,
-                builders::name,
-                builds_t::branch,
-                builds_t::revision,
-                builds_t::started_at,
-                test_results::suite,
-                test_results::result,
-                test_results::duration_ms,
-                test_results::message,
-            ))
-            .into_boxed();
-        if let Some(t) = oldest {
-            query = query.filter(builds_t::started_at.ge(t));
-        }
-        if let Some(s) = q.suite {
-            query = query.filter(test_results::suite.eq(s));
-        }
-        if let Some(b) = q.builder {
-            query = query.filter(builders::name.eq(b));
-        }
-        type Row = (i64, String, String, String, NaiveDateTime, String, String, Option<i64>, Option<String>);
-        Ok(query.load::<Row>(&mut conn)?)
+        test_history(&mut conn, p.id, &test2, q.suite.as_deref(), q.builder.as_deref(), limit, &base)
     })
     .await??;
-    let list: Vec<serde_json::Value> = rows
+    Ok(HttpResponse::Ok().json(serde_json::json!({"name": test, "results": list})))
+}
+
+/// One test's results across builders, newest first, among the project's newest
+/// [`HISTORY_WINDOW`] builds (the API's `tests/history` and the history page).
+pub fn test_history(
+    conn: &mut DbConn,
+    project_id: i64,
+    test: &str,
+    suite: Option<&str>,
+    builder: Option<&str>,
+    limit: i64,
+    base: &str,
+) -> Result<Vec<serde_json::Value>, AppError> {
+    // The newest builds of the project, each one's tests read through test_results_build:
+    // a history covers the last HISTORY_WINDOW builds, whatever the number stored.
+    let oldest: Option<NaiveDateTime> = builds_t::table
+        .filter(builds_t::project_id.eq(project_id))
+        .order((builds_t::started_at.desc(), builds_t::id.desc()))
+        .offset(HISTORY_WINDOW - 1)
+        .select(builds_t::started_at)
+        .first(conn)
+        .optional()?;
+    let mut query = test_results::table
+        .inner_join(builds_t::table.inner_join(builders::table))
+        .filter(test_results::name.eq(test.to_owned()))
+        .filter(builds_t::project_id.eq(project_id))
+        .filter(builders::status.eq(builders_db::ACTIVE))
+        .order((builds_t::started_at.desc(), builds_t::id.desc()))
+        .limit(limit)
+        .select((
+            builds_t::id,
+            builders::name,
+            builds_t::branch,
+            builds_t::revision,
+            builds_t::started_at,
+            test_results::suite,
+            test_results::result,
+            test_results::duration_ms,
+            test_results::message,
+        ))
+        .into_boxed();
+    if let Some(t) = oldest {
+        query = query.filter(builds_t::started_at.ge(t));
+    }
+    if let Some(s) = suite {
+        query = query.filter(test_results::suite.eq(s.to_owned()));
+    }
+    if let Some(b) = builder {
+        query = query.filter(builders::name.eq(b.to_owned()));
+    }
+    type Row = (i64, String, String, String, NaiveDateTime, String, String, Option<i64>, Option<String>);
+    let rows: Vec<Row> = query.load(conn)?;
+    Ok(rows
         .into_iter()
         .map(|(id, builder, branch, revision, started, suite, result, duration, message)| {
             serde_json::json!({"build": id, "url": format!("{base}/builds/{id}"), "builder": builder, "branch": branch,
                 "revision": revision, "started_at": time(started), "suite": suite, "result": result,
                 "duration_ms": duration, "message": message})
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"name": test, "results": list})))
+        .collect())
 }
 
 /// Builders of each project by colour: green, red, building, lost, stale, nodata (newest build of each

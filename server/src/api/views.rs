@@ -27,6 +27,8 @@ pub struct BuildSummary {
     pub finished_at: Option<String>,
     pub url: String,
     pub steps: Vec<StepBrief>,
+    /// Its test results by outcome.
+    pub tests: crate::db::builds::TestCounts,
 }
 
 /// A step in a list: just what a cell shows.
@@ -52,6 +54,7 @@ impl BuildSummary {
             started_at: time(b.started_at),
             finished_at: b.finished_at.map(time),
             steps: l.steps.into_iter().map(|s| StepBrief { name: s.name, result: s.result }).collect(),
+            tests: l.tests,
         }
     }
 }

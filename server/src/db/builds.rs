@@ -152,6 +152,37 @@ pub struct Listed {
     pub build: Build,
     pub builder: String,
     pub steps: Vec<StepSummary>,
+    pub tests: TestCounts,
+}
+
+/// A build's test results by outcome.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TestCounts {
+    pub passed: i64,
+    pub failed: i64,
+    pub error: i64,
+    pub skipped: i64,
+}
+
+/// Test counts of these builds (one grouped query).
+pub fn test_counts(conn: &mut DbConn, build_ids: &[i64]) -> QueryResult<HashMap<i64, TestCounts>> {
+    use super::schema::test_results;
+    let rows: Vec<(i64, String, i64)> = test_results::table
+        .filter(test_results::build_id.eq_any(build_ids))
+        .group_by((test_results::build_id, test_results::result))
+        .select((test_results::build_id, test_results::result, diesel::dsl::count_star()))
+        .load(conn)?;
+    let mut out: HashMap<i64, TestCounts> = HashMap::new();
+    for (id, result, n) in rows {
+        let c = out.entry(id).or_default();
+        match result.as_str() {
+            "passed" => c.passed += n,
+            "failed" => c.failed += n,
+            "error" => c.error += n,
+            _ => c.skipped += n,
+        }
+    }
+    Ok(out)
 }
 
 /// A step's name and result, for lists.
@@ -240,9 +271,15 @@ pub fn newest(
     let rows: Vec<(Build, String)> = query.load(conn)?;
     let ids: Vec<i64> = rows.iter().map(|(b, _)| b.id).collect();
     let mut steps_of = step_summaries(conn, &ids)?;
+    let tests_of = test_counts(conn, &ids)?;
     Ok(rows
         .into_iter()
-        .map(|(build, builder)| Listed { steps: steps_of.remove(&build.id).unwrap_or_default(), build, builder })
+        .map(|(build, builder)| Listed {
+            steps: steps_of.remove(&build.id).unwrap_or_default(),
+            tests: tests_of.get(&build.id).copied().unwrap_or_default(),
+            build,
+            builder,
+        })
         .collect())
 }
 

@@ -140,7 +140,8 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
             .iter()
             .map(|t| {
                 serde_json::json!({"suite": t.suite, "name": t.name, "result": t.result,
-                                        "duration_ms": t.duration_ms, "message": t.message})
+                                        "duration_ms": t.duration_ms, "message": t.message,
+                                        "history": super::tests::history_url(&full.project, &t.suite, &t.name)})
             })
             .collect::<Vec<_>>(),
     );

@@ -25,6 +25,7 @@ struct Cell {
     glyph: &'static str,
     word: &'static str,
     why: Option<&'static str>,
+    failed_tests: i64,
 }
 
 #[derive(Serialize)]
@@ -105,7 +106,7 @@ pub async fn page(
                         None if whole => "first build",
                         _ => "failing",
                     });
-                    Some(Cell { id: l.build.id, class, glyph, word, why })
+                    Some(Cell { id: l.build.id, class, glyph, word, why, failed_tests: l.tests.failed + l.tests.error })
                 })
                 .collect();
             let sample = &of_rev[0].build;

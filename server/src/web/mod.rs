@@ -11,6 +11,7 @@ pub mod manners;
 pub mod requests;
 pub mod status;
 pub mod templates;
+pub mod tests;
 pub mod waterfall;
 
 use actix_web::HttpResponse;

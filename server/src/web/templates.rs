@@ -16,6 +16,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("console.html", include_str!("../../templates/console.html")),
     ("builder.html", include_str!("../../templates/builder.html")),
     ("requests.html", include_str!("../../templates/requests.html")),
+    ("tests.html", include_str!("../../templates/tests.html")),
+    ("test_history.html", include_str!("../../templates/test_history.html")),
 ];
 
 /// Parses the templates; `serve` calls this before it binds, so a broken template stops

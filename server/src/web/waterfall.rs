@@ -175,6 +175,8 @@ struct Cell {
     recipe_version: Option<i64>,
     /// Its branch, when the page shows builds of several.
     branch: Option<String>,
+    /// Tests that failed (or errored), when there are any.
+    failed_tests: i64,
 }
 
 #[derive(Serialize)]
@@ -365,6 +367,7 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
                 },
                 unsandboxed: b.sandbox.as_deref() == Some("none"),
                 branch: several_branches.then(|| b.branch.clone()),
+                failed_tests: l.tests.failed + l.tests.error,
                 recipe_version: b.recipe_version,
                 steps: l
                     .steps

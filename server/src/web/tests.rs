@@ -1,0 +1,100 @@
+//! `/projects/{p}/tests`: the tests failing now, per builder and branch, since when, flaky ones
+//! marked; `/projects/{p}/tests/history?suite=S&name=N`: one test across builders and revisions.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use tera::Context;
+
+use super::waterfall::project_json;
+use crate::AppState;
+use crate::api::status::{failing_tests, project, test_history};
+use crate::error::{AppError, PageError};
+
+/// `GET /projects/{p}/tests`.
+pub async fn page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, PageError> {
+    let name = path.into_inner();
+    let pool = state.pool.clone();
+    let base = crate::api::base_url(&req);
+    let (p, failing) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let failing = failing_tests(&mut conn, p.id, None, None, &base)?;
+        Ok((p, failing))
+    })
+    .await??;
+    let flaky = failing.iter().filter(|f| f["flaky"] == true).count();
+    let mut failing = failing;
+    for f in &mut failing {
+        let url = history_url(&p.name, f["suite"].as_str().unwrap_or(""), f["name"].as_str().unwrap_or(""));
+        f["history"] = url.into();
+    }
+    let mut ctx = Context::new();
+    ctx.insert("project", &project_json(&p));
+    ctx.insert("failing", &failing);
+    ctx.insert("flaky", &flaky);
+    super::html(&super::templates::render("tests.html", &ctx).map_err(AppError::from)?)
+}
+
+/// The query of the history page.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub name: Option<String>,
+    pub suite: Option<String>,
+}
+
+/// `GET /projects/{p}/tests/history?suite=S&name=N`.
+pub async fn history(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, PageError> {
+    let name = path.into_inner();
+    let q = q.into_inner();
+    let test = q
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| AppError::bad_request("bad_query", "name: give the test's name"))?;
+    let pool = state.pool.clone();
+    let base = crate::api::base_url(&req);
+    let (suite, test2) = (q.suite.clone(), test.clone());
+    let (p, results) = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let results = test_history(&mut conn, p.id, &test2, suite.as_deref(), None, 500, &base)?;
+        Ok((p, results))
+    })
+    .await??;
+    let count = |r: &str| results.iter().filter(|x| x["result"] == r).count();
+    let mut ctx = Context::new();
+    ctx.insert("project", &project_json(&p));
+    ctx.insert("name", &test);
+    ctx.insert("suite", &q.suite);
+    ctx.insert("results", &results);
+    ctx.insert(
+        "counts",
+        &serde_json::json!({"passed": count("passed"), "failed": count("failed"), "error": count("error"), "skipped": count("skipped")}),
+    );
+    super::html(&super::templates::render("test_history.html", &ctx).map_err(AppError::from)?)
+}
+
+/// The history page of one test, its suite and name percent-encoded for the query.
+pub fn history_url(project: &str, suite: &str, name: &str) -> String {
+    format!("/projects/{project}/tests/history?suite={}&name={}", encode(suite), encode(name))
+}
+
+/// Percent-encodes all but the unreserved characters (RFC 3986): test names hold spaces,
+/// `&`, `#` and worse.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
