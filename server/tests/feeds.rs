@@ -751,5 +751,7 @@ fn tests_pages_flaky_tests_and_counts(backend: Backend) -> TestResult {
     assert!(waterfall.contains("2 tests failed"), "{waterfall}");
     let (_, console) = s.get("/projects/demo/console");
     assert!(console.contains("tests failed"), "{console}");
+    // carol broke at rev2 only by a flaky test: not a new regression. bob's is one.
+    assert!(console.contains("flaky tests") && console.contains("new regression"), "{console}");
     Ok(())
 }

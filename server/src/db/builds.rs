@@ -164,6 +164,17 @@ pub struct TestCounts {
     pub skipped: i64,
 }
 
+/// The (suite, name) of a build's failed or errored tests, at most 50.
+pub fn failed_tests(conn: &mut DbConn, build_id: i64) -> QueryResult<Vec<(String, String)>> {
+    use super::schema::test_results;
+    test_results::table
+        .filter(test_results::build_id.eq(build_id))
+        .filter(test_results::result.eq_any(["failed", "error"]))
+        .limit(50)
+        .select((test_results::suite, test_results::name))
+        .load(conn)
+}
+
 /// Test counts of these builds (one grouped query).
 pub fn test_counts(conn: &mut DbConn, build_ids: &[i64]) -> QueryResult<HashMap<i64, TestCounts>> {
     use super::schema::test_results;

@@ -88,7 +88,7 @@ pub async fn page(
             order.push(&l.build.revision);
         }
     }
-    let revisions: Vec<RevisionRow> = order
+    let mut revisions: Vec<RevisionRow> = order
         .iter()
         .map(|rev| {
             let of_rev: Vec<&Listed> = builds.iter().filter(|l| l.build.revision == *rev).collect();
@@ -121,6 +121,41 @@ pub async fn page(
             }
         })
         .collect();
+
+    // A new regression whose every failure is a flaky test is not one (DESIGN's flaky rule).
+    let candidates: Vec<crate::db::models::Build> = revisions
+        .iter()
+        .flat_map(|r| r.cells.iter().flatten())
+        .filter(|c| c.why == Some("new regression") && c.class == "tests-failed")
+        .filter_map(|c| builds.iter().find(|l| l.build.id == c.id).map(|l| l.build.clone()))
+        .collect();
+    if !candidates.is_empty() {
+        let pool = state.pool.clone();
+        let flaky_only = web::block(move || -> Result<Vec<i64>, AppError> {
+            let mut conn = pool.get()?;
+            let mut out = Vec::new();
+            for b in candidates {
+                let failed = crate::db::builds::failed_tests(&mut conn, b.id)?;
+                let mut all_flaky = !failed.is_empty();
+                for (suite, name) in &failed {
+                    if !crate::api::status::is_flaky(&mut conn, &b, suite, name)? {
+                        all_flaky = false;
+                        break;
+                    }
+                }
+                if all_flaky {
+                    out.push(b.id);
+                }
+            }
+            Ok(out)
+        })
+        .await??;
+        for c in revisions.iter_mut().flat_map(|r| r.cells.iter_mut().flatten()) {
+            if flaky_only.contains(&c.id) {
+                c.why = Some("flaky tests");
+            }
+        }
+    }
 
     let branches: BTreeSet<String> = builds.iter().map(|l| l.build.branch.clone()).collect();
     let mut ctx = Context::new();
