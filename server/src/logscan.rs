@@ -45,7 +45,7 @@ static ERROR: LazyLock<Regex> = LazyLock::new(|| {
         // Go's race detector, the sanitizers (ASan, TSan, UBSan, LSan), Rust panics, pytest's
         // `E   ` lines, TAP, MSVC's `error C2065:` / `error LNK2019:`, Gradle.
         r"|^WARNING: DATA RACE\b|==\d+==ERROR: \w*Sanitizer|^SUMMARY: \w*Sanitizer|\bruntime error: ",
-        r"|\bthread '[^']*' panicked at\b|^E {3}|^not ok \d+|\berror [A-Z]{1,3}\d{3,5}\s*:",
+        r"|\bthread '[^']*'(?: \(\d+\))? panicked at\b|^E {3}|^not ok \d+|\berror [A-Z]{1,3}\d{3,5}\s*:",
         r"|\bFAILURE: Build failed\b",
     ))
 });
@@ -231,6 +231,37 @@ mod tests {
         scan(text.as_bytes()).unwrap_or_default()
     }
 
+    /// Logs of more toolchains, made here with the real tools (tests/data/logs/README.md): the
+    /// first error line of each brief is the one a developer needs first.
+    #[test]
+    fn real_logs_of_more_toolchains() -> std::io::Result<()> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/logs");
+        let expect: &[(&str, &str)] = &[
+            ("gcc-asan-use-after-free.log", "ERROR: AddressSanitizer: heap-use-after-free"),
+            ("gcc-ubsan-signed-overflow.log", "runtime error: signed integer overflow"),
+            ("perl-prove-tap-not-ok.log", "not ok 3 - doubles nested lists"),
+            ("cargo-test-panic.log", "test tests::words ... FAILED"),
+            ("pytest-assertion-failed.log", "E       AssertionError: assert"),
+            ("go-test-race.log", "WARNING: DATA RACE"),
+        ];
+        for (file, first) in expect {
+            let b = scan(std::io::BufReader::new(std::fs::File::open(dir.join(file))?))?;
+            assert_eq!(b.showing, "errors", "{file}");
+            let first_error = b.blocks.iter().flat_map(|bl| bl.lines.iter()).find(|l| l.kind == Kind::Error);
+            let text = first_error.map(|l| l.text.as_str()).unwrap_or("");
+            assert!(text.contains(first), "{file}: first error {text:?}, wanted {first:?}");
+        }
+        // And the panic itself is in the cargo brief, not only the FAILED line.
+        let b = scan(std::io::BufReader::new(std::fs::File::open(dir.join("cargo-test-panic.log"))?))?;
+        assert!(
+            b.blocks
+                .iter()
+                .flat_map(|bl| bl.lines.iter())
+                .any(|l| l.kind == Kind::Error && l.text.contains("panicked at"))
+        );
+        Ok(())
+    }
+
     #[test]
     fn failures_of_more_toolchains_are_errors() {
         for line in [
@@ -239,6 +270,7 @@ mod tests {
             "SUMMARY: AddressSanitizer: heap-use-after-free /src/main.c:9 in main",
             "src/parse.c:17:9: runtime error: signed integer overflow: 2147483647 + 1 cannot be represented",
             "thread 'parser::tests::empty' panicked at src/parser.rs:41:9:",
+            "thread 'tests::words' (16581) panicked at src/lib.rs:2:69:",
             "FAILED tests/test_lexer.py::test_empty - AssertionError: assert 1 == 0",
             "E       assert 1 == 0",
             "not ok 3 - parses nested lists",
