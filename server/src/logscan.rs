@@ -243,6 +243,7 @@ mod tests {
             ("cargo-test-panic.log", "test tests::words ... FAILED"),
             ("pytest-assertion-failed.log", "E       AssertionError: assert"),
             ("go-test-race.log", "WARNING: DATA RACE"),
+            ("gradle-java-compile-failed.log", "error: incompatible types"),
         ];
         for (file, first) in expect {
             let b = scan(std::io::BufReader::new(std::fs::File::open(dir.join(file))?))?;
@@ -258,6 +259,14 @@ mod tests {
                 .iter()
                 .flat_map(|bl| bl.lines.iter())
                 .any(|l| l.kind == Kind::Error && l.text.contains("panicked at"))
+        );
+        // Gradle's own verdict is an error line too.
+        let b = scan(std::io::BufReader::new(std::fs::File::open(dir.join("gradle-java-compile-failed.log"))?))?;
+        assert!(
+            b.blocks
+                .iter()
+                .flat_map(|bl| bl.lines.iter())
+                .any(|l| l.kind == Kind::Error && l.text.starts_with("FAILURE: Build failed"))
         );
         Ok(())
     }
