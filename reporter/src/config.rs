@@ -82,29 +82,9 @@ pub struct Project {
     pub steps: Vec<Step>,
 }
 
-/// One `[[project.step]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    pub name: String,
-    /// Run with `sh -c` in the workdir.
-    pub run: String,
-    /// Such as `30m`, `2h`, `90s`; the whole process group is killed when it runs out.
-    #[serde(default)]
-    pub timeout: Option<String>,
-    /// `"test"`: a failure here means tests failed, not that the build is broken.
-    #[serde(default)]
-    pub kind: Option<String>,
-    /// Globs under the workdir of JUnit XML files to collect after the step.
-    #[serde(default)]
-    pub junit: Vec<String>,
-    /// Run the next steps even if this one fails.
-    #[serde(default)]
-    pub continue_on_failure: bool,
-    /// Environment for this step only.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-}
+/// One `[[project.step]]`: the same keys, and the same type, as a recipe's `[[step]]`, so
+/// that a step means the same whoever wrote it.
+pub type Step = tbox_protocol::RecipeStep;
 
 fn default_branch() -> String {
     "main".into()
@@ -160,11 +140,6 @@ impl Config {
                 }
                 if let Some(t) = &s.timeout {
                     parse_duration(t).with_context(|| format!("project {:?}, step {:?}: timeout", p.name, s.name))?;
-                }
-                if let Some(k) = &s.kind
-                    && k != "test"
-                {
-                    bail!("project {:?}, step {:?}: kind may only be \"test\"", p.name, s.name);
                 }
                 for g in &s.junit {
                     globset::Glob::new(g)
@@ -229,13 +204,6 @@ impl Config {
     /// The project called `name`.
     pub fn project(&self, name: &str) -> anyhow::Result<&Project> {
         self.projects.iter().find(|p| p.name == name).with_context(|| format!("no project {name:?} in the config"))
-    }
-}
-
-impl Step {
-    /// The step's time limit.
-    pub fn timeout(&self) -> Duration {
-        self.timeout.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TIMEOUT)
     }
 }
 
@@ -321,7 +289,7 @@ mod tests {
         let c: Config = toml::from_str(text)?;
         c.check()?;
         assert_eq!(c.projects[0].steps.len(), 2);
-        assert_eq!(c.projects[0].steps[1].kind.as_deref(), Some("test"));
+        assert_eq!(c.projects[0].steps[1].kind, Some(tbox_protocol::StepKind::Test));
         Ok(())
     }
 }

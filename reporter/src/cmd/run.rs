@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
-use tbox_protocol::{BuildResult, BuildState, FORMAT, Report, Step, StepKind};
+use tbox_protocol::{BuildResult, BuildState, FORMAT, RecipeStep, Report, Step, StepKind};
 
 use crate::cli::RunArgs;
 use crate::client::{Client, Sent};
@@ -24,20 +24,9 @@ use crate::sandbox::Sandbox;
 use crate::trust::{self, NoRecipe, Verified};
 use crate::{exit, junit, props, spool};
 
-/// One step to run, from the config or from a recipe.
-struct Planned {
-    name: String,
-    run: String,
-    timeout: Duration,
-    kind: Option<StepKind>,
-    junit: Vec<String>,
-    continue_on_failure: bool,
-    env: std::collections::BTreeMap<String, String>,
-}
-
 /// What a build of a project runs, and where its source comes from.
 struct Plan {
-    steps: Vec<Planned>,
+    steps: Vec<RecipeStep>,
     /// The URL to clone or fetch, if any.
     source: Option<String>,
     recipe: Option<Verified>,
@@ -336,7 +325,7 @@ fn run_project(
             command: &cfg.run,
             workdir: &workdir,
             env: &env,
-            timeout: cfg.timeout,
+            timeout: cfg.timeout.as_deref().and_then(tbox_protocol::parse_duration).unwrap_or(config::DEFAULT_TIMEOUT),
             // Far above what is kept, but a loop printing forever must not fill the disk.
             max_output: config.max_log_bytes.saturating_mul(64).max(256 << 20),
             sandbox: sandbox.as_ref(),
@@ -459,19 +448,7 @@ enum Skip {
 /// The steps to run: the config's own, or the project's recipe once it passed every check.
 fn plan(config: &Config, project: &Project, verbose: bool) -> Result<Plan, Skip> {
     let Some(pin) = &project.recipe else {
-        let steps = project
-            .steps
-            .iter()
-            .map(|s| Planned {
-                name: s.name.clone(),
-                run: s.run.clone(),
-                timeout: s.timeout(),
-                kind: s.kind.as_deref().and_then(StepKind::parse),
-                junit: s.junit.clone(),
-                continue_on_failure: s.continue_on_failure,
-                env: s.env.clone(),
-            })
-            .collect();
+        let steps = project.steps.clone();
         return Ok(Plan { steps, source: project.git.clone(), recipe: None, network: config.network_for(project) });
     };
     let name = &project.name;
@@ -536,19 +513,7 @@ fn plan(config: &Config, project: &Project, verbose: bool) -> Result<Plan, Skip>
     if verbose {
         eprintln!("tbox-report: {name}: recipe version {} signed by {}", r.version, v.key);
     }
-    let steps = r
-        .steps
-        .iter()
-        .map(|s| Planned {
-            name: s.name.clone(),
-            run: s.run.clone(),
-            timeout: s.timeout.as_deref().and_then(tbox_protocol::parse_duration).unwrap_or(config::DEFAULT_TIMEOUT),
-            kind: s.kind,
-            junit: s.junit.clone(),
-            continue_on_failure: s.continue_on_failure,
-            env: s.env.clone(),
-        })
-        .collect();
+    let steps = r.steps.clone();
     Ok(Plan { steps, source: Some(r.repo.clone()), network: r.network, recipe: Some(v) })
 }
 

@@ -5,7 +5,7 @@
 //! them again against the key *it* pinned. Nothing a volunteer runs depends on trusting us.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
@@ -37,8 +37,8 @@ pub async fn publish(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    content_type(req.headers(), "application/toml")?;
-    let signature = signature(req.headers())?;
+    super::require_content_type(req.headers(), "application/toml")?;
+    let signature = super::project_signature(req.headers())?;
     let body = crate::body::read(req.headers(), payload, state.body_limits(MAX_RECIPE_BYTES)).await?;
     let name = path.into_inner();
     let pool = state.pool.clone();
@@ -300,8 +300,8 @@ pub async fn rotate(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    content_type(req.headers(), "application/x-pem-file")?;
-    let signature = signature(req.headers())?;
+    super::require_content_type(req.headers(), "application/x-pem-file")?;
+    let signature = super::project_signature(req.headers())?;
     let body = crate::body::read(req.headers(), payload, state.body_limits(16 << 10)).await?;
     let name = path.into_inner();
     let pool = state.pool.clone();
@@ -366,25 +366,4 @@ pub async fn capabilities(state: web::Data<AppState>, path: web::Path<String>) -
     let caps: Vec<CapabilityView> =
         caps.into_iter().map(|c| CapabilityView { name: c.name, description: c.description }).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "capabilities": caps })))
-}
-
-fn content_type(headers: &HeaderMap, wanted: &str) -> Result<(), AppError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(wanted) {
-        return Ok(());
-    }
-    Err(AppError::unsupported_media_type(format!(
-        "Content-Type must be {wanted}, got {:?}",
-        if ct.is_empty() { "nothing" } else { ct }
-    )))
-}
-
-/// The `Tbox-Signature` header; without it the body is not even read.
-fn signature(headers: &HeaderMap) -> Result<String, AppError> {
-    let v: Option<&HeaderValue> = headers.get("tbox-signature");
-    match v.map(|v| v.to_str().map(str::trim)) {
-        Some(Ok(s)) if !s.is_empty() => Ok(s.to_owned()),
-        Some(Err(_)) => Err(AppError::bad_request("bad_header", "Tbox-Signature header is not ASCII")),
-        _ => Err(AppError::unauthorized("unsigned", "missing Tbox-Signature header (a project key's signature)")),
-    }
 }

@@ -1,7 +1,7 @@
 //! `POST /api/v1/reports`: a builder's signed report.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderMap};
+use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
@@ -36,7 +36,7 @@ pub async fn submit(
 }
 
 async fn accept(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, AppError> {
-    check_content_type(req.headers())?;
+    super::require_content_type(req.headers(), "application/json")?;
     let builder = header(req.headers(), "tbox-builder")?;
     let signature = header(req.headers(), "tbox-signature")?;
     // An unsigned upload is refused before its body takes any memory.
@@ -73,19 +73,6 @@ async fn accept(req: HttpRequest, state: web::Data<AppState>, payload: web::Payl
         // cost more than the rest of the answer.
         .insert_header(actix_web::http::header::ContentEncoding::Identity)
         .json(Accepted { id: outcome.report_id, build: outcome.build_id, url }))
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), AppError> {
-    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(AppError::unsupported_media_type(format!(
-            "Content-Type must be application/json, got {:?}",
-            if ct.is_empty() { "nothing" } else { ct }
-        )))
-    }
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Result<Option<String>, AppError> {

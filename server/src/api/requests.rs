@@ -2,7 +2,6 @@
 //! them with their attempts (`GET`).
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -74,6 +73,33 @@ pub fn check(conn: &mut DbConn, project_id: i64, ask: &Ask, now: DateTime<Utc>) 
     Ok(())
 }
 
+/// Checks a request (422 naming the field) and records it; a signed body recorded before
+/// (`digest`) is the same request, `(it, false)`.
+pub fn record(
+    conn: &mut DbConn,
+    project_id: i64,
+    ask: &Ask,
+    digest: Option<&str>,
+    requested_by: &str,
+    now: DateTime<Utc>,
+) -> Result<(BuildRequest, bool), AppError> {
+    check(conn, project_id, ask, now)?;
+    let requires = serde_json::to_string(&ask.requires).map_err(|e| anyhow::anyhow!(e))?;
+    let new = NewBuildRequest {
+        project_id,
+        branch: &ask.branch,
+        revision: ask.revision.as_deref(),
+        builders: ask.builders,
+        requires: &requires,
+        deadline: ask.deadline.map(db::to_db_time),
+        state: "open",
+        digest,
+        requested_by,
+        created_at: db::to_db_time(now),
+    };
+    Ok(requests::add(conn, &new)?)
+}
+
 #[derive(Debug, Serialize)]
 struct Created {
     id: i64,
@@ -88,16 +114,8 @@ pub async fn create(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    json_content(req.headers())?;
-    let signature = req
-        .headers()
-        .get("tbox-signature")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            AppError::unauthorized("unsigned", "missing Tbox-Signature header (a project key's signature)")
-        })?;
+    super::require_content_type(req.headers(), "application/json")?;
+    let signature = super::project_signature(req.headers())?;
     let body = crate::body::read(req.headers(), payload, state.body_limits(16 << 10)).await?;
     let name = path.into_inner();
     let pool = state.pool.clone();
@@ -108,23 +126,7 @@ pub async fn create(
         let signer = super::recipes::signed_by(&keys, &body, &signature, &name)?;
         let ask: Ask = serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request("malformed", format!("not a build request: {e}")))?;
-        let now = Utc::now();
-        check(&mut conn, p.id, &ask, now)?;
-        let requires = serde_json::to_string(&ask.requires).map_err(|e| anyhow::anyhow!(e))?;
-        let digest = report_id(&body);
-        let new = NewBuildRequest {
-            project_id: p.id,
-            branch: &ask.branch,
-            revision: ask.revision.as_deref(),
-            builders: ask.builders,
-            requires: &requires,
-            deadline: ask.deadline.map(db::to_db_time),
-            state: "open",
-            digest: Some(&digest),
-            requested_by: &signer,
-            created_at: db::to_db_time(now),
-        };
-        Ok(requests::add(&mut conn, &new)?)
+        record(&mut conn, p.id, &ask, Some(&report_id(&body)), &signer, Utc::now())
     })
     .await??;
     if created {
@@ -137,18 +139,6 @@ pub async fn create(
 
 fn path_project(req: &HttpRequest) -> String {
     req.match_info().get("project").unwrap_or_default().to_owned()
-}
-
-fn json_content(headers: &HeaderMap) -> Result<(), AppError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(AppError::unsupported_media_type(format!(
-            "Content-Type must be application/json, got {:?}",
-            if ct.is_empty() { "nothing" } else { ct }
-        )))
-    }
 }
 
 /// A request as the API and the page show it.

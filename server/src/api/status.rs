@@ -300,11 +300,7 @@ pub async fn history(
 ) -> Result<HttpResponse, AppError> {
     let name = path.into_inner();
     let q = q.into_inner();
-    let test = q
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| AppError::bad_request("bad_query", "name: give the test's name"))?;
+    let test = test_name(q.name.as_deref())?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(AppError::bad_request("bad_query", "limit must be 1 to 1000"));
@@ -319,6 +315,13 @@ pub async fn history(
     })
     .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({"name": test, "results": list})))
+}
+
+/// The `name` of a test history query: it must be given (400 otherwise).
+pub fn test_name(name: Option<&str>) -> Result<String, AppError> {
+    name.filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| AppError::bad_request("bad_query", "name: give the test's name"))
 }
 
 /// One test's results across builders, newest first, among the project's newest

@@ -3,9 +3,8 @@
 
 use anyhow::{Context as _, bail};
 
-use crate::api::requests::{Ask, check, views};
+use crate::api::requests::{Ask, record, views};
 use crate::cli::{RequestAddArgs, RequestCommand};
-use crate::db::models::NewBuildRequest;
 use crate::db::{self, projects, requests};
 
 pub fn run(cmd: RequestCommand) -> anyhow::Result<()> {
@@ -63,21 +62,7 @@ fn add(args: &RequestAddArgs) -> anyhow::Result<()> {
         requires: args.requires.clone(),
         deadline: args.deadline.map(|d| now + d),
     };
-    check(&mut conn, p.id, &ask, now).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let requires = serde_json::to_string(&ask.requires)?;
-    let new = NewBuildRequest {
-        project_id: p.id,
-        branch: &ask.branch,
-        revision: ask.revision.as_deref(),
-        builders: ask.builders,
-        requires: &requires,
-        deadline: ask.deadline.map(db::to_db_time),
-        state: "open",
-        digest: None,
-        requested_by: "admin",
-        created_at: db::to_db_time(now),
-    };
-    let (r, _) = requests::add(&mut conn, &new)?;
+    let (r, _) = record(&mut conn, p.id, &ask, None, "admin", now).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::say!(
         "request {} for {}: {} builder(s) on {}{}",
         r.id,

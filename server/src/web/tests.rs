@@ -7,7 +7,7 @@ use tera::Context;
 
 use super::waterfall::project_json;
 use crate::AppState;
-use crate::api::status::{failing_tests, project, test_history};
+use crate::api::status::{failing_tests, project, test_history, test_name};
 use crate::error::{AppError, PageError};
 
 /// `GET /projects/{p}/tests`.
@@ -55,11 +55,7 @@ pub async fn history(
 ) -> Result<HttpResponse, PageError> {
     let name = path.into_inner();
     let q = q.into_inner();
-    let test = q
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| AppError::bad_request("bad_query", "name: give the test's name"))?;
+    let test = test_name(q.name.as_deref())?;
     let pool = state.pool.clone();
     let base = crate::api::base_url(&req);
     let (suite, test2) = (q.suite.clone(), test.clone());
