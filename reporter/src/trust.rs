@@ -128,6 +128,14 @@ pub struct Verified {
     trusted: Vec<Trusted>,
 }
 
+impl Verified {
+    /// Whether a key trusted for this recipe (the pin, or reached from it) signed these bytes:
+    /// a build request naming a revision, say.
+    pub fn signed_by_trusted(&self, bytes: &[u8], signature: &str) -> bool {
+        self.trusted.iter().any(|t| t.key.verify(bytes, signature).is_ok())
+    }
+}
+
 /// Why there is no recipe to run.
 #[derive(Debug)]
 pub enum NoRecipe {

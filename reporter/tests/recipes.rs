@@ -939,3 +939,49 @@ fn a_volunteer_killed_mid_build_is_lost_and_another_builds_it() -> TestResult {
     assert!(w.text("/projects/demo/requests").contains("lost (went silent)"));
     Ok(())
 }
+
+/// A revision is built only when a key the volunteer trusts asked for it: a request made on the
+/// server (or forged by it) gets the branch's head.
+#[test]
+fn a_requested_revision_is_built_only_when_the_project_signed_it() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let key = volunteers_for_requests(&w, 1, 0);
+    let repo = w.repo("demo");
+    let rev = |dir: &Path| -> String {
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let old = rev(&repo);
+    std::fs::write(repo.join("more.txt"), "more\n")?;
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "second"]);
+    let head = rev(&repo);
+    // Unsigned: an admin's request on the server, as a taken-over server could make.
+    w.admin(&["request", "add", "demo", "--revision", &old]);
+    let out = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no key you trust signed a request for it"), "{}", stderr(&out));
+    let (b, logs) = w.newest("demo");
+    assert_eq!(b["revision"].as_str(), Some(head.as_str()), "the head, not the unsigned revision");
+    assert!(logs[0].contains(&format!("asked for revision {old}")), "{logs:?}");
+    // Signed by the project's key: that revision.
+    let out = w.maintainer(&[
+        "request",
+        "--project",
+        "demo",
+        "--key",
+        key.to_str().unwrap(),
+        "--server",
+        &w.base,
+        "--revision",
+        &old,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.newest("demo").0["revision"].as_str(), Some(old.as_str()));
+    Ok(())
+}

@@ -13,6 +13,10 @@ CREATE TABLE build_requests (
     reason       TEXT,
     -- SHA-256 of the signed body: a replayed request is the same request. NULL from the CLI.
     digest       TEXT UNIQUE,
+    -- The signed body and its signature, handed to builders with a lease: a volunteer builds a
+    -- requested revision only if a project key it trusts asked for it. NULL from the CLI.
+    body         TEXT,
+    signature    TEXT,
     requested_by TEXT NOT NULL,
     created_at   TIMESTAMP NOT NULL,
     closed_at    TIMESTAMP

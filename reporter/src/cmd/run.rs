@@ -122,6 +122,33 @@ pub struct Job {
     pub branch: String,
     pub revision: Option<String>,
     pub lease: u64,
+    /// The request as its project signed it, and the signature (none when an admin made it
+    /// on the server). A revision is built only when a key this volunteer trusts asked for it.
+    pub signed: Option<(String, String)>,
+}
+
+impl Job {
+    /// The revision to build: the requested one if a project key trusted from the pin signed a
+    /// request for exactly this branch and revision; otherwise none (the branch's head), and why.
+    fn trusted_revision(&self, plan: &Plan) -> (Option<&str>, Option<String>) {
+        let Some(rev) = self.revision.as_deref() else { return (None, None) };
+        let signed = plan.recipe.as_ref().zip(self.signed.as_ref()).and_then(|(v, (body, sig))| {
+            let asked: serde_json::Value = serde_json::from_str(body).ok()?;
+            let same = asked["branch"] == self.branch.as_str() && asked["revision"] == rev;
+            (same && v.signed_by_trusted(body.as_bytes(), sig)).then_some(rev)
+        });
+        match signed {
+            Some(rev) => (Some(rev), None),
+            None => (
+                None,
+                Some(format!(
+                    "[tbox-report] the server asked for revision {rev}, but no key you trust signed a request for it: \
+                     building the head of {} instead\n",
+                    self.branch
+                )),
+            ),
+        }
+    }
 }
 
 /// Answers a lease without building: the project sees why on its request.
@@ -212,8 +239,13 @@ fn run_project(
     let started_at = Utc::now();
     let mut steps = Vec::new();
     let how = if plan.recipe.is_some() { Git::Recipe } else { Git::Own };
-    let revision_wanted = job.and_then(|j| j.revision.as_deref());
-    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
+    // Nothing the server alone says decides what runs: a revision needs a trusted signature.
+    let (revision_wanted, untrusted) = job.map(|j| j.trusted_revision(&plan)).unwrap_or((None, None));
+    let mut checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
+    if let (Some(note), Some((step, _))) = (&untrusted, &mut checkout) {
+        eprint!("{note}");
+        step.log.get_or_insert_with(String::new).insert_str(0, note);
+    }
     if let Some((step, ok)) = &checkout {
         if !ok {
             // The source could not be updated: report it (the reporter's trouble, purple),

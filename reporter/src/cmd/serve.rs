@@ -130,7 +130,13 @@ fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<
             let Some(p) = projects.iter().find(|p| p.name == project) else {
                 return Err(format!("the server leased a build of {project:?}, which this machine did not ask for"));
             };
-            let job = Job { branch: branch.to_owned(), revision: v["revision"].as_str().map(str::to_owned), lease };
+            let signed = v["signed_request"].as_str().zip(v["request_signature"].as_str());
+            let job = Job {
+                branch: branch.to_owned(),
+                revision: v["revision"].as_str().map(str::to_owned),
+                lease,
+                signed: signed.map(|(b, s)| (b.to_owned(), s.to_owned())),
+            };
             if verbose {
                 eprintln!("tbox-report serve: lease {lease}: {project} on {branch}");
             }

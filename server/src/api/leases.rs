@@ -38,6 +38,10 @@ struct Granted {
     branch: String,
     revision: Option<String>,
     expires_at: String,
+    /// The request as the project signed it (absent when an admin made it on the server):
+    /// the builder checks it before it builds a requested revision.
+    signed_request: Option<String>,
+    request_signature: Option<String>,
 }
 
 /// The signed headers and body of a builder's request, checked.
@@ -111,6 +115,8 @@ pub async fn take(
                 branch: g.request.branch,
                 revision: g.request.revision,
                 expires_at: time(g.lease.expires_at),
+                signed_request: g.request.body,
+                request_signature: g.request.signature,
             }));
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -79,10 +79,11 @@ pub fn record(
     conn: &mut DbConn,
     project_id: i64,
     ask: &Ask,
-    digest: Option<&str>,
+    signed: Option<(&str, &str)>,
     requested_by: &str,
     now: DateTime<Utc>,
 ) -> Result<(BuildRequest, bool), AppError> {
+    let digest = signed.map(|(body, _)| report_id(body.as_bytes()));
     check(conn, project_id, ask, now)?;
     let requires = serde_json::to_string(&ask.requires).map_err(|e| anyhow::anyhow!(e))?;
     let new = NewBuildRequest {
@@ -93,7 +94,9 @@ pub fn record(
         requires: &requires,
         deadline: ask.deadline.map(db::to_db_time),
         state: "open",
-        digest,
+        digest: digest.as_deref(),
+        body: signed.map(|(body, _)| body),
+        signature: signed.map(|(_, sig)| sig),
         requested_by,
         created_at: db::to_db_time(now),
     };
@@ -126,7 +129,10 @@ pub async fn create(
         let signer = super::recipes::signed_by(&keys, &body, &signature, &name)?;
         let ask: Ask = serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request("malformed", format!("not a build request: {e}")))?;
-        record(&mut conn, p.id, &ask, Some(&report_id(&body)), &signer, Utc::now())
+        // Kept as sent (it is UTF-8 JSON): builders check the signature themselves.
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| AppError::bad_request("malformed", "the build request is not UTF-8"))?;
+        record(&mut conn, p.id, &ask, Some((text, &signature)), &signer, Utc::now())
     })
     .await??;
     if created {

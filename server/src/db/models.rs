@@ -249,6 +249,8 @@ pub struct BuildRequest {
     pub state: String,
     pub reason: Option<String>,
     pub digest: Option<String>,
+    pub body: Option<String>,
+    pub signature: Option<String>,
     pub requested_by: String,
     pub created_at: NaiveDateTime,
     pub closed_at: Option<NaiveDateTime>,
@@ -265,6 +267,8 @@ pub struct NewBuildRequest<'a> {
     pub deadline: Option<NaiveDateTime>,
     pub state: &'a str,
     pub digest: Option<&'a str>,
+    pub body: Option<&'a str>,
+    pub signature: Option<&'a str>,
     pub requested_by: &'a str,
     pub created_at: NaiveDateTime,
 }

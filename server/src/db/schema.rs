@@ -52,6 +52,8 @@ diesel::table! {
         state -> Text,
         reason -> Nullable<Text>,
         digest -> Nullable<Text>,
+        body -> Nullable<Text>,
+        signature -> Nullable<Text>,
         requested_by -> Text,
         created_at -> Timestamp,
         closed_at -> Nullable<Timestamp>,
