@@ -43,6 +43,10 @@ pub enum Command {
     /// Ask builders for builds of a project (as `tbox-report request` does, signed).
     #[command(subcommand)]
     Request(RequestCommand),
+    /// Tell people when a builder breaks, is fixed, goes stale, is lost or appears: webhooks
+    /// and e-mail.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Delete builds that started before a given age, and logs no build uses any more.
     #[command(after_help = EXIT_CODES)]
     Prune(PruneArgs),
@@ -93,7 +97,7 @@ pub struct ServeArgs {
     /// 2d); a late `finished` report still completes it.
     #[arg(long, env = "TBOX_LOST_AFTER", default_value = "12h", value_parser = parse_age, value_name = "AGE")]
     pub lost_after: chrono::TimeDelta,
-    /// Seconds between two searches for lost builds (tests make it short).
+    /// Seconds between two searches for lost builds and builders gone stale (tests make it short).
     #[arg(long, default_value_t = 30, hide = true, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub lost_check_every: u64,
@@ -108,6 +112,20 @@ pub struct ServeArgs {
     /// attempt is lost and another builder gets the slot (e.g. 10m, 90s).
     #[arg(long, env = "TBOX_LEASE_TTL", default_value = "10m", value_parser = parse_age, value_name = "AGE")]
     pub lease_ttl: chrono::TimeDelta,
+    /// SMTP relay for e-mail notifications: smtp://HOST:PORT (plain), smtps://HOST:PORT (TLS),
+    /// with USER:PASSWORD@ to log in. Without it this process sends only webhooks.
+    #[arg(long, env = "TBOX_SMTP", value_name = "URL", requires = "mail_from")]
+    pub smtp: Option<String>,
+    /// Require STARTTLS on an smtp:// relay (the message is not sent if it cannot upgrade).
+    #[arg(long, env = "TBOX_SMTP_STARTTLS", requires = "smtp")]
+    pub smtp_starttls: bool,
+    /// The From address of notification e-mail, e.g. "tbox <tbox@example.org>".
+    #[arg(long, env = "TBOX_MAIL_FROM", value_name = "ADDR", requires = "smtp")]
+    pub mail_from: Option<String>,
+    /// Seconds before a failed notification is first tried again (tests make it short).
+    #[arg(long, default_value_t = 10, hide = true, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=15))]
+    pub notify_first_retry: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +141,80 @@ pub enum ProjectCommand {
     /// Manage the capabilities the project's recipes may require.
     #[command(subcommand)]
     Capability(CapabilityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Subscribe a webhook or an e-mail address to a project's status changes.
+    #[command(after_help = EXIT_CODES)]
+    Add(NotifyAddArgs),
+    /// List subscriptions (of one project, or all), with those failing for a while marked.
+    List(NotifyListArgs),
+    /// Remove a subscription and its queued deliveries.
+    #[command(after_help = EXIT_CODES)]
+    Remove(NotifyRemoveArgs),
+    /// A project's newest deliveries: event, subscriber, state, attempts, last answer.
+    #[command(after_help = EXIT_CODES)]
+    Log(NotifyLogArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["webhook", "email"])))]
+pub struct NotifyAddArgs {
+    /// The project.
+    pub project: String,
+    /// POST a JSON body to this http(s) URL; Slack and Mattermost incoming webhooks work as
+    /// they are (the body has a `text` field).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// The key of the body's HMAC-SHA256 signature, sent as `Tbox-Signature-256: sha256=<hex>`
+    /// [default: a random one, printed once].
+    #[arg(long, value_name = "SECRET", conflicts_with_all = ["secret_file", "email"])]
+    pub secret: Option<String>,
+    /// Read the secret from a file (its first line), keeping it out of the process list.
+    #[arg(long, value_name = "PATH", conflicts_with = "email")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Send a plain-text e-mail to this address (the server needs `serve --smtp`).
+    #[arg(long, value_name = "ADDR")]
+    pub email: Option<String>,
+    /// Only changes of this builder.
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// Only changes on this branch (a builder going stale concerns every branch).
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyListArgs {
+    /// Only this project's subscriptions.
+    pub project: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyRemoveArgs {
+    /// The subscription's number (see `notify list`).
+    pub id: i64,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyLogArgs {
+    /// The project.
+    pub project: String,
+    /// Only this subscription's deliveries.
+    #[arg(long, value_name = "ID")]
+    pub subscription: Option<i64>,
+    /// How many deliveries to show, newest first.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: i64,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -341,6 +341,10 @@ fn store_build(
     builds::record_report(conn, digest, build_id, now)?;
     builds::update_head(conn, &fields, build_id)?;
     builders::touch(conn, builder_id, &properties, now)?;
+    // In the same transaction: a change of status is queued exactly when the report is stored.
+    if report.state == BuildState::Finished {
+        crate::notify::after_report(conn, project_id, build_id, now)?;
+    }
     Ok((build_id, true))
 }
 

@@ -30,6 +30,7 @@ pub mod leases;
 pub mod logging;
 pub mod logscan;
 pub mod metrics;
+pub mod notify;
 pub mod ratelimit;
 pub mod routes;
 pub mod signature;

@@ -2,6 +2,7 @@
 
 mod builder;
 mod migrate;
+mod notify;
 mod project;
 mod prune;
 mod request;
@@ -18,6 +19,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(cmd) => project::run(cmd),
         Command::Builder(cmd) => builder::run(cmd),
         Command::Request(cmd) => request::run(cmd),
+        Command::Notify(cmd) => notify::run(cmd),
         Command::Prune(args) => prune::run(&args),
     }
 }

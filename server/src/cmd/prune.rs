@@ -16,6 +16,10 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<()> {
         total += n;
     }
     let logs = db::write_transaction(&mut conn, builds::prune_logs)?;
-    crate::say!("pruned {total} builds started before {} UTC and {logs} unused logs", before.format("%Y-%m-%d %H:%M"));
+    let told = db::write_transaction(&mut conn, |c| db::notify::prune(c, before))?;
+    crate::say!(
+        "pruned {total} builds started before {} UTC, {logs} unused logs and {told} notifications",
+        before.format("%Y-%m-%d %H:%M")
+    );
     Ok(())
 }

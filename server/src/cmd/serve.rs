@@ -30,6 +30,10 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         anyhow::ensure!(p.starts_with("http://") || p.starts_with("https://"), "--public-url must be an http(s) URL");
     }
     pages::templates::init().context("loading templates")?;
+    let mail = match (&args.smtp, &args.mail_from) {
+        (Some(url), Some(from)) => Some(crate::notify::send::Mail::new(url, args.smtp_starttls, from)?),
+        _ => None,
+    };
     let pool = db::pool(&url, args.pool_size)?;
     let applied = db::migrate(&mut *pool.get()?)?;
     for m in applied {
@@ -68,6 +72,8 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         work: work.clone(),
     });
     crate::leases::start(state.pool.clone(), work).context("starting the lease sweeper")?;
+    let notify_pool = state.pool.clone();
+    let public_url = state.public_url.clone();
     actix_web::rt::System::new().block_on(async move {
         // Ends with the server (a thread of its own would outlive `run_with` in other programs' tests).
         actix_web::rt::spawn(mark_lost_builds(
@@ -97,7 +103,18 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         // than failing on "Too many open files" for everyone.
         server = server.workers(workers).max_connections(max_connections.div_ceil(workers).max(1));
         let server = server.bind(&args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
-        on_bound(&server.addrs());
+        let addrs = server.addrs();
+        // Links in notifications point at the public URL, or else at where this process listens.
+        let base = public_url.clone().or_else(|| addrs.first().map(|a| format!("http://{a}"))).unwrap_or_default();
+        let sender = crate::notify::send::Config {
+            base,
+            mail,
+            stale_after: args.stale_after,
+            first_retry: std::time::Duration::from_secs(args.notify_first_retry),
+            scan_every: std::time::Duration::from_secs(args.lost_check_every),
+        };
+        crate::notify::send::start(notify_pool, sender).context("starting the notification sender")?;
+        on_bound(&addrs);
         server.run().await.context("server stopped with an error")
     })
 }
@@ -109,8 +126,12 @@ async fn mark_lost_builds(pool: db::Pool, lost_after: chrono::TimeDelta, every: 
         let pool = pool.clone();
         let marked = web::block(move || -> anyhow::Result<usize> {
             let mut conn = pool.get()?;
-            let before = db::now() - lost_after;
-            Ok(db::write_transaction(&mut conn, |c| db::builds::mark_lost(c, before))?)
+            let now = db::now();
+            Ok(db::write_transaction(&mut conn, |c| {
+                let lost = db::builds::mark_lost(c, now - lost_after)?;
+                crate::notify::after_lost(c, &lost, now)?;
+                Ok::<_, diesel::result::Error>(lost.len())
+            })?)
         })
         .await;
         match marked {

@@ -68,20 +68,21 @@ impl Build {
     }
 }
 
-/// Marks builds started before `before` that are still running as lost; returns how many.
+/// Marks builds started before `before` that are still running as lost; returns their ids.
 ///
 /// Idempotent (several servers on one database may all run it), and it never touches a
 /// finished build, so it cannot undo a `finished` report committed meanwhile. The conditions on
 /// state and result are literals so that the `builds_started` partial index, which holds only
 /// the running builds, is used whatever plan the database caches.
-pub fn mark_lost(conn: &mut DbConn, before: NaiveDateTime) -> QueryResult<usize> {
+pub fn mark_lost(conn: &mut DbConn, before: NaiveDateTime) -> QueryResult<Vec<i64>> {
     use diesel::dsl::sql;
     use diesel::sql_types::Bool;
-    diesel::update(
+    crate::dispatch!(conn, |c| diesel::update(
         builds::table.filter(sql::<Bool>("state = 'started' AND result IS NULL")).filter(builds::started_at.lt(before)),
     )
     .set(builds::result.eq(LOST))
-    .execute(conn)
+    .returning(builds::id)
+    .get_results(c))
 }
 
 /// Remembers a report body's digest, so that sending it again changes nothing.
@@ -537,4 +538,41 @@ pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
         .select(Build::as_select())
         .first(conn)
         .optional()
+}
+
+/// Whether a green or red build of `b`'s builder and branch started after it: then `b` (a
+/// report that arrived late) is not what anyone sees as that builder's status now.
+pub fn later_decided(conn: &mut DbConn, b: &Build) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        builds::table
+            .filter(builds::builder_id.eq(b.builder_id))
+            .filter(builds::project_id.eq(b.project_id))
+            .filter(builds::branch.eq(b.branch.clone()))
+            .filter(builds::state.eq("finished"))
+            .filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]))
+            .filter(builds::started_at.ge(b.started_at))
+            .filter(
+                builds::started_at.gt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.gt(b.id))),
+            ),
+    ))
+    .get_result(conn)
+}
+
+/// Whether `b`'s builder finished any build on its branch before `b`: if not, `b` is its first.
+pub fn earlier_finished(conn: &mut DbConn, b: &Build) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        builds::table
+            .filter(builds::builder_id.eq(b.builder_id))
+            .filter(builds::project_id.eq(b.project_id))
+            .filter(builds::branch.eq(b.branch.clone()))
+            .filter(builds::state.eq("finished"))
+            .filter(builds::id.ne(b.id))
+            .filter(builds::started_at.le(b.started_at)),
+    ))
+    .get_result(conn)
+}
+
+/// One build by id.
+pub fn by_id(conn: &mut DbConn, id: i64) -> QueryResult<Option<Build>> {
+    builds::table.find(id).select(Build::as_select()).first(conn).optional()
 }

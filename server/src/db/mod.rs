@@ -13,6 +13,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub mod builders;
 pub mod builds;
 pub mod models;
+pub mod notify;
 pub mod projects;
 pub mod recipes;
 pub mod requests;

@@ -286,3 +286,78 @@ pub struct Lease {
     pub build_id: Option<i64>,
     pub ended_at: Option<NaiveDateTime>,
 }
+
+/// Someone told about a project's status changes: a webhook or an e-mail address.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = subscriptions)]
+pub struct Subscription {
+    pub id: i64,
+    pub project_id: i64,
+    pub builder_id: Option<i64>,
+    pub branch: Option<String>,
+    /// `webhook` or `email`.
+    pub kind: String,
+    /// The webhook's URL or the e-mail address.
+    pub target: String,
+    pub secret: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub failing_since: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = subscriptions)]
+pub struct NewSubscription<'a> {
+    pub project_id: i64,
+    pub builder_id: Option<i64>,
+    pub branch: Option<&'a str>,
+    pub kind: &'a str,
+    pub target: &'a str,
+    pub secret: Option<&'a str>,
+    pub created_at: NaiveDateTime,
+}
+
+/// A status change, recorded once.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = notifications)]
+pub struct Notification {
+    pub id: i64,
+    pub project_id: i64,
+    pub event_key: String,
+    pub event: String,
+    pub builder_id: i64,
+    pub branch: Option<String>,
+    pub build_id: Option<i64>,
+    pub facts: String,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = notifications)]
+pub struct NewNotification<'a> {
+    pub project_id: i64,
+    pub event_key: &'a str,
+    pub event: &'a str,
+    pub builder_id: i64,
+    pub branch: Option<&'a str>,
+    pub build_id: Option<i64>,
+    pub facts: &'a str,
+    pub created_at: NaiveDateTime,
+}
+
+/// One notification to one subscriber, and how sending it went.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub struct Delivery {
+    pub id: i64,
+    pub notification_id: i64,
+    pub subscription_id: i64,
+    pub uid: String,
+    /// `pending`, `delivered` or `failed` (given up after a day).
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: NaiveDateTime,
+    pub last_attempt_at: Option<NaiveDateTime>,
+    pub last_answer: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub done_at: Option<NaiveDateTime>,
+}

@@ -195,6 +195,50 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    deliveries (id) {
+        id -> Int8,
+        notification_id -> Int8,
+        subscription_id -> Int8,
+        uid -> Text,
+        state -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamp,
+        last_attempt_at -> Nullable<Timestamp>,
+        last_answer -> Nullable<Text>,
+        created_at -> Timestamp,
+        done_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Int8,
+        project_id -> Int8,
+        event_key -> Text,
+        event -> Text,
+        builder_id -> Int8,
+        branch -> Nullable<Text>,
+        build_id -> Nullable<Int8>,
+        facts -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Int8,
+        project_id -> Int8,
+        builder_id -> Nullable<Int8>,
+        branch -> Nullable<Text>,
+        kind -> Text,
+        target -> Text,
+        secret -> Nullable<Text>,
+        created_at -> Timestamp,
+        failing_since -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(builder_keys -> builders (builder_id));
 diesel::joinable!(builder_project_requests -> builders (builder_id));
 diesel::joinable!(builder_project_requests -> projects (project_id));
@@ -214,6 +258,10 @@ diesel::joinable!(reports -> builds (build_id));
 diesel::joinable!(steps -> builds (build_id));
 diesel::joinable!(steps -> logs (log_digest));
 diesel::joinable!(test_results -> builds (build_id));
+diesel::joinable!(deliveries -> notifications (notification_id));
+diesel::joinable!(deliveries -> subscriptions (subscription_id));
+diesel::joinable!(notifications -> projects (project_id));
+diesel::joinable!(subscriptions -> projects (project_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     builder_keys,
@@ -222,14 +270,17 @@ diesel::allow_tables_to_appear_in_same_query!(
     build_requests,
     builders,
     builds,
+    deliveries,
     heads,
     leases,
     logs,
+    notifications,
     project_capabilities,
     project_keys,
     projects,
     recipes,
     reports,
     steps,
+    subscriptions,
     test_results,
 );

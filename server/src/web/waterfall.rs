@@ -217,11 +217,18 @@ pub async fn page(
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let pool = state.pool.clone();
     let q2 = q.clone();
-    let (project, cols, latest, rows, recipe) = web::block(move || -> Result<_, PageError> {
+    let (project, cols, latest, rows, (recipe, failing_notifications)) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let (project, cols, latest, rows) = load(&mut conn, &name, &q2, after, limit + 1)?;
         let recipe = crate::db::recipes::current(&mut conn, project.id)?;
-        Ok((project, cols, latest, rows, recipe))
+        // Subscriptions every attempt to reach has failed for a day: somebody expects news
+        // and gets none, which the maintainers reading this page should know.
+        let failing: Vec<String> =
+            crate::db::notify::failing(&mut conn, project.id, crate::db::now() - crate::notify::send::RETRY_FOR)?
+                .iter()
+                .map(crate::notify::public_target)
+                .collect();
+        Ok((project, cols, latest, rows, (recipe, failing)))
     })
     .await??;
 
@@ -254,6 +261,7 @@ pub async fn page(
     ctx.insert("stale_after", &status::age(state.stale_after));
     ctx.insert("lost_after", &status::age(state.lost_after));
     ctx.insert("recipe", &recipe.as_ref().and_then(recipe_json));
+    ctx.insert("failing_notifications", &failing_notifications);
     ctx.insert("base", &crate::api::base_url(&req));
     ctx.insert("filters", &Query { before: None, limit: None, compact: None, ..q.clone() }.with_before(None));
     super::html(&super::templates::render("waterfall.html", &ctx).map_err(AppError::from)?)

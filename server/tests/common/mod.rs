@@ -117,25 +117,18 @@ impl Server {
     /// Starts a server on `db`, reached through `url` (e.g. through a proxy).
     pub fn start_on(db: TestDb, url: &str, extra: &[&str]) -> Server {
         let log = db.dir.join("server.log");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--database", url, "--pool-size", "4", "--workers", "2"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| {
-                panic!("server did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-            })
-            .to_owned();
+        let (child, base) = spawn(url, &log, extra);
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         Server { child, base, db, agent, log }
+    }
+
+    /// Stops the server (SIGKILL: nothing is flushed) and starts another on the same database.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base) = spawn(&self.db.url, &self.log, extra);
+        self.child = child;
+        self.base = base;
     }
 
     /// The server's process id.
@@ -234,6 +227,30 @@ impl Drop for Server {
             say(&format!("--- server log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default()));
         }
     }
+}
+
+/// Starts `tbox-server serve` on 127.0.0.1:0 and reads the address it listens on. The log
+/// file is appended to, so a restarted server's log follows the first one's.
+fn spawn(url: &str, log: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--database", url, "--pool-size", "4", "--workers", "2"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| {
+            panic!("server did not start: {line:?}\n{}", std::fs::read_to_string(log).unwrap_or_default())
+        })
+        .to_owned();
+    (child, base)
 }
 
 /// Test keys, made once per test binary (key generation is the slow part).

@@ -1,0 +1,279 @@
+//! Telling people when a builder's status changes: the Atom feed's events (broke, fixed, new
+//! builder, gone stale, lost), sent to webhooks and e-mail addresses.
+//!
+//! A change is recorded in the database in the same transaction as what caused it (a report,
+//! builds marked lost) with one delivery per subscriber concerned; `send.rs` then delivers
+//! them from a thread of each server process, retrying for a day. `message.rs` says what a
+//! webhook body and an e-mail look like.
+
+pub mod message;
+pub mod send;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::api::views::time;
+use crate::db::models::{Build, NewNotification, Project, Subscription};
+use crate::db::schema::{builders, projects};
+use crate::db::{DbConn, builds, notify};
+use crate::web::status::of_build;
+
+/// Status changes, as their feed entries and notifications name them.
+pub const BROKE: &str = "broke";
+pub const FIXED: &str = "fixed";
+pub const NEW: &str = "new";
+pub const STALE: &str = "stale";
+pub const LOST: &str = "lost";
+
+/// What a notification says, stored with it when the change happens; links are added when it
+/// is sent, from the sending server's public URL.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Facts {
+    pub project: String,
+    pub builder: String,
+    /// None for a change of the whole builder (gone stale).
+    pub branch: Option<String>,
+    /// The status before, in the words the pages use ("success", "tests failed", …); none
+    /// for a builder's first build.
+    pub old_status: Option<String>,
+    pub new_status: String,
+    pub build: Option<BuildFacts>,
+    /// The green or red build before it (what it is compared with).
+    pub previous: Option<BuildFacts>,
+    /// The project's link for the changes between the previous build and this one.
+    pub compare_url: Option<String>,
+    /// For a break: the first error line of the first failed step's log.
+    pub first_error: Option<ErrorFacts>,
+    /// For a break: tests that fail now and did not in the previous build (at most 20).
+    #[serde(default)]
+    pub new_failures: Vec<TestFacts>,
+    /// For a builder gone stale: when it last reported.
+    pub last_report_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildFacts {
+    pub id: i64,
+    pub revision: String,
+    pub result: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorFacts {
+    /// The step, numbered from 1.
+    pub step: i32,
+    pub step_name: String,
+    pub line: u64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestFacts {
+    pub suite: String,
+    pub name: String,
+    /// Flaky by DESIGN's rule: not a new regression, but said so rather than hidden.
+    pub flaky: bool,
+}
+
+/// Green, red or neither (cancelled, skipped): what broke and fixed are changes between.
+fn colour(b: &Build) -> Option<bool> {
+    match b.result.as_deref() {
+        Some("success" | "warnings") if b.state == "finished" => Some(true),
+        Some("failure" | "exception") if b.state == "finished" => Some(false),
+        _ => None,
+    }
+}
+
+fn build_facts(b: &Build) -> BuildFacts {
+    BuildFacts {
+        id: b.id,
+        revision: b.revision.clone(),
+        result: b.shown_result().map(str::to_owned),
+        started_at: time(b.started_at),
+        finished_at: b.finished_at.map(time),
+    }
+}
+
+/// The word pages use for a build's status.
+fn word(conn: &mut DbConn, b: &Build) -> QueryResult<String> {
+    let kind = builds::failing_kinds(conn, &[b.id])?.remove(&b.id);
+    Ok(of_build(&b.state, b.result.as_deref(), kind.as_deref()).2.to_owned())
+}
+
+fn names(conn: &mut DbConn, b: &Build) -> QueryResult<(Project, String)> {
+    let project = projects::table.find(b.project_id).select(Project::as_select()).first(conn)?;
+    let builder = builders::table.find(b.builder_id).select(builders::name).first(conn)?;
+    Ok((project, builder))
+}
+
+fn record(conn: &mut DbConn, event: &str, key: &str, b: &Build, facts: &Facts, now: NaiveDateTime) -> QueryResult<()> {
+    let json = serde_json::to_string(facts).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    notify::record(
+        conn,
+        &NewNotification {
+            project_id: b.project_id,
+            event_key: key,
+            event,
+            builder_id: b.builder_id,
+            branch: Some(&b.branch),
+            build_id: Some(b.id),
+            facts: &json,
+            created_at: now,
+        },
+    )?;
+    Ok(())
+}
+
+/// After a report was stored (same transaction): records the change it makes to its builder's
+/// status on its branch, if any — a first build, a break or a fix. A report that arrives
+/// after newer builds (flushed late from a spool) changes nothing anyone sees now.
+pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: NaiveDateTime) -> QueryResult<()> {
+    // One indexed look-up on every report; the rest only where somebody listens.
+    if !notify::has_subscribers(conn, project_id)? {
+        return Ok(());
+    }
+    let Some(b) = builds::by_id(conn, build_id)? else { return Ok(()) };
+    if b.state != "finished" {
+        return Ok(());
+    }
+    if !builds::earlier_finished(conn, &b)? {
+        let (project, builder) = names(conn, &b)?;
+        let facts = Facts {
+            project: project.name,
+            builder,
+            branch: Some(b.branch.clone()),
+            old_status: None,
+            new_status: word(conn, &b)?,
+            build: Some(build_facts(&b)),
+            ..Facts::default()
+        };
+        // Keyed by builder and branch, not build: a first build is first once, whatever
+        // order reports arrive in.
+        return record(conn, NEW, &format!("builder/{}/new/{}", b.builder_id, b.branch), &b, &facts, now);
+    }
+    let Some(green) = colour(&b) else { return Ok(()) };
+    if builds::later_decided(conn, &b)? {
+        return Ok(());
+    }
+    let Some(prev) = builds::previous_decided(conn, &b)? else { return Ok(()) };
+    if colour(&prev) == Some(green) {
+        return Ok(());
+    }
+    let (project, builder) = names(conn, &b)?;
+    let mut facts = Facts {
+        compare_url: project
+            .compare_url
+            .as_deref()
+            .map(|t| t.replace("{from}", &prev.revision).replace("{to}", &b.revision)),
+        project: project.name,
+        builder,
+        branch: Some(b.branch.clone()),
+        old_status: Some(word(conn, &prev)?),
+        new_status: word(conn, &b)?,
+        build: Some(build_facts(&b)),
+        previous: Some(build_facts(&prev)),
+        ..Facts::default()
+    };
+    let event = if green { FIXED } else { BROKE };
+    if !green {
+        // Only for a break, which is rare: scanning a log holds the write lock meanwhile.
+        if let Some(full) = builds::get(conn, b.id)? {
+            facts.first_error = crate::web::logs::first_error(conn, b.id, &full.steps)
+                .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?
+                .map(|f| ErrorFacts { step: f.step, step_name: f.step_name, line: f.line, text: f.text });
+        }
+        let before = builds::failed_tests(conn, prev.id)?;
+        for (suite, name) in builds::failed_tests(conn, b.id)? {
+            if before.contains(&(suite.clone(), name.clone())) || facts.new_failures.len() >= 20 {
+                continue;
+            }
+            let flaky = crate::api::status::is_flaky(conn, &b, &suite, &name)?;
+            facts.new_failures.push(TestFacts { suite, name, flaky });
+        }
+    }
+    record(conn, event, &format!("build/{}/{event}", b.id), &b, &facts, now)
+}
+
+/// After builds were marked lost (same transaction): one change each.
+pub fn after_lost(conn: &mut DbConn, build_ids: &[i64], now: NaiveDateTime) -> QueryResult<()> {
+    for id in build_ids {
+        let Some(b) = builds::by_id(conn, *id)? else { continue };
+        if !notify::has_subscribers(conn, b.project_id)? {
+            continue;
+        }
+        let (project, builder) = names(conn, &b)?;
+        let facts = Facts {
+            project: project.name,
+            builder,
+            branch: Some(b.branch.clone()),
+            old_status: Some("building".into()),
+            new_status: LOST.into(),
+            build: Some(build_facts(&b)),
+            ..Facts::default()
+        };
+        record(conn, LOST, &format!("build/{}/lost", b.id), &b, &facts, now)?;
+    }
+    Ok(())
+}
+
+/// Records builders that went stale (nothing heard for `stale_after`) within the last day, in
+/// each project somebody is told about; the change is keyed by the last report's time, so
+/// every server process may look and it is still recorded once. Returns how many.
+pub fn stale_builders(conn: &mut DbConn, stale_after: chrono::TimeDelta, now: NaiveDateTime) -> QueryResult<usize> {
+    let mut n = 0;
+    for project_id in notify::subscribed_projects(conn)? {
+        let project = projects::table.find(project_id).select(Project::as_select()).first(conn)?;
+        for b in crate::db::builders::for_project(conn, project_id)? {
+            let Some(seen) = b.last_report_at else { continue };
+            let at = seen + stale_after;
+            // Gone stale, and recently: a builder silent for a year is not news today.
+            if at > now || at < now - chrono::TimeDelta::days(1) {
+                continue;
+            }
+            let facts = Facts {
+                project: project.name.clone(),
+                builder: b.name.clone(),
+                branch: None,
+                old_status: Some("reporting".into()),
+                new_status: STALE.into(),
+                last_report_at: Some(time(seen)),
+                ..Facts::default()
+            };
+            let json =
+                serde_json::to_string(&facts).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+            n += notify::record(
+                conn,
+                &NewNotification {
+                    project_id,
+                    event_key: &format!("builder/{}/stale/{}", b.id, seen.and_utc().timestamp()),
+                    event: STALE,
+                    builder_id: b.id,
+                    branch: None,
+                    build_id: None,
+                    facts: &json,
+                    created_at: now,
+                },
+            )?;
+        }
+    }
+    Ok(n)
+}
+
+/// A subscription as public pages name it: a webhook by its host only (the path of a chat
+/// webhook is its secret), an address by its domain only.
+pub fn public_target(s: &Subscription) -> String {
+    match s.kind.as_str() {
+        "webhook" => {
+            let host = s.target.parse::<ureq::http::Uri>().ok().and_then(|u| u.host().map(str::to_owned));
+            format!("webhook #{} to {}", s.id, host.unwrap_or_else(|| "?".to_owned()))
+        }
+        _ => format!(
+            "e-mail #{} to an address at {}",
+            s.id,
+            s.target.rsplit('@').next().unwrap_or("?").trim_end_matches('>')
+        ),
+    }
+}

@@ -1,0 +1,292 @@
+//! The sender: one thread per server process takes due deliveries from the database, sends
+//! them (webhooks over HTTP, e-mail over SMTP), and records each answer. A failed attempt is
+//! tried again after 10 s, then three times longer each time (at most two hours apart) until a
+//! day has passed; then the delivery is given up and the server log says so. Nothing is held
+//! only in memory: a restart picks up where the last process stopped.
+
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDateTime, TimeDelta};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{SmtpTransport, Transport as _};
+
+use super::Facts;
+use super::message;
+use crate::db::notify::{self as queue, Claimed};
+use crate::db::{self, Pool};
+
+/// How the sender reaches people.
+#[derive(Clone)]
+pub struct Config {
+    /// The server's public base URL, for links in messages.
+    pub base: String,
+    /// SMTP, if this process sends e-mail (`serve --smtp`).
+    pub mail: Option<Mail>,
+    /// A builder not heard from for this long has gone stale.
+    pub stale_after: TimeDelta,
+    /// The wait before the first retry (10 s; tests shorten it).
+    pub first_retry: Duration,
+    /// How often builders gone stale are looked for (`serve --lost-check-every`).
+    pub scan_every: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config").field("base", &self.base).field("mail", &self.mail.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// An SMTP relay and the sender address.
+#[derive(Clone)]
+pub struct Mail {
+    pub transport: SmtpTransport,
+    pub from: Mailbox,
+}
+
+impl Mail {
+    /// From `serve --smtp URL [--smtp-starttls] --mail-from ADDR`. `smtp://host:port` is plain
+    /// SMTP (a relay on the same machine or network), `smtps://` is SMTP over TLS, and
+    /// `--smtp-starttls` requires STARTTLS on an `smtp://` URL. `user:password@` logs in.
+    pub fn new(url: &str, starttls: bool, from: &str) -> anyhow::Result<Self> {
+        let from: Mailbox = from.parse().map_err(|e| anyhow::anyhow!("--mail-from {from:?}: {e}"))?;
+        let url = match (starttls, url.starts_with("smtp://")) {
+            (true, true) if url.contains('?') => format!("{url}&tls=required"),
+            (true, true) => format!("{url}?tls=required"),
+            (true, false) => anyhow::bail!("--smtp-starttls needs an smtp:// URL (smtps:// is TLS from the start)"),
+            (false, _) => url.to_owned(),
+        };
+        anyhow::ensure!(
+            url.starts_with("smtp://") || url.starts_with("smtps://"),
+            "--smtp must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25"
+        );
+        // Greet the relay with the sender's domain: some refuse the bare "localhost".
+        let hello = ClientId::Domain(from.email.domain().to_owned());
+        let transport = SmtpTransport::from_url(&url)
+            .map_err(|e| anyhow::anyhow!("--smtp: {e}"))?
+            .hello_name(hello)
+            .timeout(Some(Duration::from_secs(30)))
+            .build();
+        Ok(Mail { transport, from })
+    }
+}
+
+/// Due deliveries taken at once, sent in parallel.
+const BATCH: i64 = 16;
+/// How long a claimed delivery is left to its sender before another may try it (longer than
+/// any attempt takes: the webhook timeout, SMTP's).
+const HOLD: TimeDelta = TimeDelta::minutes(2);
+/// A webhook that has not answered within this long has failed this attempt.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the queue is looked at when it was empty.
+const TICK: Duration = Duration::from_secs(1);
+/// Retries go on for this long after the change, then the delivery is given up.
+pub const RETRY_FOR: TimeDelta = TimeDelta::days(1);
+/// The longest wait between two attempts.
+const LONGEST_WAIT: Duration = Duration::from_secs(2 * 3600);
+
+/// The wait after the `attempt`-th failed attempt (counted from 1): `first`, then three times
+/// longer each time, at most two hours.
+pub fn retry_delay(first: Duration, attempt: i32) -> Duration {
+    let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(20);
+    first.saturating_mul(3u32.saturating_pow(exponent)).min(LONGEST_WAIT)
+}
+
+/// When to try again after a failed attempt, or `None` to give up: retries end a day after
+/// the change, with one last attempt at that point.
+pub fn next_attempt(
+    first: Duration,
+    attempt: i32,
+    created: NaiveDateTime,
+    now: NaiveDateTime,
+) -> Option<NaiveDateTime> {
+    let deadline = created + RETRY_FOR;
+    if now >= deadline {
+        return None;
+    }
+    let wait = TimeDelta::from_std(retry_delay(first, attempt)).unwrap_or(TimeDelta::hours(2));
+    Some((now + wait).min(deadline))
+}
+
+/// Starts the sending thread; it runs as long as the process.
+pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
+    std::thread::Builder::new().name("tbox-notify".into()).spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(WEBHOOK_TIMEOUT))
+            // A redirect is an answer to look at, not to follow: a POST followed as a GET
+            // would be reported as delivered.
+            .max_redirects(0)
+            .user_agent(concat!("tbox-server/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let mut scanned: Option<Instant> = None;
+        loop {
+            if scanned.is_none_or(|t| t.elapsed() >= config.scan_every) {
+                scanned = Some(Instant::now());
+                if let Err(e) = housekeeping(&pool, &config) {
+                    log::warn!("notifications: {e:#}");
+                }
+            }
+            match round(&pool, &config, &agent) {
+                // A full batch: there may be more waiting.
+                Ok(n) if n == BATCH as usize => continue,
+                Ok(_) => {}
+                Err(e) => log::warn!("notifications: {e:#}"),
+            }
+            std::thread::sleep(TICK);
+        }
+    })?;
+    Ok(())
+}
+
+/// Records builders gone stale, and gives up on deliveries nobody could send for a day.
+fn housekeeping(pool: &Pool, config: &Config) -> anyhow::Result<()> {
+    let mut conn = pool.get()?;
+    let now = db::now();
+    let stale = db::write_transaction(&mut conn, |c| super::stale_builders(c, config.stale_after, now))?;
+    if stale > 0 {
+        log::info!("notifications: {stale} queued for builders gone stale");
+    }
+    let expired = db::write_transaction(&mut conn, |c| queue::expire(c, now - RETRY_FOR - HOLD, now))?;
+    if expired > 0 {
+        log::warn!("notifications: gave up on {expired} delivery(ies) not sent within a day (see `notify log`)");
+    }
+    Ok(())
+}
+
+/// Sends one batch of due deliveries; returns how many were taken.
+fn round(pool: &Pool, config: &Config, agent: &ureq::Agent) -> anyhow::Result<usize> {
+    let kinds: &[&str] = if config.mail.is_some() { &["webhook", "email"] } else { &["webhook"] };
+    let claimed = queue::claim(&mut *pool.get()?, kinds, db::now(), HOLD, BATCH)?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let answers: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let running: Vec<_> = claimed.iter().map(|c| s.spawn(move || send(config, agent, c))).collect();
+        running.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the sender panicked".to_owned()))).collect()
+    });
+    let mut conn = pool.get()?;
+    for (c, answer) in claimed.iter().zip(answers) {
+        let now = db::now();
+        let (d, s) = (&c.delivery, &c.subscription);
+        let what = format!("{} for {} to subscription #{} ({})", c.notification.event, c.project, s.id, s.kind);
+        match answer {
+            Ok(answer) => {
+                log::info!("notification {what} delivered: {answer}");
+                queue::delivered(&mut conn, d, &answer, now)?;
+            }
+            Err(answer) => {
+                let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
+                match next {
+                    Some(at) => log::warn!(
+                        "notification {what} failed (attempt {}): {answer}; trying again in {}s",
+                        d.attempts,
+                        (at - now).num_seconds()
+                    ),
+                    None => log::warn!(
+                        "notification {what} given up after {} attempts over a day: {answer} \
+                         (the project page shows the subscription as failing)",
+                        d.attempts
+                    ),
+                }
+                queue::failed(&mut conn, d, &answer, now, next)?;
+            }
+        }
+    }
+    Ok(claimed.len())
+}
+
+/// One attempt: the answer on success, what went wrong otherwise.
+fn send(config: &Config, agent: &ureq::Agent, c: &Claimed) -> Result<String, String> {
+    let facts: Facts =
+        serde_json::from_str(&c.notification.facts).map_err(|e| format!("stored notification is unreadable: {e}"))?;
+    match c.subscription.kind.as_str() {
+        "webhook" => {
+            let body = message::webhook_body(&c.notification, &facts, &config.base);
+            post(
+                agent,
+                &c.subscription.target,
+                c.subscription.secret.as_deref(),
+                &body,
+                &c.notification.event,
+                &c.delivery.uid,
+            )
+        }
+        "email" => {
+            let Some(mail) = &config.mail else { return Err("this server process has no --smtp".to_owned()) };
+            let (subject, body) = message::email(&c.notification, &facts, &config.base, c.subscription.id);
+            send_mail(mail, &c.subscription.target, subject, body, &c.delivery.uid)
+        }
+        other => Err(format!("unknown subscription kind {other:?}")),
+    }
+}
+
+/// Longest part of an answer's body kept in the log.
+const ANSWER_BYTES: u64 = 300;
+
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    secret: Option<&str>,
+    body: &str,
+    event: &str,
+    uid: &str,
+) -> Result<String, String> {
+    let mut req = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Tbox-Event", event)
+        .header("Tbox-Delivery", uid);
+    if let Some(secret) = secret {
+        let sig = message::signature(secret, body.as_bytes()).map_err(|e| format!("cannot sign: {e}"))?;
+        req = req.header("Tbox-Signature-256", sig);
+    }
+    let mut resp = req.send(body).map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.body_mut().with_config().limit(ANSWER_BYTES).read_to_string().unwrap_or_default();
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let answer =
+        format!("HTTP {}{}", status.as_u16(), if text.is_empty() { String::new() } else { format!(": {text}") });
+    if status.is_success() { Ok(answer) } else { Err(answer) }
+}
+
+fn send_mail(mail: &Mail, to: &str, subject: String, body: String, uid: &str) -> Result<String, String> {
+    let to: Mailbox = to.parse().map_err(|e| format!("address {to:?}: {e}"))?;
+    let message = Message::builder()
+        .from(mail.from.clone())
+        .to(to)
+        .subject(subject)
+        // The same id on every attempt: a mail client shows a repeat once.
+        .message_id(Some(format!("<{uid}@tbox>")))
+        // RFC 3834: machine-sent, so vacation responders do not answer it.
+        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".to_owned()))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| format!("cannot build the message: {e}"))?;
+    let reply = mail.transport.send(&message).map_err(|e| format!("SMTP: {e}"))?;
+    Ok(format!("SMTP {} {}", reply.code(), reply.message().collect::<Vec<_>>().join(" ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_start_within_15_seconds_grow_and_end_after_a_day() {
+        let first = Duration::from_secs(10);
+        assert!(retry_delay(first, 1) <= Duration::from_secs(15));
+        assert!(retry_delay(first, 2) > retry_delay(first, 1));
+        assert_eq!(retry_delay(first, 50), LONGEST_WAIT);
+        let created = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time").naive_utc();
+        let (mut now, mut attempt) = (created, 1);
+        while let Some(next) = next_attempt(first, attempt, created, now) {
+            assert!(next > now);
+            now = next;
+            attempt += 1;
+        }
+        assert_eq!(now, created + RETRY_FOR, "the last attempt is made a day after the change");
+        assert!((10..40).contains(&attempt), "{attempt} attempts in a day");
+    }
+}
