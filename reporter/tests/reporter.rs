@@ -64,6 +64,25 @@ fn start_server(db: &str, port: u16) -> String {
     format!("http://{addr}")
 }
 
+/// These tests are about running steps and reporting, not the sandbox (tests/recipes.rs is):
+/// where bubblewrap is missing they run the steps unsandboxed and say so, except in CI, which
+/// installs it.
+fn sandbox_setting() -> &'static str {
+    static SETTING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    SETTING.get_or_init(|| {
+        let ok = Command::new("bwrap").args(["--ro-bind", "/", "/", "true"]).output().is_ok_and(|o| o.status.success());
+        if ok {
+            return "";
+        }
+        assert!(std::env::var_os("CI").is_none(), "bubblewrap is required in CI (apt-get install bubblewrap)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOTE reporter tests: bubblewrap (bwrap) is not usable here, so their steps run with sandbox = \"none\""
+        );
+        "sandbox = \"none\"\n"
+    })
+}
+
 impl Volunteer {
     /// A volunteer whose builder is registered and approved, with the given steps config.
     fn new(steps: &str) -> Volunteer {
@@ -76,7 +95,7 @@ impl Volunteer {
         v
     }
 
-    /// A fresh machine and server (started unless `port` is None: then it is started later).
+        /// A fresh machine and server (started unless `port` is None: then it is started later).
     fn unregistered(steps: &str, port: Option<u16>) -> Volunteer {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("tbox-reporter-{}-{n}", std::process::id()));
@@ -91,7 +110,8 @@ impl Volunteer {
             dir.join("report.toml"),
             format!(
                 "server = \"{base}\"\nbuilder = \"vol\"\nkey = \"~/builder.pem\"\nowner = \"vol@example.org\"\n\
-                 max_log_bytes = 65536\nspool = \"~/spool\"\n\n[[project]]\nname = \"demo\"\nworkdir = \"{}\"\n{steps}",
+                 max_log_bytes = 65536\nspool = \"~/spool\"\n{}\n[[project]]\nname = \"demo\"\nworkdir = \"{}\"\n{steps}",
+                sandbox_setting(),
                 dir.join("work").display()
             ),
         )
