@@ -95,7 +95,7 @@ impl Volunteer {
         v
     }
 
-        /// A fresh machine and server (started unless `port` is None: then it is started later).
+    /// A fresh machine and server (started unless `port` is None: then it is started later).
     fn unregistered(steps: &str, port: Option<u16>) -> Volunteer {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("tbox-reporter-{}-{n}", std::process::id()));

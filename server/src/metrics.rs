@@ -85,6 +85,8 @@ struct Counters {
     requests: BTreeMap<(String, String, u16), u64>,
     /// route pattern → latency.
     routes: BTreeMap<String, Histogram>,
+    /// (subscription kind, outcome) → notification attempts.
+    notifications: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 static COUNTERS: Mutex<Option<Counters>> = Mutex::new(None);
@@ -116,6 +118,16 @@ pub fn accepted(created: bool, result: Option<&str>, took: Duration) {
 /// A report was refused, for this reason (the error code clients see).
 pub fn rejected(reason: &str) {
     with(|c| *c.rejected.entry(reason.to_owned()).or_default() += 1);
+}
+
+/// How attempts to notify a subscriber end: delivered, failed (tried again later), or failed
+/// for the last time (given up after a day).
+pub const NOTIFY_OUTCOMES: [&str; 3] = ["delivered", "failed", "given_up"];
+
+/// An attempt to notify a `webhook` or `email` subscriber ended so.
+pub fn notification(kind: &str, outcome: &'static str) {
+    let kind = if kind == "email" { "email" } else { "webhook" };
+    with(|c| *c.notifications.entry((kind, outcome)).or_default() += 1);
 }
 
 /// Middleware: counts every request by method, route and status, and times it by route. The
@@ -188,6 +200,18 @@ pub async fn get(state: web::Data<AppState>) -> HttpResponse {
                 "tbox_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
                 label(route)
             );
+        }
+        family(
+            &mut out,
+            "tbox_notifications_total",
+            "counter",
+            "Attempts to notify subscribers by this process, by kind and outcome.",
+        );
+        for kind in ["email", "webhook"] {
+            for outcome in NOTIFY_OUTCOMES {
+                let n = c.notifications.get(&(kind, outcome)).copied().unwrap_or(0);
+                let _ = writeln!(out, "tbox_notifications_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+            }
         }
         family(&mut out, "tbox_http_request_duration_seconds", "histogram", "Time to answer, by route.");
         for (route, h) in &c.routes {

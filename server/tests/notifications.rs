@@ -286,6 +286,14 @@ fn a_failed_delivery_is_retried_with_the_same_id(backend: Backend) -> TestResult
     let log = s.admin_ok(&["notify", "log", "demo"]);
     assert!(log.contains("HTTP 200"), "{log}");
     assert!(s.log_text().contains("HTTP 500"), "the failed attempt is in the server log: {}", s.log_text());
+    let (_, metrics) = s.get("/metrics");
+    for needle in [
+        "tbox_notifications_total{kind=\"webhook\",outcome=\"delivered\"} 1",
+        "tbox_notifications_total{kind=\"webhook\",outcome=\"failed\"} 1",
+        "tbox_notifications_total{kind=\"email\",outcome=\"given_up\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle:?}:\n{metrics}");
+    }
     Ok(())
 }
 

@@ -163,22 +163,50 @@ fn round(pool: &Pool, config: &Config, agent: &ureq::Agent) -> anyhow::Result<us
     if claimed.is_empty() {
         return Ok(0);
     }
-    let answers: Vec<Result<String, String>> = std::thread::scope(|s| {
-        let running: Vec<_> = claimed.iter().map(|c| s.spawn(move || send(config, agent, c))).collect();
-        running.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the sender panicked".to_owned()))).collect()
+    // In parallel across subscribers; one subscriber's in the order the changes happened, so a
+    // chat does not show "fixed" before "broke".
+    let mut by_subscriber: Vec<Vec<usize>> = Vec::new();
+    for (i, c) in claimed.iter().enumerate() {
+        match by_subscriber.iter_mut().find(|g| claimed[g[0]].subscription.id == c.subscription.id) {
+            Some(g) => g.push(i),
+            None => by_subscriber.push(vec![i]),
+        }
+    }
+    let mut answers: Vec<Result<String, String>> = vec![Err("the sending thread failed".to_owned()); claimed.len()];
+    std::thread::scope(|s| {
+        let running: Vec<_> = by_subscriber
+            .iter()
+            .map(|group| {
+                let claimed = &claimed;
+                s.spawn(move || {
+                    let mut group = group.clone();
+                    group.sort_by_key(|&i| (claimed[i].notification.created_at, claimed[i].notification.id));
+                    group.into_iter().map(|i| (i, send(config, agent, &claimed[i]))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in running {
+            for (i, answer) in h.join().unwrap_or_default() {
+                answers[i] = answer;
+            }
+        }
     });
     let mut conn = pool.get()?;
     for (c, answer) in claimed.iter().zip(answers) {
         let now = db::now();
         let (d, s) = (&c.delivery, &c.subscription);
-        let what = format!("{} for {} to subscription #{} ({})", c.notification.event, c.project, s.id, s.kind);
+        let facts: Facts = serde_json::from_str(&c.notification.facts).unwrap_or_default();
+        let what =
+            format!("\"{}\" to subscription #{} ({})", message::summary(&c.notification.event, &facts), s.id, s.kind);
         match answer {
             Ok(answer) => {
                 log::info!("notification {what} delivered: {answer}");
+                crate::metrics::notification(&s.kind, "delivered");
                 queue::delivered(&mut conn, d, &answer, now)?;
             }
             Err(answer) => {
                 let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
+                crate::metrics::notification(&s.kind, if next.is_some() { "failed" } else { "given_up" });
                 match next {
                     Some(at) => log::warn!(
                         "notification {what} failed (attempt {}): {answer}; trying again in {}s",
