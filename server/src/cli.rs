@@ -114,13 +114,13 @@ pub struct ServeArgs {
     pub lease_ttl: chrono::TimeDelta,
     /// SMTP relay for e-mail notifications: smtp://HOST:PORT (plain), smtps://HOST:PORT (TLS),
     /// with USER:PASSWORD@ to log in. Without it this process sends only webhooks.
-    #[arg(long, env = "TBOX_SMTP", value_name = "URL", requires = "mail_from")]
+    #[arg(long, env = "TBOX_SMTP", value_name = "URL", requires = "mail_from", value_parser = parse_smtp_url)]
     pub smtp: Option<String>,
     /// Require STARTTLS on an smtp:// relay (the message is not sent if it cannot upgrade).
     #[arg(long, env = "TBOX_SMTP_STARTTLS", requires = "smtp")]
     pub smtp_starttls: bool,
     /// The From address of notification e-mail, e.g. "tbox <tbox@example.org>".
-    #[arg(long, env = "TBOX_MAIL_FROM", value_name = "ADDR", requires = "smtp")]
+    #[arg(long, env = "TBOX_MAIL_FROM", value_name = "ADDR", requires = "smtp", value_parser = parse_address)]
     pub mail_from: Option<String>,
     /// Seconds before a failed notification is first tried again (tests make it short).
     #[arg(long, default_value_t = 10, hide = true, value_name = "SECONDS",
@@ -150,7 +150,7 @@ pub enum NotifyCommand {
     Add(NotifyAddArgs),
     /// List subscriptions (of one project, or all), with those failing for a while marked.
     List(NotifyListArgs),
-    /// Remove a subscription and its queued deliveries.
+    /// Remove a subscription, with its queued deliveries and their log.
     #[command(after_help = EXIT_CODES)]
     Remove(NotifyRemoveArgs),
     /// A project's newest deliveries: event, subscriber, state, attempts, last answer.
@@ -165,7 +165,7 @@ pub struct NotifyAddArgs {
     pub project: String,
     /// POST a JSON body to this http(s) URL; Slack and Mattermost incoming webhooks work as
     /// they are (the body has a `text` field).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
     pub webhook: Option<String>,
     /// The key of the body's HMAC-SHA256 signature, sent as `Tbox-Signature-256: sha256=<hex>`
     /// [default: a random one, printed once].
@@ -175,7 +175,7 @@ pub struct NotifyAddArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "email")]
     pub secret_file: Option<std::path::PathBuf>,
     /// Send a plain-text e-mail to this address (the server needs `serve --smtp`).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
     pub email: Option<String>,
     /// Only changes of this builder.
     #[arg(long, value_name = "NAME")]
@@ -211,7 +211,7 @@ pub struct NotifyLogArgs {
     #[arg(long, value_name = "ID")]
     pub subscription: Option<i64>,
     /// How many deliveries to show, newest first.
-    #[arg(long, default_value_t = 50, value_name = "N")]
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub limit: i64,
     #[command(flatten)]
     pub db: DbArgs,
@@ -439,6 +439,44 @@ pub struct PruneArgs {
     pub db: DbArgs,
 }
 
+/// An absolute http(s) URL with a host and a valid port: what a webhook can be posted to.
+pub fn parse_webhook_url(url: &str) -> Result<String, String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{url:?}: a webhook must be an http:// or https:// URL with a host, e.g. https://chat.example.org/hooks/abc"
+        ));
+    }
+    // `Uri::port` hides a port that is not a number up to 65535; the authority still has it.
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    if let Some((_, port)) = host_port.rsplit_once(':').filter(|(_, p)| !p.contains(']'))
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("{url:?}: port {port} is not a port number (1 to 65535)"));
+    }
+    Ok(url.to_owned())
+}
+
+/// An e-mail address, plain (`dev@example.org`) or with a name (`Dev <dev@example.org>`).
+pub fn parse_address(addr: &str) -> Result<String, String> {
+    addr.parse::<lettre::message::Mailbox>().map(|m| m.to_string()).map_err(|e| {
+        format!("{addr:?} is not an e-mail address ({e}): write name@example.org or \"Name <name@example.org>\"")
+    })
+}
+
+/// `smtp://` or `smtps://` with a host.
+pub fn parse_smtp_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("smtp://")
+        .or_else(|| url.strip_prefix("smtps://"))
+        .ok_or_else(|| format!("{url:?}: the relay is an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25"))?;
+    if rest.rsplit('@').next().is_none_or(|h| h.is_empty() || h.starts_with(':')) {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(url.to_owned())
+}
+
 /// Reads `90d`, `12h`, `30m`, `2w` or `45s`.
 pub fn parse_age(s: &str) -> Result<chrono::TimeDelta, String> {
     let bad = || format!("{s:?} is not an age like 90d, 12h, 30m or 2w");
@@ -463,6 +501,18 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn webhook_urls() {
+        for ok in
+            ["https://chat.example.org/hooks/x", "http://127.0.0.1:9099/h", "http://[::1]:8080/h", "http://[::1]/h"]
+        {
+            assert!(parse_webhook_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ftp://e.org/h", "https:///h", "http://e.org:0/h", "http://e.org:65536/h", "/just/a/path"] {
+            assert!(parse_webhook_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ struct Hook {
     port: u16,
     got: Arc<Mutex<Vec<Got>>>,
     plan: Arc<Mutex<VecDeque<u16>>>,
+    delay: Arc<Mutex<Duration>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -55,22 +56,28 @@ impl Hook {
         let got = Arc::new(Mutex::new(Vec::new()));
         let plan = Arc::new(Mutex::new(VecDeque::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (g, p, s) = (got.clone(), plan.clone(), stop.clone());
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (g, p, s, d) = (got.clone(), plan.clone(), stop.clone(), delay.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (g, p) = (g.clone(), p.clone());
-                std::thread::spawn(move || serve(conn, &g, &p));
+                let (g, p, wait) = (g.clone(), p.clone(), *d.lock().unwrap());
+                std::thread::spawn(move || serve(conn, &g, &p, wait));
             }
         });
-        Hook { port, got, plan, stop }
+        Hook { port, got, plan, delay, stop }
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks/tbox", self.port)
+    }
+
+    /// Answers only after this long (the request is recorded when it comes).
+    fn answer_after(&self, wait: Duration) {
+        *self.delay.lock().unwrap() = wait;
     }
 
     fn answer_next(&self, statuses: &[u16]) {
@@ -100,7 +107,7 @@ impl Drop for Hook {
     }
 }
 
-fn serve(conn: TcpStream, got: &Mutex<Vec<Got>>, plan: &Mutex<VecDeque<u16>>) {
+fn serve(conn: TcpStream, got: &Mutex<Vec<Got>>, plan: &Mutex<VecDeque<u16>>, wait: Duration) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -123,6 +130,7 @@ fn serve(conn: TcpStream, got: &Mutex<Vec<Got>>, plan: &Mutex<VecDeque<u16>>) {
     reader.read_exact(&mut body).unwrap();
     let status = plan.lock().unwrap().pop_front().unwrap_or(200);
     got.lock().unwrap().push(Got { headers, body: String::from_utf8(body).unwrap() });
+    std::thread::sleep(wait);
     let answer = if status == 200 { "thanks" } else { "receiver is down for maintenance" };
     let mut conn = conn;
     let _ = write!(
@@ -322,6 +330,38 @@ fn a_pending_delivery_survives_a_restart(backend: Backend) -> TestResult {
     Ok(())
 }
 
+fn a_receiver_that_never_answers_holds_up_nobody_else(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s);
+    let (slow, quick) = (Hook::start(), Hook::start());
+    slow.answer_after(Duration::from_secs(30));
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &slow.url(), "--secret", "k"]);
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &quick.url(), "--secret", "k"]);
+    send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
+    send(&s, "alice", 0, &build("alice", "main", "bbbb000000000000", 2, "failure"));
+    let began = Instant::now();
+    let got = quick.wait_for(2, 8);
+    assert_eq!(
+        got.iter().map(|g| g.json()["event"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>(),
+        ["new", "broke"],
+        "in the order the changes happened"
+    );
+    slow.wait_for(1, 5);
+    // Recorded as soon as answered, while the slow receiver still holds its first request: a
+    // crash now would repeat nothing already delivered.
+    wait_until(5, "the quick deliveries recorded", || {
+        s.admin_ok(&["notify", "log", "demo", "--subscription", "2"]).matches("\tdelivered\t").count() == 2
+    });
+    assert!(began.elapsed() < Duration::from_secs(10), "{:?}", began.elapsed());
+    let log = s.admin_ok(&["notify", "log", "demo", "--subscription", "1"]);
+    assert!(log.contains("\tpending\t1 attempt(s)") && log.contains("being sent"), "{log}");
+    assert_eq!(slow.got().len(), 1, "the slow one's next delivery waits for its first: {:#?}", slow.got());
+    wait_until(20, "the slow receiver's attempt to time out", || {
+        s.admin_ok(&["notify", "log", "demo", "--subscription", "1"]).contains("no answer within 10 s")
+    });
+    Ok(())
+}
+
 fn lost_builds_and_stale_builders_are_told(backend: Backend) -> TestResult {
     let Some(s) =
         Server::start_with(backend, &["--lost-after", "2s", "--stale-after", "4s", "--lost-check-every", "1"])
@@ -402,6 +442,7 @@ on_both_backends!(
     broke_and_fixed_are_told_once_with_a_signature,
     a_failed_delivery_is_retried_with_the_same_id,
     a_pending_delivery_survives_a_restart,
+    a_receiver_that_never_answers_holds_up_nobody_else,
     lost_builds_and_stale_builders_are_told,
     a_subscription_failing_for_a_day_is_shown,
 );
@@ -535,9 +576,13 @@ fn notify_commands_refuse_what_cannot_work() -> TestResult {
         assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
     };
     fails(&["notify", "add", "nope", "--webhook", "https://example.org/h"], 1, "no project named \"nope\"");
-    fails(&["notify", "add", "demo", "--webhook", "ftp://example.org/h"], 1, "http:// or https://");
-    fails(&["notify", "add", "demo", "--webhook", "not a url"], 1, "not a URL");
-    fails(&["notify", "add", "demo", "--email", "not an address"], 1, "not an e-mail address");
+    fails(&["notify", "add", "demo", "--webhook", "ftp://example.org/h"], 2, "http:// or https://");
+    fails(&["notify", "add", "demo", "--webhook", "not a url"], 2, "not a URL");
+    fails(&["notify", "add", "demo", "--webhook", "http://localhost:99999/h"], 2, "not a port number");
+    fails(&["notify", "add", "demo", "--email", "not an address"], 2, "not an e-mail address");
+    fails(&["notify", "add", "demo", "--email", "dev@"], 2, "name@example.org");
+    fails(&["notify", "log", "demo", "--limit", "0"], 2, "--limit");
+    fails(&["notify", "log", "demo", "--subscription", "7"], 1, "no subscription 7");
     fails(&["notify", "add", "demo", "--email", "a@example.org", "--builder", "zed"], 1, "no builder named \"zed\"");
     fails(&["notify", "add", "demo"], 2, "--webhook");
     fails(
@@ -548,6 +593,7 @@ fn notify_commands_refuse_what_cannot_work() -> TestResult {
     fails(&["notify", "remove", "99"], 1, "no subscription 99");
     fails(&["notify", "log", "nope"], 1, "no project named");
     fails(&["serve", "--smtp", "smtp://127.0.0.1:25"], 2, "--mail-from");
+    fails(&["serve", "--smtp", "http://127.0.0.1:25", "--mail-from", "a@example.org"], 2, "smtp:// or smtps://");
 
     // Without --secret, one is made and shown once.
     let out = s.admin_ok(&[
@@ -571,5 +617,6 @@ fn notify_commands_refuse_what_cannot_work() -> TestResult {
     assert!(!list.contains(secret), "secrets are not listed");
     assert!(s.admin_ok(&["notify", "remove", "1"]).contains("subscription 1 removed"));
     assert!(!s.admin_ok(&["notify", "list"]).contains("chat.example.org"));
+    assert!(s.admin_ok(&["notify", "list", "demo"]).contains("no subscriptions"));
     Ok(())
 }

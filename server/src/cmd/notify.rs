@@ -20,7 +20,11 @@ pub fn run(cmd: NotifyCommand) -> anyhow::Result<()> {
                 None => None,
             };
             let failing_before = db::now() - RETRY_FOR;
-            for l in notify::list(&mut conn, project)? {
+            let listed = notify::list(&mut conn, project)?;
+            if listed.is_empty() {
+                crate::say!("no subscriptions (add one with `tbox-server notify add`)");
+            }
+            for l in listed {
                 let s = &l.subscription;
                 let health = match s.failing_since {
                     Some(t) if t < failing_before => format!("FAILING since {} UTC", t.format("%Y-%m-%d %H:%M")),
@@ -32,7 +36,7 @@ pub fn run(cmd: NotifyCommand) -> anyhow::Result<()> {
                     s.id,
                     l.project,
                     s.kind,
-                    s.target,
+                    without_password(&s.target),
                     scope(l.builder.as_deref(), s.branch.as_deref()),
                     health
                 );
@@ -51,18 +55,23 @@ pub fn run(cmd: NotifyCommand) -> anyhow::Result<()> {
             let mut conn = super::connect(&args.db)?;
             let p = projects::by_name(&mut conn, &args.project)?
                 .with_context(|| format!("no project named {:?}", args.project))?;
+            if let Some(id) = args.subscription
+                && !notify::list(&mut conn, Some(p.id))?.iter().any(|l| l.subscription.id == id)
+            {
+                bail!("project {} has no subscription {id} (see `tbox-server notify list {}`)", p.name, p.name);
+            }
             for s in notify::failing(&mut conn, p.id, db::now() - RETRY_FOR)? {
                 if args.subscription.is_none_or(|id| id == s.id) {
                     crate::say!(
                         "subscription {} ({} {}) has failed every attempt since {} UTC",
                         s.id,
                         s.kind,
-                        s.target,
+                        without_password(&s.target),
                         s.failing_since.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()
                     );
                 }
             }
-            let rows = notify::log(&mut conn, p.id, args.subscription, args.limit.clamp(1, 10_000))?;
+            let rows = notify::log(&mut conn, p.id, args.subscription, args.limit)?;
             if rows.is_empty() {
                 crate::say!("no deliveries yet for {}", p.name);
             }
@@ -83,7 +92,12 @@ pub fn run(cmd: NotifyCommand) -> anyhow::Result<()> {
                         (_, Some(t)) => format!(", last at {} UTC", t.format("%H:%M:%S")),
                         _ => String::new(),
                     },
-                    d.last_answer.as_deref().unwrap_or("-"),
+                    match (d.state.as_str(), &d.last_answer) {
+                        (_, Some(a)) => a.as_str(),
+                        ("pending", None) if d.attempts > 0 => "(being sent, or its sender stopped mid-attempt)",
+                        ("pending", None) if r.subscription.kind == "email" => "(waiting for a server with --smtp)",
+                        _ => "-",
+                    },
                     d.uid
                 );
             }
@@ -121,7 +135,6 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
     let mut generated = None;
     let (kind, target, secret) = match (&args.webhook, &args.email) {
         (Some(url), None) => {
-            check_webhook_url(url)?;
             let secret = match (&args.secret, &args.secret_file) {
                 (Some(s), _) => s.clone(),
                 (None, Some(path)) => std::fs::read_to_string(path)
@@ -144,13 +157,29 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
             }
             ("webhook", url.clone(), Some(secret))
         }
-        (None, Some(addr)) => {
-            let parsed: lettre::message::Mailbox =
-                addr.parse().map_err(|e| anyhow::anyhow!("--email {addr:?} is not an e-mail address: {e}"))?;
-            ("email", parsed.to_string(), None)
-        }
+        (None, Some(addr)) => ("email", addr.clone(), None),
         _ => bail!("give either --webhook URL or --email ADDR"),
     };
+    if let Some(same) = notify::list(&mut conn, Some(p.id))?.into_iter().find(|l| {
+        let s = &l.subscription;
+        s.kind == kind && s.target == target && s.builder_id == builder_id && s.branch == args.branch
+    }) {
+        bail!(
+            "{} is subscribed to these changes already, as subscription {} (`notify remove {}` first to change it)",
+            target,
+            same.subscription.id,
+            same.subscription.id
+        );
+    }
+    if let Some(id) = builder_id
+        && !builders::may_report(&mut conn, id, p.id)?
+    {
+        eprintln!(
+            "note: builder {:?} may not report for {} (yet): this subscription says nothing until it may",
+            args.builder.as_deref().unwrap_or_default(),
+            p.name
+        );
+    }
     let s = notify::subscribe(
         &mut conn,
         &NewSubscription {
@@ -171,6 +200,9 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
         p.name,
         scope(args.builder.as_deref(), args.branch.as_deref())
     );
+    if kind == "email" {
+        crate::say!("(e-mail is sent by server processes started with `serve --smtp URL --mail-from ADDR`)");
+    }
     if let Some(secret) = generated {
         crate::say!("secret: {secret}");
         crate::say!("(each body is signed: Tbox-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>)");
@@ -178,11 +210,19 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An absolute http(s) URL with a host: what a webhook can be posted to.
-fn check_webhook_url(url: &str) -> anyhow::Result<()> {
-    let uri: ureq::http::Uri = url.parse().map_err(|e| anyhow::anyhow!("--webhook {url:?} is not a URL: {e}"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
-        bail!("--webhook must be an http:// or https:// URL with a host, e.g. https://chat.example.org/hooks/abc");
+/// A URL with any password in it replaced by `***`, for listing.
+fn without_password(target: &str) -> String {
+    match target.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}{path}")
+                }
+                _ => target.to_owned(),
+            }
+        }
+        None => target.to_owned(),
     }
-    Ok(())
 }

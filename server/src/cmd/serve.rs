@@ -39,6 +39,16 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
     for m in applied {
         log::info!("applied migration {m}");
     }
+    if mail.is_none() {
+        let emails =
+            db::notify::list(&mut *pool.get()?, None)?.iter().filter(|l| l.subscription.kind == "email").count();
+        if emails > 0 {
+            log::warn!(
+                "{emails} e-mail subscription(s), but this process has no --smtp: their notifications wait for a \
+                 server process that has one (and are given up after a day)"
+            );
+        }
+    }
     let public_url = args.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned());
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let max_connections = args.max_connections.unwrap_or_else(|| {

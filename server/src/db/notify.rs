@@ -124,7 +124,8 @@ pub struct Claimed {
     pub project: String,
 }
 
-/// Takes up to `limit` due deliveries of these kinds (`webhook`, `email`) for this sender: each
+/// Takes up to `limit` due deliveries of these kinds (`webhook`, `email`), except those of the
+/// subscriptions this sender is `serving` already, for this sender: each
 /// attempt is counted now and the next one is put off by `hold`, so no other sender takes it
 /// while this one tries, and it is tried again if this process dies meanwhile. On
 /// PostgreSQL, rows another process is claiming are skipped (FOR UPDATE SKIP LOCKED); on
@@ -132,6 +133,7 @@ pub struct Claimed {
 pub fn claim(
     conn: &mut DbConn,
     kinds: &[&str],
+    serving: &[i64],
     now: NaiveDateTime,
     hold: TimeDelta,
     limit: i64,
@@ -142,6 +144,7 @@ pub fn claim(
             deliveries::table
                 .filter(deliveries::state.eq(PENDING))
                 .filter(deliveries::next_attempt_at.le(now))
+                .filter(deliveries::subscription_id.ne_all(serving.to_vec()))
                 .filter(deliveries::subscription_id.eq_any(
                     subscriptions::table.filter(subscriptions::kind.eq_any(kinds.clone())).select(subscriptions::id),
                 ))

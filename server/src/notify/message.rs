@@ -69,9 +69,15 @@ fn details(event: &str, f: &Facts, l: &Links) -> Vec<String> {
         (None, _) => out.push(format!("Status: {}", f.new_status)),
     }
     if let Some(b) = &f.build {
-        match &f.previous {
-            Some(p) => out.push(format!("Revisions: {}..{}", short(&p.revision), short(&b.revision))),
-            None => out.push(format!("Revision: {}", short(&b.revision))),
+        match (&f.previous, event) {
+            (Some(p), BROKE) => {
+                out.push(format!("Broken by a change in {}..{}", short(&p.revision), short(&b.revision)))
+            }
+            (Some(p), FIXED) => {
+                out.push(format!("Fixed by a change in {}..{}", short(&p.revision), short(&b.revision)))
+            }
+            (Some(p), _) => out.push(format!("Revisions: {}..{}", short(&p.revision), short(&b.revision))),
+            (None, _) => out.push(format!("Revision: {}", short(&b.revision))),
         }
     }
     if let Some(e) = &f.first_error {

@@ -4,6 +4,8 @@
 //! day has passed; then the delivery is given up and the server log says so. Nothing is held
 //! only in memory: a restart picks up where the last process stopped.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeDelta};
@@ -72,8 +74,8 @@ impl Mail {
     }
 }
 
-/// Due deliveries taken at once, sent in parallel.
-const BATCH: i64 = 16;
+/// Subscribers served at once, each by a thread of its own.
+const SENDERS: usize = 16;
 /// How long a claimed delivery is left to its sender before another may try it (longer than
 /// any attempt takes: the webhook timeout, SMTP's).
 const HOLD: TimeDelta = TimeDelta::minutes(2);
@@ -110,6 +112,12 @@ pub fn next_attempt(
 }
 
 /// Starts the sending thread; it runs as long as the process.
+///
+/// It claims due deliveries and hands each subscriber's to a thread of their own, which sends
+/// them in order and records each answer the moment it comes: a receiver that never answers
+/// holds up only its own deliveries (for the timeout), and a crash can repeat only the one
+/// attempt that was under way. While a subscriber's thread runs, nothing more of its is
+/// claimed, so a chat sees "broke" before "fixed".
 pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
     std::thread::Builder::new().name("tbox-notify".into()).spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -121,6 +129,7 @@ pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
             .user_agent(concat!("tbox-server/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
+        let busy: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut scanned: Option<Instant> = None;
         loop {
             if scanned.is_none_or(|t| t.elapsed() >= config.scan_every) {
@@ -129,10 +138,10 @@ pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
                     log::warn!("notifications: {e:#}");
                 }
             }
-            match round(&pool, &config, &agent) {
-                // A full batch: there may be more waiting.
-                Ok(n) if n == BATCH as usize => continue,
-                Ok(_) => {}
+            match round(&pool, &config, &agent, &busy) {
+                // It took all it could: there may be more waiting.
+                Ok(true) => continue,
+                Ok(false) => {}
                 Err(e) => log::warn!("notifications: {e:#}"),
             }
             std::thread::sleep(TICK);
@@ -156,74 +165,83 @@ fn housekeeping(pool: &Pool, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one batch of due deliveries; returns how many were taken.
-fn round(pool: &Pool, config: &Config, agent: &ureq::Agent) -> anyhow::Result<usize> {
+/// Claims due deliveries of subscribers not being served now and starts sending them; true
+/// when it took as many as it could.
+fn round(pool: &Pool, config: &Config, agent: &ureq::Agent, busy: &Arc<Mutex<HashSet<i64>>>) -> anyhow::Result<bool> {
+    let serving: Vec<i64> = busy.lock().map(|b| b.iter().copied().collect()).unwrap_or_default();
+    let room = SENDERS.saturating_sub(serving.len());
+    if room == 0 {
+        return Ok(false);
+    }
     let kinds: &[&str] = if config.mail.is_some() { &["webhook", "email"] } else { &["webhook"] };
-    let claimed = queue::claim(&mut *pool.get()?, kinds, db::now(), HOLD, BATCH)?;
-    if claimed.is_empty() {
-        return Ok(0);
+    let limit = i64::try_from(room).unwrap_or(1);
+    let claimed = queue::claim(&mut *pool.get()?, kinds, &serving, db::now(), HOLD, limit)?;
+    let full = claimed.len() == room;
+    let mut by_subscriber: BTreeMap<i64, Vec<Claimed>> = BTreeMap::new();
+    for c in claimed {
+        by_subscriber.entry(c.subscription.id).or_default().push(c);
     }
-    // In parallel across subscribers; one subscriber's in the order the changes happened, so a
-    // chat does not show "fixed" before "broke".
-    let mut by_subscriber: Vec<Vec<usize>> = Vec::new();
-    for (i, c) in claimed.iter().enumerate() {
-        match by_subscriber.iter_mut().find(|g| claimed[g[0]].subscription.id == c.subscription.id) {
-            Some(g) => g.push(i),
-            None => by_subscriber.push(vec![i]),
+    for (id, mut group) in by_subscriber {
+        group.sort_by_key(|c| (c.notification.created_at, c.notification.id));
+        if let Ok(mut b) = busy.lock() {
+            b.insert(id);
         }
-    }
-    let mut answers: Vec<Result<String, String>> = vec![Err("the sending thread failed".to_owned()); claimed.len()];
-    std::thread::scope(|s| {
-        let running: Vec<_> = by_subscriber
-            .iter()
-            .map(|group| {
-                let claimed = &claimed;
-                s.spawn(move || {
-                    let mut group = group.clone();
-                    group.sort_by_key(|&i| (claimed[i].notification.created_at, claimed[i].notification.id));
-                    group.into_iter().map(|i| (i, send(config, agent, &claimed[i]))).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in running {
-            for (i, answer) in h.join().unwrap_or_default() {
-                answers[i] = answer;
-            }
-        }
-    });
-    let mut conn = pool.get()?;
-    for (c, answer) in claimed.iter().zip(answers) {
-        let now = db::now();
-        let (d, s) = (&c.delivery, &c.subscription);
-        let facts: Facts = serde_json::from_str(&c.notification.facts).unwrap_or_default();
-        let what =
-            format!("\"{}\" to subscription #{} ({})", message::summary(&c.notification.event, &facts), s.id, s.kind);
-        match answer {
-            Ok(answer) => {
-                log::info!("notification {what} delivered: {answer}");
-                crate::metrics::notification(&s.kind, "delivered");
-                queue::delivered(&mut conn, d, &answer, now)?;
-            }
-            Err(answer) => {
-                let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
-                crate::metrics::notification(&s.kind, if next.is_some() { "failed" } else { "given_up" });
-                match next {
-                    Some(at) => log::warn!(
-                        "notification {what} failed (attempt {}): {answer}; trying again in {}s",
-                        d.attempts,
-                        (at - now).num_seconds()
-                    ),
-                    None => log::warn!(
-                        "notification {what} given up after {} attempts over a day: {answer} \
-                         (the project page shows the subscription as failing)",
-                        d.attempts
-                    ),
+        let (pool, config, agent, done) = (pool.clone(), config.clone(), agent.clone(), Arc::clone(busy));
+        let spawned = std::thread::Builder::new().name("tbox-notify-send".into()).spawn(move || {
+            for c in &group {
+                if let Err(e) = attempt(&pool, &config, &agent, c) {
+                    log::warn!("notifications: recording an attempt: {e:#}");
                 }
-                queue::failed(&mut conn, d, &answer, now, next)?;
+            }
+            if let Ok(mut b) = done.lock() {
+                b.remove(&id);
+            }
+        });
+        if let Err(e) = spawned {
+            // Its deliveries stay claimed and are tried again after HOLD.
+            log::warn!("notifications: cannot start a sending thread: {e}");
+            if let Ok(mut b) = busy.lock() {
+                b.remove(&id);
             }
         }
     }
-    Ok(claimed.len())
+    Ok(full)
+}
+
+/// Sends one delivery and records the answer at once.
+fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> anyhow::Result<()> {
+    let answer = send(config, agent, c);
+    let now = db::now();
+    let (d, s) = (&c.delivery, &c.subscription);
+    let facts: Facts = serde_json::from_str(&c.notification.facts).unwrap_or_default();
+    let what =
+        format!("\"{}\" to subscription #{} ({})", message::summary(&c.notification.event, &facts), s.id, s.kind);
+    let mut conn = pool.get()?;
+    match answer {
+        Ok(answer) => {
+            log::info!("notification {what} delivered: {answer}");
+            crate::metrics::notification(&s.kind, "delivered");
+            queue::delivered(&mut conn, d, &answer, now)?;
+        }
+        Err(answer) => {
+            let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
+            crate::metrics::notification(&s.kind, if next.is_some() { "failed" } else { "given_up" });
+            match next {
+                Some(at) => log::warn!(
+                    "notification {what} failed (attempt {}): {answer}; trying again in {}s",
+                    d.attempts,
+                    (at - now).num_seconds()
+                ),
+                None => log::warn!(
+                    "notification {what} given up after {} attempts over a day: {answer} \
+                     (the project page shows the subscription as failing)",
+                    d.attempts
+                ),
+            }
+            queue::failed(&mut conn, d, &answer, now, next)?;
+        }
+    }
+    Ok(())
 }
 
 /// One attempt: the answer on success, what went wrong otherwise.
@@ -271,7 +289,10 @@ fn post(
         let sig = message::signature(secret, body.as_bytes()).map_err(|e| format!("cannot sign: {e}"))?;
         req = req.header("Tbox-Signature-256", sig);
     }
-    let mut resp = req.send(body).map_err(|e| e.to_string())?;
+    let mut resp = req.send(body).map_err(|e| match e {
+        ureq::Error::Timeout(_) => format!("no answer within {} s", WEBHOOK_TIMEOUT.as_secs()),
+        e => e.to_string(),
+    })?;
     let status = resp.status();
     let text = resp.body_mut().with_config().limit(ANSWER_BYTES).read_to_string().unwrap_or_default();
     let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
