@@ -420,6 +420,17 @@ mod tests {
             let lines: usize = b.blocks.iter().map(|bl| bl.lines.len()).sum();
             assert!(lines <= MAX_BLOCKS * (BEFORE + AFTER + 200), "{file}: brief too long ({lines} lines)");
         }
+        // MSVC's linker in a real Visual Studio build (captured through Maven's exec plugin, and
+        // pasted into a Jenkins report): its errors are error lines, whatever the prefix.
+        let text = std::fs::read_to_string(dir.join("maven-javac-deprecation-warnings.log"))?;
+        for needle in [
+            "fatal error LNK1181: cannot open input file",
+            "error LNK2001: unresolved external symbol",
+            "fatal error LNK1120",
+        ] {
+            let line = text.lines().find(|l| l.contains(needle)).unwrap_or_default();
+            assert_eq!(classify(line), Kind::Error, "{line:?}");
+        }
         // Every fixture scans without trouble and the line count is right.
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
