@@ -565,6 +565,34 @@ fn a_break_is_mailed_through_a_real_smtp_server() -> TestResult {
     Ok(())
 }
 
+/// `--smtp-starttls` against a relay that offers no STARTTLS: nothing goes out in the clear,
+/// and the log says why.
+#[test]
+fn required_starttls_never_falls_back_to_plain_text() -> TestResult {
+    let dir = std::env::temp_dir().join(format!("tbox-smtp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let Some(smtp) = Smtp::start(&dir) else { return Ok(()) };
+    let relay = format!("smtp://127.0.0.1:{}", smtp.port);
+    let Some(s) = Server::start_with(
+        Backend::Sqlite,
+        &["--smtp", &relay, "--smtp-starttls", "--mail-from", "tbox@example.org", "--notify-first-retry", "1"],
+    ) else {
+        return Ok(());
+    };
+    setup(&s);
+    s.admin_ok(&["notify", "add", "demo", "--email", "dev@example.org"]);
+    send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
+    wait_until(20, "a failed attempt", || {
+        let log = s.admin_ok(&["notify", "log", "demo"]);
+        log.contains("\tpending\t") && !log.contains("\t0 attempt(s)") && !log.contains("being sent")
+    });
+    let log = s.admin_ok(&["notify", "log", "demo"]);
+    assert!(log.contains("SMTP") && log.to_lowercase().contains("tls"), "the answer says it is about TLS: {log}");
+    assert!(!smtp.received().contains("Subject:"), "nothing was sent in the clear: {}", smtp.received());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 #[test]
 fn notify_commands_refuse_what_cannot_work() -> TestResult {
     let Some(s) = Server::start(Backend::Sqlite) else { return Ok(()) };
