@@ -115,6 +115,15 @@ fn uid() -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
+/// Whether any delivery is due (a read, so that an idle server does not take the write lock
+/// every second just to find nothing).
+pub fn any_due(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        deliveries::table.filter(deliveries::state.eq(PENDING)).filter(deliveries::next_attempt_at.le(now)),
+    ))
+    .get_result(conn)
+}
+
 /// A delivery taken by one sender, with what it needs to send it.
 #[derive(Debug, Clone)]
 pub struct Claimed {

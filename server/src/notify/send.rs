@@ -175,7 +175,13 @@ fn round(pool: &Pool, config: &Config, agent: &ureq::Agent, busy: &Arc<Mutex<Has
     }
     let kinds: &[&str] = if config.mail.is_some() { &["webhook", "email"] } else { &["webhook"] };
     let limit = i64::try_from(room).unwrap_or(1);
-    let claimed = queue::claim(&mut *pool.get()?, kinds, &serving, db::now(), HOLD, limit)?;
+    let mut conn = pool.get()?;
+    let now = db::now();
+    if !queue::any_due(&mut conn, now)? {
+        return Ok(false);
+    }
+    let claimed = queue::claim(&mut conn, kinds, &serving, now, HOLD, limit)?;
+    drop(conn);
     let full = claimed.len() == room;
     let mut by_subscriber: BTreeMap<i64, Vec<Claimed>> = BTreeMap::new();
     for c in claimed {
