@@ -430,11 +430,7 @@ pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Opt
 /// "already failing" and "first build" are decided by, on every page. Cancelled, skipped and
 /// lost builds say nothing about the source and are passed over.
 pub fn previous_decided(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
-    builds::table
-        .filter(builds::builder_id.eq(b.builder_id))
-        .filter(builds::project_id.eq(b.project_id))
-        .filter(builds::branch.eq(b.branch.clone()))
-        .filter(builds::state.eq("finished"))
+    finished_history(b)
         .filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]))
         .filter(builds::started_at.le(b.started_at))
         .filter(builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.lt(b.id))))
@@ -446,13 +442,7 @@ pub fn previous_decided(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Buil
 
 /// For a red build: the first red build of this builder and branch after its last green one.
 pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
-    let same = || {
-        builds::table
-            .filter(builds::builder_id.eq(b.builder_id))
-            .filter(builds::project_id.eq(b.project_id))
-            .filter(builds::branch.eq(b.branch.clone()))
-            .filter(builds::state.eq("finished"))
-    };
+    let same = || finished_history(b);
     let before_this =
         builds::started_at.lt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.le(b.id)));
     let last_green: Option<(NaiveDateTime, i64)> = same()
@@ -463,7 +453,7 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
         .select((builds::started_at, builds::id))
         .first(conn)
         .optional()?;
-    let mut first_red = same().filter(builds::result.eq_any(["failure", "exception"])).into_boxed();
+    let mut first_red = same().filter(builds::result.eq_any(["failure", "exception"]));
     if let Some((t, id)) = last_green {
         first_red = first_red
             .filter(builds::started_at.ge(t))
@@ -528,11 +518,7 @@ pub fn recompute_head(conn: &mut DbConn, project_id: i64, builder_id: i64, branc
 
 /// The newest finished build of the same builder, project and branch as `b`, before it.
 pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
-    builds::table
-        .filter(builds::builder_id.eq(b.builder_id))
-        .filter(builds::project_id.eq(b.project_id))
-        .filter(builds::branch.eq(b.branch.clone()))
-        .filter(builds::state.eq("finished"))
+    finished_history(b)
         .filter(builds::started_at.le(b.started_at))
         .order((builds::started_at.desc(), builds::id.desc()))
         .select(Build::as_select())
@@ -540,36 +526,40 @@ pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
         .optional()
 }
 
+/// The finished builds of `b`'s builder, project and branch: the history "broke", "fixed"
+/// and "first build" are read from.
+fn finished_history(b: &Build) -> builds::BoxedQuery<'static, <DbConn as diesel::Connection>::Backend> {
+    builds::table
+        .filter(builds::builder_id.eq(b.builder_id))
+        .filter(builds::project_id.eq(b.project_id))
+        .filter(builds::branch.eq(b.branch.clone()))
+        .filter(builds::state.eq("finished"))
+        .into_boxed()
+}
+
 /// Whether a green or red build of `b`'s builder and branch started after it: then `b` (a
 /// report that arrived late) is not what anyone sees as that builder's status now.
 pub fn later_decided(conn: &mut DbConn, b: &Build) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(
-        builds::table
-            .filter(builds::builder_id.eq(b.builder_id))
-            .filter(builds::project_id.eq(b.project_id))
-            .filter(builds::branch.eq(b.branch.clone()))
-            .filter(builds::state.eq("finished"))
-            .filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]))
-            .filter(builds::started_at.ge(b.started_at))
-            .filter(
-                builds::started_at.gt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.gt(b.id))),
-            ),
-    ))
-    .get_result(conn)
+    let later = builds::started_at.gt(b.started_at).or(builds::started_at.eq(b.started_at).and(builds::id.gt(b.id)));
+    finished_history(b)
+        .filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]))
+        .filter(builds::started_at.ge(b.started_at))
+        .filter(later)
+        .select(builds::id)
+        .first::<i64>(conn)
+        .optional()
+        .map(|found| found.is_some())
 }
 
 /// Whether `b`'s builder finished any build on its branch before `b`: if not, `b` is its first.
 pub fn earlier_finished(conn: &mut DbConn, b: &Build) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(
-        builds::table
-            .filter(builds::builder_id.eq(b.builder_id))
-            .filter(builds::project_id.eq(b.project_id))
-            .filter(builds::branch.eq(b.branch.clone()))
-            .filter(builds::state.eq("finished"))
-            .filter(builds::id.ne(b.id))
-            .filter(builds::started_at.le(b.started_at)),
-    ))
-    .get_result(conn)
+    finished_history(b)
+        .filter(builds::id.ne(b.id))
+        .filter(builds::started_at.le(b.started_at))
+        .select(builds::id)
+        .first::<i64>(conn)
+        .optional()
+        .map(|found| found.is_some())
 }
 
 /// One build by id.
