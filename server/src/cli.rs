@@ -470,9 +470,10 @@ pub fn parse_smtp_url(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("smtp://")
         .or_else(|| url.strip_prefix("smtps://"))
-        .ok_or_else(|| format!("{url:?}: the relay is an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25"))?;
+        .ok_or_else(|| "the relay is an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25".to_owned())?;
+    // The URL is not repeated: it may hold a password.
     if rest.rsplit('@').next().is_none_or(|h| h.is_empty() || h.starts_with(':')) {
-        return Err(format!("{url:?} names no host"));
+        return Err("the relay URL names no host".to_owned());
     }
     Ok(url.to_owned())
 }

@@ -353,8 +353,12 @@ fn store_build(
 /// which diesel does not classify).
 fn retryable(e: &anyhow::Error) -> bool {
     match e.downcast_ref::<DieselError>() {
+        // A foreign key: a notification subscription removed while the report queued a
+        // delivery to it.
         Some(DieselError::DatabaseError(
-            DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+            DatabaseErrorKind::UniqueViolation
+            | DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::ForeignKeyViolation,
             _,
         )) => true,
         Some(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)) => {

@@ -285,7 +285,12 @@ fn a_failed_delivery_is_retried_with_the_same_id(backend: Backend) -> TestResult
     hook.answer_next(&[500]);
     s.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--secret", "k"]);
     send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
-    let got = hook.wait_for(2, 30);
+    hook.wait_for(1, 20);
+    // A change after one whose delivery failed waits for it: the receiver hears them in order.
+    send(&s, "alice", 0, &build("alice", "main", "bbbb000000000000", 2, "failure"));
+    let got = hook.wait_for(3, 30);
+    let events: Vec<String> = got.iter().map(|g| g.json()["event"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(events, ["new", "new", "broke"], "in order, the failed one first");
     assert_eq!(got[0].header("tbox-delivery"), got[1].header("tbox-delivery"), "a retry is the same delivery");
     assert_eq!(got[0].body, got[1].body, "and the same body");
     wait_until(10, "the log to say delivered", || {
@@ -296,7 +301,7 @@ fn a_failed_delivery_is_retried_with_the_same_id(backend: Backend) -> TestResult
     assert!(s.log_text().contains("HTTP 500"), "the failed attempt is in the server log: {}", s.log_text());
     let (_, metrics) = s.get("/metrics");
     for needle in [
-        "tbox_notifications_total{kind=\"webhook\",outcome=\"delivered\"} 1",
+        "tbox_notifications_total{kind=\"webhook\",outcome=\"delivered\"} 2",
         "tbox_notifications_total{kind=\"webhook\",outcome=\"failed\"} 1",
         "tbox_notifications_total{kind=\"email\",outcome=\"given_up\"} 0",
     ] {

@@ -39,9 +39,16 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
     for m in applied {
         log::info!("applied migration {m}");
     }
+    let subscriptions = db::notify::list(&mut *pool.get()?, None)?;
+    if !subscriptions.is_empty() && args.public_url.is_none() {
+        log::warn!(
+            "links in notifications point at the address this server listens on ({}); \
+             set --public-url to the address people reach it at",
+            args.bind
+        );
+    }
     if mail.is_none() {
-        let emails =
-            db::notify::list(&mut *pool.get()?, None)?.iter().filter(|l| l.subscription.kind == "email").count();
+        let emails = subscriptions.iter().filter(|l| l.subscription.kind == "email").count();
         if emails > 0 {
             log::warn!(
                 "{emails} e-mail subscription(s), but this process has no --smtp: their notifications wait for a \
@@ -123,9 +130,12 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
             first_retry: std::time::Duration::from_secs(args.notify_first_retry),
             scan_every: std::time::Duration::from_secs(args.lost_check_every),
         };
-        crate::notify::send::start(notify_pool, sender).context("starting the notification sender")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::notify::send::start(notify_pool, sender, stop.clone()).context("starting the notification sender")?;
         on_bound(&addrs);
-        server.run().await.context("server stopped with an error")
+        let ran = server.run().await.context("server stopped with an error");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ran
     })
 }
 

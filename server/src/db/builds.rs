@@ -176,6 +176,17 @@ pub fn failed_tests(conn: &mut DbConn, build_id: i64) -> QueryResult<Vec<(String
         .load(conn)
 }
 
+/// Every failed or errored test of a build, in the order it was reported.
+pub fn all_failed_tests(conn: &mut DbConn, build_id: i64) -> QueryResult<Vec<(String, String)>> {
+    use super::schema::test_results;
+    test_results::table
+        .filter(test_results::build_id.eq(build_id))
+        .filter(test_results::result.eq_any(["failed", "error"]))
+        .order(test_results::id)
+        .select((test_results::suite, test_results::name))
+        .load(conn)
+}
+
 /// Test counts of these builds (one grouped query).
 pub fn test_counts(conn: &mut DbConn, build_ids: &[i64]) -> QueryResult<HashMap<i64, TestCounts>> {
     use super::schema::test_results;

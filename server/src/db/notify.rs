@@ -115,13 +115,27 @@ fn uid() -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// Whether any delivery is due (a read, so that an idle server does not take the write lock
-/// every second just to find nothing).
-pub fn any_due(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<bool> {
+/// Whether a delivery this sender could take is due (a read, so that an idle server does not
+/// take the write lock every second just to find nothing).
+pub fn any_due(conn: &mut DbConn, kinds: &[&str], serving: &[i64], now: NaiveDateTime) -> QueryResult<bool> {
+    let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     diesel::select(diesel::dsl::exists(
-        deliveries::table.filter(deliveries::state.eq(PENDING)).filter(deliveries::next_attempt_at.le(now)),
+        deliveries::table
+            .filter(pending())
+            .filter(deliveries::next_attempt_at.le(now))
+            .filter(deliveries::subscription_id.ne_all(serving.to_vec()))
+            .filter(
+                deliveries::subscription_id
+                    .eq_any(subscriptions::table.filter(subscriptions::kind.eq_any(kinds)).select(subscriptions::id)),
+            ),
     ))
     .get_result(conn)
+}
+
+/// `state = 'pending'` written out, so that PostgreSQL's plans for these queries (cached,
+/// generic) use the `deliveries_due` partial index, which holds only pending rows.
+fn pending() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("deliveries.state = 'pending'")
 }
 
 /// A delivery taken by one sender, with what it needs to send it.
@@ -133,12 +147,14 @@ pub struct Claimed {
     pub project: String,
 }
 
-/// Takes up to `limit` due deliveries of these kinds (`webhook`, `email`), except those of the
-/// subscriptions this sender is `serving` already, for this sender: each
-/// attempt is counted now and the next one is put off by `hold`, so no other sender takes it
-/// while this one tries, and it is tried again if this process dies meanwhile. On
-/// PostgreSQL, rows another process is claiming are skipped (FOR UPDATE SKIP LOCKED); on
-/// SQLite the write lock does the same.
+/// Takes due deliveries of these kinds (`webhook`, `email`) for this sender, at most `limit`
+/// and at most one per subscriber — its oldest pending one, so that a subscriber hears of
+/// changes in the order they happened (a chat never shows "fixed" before "broke") — leaving
+/// out the subscribers this sender is `serving` already. Each attempt is counted now and the
+/// next one is put off by `hold` (longer than one attempt can take), so no other sender takes
+/// it meanwhile, and it is tried again if this process dies. On PostgreSQL, rows another
+/// process is claiming are skipped (FOR UPDATE SKIP LOCKED); on SQLite the write lock does
+/// the same.
 pub fn claim(
     conn: &mut DbConn,
     kinds: &[&str],
@@ -149,11 +165,18 @@ pub fn claim(
 ) -> QueryResult<Vec<Claimed>> {
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     write_transaction(conn, |c| {
+        let older = diesel::alias!(deliveries as older);
         let due = || {
             deliveries::table
-                .filter(deliveries::state.eq(PENDING))
+                .filter(pending())
                 .filter(deliveries::next_attempt_at.le(now))
                 .filter(deliveries::subscription_id.ne_all(serving.to_vec()))
+                .filter(diesel::dsl::not(diesel::dsl::exists(
+                    older
+                        .filter(older.field(deliveries::subscription_id).eq(deliveries::subscription_id))
+                        .filter(older.field(deliveries::state).eq(PENDING))
+                        .filter(older.field(deliveries::id).lt(deliveries::id)),
+                )))
                 .filter(deliveries::subscription_id.eq_any(
                     subscriptions::table.filter(subscriptions::kind.eq_any(kinds.clone())).select(subscriptions::id),
                 ))
@@ -194,10 +217,20 @@ pub fn claim(
     })
 }
 
+type Pending =
+    diesel::dsl::Filter<diesel::dsl::Find<deliveries::table, i64>, diesel::dsl::Eq<deliveries::state, &'static str>>;
+type Mine = diesel::dsl::Filter<Pending, diesel::dsl::Eq<deliveries::attempts, i32>>;
+
+/// The delivery as this sender claimed it: still pending, and not claimed again since (by a
+/// sender that found it after `HOLD`), so a slow attempt never overwrites a later one.
+fn mine(d: &Delivery) -> Mine {
+    deliveries::table.find(d.id).filter(deliveries::state.eq(PENDING)).filter(deliveries::attempts.eq(d.attempts))
+}
+
 /// Records a successful attempt: the delivery is done and its subscription works.
 pub fn delivered(conn: &mut DbConn, d: &Delivery, answer: &str, now: NaiveDateTime) -> QueryResult<()> {
     write_transaction(conn, |c| {
-        diesel::update(deliveries::table.find(d.id).filter(deliveries::state.eq(PENDING)))
+        diesel::update(mine(d))
             .set((deliveries::state.eq(DELIVERED), deliveries::done_at.eq(now), deliveries::last_answer.eq(answer)))
             .execute(c)?;
         diesel::update(subscriptions::table.find(d.subscription_id))
@@ -216,7 +249,7 @@ pub fn failed(
     retry_at: Option<NaiveDateTime>,
 ) -> QueryResult<()> {
     write_transaction(conn, |c| {
-        let target = deliveries::table.find(d.id).filter(deliveries::state.eq(PENDING));
+        let target = mine(d);
         match retry_at {
             Some(at) => diesel::update(target)
                 .set((deliveries::next_attempt_at.eq(at), deliveries::last_answer.eq(answer)))

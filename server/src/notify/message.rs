@@ -55,8 +55,11 @@ fn short(rev: &str) -> &str {
     rev.get(..12).unwrap_or(rev)
 }
 
-/// The lines that say what happened, shared by the chat text and the e-mail.
-fn details(event: &str, f: &Facts, l: &Links) -> Vec<String> {
+/// The lines that say what happened, shared by the chat text and the e-mail. For a chat, what
+/// builders wrote (an error line, test names) is set as code, so it cannot format, link or
+/// mention anyone.
+fn details(event: &str, f: &Facts, l: &Links, chat: bool) -> Vec<String> {
+    let code = |s: &str| if chat { format!("`{}`", s.replace('`', "'")) } else { s.to_owned() };
     let mut out = Vec::new();
     match (&f.old_status, event) {
         (_, STALE) => out.push(format!(
@@ -81,7 +84,7 @@ fn details(event: &str, f: &Facts, l: &Links) -> Vec<String> {
         }
     }
     if let Some(e) = &f.first_error {
-        out.push(format!("First error (step {} \"{}\", line {}): {}", e.step, e.step_name, e.line, e.text));
+        out.push(format!("First error (step {} \"{}\", line {}): {}", e.step, e.step_name, e.line, code(&e.text)));
     }
     if !f.new_failures.is_empty() {
         let names: Vec<String> = f
@@ -89,6 +92,7 @@ fn details(event: &str, f: &Facts, l: &Links) -> Vec<String> {
             .iter()
             .map(|t| {
                 let name = if t.suite.is_empty() { t.name.clone() } else { format!("{}::{}", t.suite, t.name) };
+                let name = code(&name);
                 if t.flaky { format!("{name} (flaky)") } else { name }
             })
             .collect();
@@ -105,15 +109,27 @@ fn details(event: &str, f: &Facts, l: &Links) -> Vec<String> {
     out
 }
 
+/// Text a chat shows as it is: `&`, `<` and `>` escaped as Slack requires (Mattermost reads
+/// them as Markdown entities), and channel-wide mentions broken with a zero-width space, so a
+/// branch or test name cannot ping everyone.
+fn chat_safe(text: &str) -> String {
+    let mut out = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    for mention in ["@channel", "@here", "@all", "@everyone"] {
+        out = out.replace(mention, &format!("@\u{200b}{}", &mention[1..]));
+    }
+    out
+}
+
 /// The webhook's body: the facts, the links, and a `text` that a Slack or Mattermost incoming
 /// webhook shows as it is.
 pub fn webhook_body(n: &Notification, f: &Facts, base: &str) -> String {
     let l = links(base, f);
     let mut text = summary(&n.event, f);
-    for line in details(&n.event, f, &l) {
+    for line in details(&n.event, f, &l, true) {
         text.push('\n');
         text.push_str(&line);
     }
+    let text = chat_safe(&text);
     let with_url = |b: &super::BuildFacts, url: &Option<String>| {
         json!({"id": b.id, "url": url, "revision": b.revision, "result": b.result,
                "started_at": b.started_at, "finished_at": b.finished_at})
@@ -145,7 +161,7 @@ pub fn email(n: &Notification, f: &Facts, base: &str, subscription_id: i64) -> (
     let l = links(base, f);
     let subject = summary(&n.event, f);
     let mut body = format!("{subject}.\n\n");
-    for line in details(&n.event, f, &l) {
+    for line in details(&n.event, f, &l, false) {
         body.push_str(&line);
         body.push('\n');
     }
@@ -169,6 +185,14 @@ mod tests {
     fn signature_matches_githubs_documented_example() {
         let got = signature("It's a Secret to Everybody", b"Hello, World!").expect("hmac");
         assert_eq!(got, "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17");
+    }
+
+    #[test]
+    fn chat_text_cannot_mention_or_link() {
+        assert_eq!(
+            chat_safe("<!channel> @here <https://evil|Build> a&b"),
+            "&lt;!channel&gt; @\u{200b}here &lt;https://evil|Build&gt; a&amp;b"
+        );
     }
 
     #[test]

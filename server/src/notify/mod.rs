@@ -185,9 +185,15 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
                 .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?
                 .map(|f| ErrorFacts { step: f.step, step_name: f.step_name, line: f.line, text: f.text });
         }
-        let before = builds::failed_tests(conn, prev.id)?;
-        for (suite, name) in builds::failed_tests(conn, b.id)? {
-            if before.contains(&(suite.clone(), name.clone())) || facts.new_failures.len() >= 20 {
+        // All of both builds' failures, not a page of each: with a page, a failure the build
+        // before had beyond its page would look new.
+        let before: std::collections::HashSet<(String, String)> =
+            builds::all_failed_tests(conn, prev.id)?.into_iter().collect();
+        for (suite, name) in builds::all_failed_tests(conn, b.id)? {
+            if facts.new_failures.len() >= 20 {
+                break;
+            }
+            if before.contains(&(suite.clone(), name.clone())) {
                 continue;
             }
             let flaky = crate::api::status::is_flaky(conn, &b, &suite, &name)?;

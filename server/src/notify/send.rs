@@ -5,6 +5,7 @@
 //! only in memory: a restart picks up where the last process stopped.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,16 +54,7 @@ impl Mail {
     /// `--smtp-starttls` requires STARTTLS on an `smtp://` URL. `user:password@` logs in.
     pub fn new(url: &str, starttls: bool, from: &str) -> anyhow::Result<Self> {
         let from: Mailbox = from.parse().map_err(|e| anyhow::anyhow!("--mail-from {from:?}: {e}"))?;
-        let url = match (starttls, url.starts_with("smtp://")) {
-            (true, true) if url.contains('?') => format!("{url}&tls=required"),
-            (true, true) => format!("{url}?tls=required"),
-            (true, false) => anyhow::bail!("--smtp-starttls needs an smtp:// URL (smtps:// is TLS from the start)"),
-            (false, _) => url.to_owned(),
-        };
-        anyhow::ensure!(
-            url.starts_with("smtp://") || url.starts_with("smtps://"),
-            "--smtp must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25"
-        );
+        let url = relay_url(url, starttls)?;
         // Greet the relay with the sender's domain: some refuse the bare "localhost".
         let hello = ClientId::Domain(from.email.domain().to_owned());
         let transport = SmtpTransport::from_url(&url)
@@ -72,6 +64,40 @@ impl Mail {
             .build();
         Ok(Mail { transport, from })
     }
+}
+
+/// The URL lettre is given: `tls=required` with `--smtp-starttls` (replacing any `tls=` the URL
+/// had, since lettre reads the first), and no password over plain SMTP to another machine.
+fn relay_url(url: &str, starttls: bool) -> anyhow::Result<String> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    anyhow::ensure!(
+        matches!(scheme, "smtp" | "smtps"),
+        "--smtp must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25"
+    );
+    anyhow::ensure!(
+        !(starttls && scheme == "smtps"),
+        "--smtp-starttls needs an smtp:// URL (smtps:// is TLS from the start)"
+    );
+    let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = base.split('/').next().unwrap_or_default();
+    let (userinfo, host_port) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if scheme == "smtp" && !starttls && !loopback && userinfo.is_some_and(|u| u.contains(':')) {
+        anyhow::bail!(
+            "--smtp: a password on smtp:// would cross the network unencrypted; use smtps:// or add --smtp-starttls"
+        );
+    }
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("tls=")).collect();
+    if starttls {
+        params.push("tls=required");
+    } else if let Some(tls) = query.split('&').find(|p| p.starts_with("tls=")) {
+        params.push(tls);
+    }
+    Ok(if params.is_empty() { format!("{scheme}://{base}") } else { format!("{scheme}://{base}?{}", params.join("&")) })
 }
 
 /// Subscribers served at once, each by a thread of its own.
@@ -111,14 +137,14 @@ pub fn next_attempt(
     Some((now + wait).min(deadline))
 }
 
-/// Starts the sending thread; it runs as long as the process.
+/// Starts the sending thread; it runs until `stop` is set.
 ///
 /// It claims due deliveries and hands each subscriber's to a thread of their own, which sends
 /// them in order and records each answer the moment it comes: a receiver that never answers
 /// holds up only its own deliveries (for the timeout), and a crash can repeat only the one
 /// attempt that was under way. While a subscriber's thread runs, nothing more of its is
 /// claimed, so a chat sees "broke" before "fixed".
-pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
+pub fn start(pool: Pool, config: Config, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     std::thread::Builder::new().name("tbox-notify".into()).spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -131,7 +157,8 @@ pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
             .into();
         let busy: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut scanned: Option<Instant> = None;
-        loop {
+        // Until the server stops (other programs' tests run servers inside their process).
+        while !stop.load(Ordering::Relaxed) {
             if scanned.is_none_or(|t| t.elapsed() >= config.scan_every) {
                 scanned = Some(Instant::now());
                 if let Err(e) = housekeeping(&pool, &config) {
@@ -144,7 +171,10 @@ pub fn start(pool: Pool, config: Config) -> std::io::Result<()> {
                 Ok(false) => {}
                 Err(e) => log::warn!("notifications: {e:#}"),
             }
-            std::thread::sleep(TICK);
+            // While deliveries are being sent, look again soon: a subscriber's next one may be
+            // taken as soon as its thread is done.
+            let sending = busy.lock().map(|b| !b.is_empty()).unwrap_or(false);
+            std::thread::sleep(if sending { Duration::from_millis(100) } else { TICK });
         }
     })?;
     Ok(())
@@ -177,7 +207,7 @@ fn round(pool: &Pool, config: &Config, agent: &ureq::Agent, busy: &Arc<Mutex<Has
     let limit = i64::try_from(room).unwrap_or(1);
     let mut conn = pool.get()?;
     let now = db::now();
-    if !queue::any_due(&mut conn, now)? {
+    if !queue::any_due(&mut conn, kinds, &serving, now)? {
         return Ok(false);
     }
     let claimed = queue::claim(&mut conn, kinds, &serving, now, HOLD, limit)?;
@@ -192,26 +222,34 @@ fn round(pool: &Pool, config: &Config, agent: &ureq::Agent, busy: &Arc<Mutex<Has
         if let Ok(mut b) = busy.lock() {
             b.insert(id);
         }
-        let (pool, config, agent, done) = (pool.clone(), config.clone(), agent.clone(), Arc::clone(busy));
+        // Frees the subscriber however the thread ends (a panic included), or if it never starts.
+        let serving = Serving(Arc::clone(busy), id);
+        let (pool, config, agent) = (pool.clone(), config.clone(), agent.clone());
         let spawned = std::thread::Builder::new().name("tbox-notify-send".into()).spawn(move || {
+            let _serving = serving;
             for c in &group {
                 if let Err(e) = attempt(&pool, &config, &agent, c) {
                     log::warn!("notifications: recording an attempt: {e:#}");
                 }
             }
-            if let Ok(mut b) = done.lock() {
-                b.remove(&id);
-            }
         });
         if let Err(e) = spawned {
             // Its deliveries stay claimed and are tried again after HOLD.
             log::warn!("notifications: cannot start a sending thread: {e}");
-            if let Ok(mut b) = busy.lock() {
-                b.remove(&id);
-            }
         }
     }
     Ok(full)
+}
+
+/// A subscriber being served by a sending thread, until this is dropped.
+struct Serving(Arc<Mutex<HashSet<i64>>>, i64);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.0.lock() {
+            b.remove(&self.1);
+        }
+    }
 }
 
 /// Sends one delivery and records the answer at once.
@@ -222,12 +260,24 @@ fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> an
     let facts: Facts = serde_json::from_str(&c.notification.facts).unwrap_or_default();
     let what =
         format!("\"{}\" to subscription #{} ({})", message::summary(&c.notification.event, &facts), s.id, s.kind);
-    let mut conn = pool.get()?;
-    match answer {
+    // The answer came: record it, trying a few times (a busy pool, a database restarting), or
+    // a delivered message would be sent again after HOLD.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match record(pool, config, d, &answer, now) {
+            Ok(()) => break,
+            Err(e) if tries < 4 => {
+                log::warn!("notifications: recording {what}: {e:#}; trying again");
+                std::thread::sleep(Duration::from_secs(2 * tries));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match &answer {
         Ok(answer) => {
             log::info!("notification {what} delivered: {answer}");
             crate::metrics::notification(&s.kind, "delivered");
-            queue::delivered(&mut conn, d, &answer, now)?;
         }
         Err(answer) => {
             let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
@@ -244,7 +294,23 @@ fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> an
                     d.attempts
                 ),
             }
-            queue::failed(&mut conn, d, &answer, now, next)?;
+        }
+    }
+    Ok(())
+}
+
+fn record(
+    pool: &Pool,
+    config: &Config,
+    d: &crate::db::models::Delivery,
+    answer: &Result<String, String>,
+    now: NaiveDateTime,
+) -> anyhow::Result<()> {
+    let mut conn = pool.get()?;
+    match answer {
+        Ok(answer) => queue::delivered(&mut conn, d, answer, now)?,
+        Err(answer) => {
+            queue::failed(&mut conn, d, answer, now, next_attempt(config.first_retry, d.attempts, d.created_at, now))?
         }
     }
     Ok(())
@@ -327,6 +393,22 @@ fn send_mail(mail: &Mail, to: &str, subject: String, body: String, uid: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_urls() {
+        let ok = |u: &str, tls: bool| relay_url(u, tls).unwrap_or_else(|e| panic!("{u}: {e}"));
+        assert_eq!(ok("smtp://127.0.0.1:25", false), "smtp://127.0.0.1:25");
+        assert_eq!(ok("smtp://relay.example.org:587", true), "smtp://relay.example.org:587?tls=required");
+        assert_eq!(
+            ok("smtp://u:p@relay.example.org:587?tls=opportunistic", true),
+            "smtp://u:p@relay.example.org:587?tls=required"
+        );
+        assert_eq!(ok("smtps://u:p@relay.example.org", false), "smtps://u:p@relay.example.org");
+        assert_eq!(ok("smtp://u:p@localhost:25", false), "smtp://u:p@localhost:25");
+        assert!(relay_url("smtp://u:p@relay.example.org:587", false).is_err(), "a password in the clear");
+        assert!(relay_url("smtps://relay.example.org", true).is_err());
+        assert!(relay_url("http://relay.example.org", false).is_err());
+    }
 
     #[test]
     fn retries_start_within_15_seconds_grow_and_end_after_a_day() {
