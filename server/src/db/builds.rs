@@ -165,26 +165,20 @@ pub struct TestCounts {
     pub skipped: i64,
 }
 
-/// The (suite, name) of a build's failed or errored tests, at most 50.
-pub fn failed_tests(conn: &mut DbConn, build_id: i64) -> QueryResult<Vec<(String, String)>> {
+/// The (suite, name) of a build's failed or errored tests, in the order they were reported;
+/// at most `limit` of them, or all.
+pub fn failed_tests(conn: &mut DbConn, build_id: i64, limit: Option<i64>) -> QueryResult<Vec<(String, String)>> {
     use super::schema::test_results;
-    test_results::table
-        .filter(test_results::build_id.eq(build_id))
-        .filter(test_results::result.eq_any(["failed", "error"]))
-        .limit(50)
-        .select((test_results::suite, test_results::name))
-        .load(conn)
-}
-
-/// Every failed or errored test of a build, in the order it was reported.
-pub fn all_failed_tests(conn: &mut DbConn, build_id: i64) -> QueryResult<Vec<(String, String)>> {
-    use super::schema::test_results;
-    test_results::table
+    let mut q = test_results::table
         .filter(test_results::build_id.eq(build_id))
         .filter(test_results::result.eq_any(["failed", "error"]))
         .order(test_results::id)
         .select((test_results::suite, test_results::name))
-        .load(conn)
+        .into_boxed();
+    if let Some(n) = limit {
+        q = q.limit(n);
+    }
+    q.load(conn)
 }
 
 /// Test counts of these builds (one grouped query).
@@ -330,14 +324,18 @@ pub fn get(conn: &mut DbConn, id: i64) -> QueryResult<Option<Full>> {
     else {
         return Ok(None);
     };
-    let steps =
-        steps::table.filter(steps::build_id.eq(id)).order(steps::position).select(Step::as_select()).load(conn)?;
+    let steps = steps_of(conn, id)?;
     let tests = test_results::table
         .filter(test_results::build_id.eq(id))
         .order(test_results::id)
         .select(TestRow::as_select())
         .load(conn)?;
     Ok(Some(Full { build, project, project_title, revision_url, builder, steps, tests }))
+}
+
+/// A build's steps, in order.
+pub fn steps_of(conn: &mut DbConn, build_id: i64) -> QueryResult<Vec<Step>> {
+    steps::table.filter(steps::build_id.eq(build_id)).order(steps::position).select(Step::as_select()).load(conn)
 }
 
 /// A step's stored log: (uncompressed size, zstd bytes, whether its build is finished).

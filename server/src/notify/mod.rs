@@ -109,22 +109,46 @@ fn names(conn: &mut DbConn, b: &Build) -> QueryResult<(Project, String)> {
     Ok((project, builder))
 }
 
-fn record(conn: &mut DbConn, event: &str, key: &str, b: &Build, facts: &Facts, now: NaiveDateTime) -> QueryResult<()> {
+/// Which change happened, to whom: what a notification is recorded under.
+struct Change<'a> {
+    event: &'a str,
+    /// Names the change once (e.g. `build/42/broke`), however many processes notice it.
+    key: String,
+    project_id: i64,
+    builder_id: i64,
+    branch: Option<&'a str>,
+    build_id: Option<i64>,
+}
+
+impl<'a> Change<'a> {
+    fn of_build(event: &'a str, key: String, b: &'a Build) -> Self {
+        Change {
+            event,
+            key,
+            project_id: b.project_id,
+            builder_id: b.builder_id,
+            branch: Some(&b.branch),
+            build_id: Some(b.id),
+        }
+    }
+}
+
+/// Records a change with its facts, and queues its deliveries; returns how many.
+fn record(conn: &mut DbConn, change: &Change<'_>, facts: &Facts, now: NaiveDateTime) -> QueryResult<usize> {
     let json = serde_json::to_string(facts).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
     notify::record(
         conn,
         &NewNotification {
-            project_id: b.project_id,
-            event_key: key,
-            event,
-            builder_id: b.builder_id,
-            branch: Some(&b.branch),
-            build_id: Some(b.id),
+            project_id: change.project_id,
+            event_key: &change.key,
+            event: change.event,
+            builder_id: change.builder_id,
+            branch: change.branch,
+            build_id: change.build_id,
             facts: &json,
             created_at: now,
         },
-    )?;
-    Ok(())
+    )
 }
 
 /// After a report was stored (same transaction): records the change it makes to its builder's
@@ -152,7 +176,8 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
         };
         // Keyed by builder and branch, not build: a first build is first once, whatever
         // order reports arrive in.
-        return record(conn, NEW, &format!("builder/{}/new/{}", b.builder_id, b.branch), &b, &facts, now);
+        let key = format!("builder/{}/new/{}", b.builder_id, b.branch);
+        return record(conn, &Change::of_build(NEW, key, &b), &facts, now).map(drop);
     }
     let Some(green) = colour(&b) else { return Ok(()) };
     if builds::later_decided(conn, &b)? {
@@ -180,16 +205,15 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
     let event = if green { FIXED } else { BROKE };
     if !green {
         // Only for a break, which is rare: scanning a log holds the write lock meanwhile.
-        if let Some(full) = builds::get(conn, b.id)? {
-            facts.first_error = crate::web::logs::first_error(conn, b.id, &full.steps)
-                .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?
-                .map(|f| ErrorFacts { step: f.step, step_name: f.step_name, line: f.line, text: f.text });
-        }
+        let steps = builds::steps_of(conn, b.id)?;
+        facts.first_error = crate::web::logs::first_error(conn, b.id, &steps)
+            .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?
+            .map(|f| ErrorFacts { step: f.step, step_name: f.step_name, line: f.line, text: f.text });
         // All of both builds' failures, not a page of each: with a page, a failure the build
         // before had beyond its page would look new.
         let before: std::collections::HashSet<(String, String)> =
-            builds::all_failed_tests(conn, prev.id)?.into_iter().collect();
-        for (suite, name) in builds::all_failed_tests(conn, b.id)? {
+            builds::failed_tests(conn, prev.id, None)?.into_iter().collect();
+        for (suite, name) in builds::failed_tests(conn, b.id, None)? {
             if facts.new_failures.len() >= 20 {
                 break;
             }
@@ -200,7 +224,7 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
             facts.new_failures.push(TestFacts { suite, name, flaky });
         }
     }
-    record(conn, event, &format!("build/{}/{event}", b.id), &b, &facts, now)
+    record(conn, &Change::of_build(event, format!("build/{}/{event}", b.id), &b), &facts, now).map(drop)
 }
 
 /// After builds were marked lost (same transaction): one change each.
@@ -220,7 +244,7 @@ pub fn after_lost(conn: &mut DbConn, build_ids: &[i64], now: NaiveDateTime) -> Q
             build: Some(build_facts(&b)),
             ..Facts::default()
         };
-        record(conn, LOST, &format!("build/{}/lost", b.id), &b, &facts, now)?;
+        record(conn, &Change::of_build(LOST, format!("build/{}/lost", b.id), &b), &facts, now)?;
     }
     Ok(())
 }
@@ -248,21 +272,15 @@ pub fn stale_builders(conn: &mut DbConn, stale_after: chrono::TimeDelta, now: Na
                 last_report_at: Some(time(seen)),
                 ..Facts::default()
             };
-            let json =
-                serde_json::to_string(&facts).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-            n += notify::record(
-                conn,
-                &NewNotification {
-                    project_id,
-                    event_key: &format!("builder/{}/stale/{}", b.id, seen.and_utc().timestamp()),
-                    event: STALE,
-                    builder_id: b.id,
-                    branch: None,
-                    build_id: None,
-                    facts: &json,
-                    created_at: now,
-                },
-            )?;
+            let change = Change {
+                event: STALE,
+                key: format!("builder/{}/stale/{}", b.id, seen.and_utc().timestamp()),
+                project_id,
+                builder_id: b.id,
+                branch: None,
+                build_id: None,
+            };
+            n += record(conn, &change, &facts, now)?;
         }
     }
     Ok(n)

@@ -254,10 +254,16 @@ impl Drop for Serving {
 
 /// Sends one delivery and records the answer at once.
 fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> anyhow::Result<()> {
-    let answer = send(config, agent, c);
+    let facts: Result<Facts, _> = serde_json::from_str(&c.notification.facts);
+    let answer = match &facts {
+        Ok(facts) => send(config, agent, c, facts),
+        Err(e) => Err(format!("stored notification is unreadable: {e}")),
+    };
+    let facts = facts.unwrap_or_default();
     let now = db::now();
     let (d, s) = (&c.delivery, &c.subscription);
-    let facts: Facts = serde_json::from_str(&c.notification.facts).unwrap_or_default();
+    // When to try again, if this attempt failed; `None` gives up.
+    let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
     let what =
         format!("\"{}\" to subscription #{} ({})", message::summary(&c.notification.event, &facts), s.id, s.kind);
     // The answer came: record it, trying a few times (a busy pool, a database restarting), or
@@ -265,7 +271,7 @@ fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> an
     let mut tries = 0;
     loop {
         tries += 1;
-        match record(pool, config, d, &answer, now) {
+        match record(pool, d, &answer, now, next) {
             Ok(()) => break,
             Err(e) if tries < 4 => {
                 log::warn!("notifications: recording {what}: {e:#}; trying again");
@@ -280,7 +286,6 @@ fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> an
             crate::metrics::notification(&s.kind, "delivered");
         }
         Err(answer) => {
-            let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
             crate::metrics::notification(&s.kind, if next.is_some() { "failed" } else { "given_up" });
             match next {
                 Some(at) => log::warn!(
@@ -301,28 +306,24 @@ fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> an
 
 fn record(
     pool: &Pool,
-    config: &Config,
     d: &crate::db::models::Delivery,
     answer: &Result<String, String>,
     now: NaiveDateTime,
+    next: Option<NaiveDateTime>,
 ) -> anyhow::Result<()> {
     let mut conn = pool.get()?;
     match answer {
         Ok(answer) => queue::delivered(&mut conn, d, answer, now)?,
-        Err(answer) => {
-            queue::failed(&mut conn, d, answer, now, next_attempt(config.first_retry, d.attempts, d.created_at, now))?
-        }
+        Err(answer) => queue::failed(&mut conn, d, answer, now, next)?,
     }
     Ok(())
 }
 
 /// One attempt: the answer on success, what went wrong otherwise.
-fn send(config: &Config, agent: &ureq::Agent, c: &Claimed) -> Result<String, String> {
-    let facts: Facts =
-        serde_json::from_str(&c.notification.facts).map_err(|e| format!("stored notification is unreadable: {e}"))?;
+fn send(config: &Config, agent: &ureq::Agent, c: &Claimed, facts: &Facts) -> Result<String, String> {
     match c.subscription.kind.as_str() {
         "webhook" => {
-            let body = message::webhook_body(&c.notification, &facts, &config.base);
+            let body = message::webhook_body(&c.notification, facts, &config.base);
             post(
                 agent,
                 &c.subscription.target,
@@ -334,7 +335,7 @@ fn send(config: &Config, agent: &ureq::Agent, c: &Claimed) -> Result<String, Str
         }
         "email" => {
             let Some(mail) = &config.mail else { return Err("this server process has no --smtp".to_owned()) };
-            let (subject, body) = message::email(&c.notification, &facts, &config.base, c.subscription.id);
+            let (subject, body) = message::email(&c.notification, facts, &config.base, c.subscription.id);
             send_mail(mail, &c.subscription.target, subject, body, &c.delivery.uid)
         }
         other => Err(format!("unknown subscription kind {other:?}")),

@@ -135,7 +135,7 @@ pub async fn page(
             let mut conn = pool.get()?;
             let mut out = Vec::new();
             for b in candidates {
-                let failed = crate::db::builds::failed_tests(&mut conn, b.id)?;
+                let failed = crate::db::builds::failed_tests(&mut conn, b.id, Some(50))?;
                 let mut all_flaky = !failed.is_empty();
                 for (suite, name) in &failed {
                     if !crate::api::status::is_flaky(&mut conn, &b, suite, name)? {
