@@ -64,6 +64,16 @@ fn start_server(db: &str, port: u16) -> String {
     format!("http://{addr}")
 }
 
+/// A build's steps as (name, result), as the API lists them.
+fn step_results(b: &Value) -> Vec<(&str, &str)> {
+    b["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["result"].as_str().unwrap()))
+        .collect()
+}
+
 /// These tests are about running steps and reporting, not the sandbox (tests/recipes.rs is):
 /// where bubblewrap is missing they run the steps unsandboxed and say so, except in CI, which
 /// installs it.
@@ -338,12 +348,7 @@ fn passing_and_failing_steps_with_junit_and_no_leaked_environment() -> TestResul
     assert_eq!(builds.len(), 1);
     let b = v.build(&builds[0]["id"]);
     assert_eq!(b["result"], "failure");
-    let steps: Vec<(&str, &str)> = b["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["name"].as_str().unwrap(), s["result"].as_str().unwrap()))
-        .collect();
+    let steps = step_results(&b);
     assert_eq!(steps, [("build", "success"), ("test", "failure"), ("package", "skipped")]);
     assert_eq!(b["steps"][1]["kind"], "test");
     assert_eq!(b["steps"][1]["exit_code"], 1);
@@ -380,12 +385,7 @@ fn unreadable_junit_fails_the_step_and_missing_junit_is_said() -> TestResult {
     let out = v.cmd(&["run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let b = v.build(&v.builds()[0]["id"]);
-    let steps: Vec<(&str, &str)> = b["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["name"].as_str().unwrap(), s["result"].as_str().unwrap()))
-        .collect();
+    let steps = step_results(&b);
     assert_eq!(steps, [("unit", "failure"), ("integration", "warnings")], "{b}");
     assert_ne!(b["result"], "success");
     let log = v.text(b["steps"][0]["log_url"].as_str().unwrap());
