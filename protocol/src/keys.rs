@@ -135,15 +135,6 @@ impl PrivateKey {
     }
 }
 
-/// What the previous key signs when a project rotates to a new key: the new key's exact PEM
-/// text, bound to the project (so an endorsement made for one project cannot be replayed for
-/// another that happens to share the old key).
-///
-/// `{ printf 'tbox-key-endorsement/1\nproject=demo\n'; cat new.pub; } | openssl dgst -sha256 -sign old.pem | base64 -w0`
-pub fn endorsement_message(project: &str, new_key_pem: &str) -> Vec<u8> {
-    format!("tbox-key-endorsement/1\nproject={project}\n{new_key_pem}").into_bytes()
-}
-
 /// A report's id: the hex SHA-256 of its exact body bytes.
 pub fn report_id(body: &[u8]) -> String {
     hex(&Sha256::digest(body))

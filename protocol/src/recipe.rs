@@ -15,6 +15,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::keys::{PublicKey, SignatureError};
+use crate::limits::ResourceLimits;
+use crate::names::check_branch_pattern;
 use crate::report::StepKind;
 use crate::validate::{ValidationError, name};
 
@@ -23,6 +25,14 @@ pub const RECIPE_FORMAT: &str = "tbox-recipe/1";
 
 /// Largest recipe accepted, in bytes.
 pub const MAX_RECIPE_BYTES: usize = 64 << 10;
+
+/// The highest version a recipe or key list may have: the largest integer JSON readers hold
+/// exactly (2^53 − 1), so that `version + 1` never overflows anywhere.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// How far ahead a recipe or key list may expire. A longer life would let a mirror that froze
+/// keep serving it (and a revoked key's recipe) for years.
+pub const MAX_EXPIRY_DAYS: i64 = 400;
 
 /// A project's recipe, parsed and valid.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -46,6 +56,9 @@ pub struct Recipe {
     /// Whether steps need the network (the volunteer may still refuse).
     #[serde(default)]
     pub network: bool,
+    /// Less than the volunteer's limits, if the project wants (never more).
+    #[serde(default)]
+    pub limits: ResourceLimits,
     /// The steps, in order.
     #[serde(rename = "step")]
     pub steps: Vec<RecipeStep>,
@@ -97,6 +110,11 @@ pub enum RecipeError {
     /// Past its `expires`.
     #[error("the recipe expired at {0}; the project must publish a new one")]
     Expired(DateTime<Utc>),
+    /// Expires too far ahead.
+    #[error(
+        "the recipe expires at {0}, more than {MAX_EXPIRY_DAYS} days ahead; the project must publish one that expires sooner"
+    )]
+    TooLongLived(DateTime<Utc>),
     /// For another project than the one asked for.
     #[error("the recipe is for project {found:?}, not {expected:?}")]
     WrongProject {
@@ -173,6 +191,26 @@ pub fn parse_recipe(bytes: &[u8]) -> Result<Recipe, RecipeError> {
     })?;
     recipe.validate()?;
     Ok(recipe)
+}
+
+/// Whether git may be given `url` for a recipe's source: the network and file transports only,
+/// never a helper that runs a program (`ext::`, `fd::`, `<helper>::<address>`).
+fn repo_url_allowed(url: &str) -> bool {
+    const SCHEMES: &[&str] = &["https://", "http://", "ssh://", "git://", "file://"];
+    if SCHEMES.iter().any(|s| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s)) {
+        return !url.contains("::");
+    }
+    // scp style, `[user@]host:path`: a host of letters, digits, dots and dashes before the colon.
+    match url.split_once(':') {
+        Some((host, path)) => {
+            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+            !host.is_empty()
+                && !path.is_empty()
+                && !path.starts_with(':')
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+        None => false,
+    }
 }
 
 /// Reads `30m`, `2h`, `90s`, `1d` or a sum such as `1h30m`.
@@ -253,6 +291,9 @@ impl Recipe {
         if now >= self.expires {
             return Err(RecipeError::Expired(self.expires));
         }
+        if self.expires > now + chrono::TimeDelta::days(MAX_EXPIRY_DAYS) {
+            return Err(RecipeError::TooLongLived(self.expires));
+        }
         match last {
             Some((v, _)) if self.version < v => Err(RecipeError::Rollback { last: v, found: self.version }),
             Some((v, seen)) if self.version == v && seen != digest => Err(RecipeError::Changed(v)),
@@ -269,25 +310,27 @@ impl Recipe {
         if self.repo.is_empty() || self.repo.len() > 1000 || self.repo.chars().any(|c| c.is_control() || c == ' ') {
             return bad("repo", "must be a URL git can clone (one word, at most 1000 bytes)");
         }
-        // An option where a URL belongs would make `git clone` run something (--upload-pack=…).
+        // An option where a URL belongs would make `git clone` run something (--upload-pack=…),
+        // and so would git's command transports (`ext::sh -c …`): git runs outside the sandbox.
         if self.repo.starts_with('-') {
             return bad("repo", "must not start with '-'");
+        }
+        if !repo_url_allowed(&self.repo) {
+            return bad(
+                "repo",
+                "must be an https://, http://, ssh://, git:// or file:// URL, or host:path (scp style)",
+            );
         }
         if self.branches.is_empty() {
             return bad("branches", "name at least one branch");
         }
         for (i, b) in self.branches.iter().enumerate() {
-            let ok = !b.is_empty()
-                && b.len() <= 200
-                && !b.starts_with('-')
-                && b.chars().all(|c| c.is_ascii_alphanumeric() || "._-/*?+".contains(c));
-            if !ok {
-                return bad(&format!("branches[{i}]"), "must be a branch name or glob (A-Z a-z 0-9 . _ - / + * ?)");
-            }
+            check_branch_pattern(b).map_err(|why| ValidationError::new(format!("branches[{i}]"), why))?;
         }
-        if self.version == 0 {
-            return bad("version", "must be at least 1");
+        if !(1..=MAX_VERSION).contains(&self.version) {
+            return bad("version", &format!("must be 1 to {MAX_VERSION}"));
         }
+        self.limits.validate("limits")?;
         for (i, r) in self.requires.iter().enumerate() {
             name(&format!("requires[{i}]"), r, 64)?;
         }
@@ -384,9 +427,20 @@ env = { CFLAGS = "-O2" }
         assert_eq!(field(&with("tbox-recipe/1", "tbox-recipe/2")), "format");
         assert_eq!(field(&with("project  = \"demo\"", "project = \"de mo\"")), "project");
         assert_eq!(field(&with("https://example.org/demo.git", "--upload-pack=touch /tmp/x")), "repo");
+        for runs_something in ["ext::sh -c touch% /tmp/pwned", "fd::3", "hg::https://example.org/x", "/srv/git/demo"] {
+            assert_eq!(field(&with("https://example.org/demo.git", runs_something)), "repo", "{runs_something}");
+        }
+        for fine in
+            ["git@example.org:demo.git", "ssh://git@example.org/demo", "file:///srv/git/demo", "HTTPS://x.org/d"]
+        {
+            assert!(parse_recipe(with("https://example.org/demo.git", fine).as_bytes()).is_ok(), "{fine}");
+        }
         assert_eq!(field(&with("[\"main\", \"release-*\"]", "[]")), "branches");
         assert_eq!(field(&with("\"release-*\"", "\"rel ease\"")), "branches[1]");
         assert_eq!(field(&with("version  = 7", "version = 0")), "version");
+        assert_eq!(field(&with("version  = 7", "version = 9223372036854775807")), "version");
+        assert_eq!(field(&with("\"release-*\"", "\"*/../*\"")), "branches[1]");
+        assert_eq!(field(&with("network  = false", "network = false\n[limits]\nmemory = \"1KiB\"")), "limits.memory");
         assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"soon\"")), "step[0].timeout");
         assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"30d\"")), "step[0].timeout");
         assert_eq!(field(&with("out/**/*.xml", "../../home/*.xml")), "step[1].junit[0]");
@@ -441,6 +495,9 @@ env = { CFLAGS = "-O2" }
         assert!(matches!(r.check("other", now(), "d7", None), Err(RecipeError::WrongProject { .. })));
         let later = DateTime::parse_from_rfc3339("2027-03-01T00:00:00Z").map(|t| t.to_utc()).unwrap_or_default();
         assert_eq!(r.check("demo", later, "d7", None), Err(RecipeError::Expired(later)));
+        // A recipe that lives for years would let a frozen mirror keep it alive: 400 days at most.
+        let early = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").map(|t| t.to_utc()).unwrap_or_default();
+        assert_eq!(r.check("demo", early, "d7", None), Err(RecipeError::TooLongLived(r.expires)));
         Ok(())
     }
 

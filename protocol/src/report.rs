@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 /// The value of the `format` field this crate reads and writes.
 pub const FORMAT: &str = "tbox-report/1";
 
+/// The values of a report's `sandbox` field, the one set both sides use: steps ran in
+/// bubblewrap without or with the network, or unsandboxed because the volunteer opted out.
+pub const SANDBOX_KINDS: &[&str] = &["bubblewrap", "bubblewrap+network", "none"];
+
 /// One build as a volunteer's machine saw it.
 ///
 /// Unknown fields are ignored when parsing, so later reporters can add fields
@@ -55,7 +59,7 @@ pub struct Report {
     /// The fingerprint (`SHA256:…`) of the project key that signed that recipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe_key: Option<String>,
-    /// How the steps were isolated: `bubblewrap`, or `none` when the volunteer opted out.
+    /// How the steps were isolated: one of [`SANDBOX_KINDS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
     /// The lease this build answers (a project's build request); its finished report closes it.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use thiserror::Error;
 
-use crate::report::{BuildState, FORMAT, Report};
+use crate::report::{BuildState, FORMAT, Report, SANDBOX_KINDS};
 
 /// Why a body is not an acceptable report.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -120,8 +120,10 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
             return Err(ValidationError::new("recipe_key", "must be a key fingerprint, SHA256: and 64 hex digits"));
         }
     }
-    if let Some(s) = &r.sandbox {
-        name("sandbox", s, 64)?;
+    if let Some(s) = &r.sandbox
+        && !SANDBOX_KINDS.contains(&s.as_str())
+    {
+        return Err(ValidationError::new("sandbox", format!("must be one of {}, got {s:?}", SANDBOX_KINDS.join(", "))));
     }
 
     in_range("started_at", &r.started_at)?;
@@ -339,6 +341,17 @@ mod tests {
         let mut v = finished();
         v["state"] = json!("running");
         assert_eq!(field_of(&v), "state");
+
+        // The sandbox field is one documented set, the one the reporter writes.
+        for kind in crate::SANDBOX_KINDS {
+            let mut v = finished();
+            v["sandbox"] = json!(kind);
+            let body = serde_json::to_vec(&v).unwrap_or_default();
+            assert!(parse_report(&body, now()).is_ok(), "{kind}");
+        }
+        let mut v = finished();
+        v["sandbox"] = json!("docker");
+        assert_eq!(field_of(&v), "sandbox");
 
         let mut v = finished();
         v["steps"][1]["result"] = json!("fine");

@@ -64,9 +64,13 @@ pub enum Command {
     /// Stop building a project: remove it from the config and forget its recipe.
     #[command(after_help = EXIT_CODES)]
     Leave(LeaveArgs),
-    /// For maintainers: sign, check, publish a project's recipe, and rotate the project's key.
+    /// For maintainers: sign, check and publish a project's recipe.
     #[command(subcommand)]
     Recipe(RecipeCommand),
+    /// For maintainers: sign and publish the project's key list (which keys sign, which are
+    /// revoked): rotating or revoking a key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// For maintainers: ask volunteers' machines for builds (signed with the project's key).
     #[command(after_help = EXIT_CODES)]
     Request(RequestArgs),
@@ -160,10 +164,57 @@ pub enum RecipeCommand {
     /// Publish a signed recipe to a server (PUT, with the .sig next to the file).
     #[command(after_help = EXIT_CODES)]
     Publish(RecipePublishArgs),
-    /// Replace the project's key: the new key is signed by the old one, so volunteers who
-    /// pinned the old key follow without joining again.
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Sign a key list (`tbox-keys/1`) with a key in force now: writes FILE.sig. With --add,
+    /// --revoke or --expires, first writes the next version of FILE (or, with --project, a
+    /// first one listing the signing key).
+    #[command(after_help = KEYS_HELP)]
+    Sign(KeysSignArgs),
+    /// Publish a signed key list to a server (PUT, with the .sig next to the file).
     #[command(after_help = EXIT_CODES)]
-    Rotate(RecipeRotateArgs),
+    Publish(KeysPublishArgs),
+}
+
+const KEYS_HELP: &str = "\
+Rotating: `keys sign keys.toml --key old.pem --add new.pub --revoke SHA256:<old>` then
+`keys publish keys.toml --server URL`; sign later recipes with new.pem. Volunteers who pinned
+the old key follow, and never trust a revoked key again, whatever a mirror serves.";
+
+#[derive(Debug, Args)]
+pub struct KeysSignArgs {
+    /// The key list (TOML); made when --project is given and it does not exist.
+    pub file: PathBuf,
+    /// The private key that signs it: one the current list has in force (the pinned key, for a
+    /// first list).
+    #[arg(long, value_name = "KEY.pem")]
+    pub key: PathBuf,
+    /// Write a first key list for this project (listing the signing key).
+    #[arg(long, value_name = "P")]
+    pub project: Option<String>,
+    /// Put this public key in force (repeat for several).
+    #[arg(long = "add", value_name = "PUB.pem")]
+    pub add: Vec<PathBuf>,
+    /// Revoke this key for good (repeat for several); it leaves `keys`.
+    #[arg(long = "revoke", value_name = "SHA256:FP")]
+    pub revoke: Vec<String>,
+    /// How long the list stays valid from now (at most 400d) [default: 365d when writing].
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysPublishArgs {
+    /// The key list (TOML), with its signature in FILE.sig.
+    pub file: PathBuf,
+    /// Its signature [default: FILE.sig].
+    #[arg(long, value_name = "FILE")]
+    pub sig: Option<PathBuf>,
+    /// The tbox server's base URL.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]
@@ -197,22 +248,6 @@ pub struct RecipePublishArgs {
     /// Its signature [default: RECIPE.sig].
     #[arg(long, value_name = "FILE")]
     pub sig: Option<PathBuf>,
-    /// The tbox server's base URL.
-    #[arg(long, value_name = "URL")]
-    pub server: String,
-}
-
-#[derive(Debug, Args)]
-pub struct RecipeRotateArgs {
-    /// The project.
-    #[arg(long, value_name = "P")]
-    pub project: String,
-    /// The current private key of the project (it signs the new one).
-    #[arg(long, value_name = "OLD.pem")]
-    pub key: PathBuf,
-    /// The new private key; made (mode 600) if the file does not exist.
-    #[arg(long, value_name = "NEW.pem")]
-    pub new: PathBuf,
     /// The tbox server's base URL.
     #[arg(long, value_name = "URL")]
     pub server: String,

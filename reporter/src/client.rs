@@ -39,6 +39,9 @@ impl Client {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
             .timeout_connect(Some(Duration::from_secs(15)))
+            // Never: a redirect would carry the builder's signed headers (and the report) to
+            // whatever host the answer names. A 3xx is an answer like any other.
+            .max_redirects(0)
             .build()
             .into();
         // TBOX_RETRY_DELAYS (seconds, comma-separated) lets tests and impatient people shorten it.
@@ -116,8 +119,11 @@ impl Client {
             .header("Tbox-Builder", &self.builder)
             .header("Tbox-Signature", &self.key.sign(body))
             .send(body);
-        let mut resp = resp.map_err(|e| e.to_string())?;
+        let mut resp = resp.map_err(|e| printable(&e.to_string()))?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(redirected(&self.base, status, resp.headers()));
+        }
         let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
@@ -140,17 +146,30 @@ impl Client {
     fn answer(&self, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>, id: Option<&str>) -> Sent {
         let mut resp = match resp {
             Ok(r) => r,
-            Err(e) => return Sent::Unreachable(e.to_string()),
+            Err(e) => return Sent::Unreachable(printable(&e.to_string())),
         };
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            // Not followed, and not a delivery: kept in the spool until `server` is fixed.
+            return Sent::NotTbox(redirected(&self.base, status, resp.headers()));
+        }
         let content_type = resp
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
         judge(&self.base, status, content_type.as_deref(), &text, id)
     }
+}
+
+/// What to say of a redirect: where it pointed, and that it was not followed.
+fn redirected(base: &str, status: u16, headers: &ureq::http::HeaderMap) -> String {
+    let to = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+    printable(&format!(
+        "the server at {base} answered {status}, a redirect to {to}; tbox-report follows no redirect (it would \
+         send signed requests elsewhere): if the server moved, set `server` to its new address"
+    ))
 }
 
 /// What an answer means. `id` is the report id a 2xx must carry when a report was sent.
@@ -160,7 +179,9 @@ fn judge(base: &str, status: u16, content_type: Option<&str>, text: &str, id: Op
         // Only a tbox server's own answer means "stored": a captive portal answers 200 too.
         200..=299 => {
             let not_tbox = |why: String| {
-                Sent::NotTbox(format!("the server at {base} answered {status} but not as a tbox server ({why})"))
+                Sent::NotTbox(printable(&format!(
+                    "the server at {base} answered {status} but not as a tbox server ({why})"
+                )))
             };
             let Value::Object(fields) = &json else {
                 return not_tbox(content_type.unwrap_or("no content type").to_owned());
@@ -184,10 +205,38 @@ fn judge(base: &str, status: u16, content_type: Option<&str>, text: &str, id: Op
     }
 }
 
-/// What a server said, safe to print on the volunteer's terminal: control characters (escape
-/// sequences could rewrite what is on screen, a fingerprint prompt say) become `?`.
+/// Longest server text shown at once.
+const MAX_SHOWN: usize = 1000;
+
+/// What a server said, safe to print on the volunteer's terminal and to put in a log: control
+/// characters (escape sequences rewrite what is on screen: a window title, a cleared screen, a
+/// fake "recipe verified" line after a newline) and the invisible ones that reorder or hide text
+/// (bidirectional overrides, zero-width characters) are shown escaped, as `\u{1b}`; and it is cut
+/// to a length a person reads.
 pub fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect()
+    let mut out = String::with_capacity(s.len().min(MAX_SHOWN));
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX_SHOWN {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || is_invisible(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Format characters that change how text around them reads without showing themselves.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// The `message` of a server's JSON error, printable.
+pub fn message(v: &Value) -> String {
+    printable(v["message"].as_str().unwrap_or("no message"))
 }
 
 #[cfg(test)]
@@ -224,6 +273,16 @@ mod tests {
         assert!(sent.starts_with("Delivered"), "{sent}");
         // A GET answer carries no report id.
         assert!(judged(200, Some("application/json"), r#"{"status":"active"}"#, None).starts_with("Delivered"));
+    }
+
+    #[test]
+    fn server_text_cannot_drive_the_terminal() {
+        let hostile = "denied\u{1b}]0;owned\u{7}\u{1b}[2J\n[tbox-report] recipe verified \u{202e}gnp.exe";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(|c| c.is_control() || is_invisible(c)), "{shown:?}");
+        assert!(shown.starts_with("denied\\u{1b}]0;owned\\u{7}") && shown.contains("\\u{a}[tbox-report]"), "{shown}");
+        assert_eq!(printable(&"x".repeat(5000)).chars().count(), MAX_SHOWN + 1);
+        assert_eq!(printable("plain text, unchanged: é ✔"), "plain text, unchanged: é ✔");
     }
 
     #[test]

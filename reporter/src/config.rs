@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+use tbox_protocol::{BranchName, DEFAULT_LIMITS, ResourceLimits, StepLimits};
 
 pub use crate::sandbox::Mode;
 
@@ -41,6 +42,9 @@ pub struct Config {
     /// PostgreSQL Buildfarm client's `max_load_avg`).
     #[serde(default)]
     pub max_load: Option<f64>,
+    /// What each step may use (tasks, memory, disk); defaults on. A recipe may ask for less.
+    #[serde(default)]
+    pub limits: ResourceLimits,
     /// The projects this machine builds.
     #[serde(default, rename = "project")]
     pub projects: Vec<Project>,
@@ -51,8 +55,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Project {
     pub name: String,
-    #[serde(default = "default_branch")]
-    pub branch: String,
+    #[serde(default = "BranchName::main")]
+    pub branch: BranchName,
     /// Where the source lives and steps run.
     pub workdir: String,
     /// If set: clone, or fetch and check out `branch`, before building.
@@ -68,6 +72,9 @@ pub struct Project {
     /// Overrides the top-level `allow_network` for this project.
     #[serde(default)]
     pub allow_network: Option<bool>,
+    /// Overrides the top-level `[limits]` for this project (field by field).
+    #[serde(default)]
+    pub limits: Option<ResourceLimits>,
     /// Requested builds `serve` takes for this project per day (UTC) at most.
     #[serde(default)]
     pub daily_budget: Option<u32>,
@@ -85,10 +92,6 @@ pub struct Project {
 /// One `[[project.step]]`: the same keys, and the same type, as a recipe's `[[step]]`, so
 /// that a step means the same whoever wrote it.
 pub type Step = tbox_protocol::RecipeStep;
-
-fn default_branch() -> String {
-    "main".into()
-}
 
 fn default_log_cap() -> u64 {
     4 << 20
@@ -112,6 +115,7 @@ impl Config {
             bail!("server must be an http:// or https:// URL, got {:?}", self.server);
         }
         tbox_protocol::validate_name("builder", &self.builder, 64)?;
+        self.limits.validate("limits")?;
         let mut names = std::collections::HashSet::new();
         for p in &self.projects {
             tbox_protocol::validate_name("project.name", &p.name, 64)?;
@@ -146,6 +150,9 @@ impl Config {
                         .with_context(|| format!("project {:?}, step {:?}: junit glob {g:?}", p.name, s.name))?;
                 }
             }
+            if let Some(l) = &p.limits {
+                l.validate(&format!("project {:?}: limits", p.name))?;
+            }
             for k in p.properties.keys() {
                 tbox_protocol::validate_name("properties", k, 64)?;
             }
@@ -159,6 +166,12 @@ impl Config {
     /// Whether steps of this project run sandboxed.
     pub fn sandbox_for(&self, p: &Project) -> Mode {
         p.sandbox.unwrap_or(self.sandbox)
+    }
+
+    /// What this project's steps may use, before a recipe asks for less: the project's
+    /// `[project.limits]`, then the top-level `[limits]`, then the defaults, field by field.
+    pub fn limits_for(&self, p: &Project) -> StepLimits {
+        p.limits.unwrap_or_default().or(self.limits.or(DEFAULT_LIMITS))
     }
 
     /// Whether this project's steps may reach the network (when its recipe asks).
@@ -216,11 +229,7 @@ pub fn server_id(server: &str) -> String {
     if id.is_empty() || id.starts_with('.') { format!("server{id}") } else { id }
 }
 
-/// `SHA256:` and 64 lowercase hex digits.
-pub fn is_fingerprint(s: &str) -> bool {
-    s.strip_prefix("SHA256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
+pub use tbox_protocol::is_fingerprint;
 
 /// `90s`, `30m`, `2h`, `1h30m`, `1d`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {

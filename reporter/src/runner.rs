@@ -1,11 +1,13 @@
 //! Runs one step: `sh -c` in the workdir (inside a bubblewrap sandbox unless the volunteer opted
-//! out, see `sandbox.rs`), a scrubbed environment, its own process group, a timeout that kills
-//! the whole group, and output streamed to a file so memory stays flat.
+//! out, see `sandbox/`), a scrubbed environment, its own process group, a timeout and the
+//! sandbox's limits that end the whole group, and output streamed to a file so memory stays
+//! flat. The step writes into a pipe, not into the file: a descriptor of the log file would
+//! tell it where the volunteer keeps it (`/proc/self/fd`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::sandbox::Sandbox;
+use crate::sandbox::watch::{Passed, Watch};
 
 /// Variables a step inherits from the caller; everything else (tokens, keys, …) stays out.
 pub const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
@@ -33,6 +36,8 @@ pub enum Ending {
     TimedOut(Duration),
     /// It wrote more output than `max_output` and its process group was killed.
     TooMuchOutput(u64),
+    /// It passed one of the sandbox's limits (tasks, memory, disk) and was ended.
+    Limit(Passed),
     /// It could not be started (no shell, no workdir…): the reporter's problem, not the build's.
     NotStarted(String),
     /// The reporter was asked to stop (SIGTERM to `tbox-report serve`) and stopped it.
@@ -77,8 +82,9 @@ pub struct Spec<'a> {
 /// `tick` is called about every 200 ms while it runs (for a progress display).
 pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Ending {
     let started = Instant::now();
-    let (out, err) = match (log.try_clone(), log.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
+    let pipe = std::io::pipe().and_then(|(r, w)| Ok((r, w.try_clone()?, w)));
+    let (reader, out, err) = match (pipe, log.try_clone()) {
+        (Ok(p), Ok(_)) => p,
         (Err(e), _) | (_, Err(e)) => {
             return Ending::NotStarted(format!("cannot open the step log: {e}"));
         }
@@ -86,16 +92,24 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     // The step's environment: a few inherited variables, then its own.
     let mut env: BTreeMap<OsString, OsString> =
         INHERITED.iter().filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v))).collect();
-    if let Some(sandbox) = spec.sandbox {
-        // The volunteer's HOME is not in the sandbox; the scratch one is, at the same path.
-        env.insert("HOME".into(), sandbox.home().into());
+    if spec.sandbox.is_some() {
+        // The volunteer's HOME is not in the sandbox; a scratch one is.
+        env.insert("HOME".into(), crate::sandbox::HOME.into());
         // Only system directories are there: the volunteer's PATH would only show their paths.
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
     }
     env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    // Kept until the step has started: bwrap reads its options from it.
+    let mut options = None;
     let mut cmd = match spec.sandbox {
         Some(sandbox) => {
-            sandbox.command(spec.workdir, spec.command, env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())))
+            match sandbox.command(spec.workdir, spec.command, env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str()))) {
+                Ok(p) => {
+                    options = Some(p.options);
+                    p.command
+                }
+                Err(e) => return Ending::NotStarted(format!("cannot prepare the sandbox: {e}")),
+            }
         }
         None => {
             let mut sh = Command::new("sh");
@@ -111,33 +125,41 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         .stderr(err)
         // Its own process group, so that a timeout can kill everything it started.
         .process_group(0);
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // Ours are closed, so that the step's end is the pipe's end.
+    drop(cmd);
+    drop(options);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let why = if spec.workdir.is_dir() {
-                format!("cannot start {}: {e}", cmd.get_program().to_string_lossy())
+                format!("cannot start {}: {e}", spec.sandbox.map_or("sh", |_| "the sandbox (bwrap)"))
             } else {
                 format!("workdir {} does not exist", spec.workdir.display())
             };
             return Ending::NotStarted(why);
         }
     };
+    let copier = copy_output(reader, log);
+    let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_roots()));
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let ending = loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                break match (status.code(), status.signal()) {
+                let ending = match (status.code(), status.signal()) {
                     (Some(code), _) => Ending::Exited(code),
                     (None, Some(sig)) => Ending::Signalled(sig),
                     (None, None) => Ending::Exited(-1),
                 };
+                break ending;
             }
             Ok(None) => {}
             Err(e) => break Ending::NotStarted(format!("lost track of the step: {e}")),
         }
         let written = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stop = stopping();
-        if stop || started.elapsed() >= spec.timeout || written > spec.max_output {
+        let passed = watch.as_mut().and_then(|w| w.check(child.id()));
+        if stop || started.elapsed() >= spec.timeout || written > spec.max_output || passed.is_some() {
             // In a sandbox our group is only bwrap: its pid 1 puts the step in a new session.
             // Signalling that session's group lets the step end gracefully; bwrap then returns
             // only once the pid namespace is empty (`setsid` stragglers included), so nothing is
@@ -155,6 +177,8 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
             let _ = child.wait();
             break if stop {
                 Ending::Cancelled
+            } else if let Some(limit) = passed {
+                Ending::Limit(limit)
             } else if written > spec.max_output {
                 Ending::TooMuchOutput(written)
             } else {
@@ -166,7 +190,58 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     };
     // Whatever the step left running in the background goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
+    // Everything holding the pipe is gone, and the copy ends with what was written; but an
+    // unsandboxed step may leave a process that escaped its group (setsid) holding it: the log
+    // is then what came within a moment, and the copy goes on alone until that one ends.
+    let last_words = copier.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+    // A step that failed because the kernel held it to a limit (a fork refused, a file cut at
+    // the size limit) says which.
+    let failed = matches!(ending, Ending::Signalled(_)) || matches!(ending, Ending::Exited(c) if c != 0);
+    if let (Some(w), true) = (watch.as_mut(), failed) {
+        let signal = match ending {
+            Ending::Signalled(s) => Some(s),
+            Ending::Exited(c) if c > 128 => Some(c - 128),
+            _ => None,
+        };
+        if let Some(limit) = w.after_failure(signal, &String::from_utf8_lossy(&last_words)) {
+            return Ending::Limit(limit);
+        }
+    }
     ending
+}
+
+/// How much of the end of a step's output is kept in memory, to tell why it failed.
+const LAST_WORDS: usize = 16 << 10;
+
+/// Copies the step's output into its log until every writer has gone; then sends the last
+/// [`LAST_WORDS`] bytes of it on the channel.
+fn copy_output(mut reader: std::io::PipeReader, log: &File) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let log = log.try_clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut last = Vec::with_capacity(2 * LAST_WORDS);
+        if let Ok(mut log) = log {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if log.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        last.extend_from_slice(&buf[..n]);
+                        if last.len() > 2 * LAST_WORDS {
+                            last.drain(..last.len() - LAST_WORDS);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = done.send(last);
+    });
+    finished
 }
 
 /// Waits up to `limit` for `child` to end and every other member of its group `pgid` to be gone.

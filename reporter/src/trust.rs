@@ -1,113 +1,264 @@
-//! The volunteer's side of recipes: fetch a project's recipe from a server it does not trust,
-//! and accept it only if a key the volunteer pinned (or one reached from the pin by the
-//! project's own rotation signatures) signed these exact bytes, for this project, unexpired,
-//! and not older than what already ran here.
+//! The volunteer's side of a project's keys and recipes: fetch them from a server it does not
+//! trust, and accept them only if a key the volunteer pinned (or one the project's signed key
+//! list put in force since) signed these exact bytes, for this project, unexpired, and not
+//! older than what this machine has seen.
 //!
-//! The last good recipe is kept under the state directory, so a server outage does not stop
-//! builds while that recipe is valid; what ran last is remembered there too (rollbacks).
+//! What this machine has seen is kept **per project and pinned key**, not per server, under
+//! `$XDG_STATE_HOME/tbox/trust/<project>/<pin>/`: the highest key list (`keys.toml` and its
+//! signature), every key any list revoked (`revoked`), the last recipe run (`recipe.toml`, for
+//! building while the server is away), its version (`last-run`), the repository built from
+//! (`repo`) and the pinned key itself (`pin.pem`). So a mirror at another address, or a project
+//! moving servers, starts from everything this machine knows, not from nothing.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use tbox_protocol::{PublicKey, Recipe, endorsement_message, report_id, verify_recipe};
+use serde::Deserialize;
+use tbox_protocol::{
+    KeyList, KeyListError, PublicKey, Recipe, parse_key_list, report_id, verify_key_list, verify_recipe,
+};
 
+use crate::client::printable;
 use crate::config;
 
-/// One entry of `GET /api/v1/projects/{p}/keys`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeyEntry {
-    pub fingerprint: String,
-    pub public_key: String,
-    #[serde(default)]
-    pub endorsed_by: Option<String>,
-    #[serde(default)]
-    pub endorsement: Option<String>,
-    #[serde(default)]
-    pub revoked: bool,
+/// Most key list versions walked in one go (from the one held to the newest).
+const MAX_WALK: usize = 100;
+
+/// What this machine knows of one project, for one pinned key.
+pub struct Trust {
+    dir: PathBuf,
+    project: String,
+    pin: String,
+    /// The pinned key itself, once seen (its PEM hashes to the pin).
+    pin_key: Option<PublicKey>,
+    /// The highest key list accepted, with its bytes' digest.
+    held: Option<(KeyList, String)>,
+    /// Every fingerprint any accepted list revoked: never trusted again.
+    revoked: BTreeSet<String>,
+    /// A note for the volunteer about where the keys came from (server away, …).
+    pub note: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct KeyList {
-    keys: Vec<KeyEntry>,
+/// Where one project's trust state lives for one pin.
+fn dir(project: &str, pin: &str) -> PathBuf {
+    let hex = pin.strip_prefix("SHA256:").unwrap_or(pin);
+    config::state_dir().join("trust").join(project).join(hex)
 }
 
-/// A key this volunteer trusts for a project, and how it came to.
-#[derive(Debug, Clone)]
-pub struct Trusted {
-    pub fingerprint: String,
-    pub key: PublicKey,
-}
-
-/// The keys trusted from `pin`: the pinned key itself and the keys this machine reached from it
-/// before (`known`, kept locally by [`record_run`]), then every key endorsed (a signature over
-/// [`endorsement_message`]) by a key already trusted. Revoked keys are neither trusted nor
-/// followed; a key reached earlier stays trusted when the key that endorsed it is revoked later
-/// (a project retiring its old key after a rotation), unless it is revoked itself.
-///
-/// The entries come from the server, so nothing in them is believed without a check: a key's
-/// PEM must hash to its fingerprint, and an endorsement must verify.
-pub fn follow_chain(
-    project: &str,
-    pin: &str,
-    known: &[KeyEntry],
-    entries: &[KeyEntry],
-) -> Result<Vec<Trusted>, String> {
-    let genuine = |e: &KeyEntry| -> Option<PublicKey> {
-        PublicKey::from_pem(&e.public_key).ok().filter(|k| k.fingerprint() == e.fingerprint)
-    };
-    let revoked = |fp: &str| entries.iter().any(|e| e.fingerprint == fp && e.revoked);
-    let mut trusted: Vec<Trusted> = Vec::new();
-    let starts = entries.iter().filter(|e| e.fingerprint == pin).chain(known);
-    for e in starts {
-        if revoked(&e.fingerprint) || trusted.iter().any(|t| t.fingerprint == e.fingerprint) {
-            continue;
-        }
-        if let Some(key) = genuine(e) {
-            trusted.push(Trusted { fingerprint: e.fingerprint.clone(), key });
-        }
+impl Trust {
+    /// What this machine knows of `project` under `pin` (nothing, the first time).
+    pub fn load(project: &str, pin: &str) -> Trust {
+        let dir = dir(project, pin);
+        adopt_legacy(&dir, project);
+        let pin_key = std::fs::read_to_string(dir.join("pin.pem"))
+            .ok()
+            .and_then(|pem| PublicKey::from_pem(&pem).ok())
+            .filter(|k| k.fingerprint() == pin);
+        // Verified when it was kept; parsed again (the file is ours, in the volunteer's HOME).
+        let held = std::fs::read(dir.join("keys.toml"))
+            .ok()
+            .and_then(|bytes| parse_key_list(&bytes).ok().map(|l| (l, report_id(&bytes))))
+            .filter(|(l, _)| l.project == project);
+        let revoked = std::fs::read_to_string(dir.join("revoked"))
+            .map(|t| t.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+            .unwrap_or_default();
+        Trust { dir, project: project.to_owned(), pin: pin.to_owned(), pin_key, held, revoked, note: None }
     }
-    if trusted.is_empty() {
-        return Err(if revoked(pin) {
-            format!(
-                "the project key {pin} you pinned is revoked, and this machine knows no later key of the project; get \
-                 the project's current fingerprint from the project itself, then `tbox-report leave {project}` and \
-                 join again"
-            )
-        } else if entries.iter().any(|e| e.fingerprint == pin) {
-            format!("the server sent a key that is not {pin} under its name")
-        } else {
-            format!("the server does not list the project key {pin} you pinned; nothing signed by it can be checked")
+
+    /// The version of the key list held, if any.
+    pub fn key_list_version(&self) -> Option<u64> {
+        self.held.as_ref().map(|(l, _)| l.version)
+    }
+
+    /// The keys trusted now: the held key list's (or, before any, the pin), none revoked.
+    pub fn keys(&self) -> Vec<(String, PublicKey)> {
+        let keys = match &self.held {
+            Some((list, _)) => list.keys.clone(),
+            None => self.pin_key.iter().map(|k| (self.pin.clone(), k.clone())).collect(),
+        };
+        keys.into_iter().filter(|(fp, _)| !self.revoked.contains(fp)).collect()
+    }
+
+    /// Whether any key list seen revoked `fingerprint`.
+    pub fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.revoked.contains(fingerprint)
+    }
+
+    /// Brings what this machine knows up to date with the server: the pinned key's PEM, and the
+    /// newest key list a trusted key signed. Err: refused (what the server sent cannot be
+    /// trusted, or the list held expired); nothing may run.
+    pub fn refresh(&mut self, agent: &ureq::Agent, server: &str) -> Result<(), String> {
+        let project = self.project.clone();
+        let newest = match get(agent, &format!("{server}/api/v1/projects/{project}/keys"), 256 << 10) {
+            Ok(a) if a.status == 200 => Some(a),
+            Ok(a) if a.status == 404 => None,
+            Ok(a) => return Err(format!("{server}/api/v1/projects/{project}/keys answered {}", a.status)),
+            Err(Fetch::Down(why)) => {
+                self.note = Some(format!("the server could not be reached ({why}); using the keys this machine knows"));
+                None
+            }
+            Err(Fetch::Odd(why)) => return Err(why),
+        };
+        if self.pin_key.is_none() {
+            self.find_pin(agent, server, newest.as_ref().map(|a| a.body.as_slice()));
+        }
+        if let Some(a) = newest {
+            let sig = a.signature.ok_or_else(|| {
+                "the project's key list came without its Tbox-Signature header: nothing proves who wrote it".to_owned()
+            })?;
+            self.accept(agent, server, &a.body, &sig)?;
+        }
+        if let Some((list, _)) = &self.held
+            && Utc::now() >= list.expires
+        {
+            return Err(KeyListError::Expired { version: list.version, expires: list.expires }.to_string());
+        }
+        if self.keys().is_empty() {
+            return Err(if self.revoked.contains(&self.pin) || self.held.is_some() {
+                format!(
+                    "no key you trust is left for {project}: the key list (version {}) revoked {}; get the project's \
+                     current fingerprint from the project itself, then `tbox-report leave {project}` and join again",
+                    self.key_list_version().unwrap_or_default(),
+                    self.pin
+                )
+            } else {
+                format!(
+                    "the server does not show the project key {} you pinned; nothing signed by it can be checked",
+                    self.pin
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// The pinned key's PEM: from the key list just served if it lists it, else from the
+    /// server's signing keys; believed only if it hashes to the pin. Kept once found.
+    fn find_pin(&mut self, agent: &ureq::Agent, server: &str, list: Option<&[u8]>) {
+        let from_list = list
+            .and_then(|b| parse_key_list(b).ok())
+            .and_then(|l| l.keys.into_iter().find(|(fp, _)| *fp == self.pin).map(|(_, k)| k));
+        let found = from_list.or_else(|| {
+            signing_keys(agent, server, &self.project)
+                .ok()?
+                .into_iter()
+                .filter_map(|k| PublicKey::from_pem(&k.public_key).ok())
+                .find(|k| k.fingerprint() == self.pin)
         });
+        if let Some(k) = found {
+            let _ = std::fs::create_dir_all(&self.dir);
+            let _ = write_atomic(&self.dir.join("pin.pem"), k.to_pem().as_bytes());
+            self.pin_key = Some(k);
+        }
     }
-    loop {
-        let before = trusted.len();
-        for e in entries {
-            if e.revoked || trusted.iter().any(|t| t.fingerprint == e.fingerprint) {
-                continue;
-            }
-            let (Some(by), Some(sig)) = (&e.endorsed_by, &e.endorsement) else { continue };
-            let Some(endorser) = trusted.iter().find(|t| &t.fingerprint == by) else { continue };
-            if endorser.key.verify(&endorsement_message(project, &e.public_key), sig).is_err() {
-                continue;
-            }
-            if let Some(key) = genuine(e) {
-                trusted.push(Trusted { fingerprint: e.fingerprint.clone(), key });
+
+    /// Accepts the newest key list served if a trusted key signed it, walking the versions in
+    /// between when it was signed by a key that only a later list put in force.
+    fn accept(&mut self, agent: &ureq::Agent, server: &str, bytes: &[u8], signature: &str) -> Result<(), String> {
+        let digest = report_id(bytes);
+        if self.held.as_ref().is_some_and(|(_, d)| *d == digest) {
+            return Ok(());
+        }
+        match self.adopt(bytes, signature) {
+            Err(KeyListError::NotSigned) => {}
+            other => return other.map_err(|e| e.to_string()),
+        }
+        // Not signed by what is trusted now: the versions in between, oldest first, each signed
+        // by a key of the one before.
+        let held = self.key_list_version().unwrap_or(0);
+        let url = format!("{server}/api/v1/projects/{}/key-lists", self.project);
+        let versions: Vec<u64> = match get(agent, &url, 1 << 20) {
+            Ok(a) if a.status == 200 => serde_json::from_slice::<History>(&a.body)
+                .map(|h| h.key_lists.into_iter().map(|e| e.version).filter(|v| *v > held).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for v in versions.into_iter().take(MAX_WALK) {
+            let url = format!("{server}/api/v1/projects/{}/key-lists/{v}", self.project);
+            if let Ok(a) = get(agent, &url, 256 << 10)
+                && a.status == 200
+                && let Some(sig) = &a.signature
+            {
+                // One a trusted key did not sign (planted by the mirror) is passed over.
+                let _ = self.adopt(&a.body, sig);
             }
         }
-        if trusted.len() == before {
-            return Ok(trusted);
+        if self.held.as_ref().is_some_and(|(_, d)| *d == digest) {
+            return Ok(());
         }
+        // Say what it is, for the volunteer: only now are the bytes parsed without trust.
+        Err(match parse_key_list(bytes) {
+            Ok(l) if self.key_list_version().is_some_and(|h| l.version < h) => {
+                KeyListError::Rollback { held: self.key_list_version().unwrap_or(0), found: l.version }.to_string()
+            }
+            Ok(l) => format!(
+                "the project's key list version {} is not signed by a key you trust (pinned {}, or in force by a key \
+                 list it signed)",
+                l.version, self.pin
+            ),
+            Err(_) => "the project's key list is not signed by a key you trust".to_owned(),
+        })
+    }
+
+    /// Takes one signed key list if a trusted key signed it and it is newer (or the same).
+    fn adopt(&mut self, bytes: &[u8], signature: &str) -> Result<(), KeyListError> {
+        let keys: Vec<PublicKey> = self.keys().into_iter().map(|(_, k)| k).collect();
+        let (list, _) = verify_key_list(bytes, signature, &keys)?;
+        let digest = report_id(bytes);
+        let held = self.held.as_ref().map(|(l, d)| (l.version, d.as_str()));
+        list.check(&self.project, Utc::now(), &digest, held)?;
+        self.revoked.extend(list.revoked.iter().cloned());
+        let _ = std::fs::create_dir_all(&self.dir);
+        // Revocations first: were the rest lost, what was revoked stays revoked.
+        let revoked: String = self.revoked.iter().map(|r| format!("{r}\n")).collect();
+        let saved = write_atomic(&self.dir.join("revoked"), revoked.as_bytes())
+            .and_then(|()| write_atomic(&self.dir.join("keys.toml.sig"), signature.as_bytes()))
+            .and_then(|()| write_atomic(&self.dir.join("keys.toml"), bytes));
+        if let Err(e) = saved {
+            // Kept in memory for this run; the next run fetches it again.
+            self.note = Some(format!("could not keep the key list in {}: {e}", self.dir.display()));
+        }
+        self.held = Some((list, digest));
+        Ok(())
     }
 }
 
-/// The keys this machine reached from its pin so far (see [`follow_chain`]).
-fn known_keys(server: &str, project: &str) -> Vec<KeyEntry> {
-    std::fs::read(dir(server, project).join("anchors.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+#[derive(Deserialize)]
+struct History {
+    key_lists: Vec<HistoryEntry>,
+}
+
+#[derive(Deserialize)]
+struct HistoryEntry {
+    version: u64,
+}
+
+/// Versions kept under the old layout (per server URL, before 0.2) are adopted once, taking the
+/// highest any server saw: a volunteer who upgrades keeps its rollback protection.
+fn adopt_legacy(dir: &Path, project: &str) {
+    if dir.join("last-run").exists() {
+        return;
+    }
+    let Ok(servers) = std::fs::read_dir(config::state_dir().join("recipes")) else { return };
+    let best = servers
+        .flatten()
+        .map(|s| s.path().join(project))
+        .filter_map(|d| {
+            let text = std::fs::read_to_string(d.join("last-run")).ok()?;
+            let (v, _) = text.trim().split_once(' ')?;
+            Some((v.parse::<u64>().ok()?, d))
+        })
+        .max_by_key(|(v, _)| *v);
+    if let Some((_, old)) = best
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        for f in ["last-run", "repo", "recipe.toml", "recipe.toml.sig"] {
+            if let Ok(bytes) = std::fs::read(old.join(f)) {
+                let _ = write_atomic(&dir.join(f), &bytes);
+            }
+        }
+    }
 }
 
 /// A recipe that passed every check.
@@ -120,19 +271,18 @@ pub struct Verified {
     pub key: String,
     /// Where it came from: the server now, or the cache while the server is away.
     pub from_cache: Option<String>,
-    /// What to cache once it runs: the exact bytes, their signature, the key list it was
-    /// checked with.
+    /// What to cache once it runs: the exact bytes and their signature.
     bytes: Vec<u8>,
     signature: String,
-    keys: Vec<KeyEntry>,
-    trusted: Vec<Trusted>,
+    /// The keys trusted when it was checked (for signed requests).
+    trusted: Vec<PublicKey>,
+    dir: PathBuf,
 }
 
 impl Verified {
-    /// Whether a key trusted for this recipe (the pin, or reached from it) signed these bytes:
-    /// a build request naming a revision, say.
+    /// Whether a key trusted for this recipe signed these bytes: a build request, say.
     pub fn signed_by_trusted(&self, bytes: &[u8], signature: &str) -> bool {
-        self.trusted.iter().any(|t| t.key.verify(bytes, signature).is_ok())
+        self.trusted.iter().any(|k| k.verify(bytes, signature).is_ok())
     }
 }
 
@@ -148,14 +298,9 @@ pub enum NoRecipe {
     Unreachable(String),
 }
 
-/// Where a project's recipe state lives: `$XDG_STATE_HOME/tbox/recipes/<server>/<project>/`.
-fn dir(server: &str, project: &str) -> PathBuf {
-    config::state_dir().join("recipes").join(config::server_id(server)).join(project)
-}
-
-/// The version and digest of the recipe last run here, if any.
-pub fn last_run(server: &str, project: &str) -> Option<(u64, String)> {
-    let text = std::fs::read_to_string(dir(server, project).join("last-run")).ok()?;
+/// The version and digest of the recipe last run here for this project and pin, if any.
+pub fn last_run(project: &str, pin: &str) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(dir(project, pin).join("last-run")).ok()?;
     let (v, d) = text.trim().split_once(' ')?;
     Some((v.parse().ok()?, d.to_owned()))
 }
@@ -163,47 +308,34 @@ pub fn last_run(server: &str, project: &str) -> Option<(u64, String)> {
 /// Remembers that this recipe runs here: later ones may not be older, nor differ at this
 /// version; and keeps it, to build while the server is away. Only a recipe that passed every
 /// check, the volunteer's own (branch, capabilities) included, is kept.
-pub fn record_run(server: &str, project: &str, v: &Verified) -> anyhow::Result<()> {
-    let d = dir(server, project);
-    std::fs::create_dir_all(&d)?;
+pub fn record_run(v: &Verified) -> anyhow::Result<()> {
+    let d = &v.dir;
+    std::fs::create_dir_all(d)?;
     if v.from_cache.is_none() {
         write_atomic(&d.join("recipe.toml"), &v.bytes)?;
         write_atomic(&d.join("recipe.toml.sig"), v.signature.as_bytes())?;
-        write_atomic(&d.join("keys.json"), &serde_json::to_vec(&v.keys)?)?;
     }
-    let anchors: Vec<KeyEntry> = v
-        .trusted
-        .iter()
-        .map(|t| KeyEntry {
-            fingerprint: t.fingerprint.clone(),
-            public_key: t.key.to_pem(),
-            endorsed_by: None,
-            endorsement: None,
-            revoked: false,
-        })
-        .collect();
-    write_atomic(&d.join("anchors.json"), &serde_json::to_vec(&anchors)?)?;
     write_atomic(&d.join("repo"), v.recipe.repo.as_bytes())?;
-    write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())
+    write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())?;
+    Ok(())
 }
 
 /// The source repository this machine has built the project from, if any: a recipe may not
 /// switch it (a stolen project key could otherwise point the checkout, which runs outside the
 /// sandbox, at the volunteer's own repositories).
-pub fn built_repo(server: &str, project: &str) -> Option<String> {
-    std::fs::read_to_string(dir(server, project).join("repo")).ok().filter(|r| !r.is_empty())
+pub fn built_repo(project: &str, pin: &str) -> Option<String> {
+    std::fs::read_to_string(dir(project, pin).join("repo")).ok().filter(|r| !r.is_empty())
 }
 
-/// Forgets a project (on `leave`).
-pub fn forget(server: &str, project: &str) {
-    let _ = std::fs::remove_dir_all(dir(server, project));
+/// Forgets a project (on `leave`): every pin's state.
+pub fn forget(project: &str) {
+    let _ = std::fs::remove_dir_all(config::state_dir().join("trust").join(project));
 }
 
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    std::fs::rename(&tmp, path)
 }
 
 /// An HTTP answer read whole (within a limit).
@@ -234,12 +366,16 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-/// GET `url`, reading at most `limit` bytes of body.
+/// GET `url`, reading at most `limit` bytes of body. A redirect is an answer like any other
+/// (never followed): the caller sees its status.
 pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Answer, Fetch> {
     let mut resp = agent.get(url).call().map_err(|e| Fetch::Down(e.to_string()))?;
     let status = resp.status().as_u16();
     if status >= 500 || status == 429 || status == 408 {
         return Err(Fetch::Down(format!("it answered {status}")));
+    }
+    if (300..400).contains(&status) {
+        return Err(Fetch::Odd(format!("{url} answered {status} (a redirect): tbox-report follows none")));
     }
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned());
     let (signature, key) = (header("tbox-signature"), header("tbox-key"));
@@ -252,12 +388,25 @@ pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Answer, Fetch> 
     Ok(Answer { status, signature, key, body })
 }
 
-/// The project's key list from the server.
-pub fn fetch_keys(agent: &ureq::Agent, server: &str, project: &str) -> Result<Vec<KeyEntry>, Fetch> {
-    let url = format!("{server}/api/v1/projects/{project}/keys");
+/// One of the keys the server says may sign for a project (unverified: only a key whose PEM
+/// hashes to a fingerprint the volunteer has is ever used).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SigningKey {
+    pub fingerprint: String,
+    pub public_key: String,
+}
+
+#[derive(Deserialize)]
+struct SigningKeys {
+    keys: Vec<SigningKey>,
+}
+
+/// `GET /api/v1/projects/{p}/signing-keys`: what the server says may sign for the project.
+pub fn signing_keys(agent: &ureq::Agent, server: &str, project: &str) -> Result<Vec<SigningKey>, Fetch> {
+    let url = format!("{server}/api/v1/projects/{project}/signing-keys");
     let a = get(agent, &url, 1 << 20)?;
     match a.status {
-        200 => serde_json::from_slice::<KeyList>(&a.body)
+        200 => serde_json::from_slice::<SigningKeys>(&a.body)
             .map(|l| l.keys)
             .map_err(|e| Fetch::Odd(format!("{url} is not a tbox key list: {e}"))),
         404 => Err(Fetch::Odd(format!("the server has no project {project:?} ({url} answered 404)"))),
@@ -270,85 +419,69 @@ pub fn fetch_keys(agent: &ureq::Agent, server: &str, project: &str) -> Result<Ve
 pub fn obtain(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Result<Verified, NoRecipe> {
     // Reasons quote what the server sent; they are printed and go into a report.
     obtain_unchecked(agent, server, project, pin).map_err(|e| match e {
-        NoRecipe::Refused(why) => NoRecipe::Refused(crate::client::printable(&why)),
-        NoRecipe::NonePublished(why) => NoRecipe::NonePublished(crate::client::printable(&why)),
-        NoRecipe::Unreachable(why) => NoRecipe::Unreachable(crate::client::printable(&why)),
+        NoRecipe::Refused(why) => NoRecipe::Refused(printable(&why)),
+        NoRecipe::NonePublished(why) => NoRecipe::NonePublished(printable(&why)),
+        NoRecipe::Unreachable(why) => NoRecipe::Unreachable(printable(&why)),
     })
 }
 
 fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str) -> Result<Verified, NoRecipe> {
-    let d = dir(server, project);
-    let cached_keys =
-        || -> Option<Vec<KeyEntry>> { serde_json::from_slice(&std::fs::read(d.join("keys.json")).ok()?).ok() };
+    let mut trust = Trust::load(project, pin);
+    trust.refresh(agent, server).map_err(NoRecipe::Refused)?;
+    let d = trust.dir.clone();
     let mut down: Option<String> = None;
-    let entries = match fetch_keys(agent, server, project) {
-        Ok(e) => e,
+    let mut signed_by: Option<String> = None;
+    let url = format!("{server}/api/v1/projects/{project}/recipe");
+    let (bytes, signature) = match get(agent, &url, tbox_protocol::MAX_RECIPE_BYTES as u64 + 1) {
+        Ok(a) if a.status == 200 => {
+            let sig = a.signature.ok_or_else(|| {
+                NoRecipe::Refused(format!("{url} came without its Tbox-Signature header: nothing proves who wrote it"))
+            })?;
+            signed_by = a.key.filter(|k| tbox_protocol::is_fingerprint(k));
+            (a.body, sig)
+        }
+        Ok(a) if a.status == 404 => {
+            return Err(NoRecipe::NonePublished(format!("project {project} has published no recipe yet")));
+        }
+        Ok(a) => return Err(NoRecipe::Refused(format!("{url} answered {}", a.status))),
         Err(Fetch::Down(why)) => {
+            let cached = cached(&d).ok_or_else(|| unreachable(server, &why))?;
             down = Some(why);
-            cached_keys().ok_or_else(|| unreachable(server, down.as_deref()))?
+            cached
         }
         Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
     };
-    let mut signed_by: Option<String> = None;
-    let (bytes, signature) = if down.is_some() {
-        cached(server, project).ok_or_else(|| unreachable(server, down.as_deref()))?
-    } else {
-        let url = format!("{server}/api/v1/projects/{project}/recipe");
-        match get(agent, &url, tbox_protocol::MAX_RECIPE_BYTES as u64 + 1) {
-            Ok(a) if a.status == 200 => {
-                let sig = a.signature.ok_or_else(|| {
-                    NoRecipe::Refused(format!(
-                        "{url} came without its Tbox-Signature header: nothing proves who wrote it"
-                    ))
-                })?;
-                signed_by = a.key.filter(|k| config::is_fingerprint(k));
-                (a.body, sig)
-            }
-            Ok(a) if a.status == 404 => {
-                return Err(NoRecipe::NonePublished(format!("project {project} has published no recipe yet")));
-            }
-            Ok(a) => return Err(NoRecipe::Refused(format!("{url} answered {}", a.status))),
-            Err(Fetch::Down(why)) => {
-                down = Some(why);
-                cached(server, project).ok_or_else(|| unreachable(server, down.as_deref()))?
-            }
-            Err(Fetch::Odd(why)) => return Err(NoRecipe::Refused(why)),
-        }
-    };
-    let trusted = follow_chain(project, pin, &known_keys(server, project), &entries).map_err(NoRecipe::Refused)?;
-    let keys: Vec<PublicKey> = trusted.iter().map(|t| t.key.clone()).collect();
+    let trusted = trust.keys();
+    let keys: Vec<PublicKey> = trusted.iter().map(|(_, k)| k.clone()).collect();
     let (recipe, signer) = verify_recipe(&bytes, &signature, &keys).map_err(|e| {
         // Say which key the server claims signed it, and what is known of that key.
-        let claimed = signed_by.as_deref().filter(|fp| !trusted.iter().any(|t| t.fingerprint == *fp));
-        let revoked = claimed.is_some_and(|fp| entries.iter().any(|k| k.fingerprint == fp && k.revoked));
+        let claimed = signed_by.as_deref().filter(|fp| !trusted.iter().any(|(t, _)| t == fp));
         NoRecipe::Refused(match claimed {
-            Some(fp) if revoked => format!("{e}: the server says {fp} signed it, and the project has revoked that key"),
-            Some(fp) => format!("{e}: the server says {fp} signed it, a key not reached from your pin"),
+            Some(fp) if trust.is_revoked(fp) => {
+                format!("{e}: the server says {fp} signed it, and the project has revoked that key")
+            }
+            Some(fp) => format!("{e}: the server says {fp} signed it, a key not in force for you"),
             None => e.to_string(),
         })
     })?;
     let digest = report_id(&bytes);
-    let last = last_run(server, project);
+    let last = last_run(project, pin);
     recipe
         .check(project, Utc::now(), &digest, last.as_ref().map(|(v, d)| (*v, d.as_str())))
         .map_err(|e| NoRecipe::Refused(e.to_string()))?;
-    let key = trusted[signer].fingerprint.clone();
+    let key = trusted[signer].0.clone();
     let from_cache = down.map(|why| format!("the server could not be reached ({why}); using the cached recipe"));
-    Ok(Verified { recipe, digest, key, from_cache, bytes, signature, keys: entries, trusted })
+    Ok(Verified { recipe, digest, key, from_cache, bytes, signature, trusted: keys, dir: d })
 }
 
-fn cached(server: &str, project: &str) -> Option<(Vec<u8>, String)> {
-    let d = dir(server, project);
-    let bytes = std::fs::read(d.join("recipe.toml")).ok()?;
-    let sig = std::fs::read_to_string(d.join("recipe.toml.sig")).ok()?;
+fn cached(dir: &Path) -> Option<(Vec<u8>, String)> {
+    let bytes = std::fs::read(dir.join("recipe.toml")).ok()?;
+    let sig = std::fs::read_to_string(dir.join("recipe.toml.sig")).ok()?;
     Some((bytes, sig.trim().to_owned()))
 }
 
-fn unreachable(server: &str, why: Option<&str>) -> NoRecipe {
-    NoRecipe::Unreachable(format!(
-        "the server {server} could not be reached ({}) and no recipe is cached yet",
-        why.unwrap_or("no answer")
-    ))
+fn unreachable(server: &str, why: &str) -> NoRecipe {
+    NoRecipe::Unreachable(format!("the server {server} could not be reached ({why}) and no recipe is cached yet"))
 }
 
 #[cfg(test)]
@@ -360,61 +493,61 @@ mod tests {
         PrivateKey::generate(&mut rand_core::OsRng, 2048).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn entry(k: &PrivateKey, by: Option<&PrivateKey>) -> KeyEntry {
-        let pem = k.public_key().to_pem();
-        KeyEntry {
-            fingerprint: k.public_key().fingerprint(),
-            endorsement: by.map(|b| b.sign(&endorsement_message("demo", &pem))),
-            endorsed_by: by.map(|b| b.public_key().fingerprint()),
-            public_key: pem,
-            revoked: false,
+    fn list(version: u64, keys: &[&PrivateKey], revoked: &[&PrivateKey]) -> String {
+        let pems: Vec<String> = keys.iter().map(|k| format!("\"\"\"{}\"\"\"", k.public_key().to_pem())).collect();
+        let revoked: Vec<String> = revoked.iter().map(|k| format!("{:?}", k.public_key().fingerprint())).collect();
+        let expires = (Utc::now() + chrono::TimeDelta::days(30)).to_rfc3339();
+        format!(
+            "format = \"tbox-keys/1\"\nproject = \"demo\"\nversion = {version}\nexpires = \"{expires}\"\nkeys = [{}]\n\
+             revoked = [{}]\n",
+            pems.join(", "),
+            revoked.join(", ")
+        )
+    }
+
+    fn trust(pin: &PrivateKey) -> Trust {
+        let d = std::env::temp_dir().join(format!(
+            "tbox-trust-{}-{}",
+            std::process::id(),
+            rand_core::RngCore::next_u32(&mut rand_core::OsRng)
+        ));
+        Trust {
+            dir: d,
+            project: "demo".into(),
+            pin: pin.public_key().fingerprint(),
+            pin_key: Some(pin.public_key()),
+            held: None,
+            revoked: BTreeSet::new(),
+            note: None,
         }
     }
 
     #[test]
-    fn a_rotation_is_followed_from_the_pin_and_a_revoked_key_is_not() {
-        let (a, b, c, stranger) = (key(), key(), key(), key());
-        let pin = a.public_key().fingerprint();
-        let mut entries = vec![entry(&a, None), entry(&b, Some(&a)), entry(&c, Some(&b)), entry(&stranger, None)];
-        let fps = |t: Vec<Trusted>| t.into_iter().map(|t| t.fingerprint).collect::<Vec<_>>();
-        let trusted = fps(follow_chain("demo", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(trusted.len(), 3, "a → b → c, not the stranger");
-        assert!(!trusted.contains(&stranger.public_key().fingerprint()));
-
-        // A server that claims the stranger was endorsed by a, with a signature of its own making.
-        let mut forged = entry(&stranger, Some(&stranger));
-        forged.endorsed_by = Some(pin.clone());
-        entries[3] = forged;
-        assert_eq!(fps(follow_chain("demo", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 3);
-
-        // An endorsement made for another project (one sharing the old key) is not followed here.
-        assert_eq!(
-            fps(follow_chain("other", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}"))),
-            vec![pin.clone()]
-        );
-
-        // b revoked: neither b nor what b endorsed.
-        entries[1].revoked = true;
-        assert_eq!(fps(follow_chain("demo", &pin, &[], &entries).unwrap_or_else(|e| panic!("{e}"))), vec![pin.clone()]);
-        // A key reached before (kept by this machine) stays trusted when its endorser is revoked
-        // later, not when it is revoked itself.
-        let known = [entry(&b, None)];
-        entries[1].revoked = false;
-        entries[0].revoked = true;
-        assert_eq!(fps(follow_chain("demo", &pin, &known, &entries).unwrap_or_else(|e| panic!("{e}"))).len(), 2);
-        entries[1].revoked = true;
-        entries[0].revoked = false;
-        // The pin revoked: nothing.
-        entries[0].revoked = true;
-        assert!(follow_chain("demo", &pin, &[], &entries).is_err_and(|e| e.contains("revoked")));
-    }
-
-    #[test]
-    fn a_key_swapped_under_the_pins_name_is_refused() {
-        let (a, b) = (key(), key());
-        let mut e = entry(&b, None);
-        e.fingerprint = a.public_key().fingerprint();
-        let err = follow_chain("demo", &e.fingerprint.clone(), &[], &[e]).err().unwrap_or_default();
-        assert!(err.contains("not SHA256:"), "{err}");
+    fn a_key_list_moves_trust_and_a_revocation_sticks() -> Result<(), KeyListError> {
+        let (a, b, stranger) = (key(), key(), key());
+        let mut t = trust(&a);
+        assert_eq!(t.keys().len(), 1, "before any list: the pin");
+        // A stranger's list is refused; the pin's is taken.
+        let v1 = list(1, &[&a, &b], &[]);
+        assert_eq!(t.adopt(v1.as_bytes(), &stranger.sign(v1.as_bytes())), Err(KeyListError::NotSigned));
+        t.adopt(v1.as_bytes(), &a.sign(v1.as_bytes()))?;
+        assert_eq!(t.keys().len(), 2);
+        // b rotates a out: a is revoked for good, b alone signs.
+        let v2 = list(2, &[&b], &[&a]);
+        t.adopt(v2.as_bytes(), &a.sign(v2.as_bytes()))?;
+        assert_eq!(t.keys().iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(), vec![b.public_key().fingerprint()]);
+        assert!(t.is_revoked(&a.public_key().fingerprint()));
+        // The older list again (a mirror rolling back): refused, a stays revoked.
+        assert!(matches!(t.adopt(v1.as_bytes(), &a.sign(v1.as_bytes())), Err(KeyListError::NotSigned)));
+        assert!(matches!(
+            t.adopt(v1.as_bytes(), &b.sign(v1.as_bytes())),
+            Err(KeyListError::Rollback { held: 2, found: 1 })
+        ));
+        // A later list that lists a again: a stays untrusted, whatever the list says.
+        let v3 = list(3, &[&a, &b], &[]);
+        t.adopt(v3.as_bytes(), &b.sign(v3.as_bytes()))?;
+        assert_eq!(t.keys().len(), 1);
+        let _ = std::fs::remove_dir_all(&t.dir);
+        Ok(())
     }
 }

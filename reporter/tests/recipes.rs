@@ -1,245 +1,19 @@
 //! Recipes as volunteers and maintainers use them: the real `tbox-report` binary, a real server
 //! on 127.0.0.1 (in this process, on a fresh SQLite database), real git repositories on disk and
-//! real bubblewrap. A taken-over server is played by a proxy that serves chosen recipe bytes.
+//! real bubblewrap. A taken-over server is played by a mirror that serves chosen recipe bytes
+//! (`common::Mirror`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-use clap::Parser as _;
+use common::*;
 use serde_json::Value;
-use tbox_protocol::PrivateKey;
-use tbox_server::cli::{Cli, Command as ServerCommand};
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tbox-report");
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether bubblewrap can be used here. Without it the sandbox tests say they were skipped,
-/// except in CI, which installs it: there they must run.
-fn have_bwrap() -> bool {
-    let ok = Command::new("bwrap").args(["--ro-bind", "/", "/", "true"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "bubblewrap is required in CI (apt-get install bubblewrap)");
-        let _ = writeln!(std::io::stderr(), "SKIPPED recipe test: bubblewrap (bwrap) is not installed or not usable");
-    }
-    ok
-}
-
-fn key() -> PrivateKey {
-    PrivateKey::generate(&mut rand_core::OsRng, 2048).unwrap()
-}
-
-/// A world: a server with projects, a maintainer with the projects' keys and git repositories,
-/// and one volunteer's home.
-struct World {
-    dir: PathBuf,
-    db: String,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl World {
-    fn new(projects: &[&str]) -> World {
-        World::new_with(projects, &[])
-    }
-
-    /// A world whose server gets these extra `serve` options.
-    fn new_with(projects: &[&str], serve: &[&str]) -> World {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tbox-recipes-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for d in ["home", "maint"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        let db = format!("sqlite://{}", dir.join("server.db").display());
-        let mut w = World {
-            base: String::new(),
-            db,
-            dir,
-            agent: ureq::Agent::config_builder().http_status_as_error(false).build().into(),
-        };
-        for p in projects {
-            w.admin(&["project", "add", p]);
-        }
-        w.base = start_server(&w.db, serve);
-        w
-    }
-
-    fn admin(&self, args: &[&str]) {
-        let mut argv = vec!["tbox-server"];
-        argv.extend_from_slice(args);
-        argv.extend_from_slice(&["--database", &self.db]);
-        tbox_server::cmd::run(Cli::try_parse_from(argv).unwrap()).unwrap();
-    }
-
-    /// Makes a project key (written 0600 for `recipe sign`), registers it, and a git repository
-    /// with one commit on `main`. Returns the key's path.
-    fn maintain(&self, project: &str) -> (PrivateKey, PathBuf) {
-        let k = key();
-        let path = self.dir.join("maint").join(format!("{project}.pem"));
-        tbox_report::keyfile::write_new(&path, &k).unwrap();
-        let public = self.dir.join("maint").join(format!("{project}.pub"));
-        std::fs::write(&public, k.public_key().to_pem()).unwrap();
-        self.admin(&["project", "key", "add", project, "--key", public.to_str().unwrap()]);
-        let repo = self.repo(project);
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q", "-b", "main"]);
-        std::fs::write(repo.join("hello.txt"), "hello\n").unwrap();
-        git(&repo, &["add", "."]);
-        git(&repo, &["commit", "-qm", "first"]);
-        (k, path)
-    }
-
-    fn repo(&self, project: &str) -> PathBuf {
-        self.dir.join("repos").join(project)
-    }
-
-    /// Writes a recipe file for `project` (source: its repo) and returns its path.
-    fn recipe(&self, project: &str, name: &str, body: &str) -> PathBuf {
-        let path = self.dir.join("maint").join(name);
-        std::fs::write(&path, recipe_text(project, &format!("file://{}", self.repo(project).display()), body)).unwrap();
-        path
-    }
-
-    /// `tbox-report` as the maintainer runs it.
-    fn maintainer(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env("HOME", self.dir.join("maint")).output().unwrap()
-    }
-
-    /// Signs (with the binary) and publishes (with the binary) a recipe.
-    fn publish(&self, recipe: &Path, key: &Path) {
-        let out = self.maintainer(&["recipe", "sign", recipe.to_str().unwrap(), "--key", key.to_str().unwrap()]);
-        assert!(out.status.success(), "sign: {}", stderr(&out));
-        let out = self.maintainer(&["recipe", "publish", recipe.to_str().unwrap(), "--server", &self.base]);
-        assert!(out.status.success(), "publish: {}", stderr(&out));
-    }
-
-    /// `tbox-report` the way the volunteer (or cron) runs it: a bare environment.
-    fn volunteer(&self, args: &[&str]) -> Output {
-        self.volunteer_at("home", args).output().unwrap()
-    }
-
-    /// `tbox-report` as the volunteer whose HOME is `home` (under this world) runs it.
-    fn volunteer_at(&self, home: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.join(home))
-            .env("TBOX_RETRY_DELAYS", "0.05")
-            .stdin(std::process::Stdio::null());
-        c
-    }
-
-    fn config(&self) -> String {
-        std::fs::read_to_string(self.dir.join("home/.config/tbox/report.toml")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let mut resp = self.agent.get(format!("{}{path}", self.base)).call().unwrap();
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
-    }
-
-    fn text(&self, path: &str) -> String {
-        self.agent.get(format!("{}{path}", self.base)).call().unwrap().body_mut().read_to_string().unwrap()
-    }
-
-    fn builds(&self, project: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/projects/{project}/builds?limit=100"))["builds"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// The newest build of a project in full, with its steps' logs.
-    fn newest(&self, project: &str) -> (Value, Vec<String>) {
-        let id = self.builds(project)[0]["id"].clone();
-        let b = self.get(&format!("/api/v1/builds/{id}"));
-        let logs = b["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                s["log_url"]
-                    .as_str()
-                    .map(|u| self.agent.get(u).call().unwrap().body_mut().read_to_string().unwrap())
-                    .unwrap_or_default()
-            })
-            .collect();
-        (b, logs)
-    }
-
-    /// The project's checkout, as `join` wrote it into the config.
-    fn workdir(&self, project: &str) -> PathBuf {
-        let config: toml::Table = toml::from_str(&self.config()).unwrap();
-        let p = config["project"].as_array().unwrap().iter().find(|p| p["name"].as_str() == Some(project)).unwrap();
-        PathBuf::from(p["workdir"].as_str().unwrap())
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn recipe_text(project: &str, repo: &str, body: &str) -> String {
-    format!("format = \"tbox-recipe/1\"\nproject = \"{project}\"\nrepo = \"{repo}\"\n{body}",)
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
-}
-
-fn start_server(db: &str, extra: &[&str]) -> String {
-    let mut argv = vec!["tbox-server", "serve", "--bind", "127.0.0.1:0", "--database", db, "--workers", "2"];
-    argv.extend_from_slice(extra);
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let ServerCommand::Serve(args) = cli.command else { unreachable!() };
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let _ = tbox_server::cmd::serve::run_with(args, |addrs| {
-            let _ = tx.send(addrs[0]);
-        });
-    });
-    format!("http://{}", rx.recv_timeout(Duration::from_secs(20)).unwrap())
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-const STEPS_OK: &str = "branches = [\"main\"]\nexpires = \"2099-01-01T00:00:00Z\"\n";
-
-fn join_and_approve(w: &World, server: &str, project: &str, fp: &str) {
-    let out = w.volunteer(&["join", &format!("{server}/projects/{project}"), "--key", fp, "--builder", "vol"]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
-    w.admin(&["builder", "approve", "vol"]);
-}
 
 #[test]
 fn join_approve_run_builds_the_signed_recipe_in_a_sandbox() -> TestResult {
@@ -449,135 +223,6 @@ fn hand_written_steps_run_sandboxed_too_and_opting_out_shows() -> TestResult {
     Ok(())
 }
 
-/// Recipe bytes and the signature to serve in their place.
-type Served = Arc<Mutex<Option<(Vec<u8>, String)>>>;
-
-/// A server in front of the real one that, when told to, serves chosen recipe bytes and
-/// signature (a taken-over server), or answers 503 to everything (a server that is down).
-struct Hostile {
-    base: String,
-    recipe: Served,
-    down: Arc<AtomicBool>,
-}
-
-impl Hostile {
-    fn new(upstream: &str) -> Hostile {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let recipe: Served = Arc::default();
-        let down = Arc::new(AtomicBool::new(false));
-        let (r, d, up) = (recipe.clone(), down.clone(), upstream.to_owned());
-        std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-            for stream in listener.incoming().flatten() {
-                let (r, d, up, agent) = (r.clone(), d.clone(), up.clone(), agent.clone());
-                std::thread::spawn(move || {
-                    let _ = serve_one(stream, &r, &d, &up, &agent);
-                });
-            }
-        });
-        Hostile { base, recipe, down }
-    }
-
-    fn serve(&self, bytes: &[u8], signature: &str) {
-        *self.recipe.lock().unwrap() = Some((bytes.to_vec(), signature.to_owned()));
-    }
-}
-
-fn serve_one(
-    mut stream: TcpStream,
-    recipe: &Mutex<Option<(Vec<u8>, String)>>,
-    down: &AtomicBool,
-    upstream: &str,
-    agent: &ureq::Agent,
-) -> std::io::Result<()> {
-    let (head, body) = read_request(&mut stream)?;
-    let mut lines = head.lines();
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let (method, path) = (first.next().unwrap_or_default().to_owned(), first.next().unwrap_or_default().to_owned());
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
-        .collect();
-    let answer = |stream: &mut TcpStream, status: u16, ctype: &str, extra: &str, body: &[u8]| {
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(body);
-    };
-    if down.load(Ordering::SeqCst) {
-        answer(&mut stream, 503, "application/json", "", br#"{"error":"unavailable","message":"down"}"#);
-        return Ok(());
-    }
-    if method == "GET"
-        && path.ends_with("/recipe")
-        && let Some((bytes, sig)) = recipe.lock().unwrap().clone()
-    {
-        answer(&mut stream, 200, "application/toml", &format!("Tbox-Signature: {sig}\r\n"), &bytes);
-        return Ok(());
-    }
-    let url = format!("{upstream}{path}");
-    let pass = ["content-type", "tbox-builder", "tbox-signature"];
-    let resp = match method.as_str() {
-        "POST" | "PUT" => {
-            let mut req = if method == "POST" { agent.post(&url) } else { agent.put(&url) };
-            for (k, v) in headers.iter().filter(|(k, _)| pass.contains(&k.as_str())) {
-                req = req.header(k, v);
-            }
-            req.send(&body[..])
-        }
-        _ => {
-            let mut req = agent.get(&url);
-            for (k, v) in headers.iter().filter(|(k, _)| pass.contains(&k.as_str())) {
-                req = req.header(k, v);
-            }
-            req.call()
-        }
-    };
-    let Ok(mut resp) = resp else {
-        answer(&mut stream, 502, "text/plain", "", b"upstream");
-        return Ok(());
-    };
-    let status = resp.status().as_u16();
-    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let sig =
-        resp.headers().get("tbox-signature").and_then(|v| v.to_str().ok()).map(|s| format!("Tbox-Signature: {s}\r\n"));
-    let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
-    answer(&mut stream, status, &ctype, &sig.unwrap_or_default(), &bytes);
-    Ok(())
-}
-
-/// One request: its head as text, and its body (by Content-Length).
-fn read_request(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let length = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok((head, buf[end + 4..].to_vec()));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[test]
 fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult {
     if !have_bwrap() {
@@ -585,7 +230,7 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
     }
     let w = World::new(&["demo"]);
     let (k, key_path) = w.maintain("demo");
-    let hostile = Hostile::new(&w.base);
+    let hostile = Mirror::new(&w.base);
     let repo = format!("file://{}", w.repo("demo").display());
     let good = |version: u64, marker: &str| {
         recipe_text(
@@ -624,8 +269,8 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
         ),
         (
             "expired",
-            good(3, bad).replace("2099", "2001").into_bytes(),
-            k.sign(good(3, bad).replace("2099", "2001").as_bytes()),
+            good(3, bad).replace(&in_days(30), "2001-01-01T00:00:00Z").into_bytes(),
+            k.sign(good(3, bad).replace(&in_days(30), "2001-01-01T00:00:00Z").as_bytes()),
             "expired",
         ),
         ("rollback", good(1, bad).into_bytes(), k.sign(good(1, bad).as_bytes()), "lower than version 2"),
@@ -653,6 +298,7 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
     ];
     let exceptions_before = w.builds("demo").iter().filter(|b| b["result"] == "exception").count();
     for (what, bytes, sig, why) in &cases {
+        hostile.clear();
         hostile.serve(bytes, sig);
         let out = w.volunteer(&["run", "--force"]);
         assert_eq!(out.status.code(), Some(5), "{what}: {}", stderr(&out));
@@ -674,14 +320,14 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
     );
 
     // The server is down: the cached version 2 keeps building.
-    *hostile.recipe.lock().unwrap() = None;
+    hostile.clear();
     std::fs::remove_file(w.workdir("demo").join("ran-2"))?;
-    hostile.down.store(true, Ordering::SeqCst);
+    hostile.down();
     let out = w.volunteer(&["run", "--force"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("using the cached recipe"), "{}", stderr(&out));
     assert!(w.workdir("demo").join("ran-2").exists(), "the cached recipe did not run");
-    hostile.down.store(false, Ordering::SeqCst);
+    hostile.clear();
     let out = w.volunteer(&["flush"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(w.newest("demo").0["recipe_version"], 2);
@@ -689,34 +335,52 @@ fn a_taken_over_server_cannot_make_a_volunteer_run_anything_else() -> TestResult
 }
 
 #[test]
-fn a_rotation_is_followed_from_the_pin_and_a_revoked_pin_refused() -> TestResult {
+fn a_key_list_rotation_is_followed_and_a_revoked_key_is_refused() -> TestResult {
     if !have_bwrap() {
         return Ok(());
     }
     let w = World::new(&["demo"]);
     let (k, old) = w.maintain("demo");
+    let old_fp = k.public_key().fingerprint();
+    let keys = w.dir.join("maint/keys.toml");
+    let keys_arg = keys.to_str().unwrap();
+    // The project's first key list, signed by the key volunteers pin.
+    let out = w.maintainer(&["keys", "sign", keys_arg, "--key", old.to_str().unwrap(), "--project", "demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.maintainer(&["keys", "publish", keys_arg, "--server", &w.base]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("version 1"), "{}", stdout(&out));
     let v1 =
         w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 1\n[[step]]\nname = \"b\"\nrun = \"true\"\n"));
     w.publish(&v1, &old);
-    join_and_approve(&w, &w.base, "demo", &k.public_key().fingerprint());
+    join_and_approve(&w, &w.base, "demo", &old_fp);
     assert_eq!(w.volunteer(&["run"]).status.code(), Some(0));
 
-    // The maintainer rotates (the binary makes the new key) and signs the next version with it.
+    // Rotation: the old key puts a new one in force and revokes itself.
     let new = w.dir.join("maint/demo-2026.pem");
+    let new_key = key();
+    tbox_report::keyfile::write_new(&new, &new_key)?;
+    let new_pub = w.dir.join("maint/demo-2026.pub");
+    std::fs::write(&new_pub, new_key.public_key().to_pem())?;
+    let new_fp = new_key.public_key().fingerprint();
     let out = w.maintainer(&[
-        "recipe",
-        "rotate",
-        "--project",
-        "demo",
+        "keys",
+        "sign",
+        keys_arg,
         "--key",
         old.to_str().unwrap(),
-        "--new",
-        new.to_str().unwrap(),
-        "--server",
-        &w.base,
+        "--add",
+        new_pub.to_str().unwrap(),
+        "--revoke",
+        &old_fp,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let new_fp = tbox_report::keyfile::load(&new)?.public_key().fingerprint();
+    assert!(
+        stdout(&out).contains("version 2") && stdout(&out).contains(&format!("revoked {old_fp}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(w.maintainer(&["keys", "publish", keys_arg, "--server", &w.base]).status.success());
     let v2 =
         w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 2\n[[step]]\nname = \"b\"\nrun = \"true\"\n"));
     w.publish(&v2, &new);
@@ -725,15 +389,27 @@ fn a_rotation_is_followed_from_the_pin_and_a_revoked_pin_refused() -> TestResult
     let (b, _) = w.newest("demo");
     assert_eq!((b["recipe_version"].as_i64(), b["recipe_key"].as_str()), (Some(2), Some(new_fp.as_str())));
 
-    // The project retires the old key: this machine reached the new one already and keeps it.
-    w.admin(&["project", "key", "revoke", "demo", "--key", &k.public_key().fingerprint()]);
-    let out = w.volunteer(&["run", "--force"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    // The new key revoked too (compromised): nothing is trusted any more.
-    w.admin(&["project", "key", "revoke", "demo", "--key", &new_fp]);
+    // The old key is revoked for good: a recipe it signs is refused, whoever serves it.
+    let mirror = Mirror::new(&w.base);
+    let v3 = recipe_text(
+        "demo",
+        &format!("file://{}", w.repo("demo").display()),
+        &format!("{STEPS_OK}version = 3\n[[step]]\nname = \"b\"\nrun = \"touch revoked-ran\"\n"),
+    );
+    mirror.serve(v3.as_bytes(), &k.sign(v3.as_bytes()));
+    mirror.on(move |r| {
+        (r.path.ends_with("/recipe")).then(|| {
+            Reply::new(200, "application/toml", v3.clone())
+                .with("Tbox-Signature", &k.sign(v3.as_bytes()))
+                .with("Tbox-Key", &old_fp)
+        })
+    });
+    let config = w.config().replace(&w.base, &mirror.base);
+    std::fs::write(w.dir.join("home/.config/tbox/report.toml"), config)?;
     let out = w.volunteer(&["run", "--force"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("revoked") && stderr(&out).contains("leave demo"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has revoked that key"), "{}", stderr(&out));
+    assert!(!w.workdir("demo").join("revoked-ran").exists());
     Ok(())
 }
 

@@ -241,7 +241,7 @@ pub struct RequestAddArgs {
     pub revision: Option<String>,
     /// How many distinct builders should build it.
     #[arg(long, default_value_t = 1, value_name = "N")]
-    pub builders: i32,
+    pub builders: u32,
     /// A capability builders must have (repeat for several).
     #[arg(long = "requires", value_name = "CAP")]
     pub requires: Vec<String>,

@@ -31,6 +31,7 @@ pub mod logging;
 pub mod logscan;
 pub mod metrics;
 pub mod notify;
+pub mod project_keys;
 pub mod ratelimit;
 pub mod routes;
 pub mod signature;

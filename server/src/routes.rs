@@ -32,9 +32,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(api_res("/projects/{project}/recipes", READ).route(read().to(api::recipes::history)))
             .service(api_res("/projects/{project}/recipes/{version}", READ).route(read().to(api::recipes::version)))
             .service(
-                api_res("/projects/{project}/keys", "GET, HEAD, POST")
-                    .route(web::post().to(api::recipes::rotate))
+                api_res("/projects/{project}/keys", "GET, HEAD, PUT")
+                    .route(web::put().to(api::recipes::publish_keys))
                     .route(read().to(api::recipes::keys)),
+            )
+            .service(api_res("/projects/{project}/signing-keys", READ).route(read().to(api::recipes::signing_keys)))
+            .service(api_res("/projects/{project}/key-lists", READ).route(read().to(api::recipes::key_list_history)))
+            .service(
+                api_res("/projects/{project}/key-lists/{version}", READ)
+                    .route(read().to(api::recipes::key_list_version)),
             )
             .service(api_res("/projects/{project}/capabilities", READ).route(read().to(api::recipes::capabilities)))
             .service(

@@ -190,8 +190,12 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     assert_eq!(results, ["failed", "failed", "passed"]);
     get_checked(&s, &doc, "/api/v1/projects/{project}/tests/history", "/api/v1/projects/demo/tests/history", 400);
 
-    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/keys", "/api/v1/projects/demo/keys", 200);
+    get_checked(&s, &doc, "/api/v1/projects/{project}/keys", "/api/v1/projects/demo/keys", 404);
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/key-lists", "/api/v1/projects/demo/key-lists", 200);
+    assert_eq!(v["key_lists"], json!([]));
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/signing-keys", "/api/v1/projects/demo/signing-keys", 200);
     assert_eq!(v["keys"], json!([]));
+    get_checked(&s, &doc, "/api/v1/projects/{project}/key-lists/{version}", "/api/v1/projects/demo/key-lists/1", 404);
     get_checked(&s, &doc, "/api/v1/projects/{project}/capabilities", "/api/v1/projects/demo/capabilities", 200);
     get_checked(&s, &doc, "/api/v1/projects/{project}/recipes", "/api/v1/projects/demo/recipes", 200);
     get_checked(&s, &doc, "/api/v1/projects/{project}/recipes", "/api/v1/projects/nope/recipes", 404);

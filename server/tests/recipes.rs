@@ -1,5 +1,5 @@
-//! Project keys, recipe publication and the rotation chain over HTTP, on both backends: the
-//! server as a mirror that refuses junk and serves the exact bytes it was given.
+//! Project keys, recipe publication and key lists over HTTP, on both backends: the server as a
+//! mirror that refuses junk and serves the exact bytes it was given.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,16 +10,22 @@ use serde_json::Value;
 on_both_backends!(
     publish_checks_signature_version_and_fields,
     the_recipe_is_served_byte_for_byte_with_its_signature,
-    rotation_is_signed_by_the_previous_key,
+    key_lists_are_signed_versioned_and_decide_who_signs,
     project_keys_and_capabilities_from_the_command_line,
     a_second_project_waits_for_approval,
 );
+
+/// An expiry `days` from now, as recipes and key lists write it.
+fn in_days(days: i64) -> String {
+    (chrono::Utc::now() + chrono::TimeDelta::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
 
 fn recipe(project: &str, version: u64, extra: &str) -> String {
     format!(
         "# a comment the server must keep\nformat = \"tbox-recipe/1\"\nproject = \"{project}\"\n\
          repo = \"https://example.org/demo.git\"\nbranches = [\"main\"]\nversion = {version}\n\
-         expires = \"2099-01-01T00:00:00Z\"\n{extra}\n[[step]]\nname = \"build\"\nrun = \"make\"\n"
+         expires = \"{}\"\n{extra}\n[[step]]\nname = \"build\"\nrun = \"make\"\n",
+        in_days(30)
     )
 }
 
@@ -66,7 +72,11 @@ fn publish_checks_signature_version_and_fields(backend: Backend) -> TestResult {
     for (bad, field) in [
         (recipe("other", 1, ""), "project"),
         (recipe("demo", 0, ""), "version"),
-        (recipe("demo", 1, "").replace("2099", "2001"), "expires"),
+        (recipe("demo", 9_223_372_036_854_775_807, ""), "version"),
+        (recipe("demo", 1 << 53, ""), "version"),
+        (recipe("demo", 1, "").replace(&in_days(30), "2001-01-01T00:00:00Z"), "expires"),
+        // A recipe that lives for decades would let a frozen mirror keep it (and its key) alive.
+        (recipe("demo", 1, "").replace(&in_days(30), "2099-01-01T00:00:00Z"), "expires"),
         (recipe("demo", 1, "requires = [\"docker\"]"), "requires[0]"),
         (recipe("demo", 1, "").replace("run = \"make\"", "run = \"make\"\ntimeout = \"forever\""), "step[0].timeout"),
         (recipe("demo", 1, "").replace("https://example.org/demo.git", "--upload-pack=evil"), "repo"),
@@ -133,52 +143,96 @@ fn the_recipe_is_served_byte_for_byte_with_its_signature(backend: Backend) -> Te
     Ok(())
 }
 
-fn post_key(s: &Server, new_pem: &str, signer: usize) -> (u16, Value) {
+/// A key list for demo listing `keys`, revoking `revoked` (test key numbers).
+fn key_list(version: u64, keys: &[usize], revoked: &[usize], expires: &str) -> String {
+    let pems: Vec<String> = keys.iter().map(|k| format!("\"\"\"{}\"\"\"", key(*k).public_key().to_pem())).collect();
+    let revoked: Vec<String> = revoked.iter().map(|k| format!("{:?}", key(*k).public_key().fingerprint())).collect();
+    format!(
+        "format = \"tbox-keys/1\"\nproject = \"demo\"\nversion = {version}\nexpires = \"{expires}\"\n\
+         keys = [{}]\nrevoked = [{}]\n",
+        pems.join(", "),
+        revoked.join(", ")
+    )
+}
+
+fn put_keys(s: &Server, body: &str, signer: usize) -> (u16, Value) {
     let mut resp = s
         .agent
-        .post(s.url("/api/v1/projects/demo/keys"))
-        .header("Content-Type", "application/x-pem-file")
-        .header("Tbox-Signature", &key(signer).sign(&tbox_protocol::endorsement_message("demo", new_pem)))
-        .send(new_pem.as_bytes())
+        .put(s.url("/api/v1/projects/demo/keys"))
+        .header("Content-Type", "application/toml")
+        .header("Tbox-Signature", &key(signer).sign(body.as_bytes()))
+        .send(body.as_bytes())
         .unwrap();
     let status = resp.status().as_u16();
     (status, serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap())
 }
 
-fn rotation_is_signed_by_the_previous_key(backend: Backend) -> TestResult {
+fn key_lists_are_signed_versioned_and_decide_who_signs(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
     setup(&s);
-    let new_pem = key(2).public_key().to_pem();
-    // Signed by a key that is not the project's: refused.
-    let (status, v) = post_key(&s, &new_pem, 0);
-    assert_eq!(status, 401, "{v}");
-    let (status, v) = post_key(&s, "not a key", 1);
-    assert_eq!(status, 422, "{v}");
-    let (status, v) = post_key(&s, &new_pem, 1);
+    let fp = |k: usize| key(k).public_key().fingerprint();
+    let (status, v) = s.get_json("/api/v1/projects/demo/keys");
+    assert_eq!(status, 404, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("no key list"), "{v}");
+    // Before any list, the admin's key signs; anyone can find its PEM to check a pin against.
+    let (_, signers) = s.get_json("/api/v1/projects/demo/signing-keys");
+    assert_eq!(signers["keys"][0]["fingerprint"].as_str(), Some(fp(1).as_str()));
+
+    let v1 = key_list(1, &[1, 2], &[], &in_days(100));
+    assert_eq!(put_keys(&s, &v1, 0).0, 401, "a stranger's list");
+    for (bad, field) in [
+        (key_list(1, &[1], &[], &in_days(500)), "expires"),
+        (key_list(1, &[1], &[], "2001-01-01T00:00:00Z"), "expires"),
+        (key_list(1, &[1], &[], &in_days(100)).replace("\"demo\"", "\"other\""), "project"),
+        (key_list(1, &[1], &[1], &in_days(100)), "revoked[0]"),
+        (key_list(1, &[], &[], &in_days(100)), "keys"),
+        ("format = \"tbox-keys/1\"\nsurprise = 1\n".to_owned(), "surprise"),
+    ] {
+        let (status, v) = put_keys(&s, &bad, 1);
+        assert_eq!(status, 422, "{field}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{field}: {v}");
+    }
+    let (status, v) = put_keys(&s, &v1, 1);
     assert_eq!(status, 201, "{v}");
-    assert_eq!(v["endorsed_by"].as_str(), Some(key(1).public_key().fingerprint().as_str()));
-    assert_eq!(post_key(&s, &new_pem, 1).0, 409);
-    // The chain, oldest first, with an endorsement anyone can check.
-    let (_, chain) = s.get_json("/api/v1/projects/demo/keys");
-    let keys = chain["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 2);
-    let endorsed = &keys[1];
-    assert_eq!(endorsed["fingerprint"].as_str(), Some(key(2).public_key().fingerprint().as_str()));
-    key(1).public_key().verify(
-        &tbox_protocol::endorsement_message("demo", endorsed["public_key"].as_str().unwrap()),
-        endorsed["endorsement"].as_str().unwrap(),
-    )?;
-    // A signature over the bare PEM (not bound to the project) is refused.
-    let bare = key(0).public_key().to_pem();
-    let mut resp = s
-        .agent
-        .post(s.url("/api/v1/projects/demo/keys"))
-        .header("Content-Type", "application/x-pem-file")
-        .header("Tbox-Signature", &key(1).sign(bare.as_bytes()))
-        .send(bare.as_bytes())?;
-    assert_eq!(resp.status().as_u16(), 401, "{}", resp.body_mut().read_to_string()?);
-    // The new key publishes.
-    assert_eq!(publish(&s, "demo", &recipe("demo", 1, ""), 2).0, 201);
+    assert_eq!((v["version"].as_u64(), v["key"].as_str()), (Some(1), Some(fp(1).as_str())));
+    // Served byte for byte, with its signature.
+    let mut resp = s.agent.get(s.url("/api/v1/projects/demo/keys")).call()?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(h("tbox-signature"), Some(key(1).sign(v1.as_bytes())));
+    assert_eq!(h("tbox-key-list-version").as_deref(), Some("1"));
+    assert_eq!(resp.body_mut().read_to_string()?, v1);
+    let (status, v) = put_keys(&s, &v1, 1);
+    assert_eq!((status, v["error"].as_str()), (409, Some("version_not_above")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("publish version 2"), "{v}");
+
+    // Rotation: key 1 hands over to key 0 and is revoked; from now on only key 0 signs.
+    let v2 = key_list(2, &[0], &[1], &in_days(100));
+    assert_eq!(put_keys(&s, &v2, 2).0, 201, "key 2 is in force in version 1");
+    assert_eq!(publish(&s, "demo", &recipe("demo", 1, ""), 1).0, 401, "revoked");
+    assert_eq!(publish(&s, "demo", &recipe("demo", 1, ""), 2).0, 401, "no longer listed");
+    assert_eq!(publish(&s, "demo", &recipe("demo", 1, ""), 0).0, 201);
+    let (_, signers) = s.get_json("/api/v1/projects/demo/signing-keys");
+    assert_eq!(signers["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(signers["keys"][0]["fingerprint"].as_str(), Some(fp(0).as_str()));
+    // A list signed by a key out of force, or bringing a revoked key back: refused.
+    assert_eq!(put_keys(&s, &key_list(3, &[0], &[1], &in_days(100)), 2).0, 401);
+    let (status, v) = put_keys(&s, &key_list(3, &[0, 1], &[], &in_days(100)), 0);
+    assert_eq!(status, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("never comes back"), "{v}");
+    // The history lets a volunteer holding version 1 walk to version 2.
+    let (_, h) = s.get_json("/api/v1/projects/demo/key-lists");
+    let versions: Vec<u64> =
+        h["key_lists"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(s.get("/api/v1/projects/demo/key-lists/1"), (200, v1));
+    assert_eq!(s.get("/api/v1/projects/demo/key-lists/9").0, 404);
+    // The server's own table follows, for its admins.
+    let listed = s.admin_ok(&["project", "key", "list", "demo"]);
+    assert!(
+        listed.contains(&format!("{}\trevoked", fp(1))) && listed.contains(&format!("{}\tactive", fp(0))),
+        "{listed}"
+    );
     Ok(())
 }
 

@@ -48,7 +48,16 @@ fn send(s: &Server, method: &str, path: &str, body: &[u8], headers: &[(&str, &st
 }
 
 /// A request signed with project key `signer`.
+/// Posts a request signed by `signer`; `project` and `created_at` (now) are filled in when the
+/// body does not say them, as `tbox-report request` does.
 fn ask(s: &Server, body: &Value, signer: &PrivateKey) -> (u16, Value) {
+    let mut body = body.clone();
+    if body.get("project").is_none() {
+        body["project"] = json!("demo");
+    }
+    if body.get("created_at").is_none() {
+        body["created_at"] = json!(chrono::Utc::now().to_rfc3339());
+    }
     let bytes = body.to_string().into_bytes();
     let sig = signer.sign(&bytes);
     send(
@@ -103,7 +112,8 @@ fn requests_are_signed_checked_and_listed(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
     setup(&s, 1);
     s.admin_ok(&["project", "capability", "add", "demo", "gpu", "--description", "a CUDA GPU"]);
-    let body = json!({"branch": "main", "builders": 2, "requires": ["gpu"], "nonce": "1"});
+    let body = json!({"branch": "main", "builders": 2, "requires": ["gpu"], "nonce": "1",
+        "project": "demo", "created_at": chrono::Utc::now().to_rfc3339()});
     // Unsigned, or signed by a key that is not the project's: 401. Not JSON: 415 / 400.
     let bytes = body.to_string();
     let (status, _) =
@@ -126,8 +136,20 @@ fn requests_are_signed_checked_and_listed(backend: Backend) -> TestResult {
     );
     assert_eq!(status, 400);
     // Invalid fields: 422 naming the field.
+    let old = (chrono::Utc::now() - chrono::TimeDelta::days(31)).to_rfc3339();
+    let ahead = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
     for (bad, field) in [
         (json!({"branch": "-x"}), "branch"),
+        (json!({"branch": "../../etc"}), "branch"),
+        (json!({"branch": "a b"}), "branch"),
+        (json!({"branch": "main", "revision": "--output=/tmp/x"}), "revision"),
+        (json!({"branch": "main", "revision": "9fceb02"}), "revision"),
+        // Signed for another project (sharing the key), made long ago or in the future.
+        (json!({"branch": "main", "project": "other"}), "project"),
+        (json!({"branch": "main", "project": null}), "project"),
+        (json!({"branch": "main", "created_at": old}), "created_at"),
+        (json!({"branch": "main", "created_at": ahead}), "created_at"),
+        (json!({"branch": "main", "created_at": "yesterday"}), "created_at"),
         (json!({"branch": "main", "builders": 0}), "builders"),
         (json!({"branch": "main", "builders": 101}), "builders"),
         (json!({"branch": "main", "revision": "not a sha!"}), "revision"),

@@ -20,7 +20,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     let mut problems = 0;
     match client.get_as_builder(&format!("/api/v1/builders/{}", config.builder)) {
         Sent::Delivered(v) => {
-            let status = v["status"].as_str().unwrap_or("?");
+            let status = crate::client::printable(v["status"].as_str().unwrap_or("?"));
             let mine = key.public_key().fingerprint();
             let key_known = v["keys"]
                 .as_array()
@@ -90,19 +90,13 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         };
         match config.sandbox_for(p) {
             config::Mode::None => {
-                crate::say!("sandbox  none for {}: its steps run with all your files in reach", p.name);
+                crate::say!(
+                    "sandbox  none for {}: its steps run with all your files in reach, and only their time and \
+                     output are limited",
+                    p.name
+                );
             }
-            config::Mode::Auto => {
-                let probe = config::state_dir().join("check-sandbox");
-                match crate::sandbox::Sandbox::new(&workdir, &probe, false) {
-                    Ok(s) => crate::say!("sandbox  {} works here", s.describe()),
-                    Err(e) => {
-                        crate::say!("sandbox  ! {e}");
-                        problems += 1;
-                    }
-                }
-                let _ = std::fs::remove_dir_all(&probe);
-            }
+            config::Mode::Auto => problems += protections(&workdir, config.limits_for(p)),
         }
         match &p.recipe {
             Some(pin) => {
@@ -127,6 +121,121 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// What protects this machine from a project's steps, found by running a step in the sandbox
+/// as a build would; the number of problems found.
+fn protections(workdir: &std::path::Path, limits: tbox_protocol::StepLimits) -> usize {
+    use crate::sandbox::{Sandbox, watch};
+    let probe = config::state_dir().join("work").join(format!("check-{}", std::process::id()));
+    // Before the first clone, an empty stand-in.
+    let stand_in = probe.join("checkout");
+    let workdir = if workdir.is_dir() {
+        workdir
+    } else {
+        let _ = std::fs::create_dir_all(&stand_in);
+        stand_in.as_path()
+    };
+    let sandbox = match Sandbox::new(workdir, &probe.join("sandbox"), false, limits) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::say!("sandbox  ! {e}");
+            let _ = std::fs::remove_dir_all(&probe);
+            return 1;
+        }
+    };
+    let mut problems = 0;
+    // The step reports what it sees: its limits.
+    let script = "cat /proc/self/limits";
+    let log_path = probe.join("probe.log");
+    let seen = std::fs::File::create(&log_path).ok().map(|log| {
+        let env = std::collections::BTreeMap::new();
+        let spec = crate::runner::Spec {
+            command: script,
+            workdir,
+            env: &env,
+            timeout: std::time::Duration::from_secs(60),
+            max_output: 1 << 20,
+            sandbox: Some(&sandbox),
+        };
+        (crate::runner::run(&spec, &log, |_| {}), std::fs::read_to_string(&log_path).unwrap_or_default())
+    });
+    let Some((crate::runner::Ending::Exited(0), out)) = seen else {
+        crate::say!("sandbox  ! a trial step did not run in the sandbox: {:?}", seen.map(|(e, _)| e));
+        let _ = std::fs::remove_dir_all(&probe);
+        return 1;
+    };
+    crate::say!(
+        "sandbox  {} works here: the system read-only ({} private entries hidden), the checkout at {}, HOME at \
+         {}, no network unless a recipe asks and you allow it",
+        bwrap_version(),
+        sandbox.masked(),
+        crate::sandbox::WORKDIR,
+        crate::sandbox::HOME
+    );
+    let limit_of = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l[name.len()..].split_whitespace().next().map(str::to_owned))
+    };
+    let nproc = limit_of("Max processes");
+    // Joined before the step starts (between fork and exec); a step that cannot get one does
+    // not run at all.
+    crate::say!("keyring  each step gets a new, empty session keyring: yours is out of its reach");
+    let root = nix::unistd::getuid().is_root();
+    match nproc.as_deref() {
+        Some(n) if n == limits.processes.to_string() && !root => crate::say!(
+            "limits   {} tasks per step: held by the kernel (RLIMIT_NPROC in the step's own user namespace)",
+            limits.processes
+        ),
+        _ if root => crate::say!(
+            "limits   {} tasks per step: only measured (every 0.2 s), as tbox-report runs as root and the kernel \
+             does not hold root to a process limit (warning: run tbox-report as an ordinary user)",
+            limits.processes
+        ),
+        other => {
+            crate::say!("limits   ! the step's process limit is {other:?}, not {}", limits.processes);
+            problems += 1;
+        }
+    }
+    crate::say!(
+        "         {} of memory per step: the step's processes measured every 0.2 s, the step ended past it; the OOM \
+         killer takes a step before anything else",
+        tbox_protocol::human_size(limits.memory)
+    );
+    crate::say!(
+        "         {} of disk per step (checkout, HOME and /tmp): measured at least every few seconds, the step ended \
+         past it; no single file larger, by the kernel (RLIMIT_FSIZE)",
+        tbox_protocol::human_size(limits.disk)
+    );
+    crate::say!(
+        "         cgroups are not used: the limits above hold the same from cron, from a terminal and from systemd"
+    );
+    if watch::in_memory(sandbox.scratch()) {
+        crate::say!(
+            "tmp      ! the steps' /tmp is in {}, which is in memory (tmpfs): set XDG_STATE_HOME to a disk",
+            sandbox.scratch().display()
+        );
+        problems += 1;
+    } else {
+        crate::say!(
+            "tmp      the steps' /tmp, /var/tmp and /dev/shm are on disk, under {}",
+            config::state_dir().join("work").display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&probe);
+    problems
+}
+
+/// `bubblewrap 0.8.0`, or just `bubblewrap`.
+fn bwrap_version() -> String {
+    std::process::Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bubblewrap".into())
+}
+
 /// What `run` would think of the project's recipe now; the number of problems found.
 fn check_recipe(config: &config::Config, p: &config::Project, pin: &str) -> usize {
     use crate::trust::{self, NoRecipe};
@@ -148,7 +257,7 @@ fn check_recipe(config: &config::Config, p: &config::Project, pin: &str) -> usiz
             if r.network && !config.network_for(p) {
                 crate::say!("         needs the network, and allow_network is false: `run` skips it");
             }
-            if r.allows_branch(&p.branch) {
+            if r.allows_branch(p.branch.as_str()) {
                 0
             } else {
                 crate::say!("         ! does not allow branch {:?}: `run` refuses it", p.branch);

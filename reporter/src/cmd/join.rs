@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
-use tbox_protocol::PrivateKey;
+use tbox_protocol::{BranchName, PrivateKey};
 
 use crate::cli::{JoinArgs, LeaveArgs};
-use crate::client::{Client, Sent};
+use crate::client::{Client, Sent, printable};
 use crate::config::{self, Config};
 use crate::trust::{self, Fetch, NoRecipe};
 use crate::{exit, keyfile};
@@ -36,16 +36,15 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
 
     // The key to pin: given, or confirmed by a person on a terminal. Never trusted silently.
     let agent = trust::agent();
-    let keys = match trust::fetch_keys(&agent, &server, &project) {
+    let keys = match trust::signing_keys(&agent, &server, &project) {
         Ok(k) => k,
         Err(Fetch::Down(why)) => {
-            eprintln!("tbox-report: cannot reach {server} ({why}); nothing was changed");
+            eprintln!("tbox-report: cannot reach {server} ({}); nothing was changed", printable(&why));
             return Ok(exit::SPOOLED);
         }
-        Err(Fetch::Odd(why)) => bail!("{why}"),
+        Err(Fetch::Odd(why)) => bail!("{}", printable(&why)),
     };
-    let active: Vec<&trust::KeyEntry> = keys.iter().filter(|k| !k.revoked).collect();
-    if active.is_empty() {
+    if keys.is_empty() {
         bail!(
             "project {project} has no signing key on {server} yet, so it cannot publish a recipe; ask its maintainers"
         );
@@ -61,13 +60,15 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             }
             k
         }
-        None => match confirm(&project, &active)? {
+        None => match confirm(&project, &keys)? {
             Some(k) => k,
             None => return Ok(exit::USAGE),
         },
     };
-    if let Err(why) = trust::follow_chain(&project, &pin, &[], &keys) {
-        eprintln!("tbox-report: REFUSED to join {project}: {why}; nothing was changed");
+    // The pin's key, and the project's key list checked from it (a list it signed may have
+    // moved the project to other keys since).
+    if let Err(why) = trust::Trust::load(&project, &pin).refresh(&agent, &server) {
+        eprintln!("tbox-report: REFUSED to join {project}: {}; nothing was changed", printable(&why));
         eprintln!("tbox-report: check the fingerprint with the project itself (its README or website)");
         return Ok(exit::REFUSED);
     }
@@ -98,14 +99,20 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
         }
     };
     let branch = match (&args.branch, &recipe) {
-        (Some(b), _) => b.clone(),
+        (Some(b), _) => match BranchName::parse(b) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("tbox-report: --branch {b:?}: {}", e.message);
+                return Ok(exit::USAGE);
+            }
+        },
         (None, Some(v)) => {
-            v.recipe.branches.iter().find(|b| !b.contains(['*', '?'])).cloned().unwrap_or_else(|| "main".into())
+            v.recipe.branches.iter().find_map(|b| BranchName::parse(b).ok()).unwrap_or_else(BranchName::main)
         }
-        (None, None) => "main".into(),
+        (None, None) => BranchName::main(),
     };
     if let Some(v) = &recipe
-        && !v.recipe.allows_branch(&branch)
+        && !v.recipe.allows_branch(branch.as_str())
     {
         bail!("the recipe allows only the branches {}; choose one with --branch", v.recipe.branches.join(", "));
     }
@@ -176,7 +183,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             text.push('\n');
         }
         let repo = recipe.as_ref().map(|v| v.recipe.repo.as_str());
-        text.push_str(&project_block(&project, &pin, repo, &branch, &workdir));
+        text.push_str(&project_block(&project, &pin, repo, branch.as_str(), &workdir));
         write_config(&config_path, &text)?;
         crate::say!("{project} added to {}", config_path.display());
     } else {
@@ -251,7 +258,7 @@ pub fn leave(args: &LeaveArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let rest = remove_project(&text, index)?;
     write_config(&path, &rest)?;
-    trust::forget(&config.server, &args.project);
+    trust::forget(&args.project);
     for kind in ["last-revision", "refused"] {
         let _ = std::fs::remove_file(config.project_state(kind, &args.project));
     }
@@ -277,7 +284,7 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Asks a person to confirm the project's key. None: no terminal, or not confirmed.
-fn confirm(project: &str, keys: &[&trust::KeyEntry]) -> anyhow::Result<Option<String>> {
+fn confirm(project: &str, keys: &[trust::SigningKey]) -> anyhow::Result<Option<String>> {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         eprintln!(
             "tbox-report: no --key, and no terminal to confirm one on: refusing to trust a key on first use. Get the \

@@ -4,6 +4,7 @@ mod check;
 mod flush;
 mod join;
 mod keygen;
+mod keys;
 mod push;
 mod recipe;
 mod register;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Join(a) => join::join(&a),
         Command::Leave(a) => join::leave(&a),
         Command::Recipe(c) => recipe::run(c),
+        Command::Keys(c) => keys::run(c),
         Command::Request(a) => request::run(&a),
         Command::Serve(a) => serve::run(&a),
     }
@@ -47,7 +49,7 @@ fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
 
 /// Serialises, signs, sends (with retries) and, if that fails for now, spools a report.
 /// Returns the exit code it deserves: `exit::ERROR` when it could be neither sent nor spooled.
-fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) -> anyhow::Result<u8> {
+pub(crate) fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) -> anyhow::Result<u8> {
     let mut report = report.clone();
     let notes = crate::budget::fit(&mut report, crate::budget::DEFAULT_BYTES);
     if let (false, Some(step)) = (notes.is_empty(), report.steps.last_mut()) {
@@ -67,7 +69,7 @@ fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) ->
                     "tbox-report: {} {}: reported as {}",
                     report.project,
                     report.revision,
-                    v["url"].as_str().unwrap_or("?")
+                    crate::client::printable(v["url"].as_str().unwrap_or("?"))
                 );
             }
             return Ok(exit::OK);
@@ -104,7 +106,7 @@ fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) ->
 }
 
 /// A fresh build id: 128 random bits, as hex.
-fn new_uuid() -> String {
+pub(crate) fn new_uuid() -> String {
     let mut bytes = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()

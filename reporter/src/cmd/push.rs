@@ -23,7 +23,8 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         Some(r) => r.clone(),
         None => super::git_revision(&cwd).context("--revision is needed outside a git checkout")?,
     };
-    let branch = args.branch.clone().or_else(|| project_cfg.map(|p| p.branch.clone())).unwrap_or_else(|| "main".into());
+    let branch =
+        args.branch.clone().or_else(|| project_cfg.map(|p| p.branch.to_string())).unwrap_or_else(|| "main".into());
     let now = Utc::now().fixed_offset();
     let mut steps = Vec::new();
     for (i, path) in args.logs.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! `tbox-report recipe sign | verify | publish | rotate`: the maintainer's side of recipes.
+//! `tbox-report recipe sign | verify | publish`: the maintainer's side of recipes.
 //! None of these needs a volunteer's config: they work with the project's key files and a
 //! server URL.
 
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use tbox_protocol::{PrivateKey, PublicKey, Recipe, parse_recipe, report_id, verify_recipe};
 
-use crate::cli::{RecipeCommand, RecipePublishArgs, RecipeRotateArgs, RecipeVerifyArgs};
+use crate::cli::{RecipeCommand, RecipePublishArgs, RecipeVerifyArgs};
 use crate::{exit, keyfile, trust};
 
 pub fn run(cmd: RecipeCommand) -> anyhow::Result<u8> {
@@ -15,12 +15,11 @@ pub fn run(cmd: RecipeCommand) -> anyhow::Result<u8> {
         RecipeCommand::Sign(a) => sign(&a.recipe, &a.key),
         RecipeCommand::Verify(a) => verify(&a),
         RecipeCommand::Publish(a) => publish(&a),
-        RecipeCommand::Rotate(a) => rotate(&a),
     }
 }
 
 /// `recipe.toml` → `recipe.toml.sig`.
-fn sig_path(recipe: &Path, given: Option<&PathBuf>) -> PathBuf {
+pub(super) fn sig_path(recipe: &Path, given: Option<&PathBuf>) -> PathBuf {
     given.cloned().unwrap_or_else(|| {
         let mut p = recipe.as_os_str().to_owned();
         p.push(".sig");
@@ -28,7 +27,7 @@ fn sig_path(recipe: &Path, given: Option<&PathBuf>) -> PathBuf {
     })
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
@@ -66,7 +65,7 @@ fn sign(recipe: &Path, key: &Path) -> anyhow::Result<u8> {
 }
 
 /// A public key from a PEM file holding a public or a private key.
-fn public_key(path: &Path) -> anyhow::Result<PublicKey> {
+pub(super) fn public_key(path: &Path) -> anyhow::Result<PublicKey> {
     let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     PublicKey::from_pem(&pem)
         .or_else(|_| PrivateKey::from_pem(&pem).map(|k| k.public_key()))
@@ -119,34 +118,8 @@ fn publish(args: &RecipePublishArgs) -> anyhow::Result<u8> {
         .send(&bytes[..]);
     send_outcome(&url, answer, |v| {
         crate::say!("published {} ({})", args.recipe.display(), summary(&r));
-        crate::say!("signed by {}", v["key"].as_str().unwrap_or("?"));
-        crate::say!("served at {}", v["url"].as_str().unwrap_or(&url));
-    })
-}
-
-fn rotate(args: &RecipeRotateArgs) -> anyhow::Result<u8> {
-    let old = keyfile::load(&args.key)?;
-    let new = if args.new.exists() {
-        keyfile::load(&args.new)?
-    } else {
-        let k = PrivateKey::generate(&mut rand_core::OsRng, 3072)?;
-        keyfile::write_new(&args.new, &k)?;
-        std::fs::write(args.new.with_extension("pub"), k.public_key().to_pem())?;
-        crate::say!("new key written to {} (mode 600)", args.new.display());
-        k
-    };
-    let pem = new.public_key().to_pem();
-    let url = format!("{}/api/v1/projects/{}/keys", args.server.trim_end_matches('/'), args.project);
-    let answer = trust::agent()
-        .post(&url)
-        .header("Content-Type", "application/x-pem-file")
-        .header("Tbox-Signature", &old.sign(&tbox_protocol::endorsement_message(&args.project, &pem)))
-        .send(pem.as_bytes());
-    send_outcome(&url, answer, |_| {
-        let (from, to) = (old.public_key().fingerprint(), new.public_key().fingerprint());
-        crate::say!("project {}: key {to} added, endorsed by {from}", args.project);
-        crate::say!("volunteers who pinned {from} follow it by themselves; new volunteers should pin {to}");
-        crate::say!("sign the next recipes with {}", args.new.display());
+        crate::say!("signed by {}", crate::client::printable(v["key"].as_str().unwrap_or("?")));
+        crate::say!("served at {}", crate::client::printable(v["url"].as_str().unwrap_or(&url)));
     })
 }
 

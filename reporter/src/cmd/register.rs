@@ -18,7 +18,7 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
     }))?;
     match client.register(&body) {
         Sent::Delivered(v) => {
-            let status = v["status"].as_str().unwrap_or("?");
+            let status = crate::client::printable(v["status"].as_str().unwrap_or("?"));
             crate::say!("builder {} is registered for {}: status {status}", config.builder, args.projects.join(", "));
             crate::say!("key fingerprint {}", key.public_key().fingerprint());
             if status == "pending" {

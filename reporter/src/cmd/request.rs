@@ -7,6 +7,15 @@ use crate::cli::RequestArgs;
 use crate::{exit, keyfile, trust};
 
 pub fn run(args: &RequestArgs) -> anyhow::Result<u8> {
+    // Checked here too, so that a typo is a usage error and not a server's 422.
+    if let Err(e) = tbox_protocol::BranchName::parse(&args.branch) {
+        eprintln!("tbox-report: --branch {:?}: {}", args.branch, e.message);
+        return Ok(exit::USAGE);
+    }
+    if let Some(Err(e)) = args.revision.as_deref().map(tbox_protocol::Revision::parse) {
+        eprintln!("tbox-report: --revision: {}", e.message);
+        return Ok(exit::USAGE);
+    }
     let key = keyfile::load(&args.key)?;
     let deadline = match &args.deadline {
         Some(d) => {
@@ -23,7 +32,11 @@ pub fn run(args: &RequestArgs) -> anyhow::Result<u8> {
     // same request, not a second one.
     let mut nonce = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    // `project` and `created_at` are signed too: a volunteer obeys a request only for the
+    // project it builds and for 30 days at most, so a copy cannot be replayed later or elsewhere.
     let body = serde_json::to_vec(&json!({
+        "project": args.project,
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "branch": args.branch,
         "revision": args.revision,
         "builders": args.builders,
@@ -47,6 +60,6 @@ pub fn run(args: &RequestArgs) -> anyhow::Result<u8> {
             args.revision.as_deref().map(|r| format!(" at {r}")).unwrap_or_default(),
             deadline.as_deref().map(|d| format!(", by {d}")).unwrap_or_default()
         );
-        crate::say!("follow it at {}", v["url"].as_str().unwrap_or(&url));
+        crate::say!("follow it at {}", crate::client::printable(v["url"].as_str().unwrap_or(&url)));
     })
 }

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
+use serde_json::json;
+use tbox_protocol::{BranchName, Revision};
 
 use super::run::{self, Job};
 use crate::cli::{RunArgs, ServeArgs};
-use crate::client::Client;
+use crate::client::{Client, message, printable};
 use crate::config::{Config, Project};
 use crate::{exit, runner};
 
@@ -39,8 +40,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
             continue;
         }
         match take_lease(&config, &client, args.common.verbose) {
-            Ok(Some((project, job))) => {
+            Ok(Some(Leased::Work(project, job))) => {
                 code = exit::worst(code, build_leased(&config, &client, &project, &job, args.common.verbose)?);
+                built += 1;
+                continue;
+            }
+            Ok(Some(Leased::Unusable { project, lease, why })) => {
+                // Nothing of it reaches git: the project hears why on its request.
+                eprintln!("tbox-report serve: lease {lease} refused: {why}");
+                let outcome =
+                    run::decline(&config, &client, &project, lease, &project.branch, &why, args.common.verbose)?;
+                code = exit::worst(code, outcome);
                 built += 1;
                 continue;
             }
@@ -103,8 +113,26 @@ fn spend(config: &Config, project: &str) {
     let _ = std::fs::write(path, format!("{today} {n}\n"));
 }
 
+/// What the server leased.
+enum Leased {
+    /// Work to do: the branch and revision are checked names.
+    Work(Project, Job),
+    /// A lease whose branch or revision is not a name git may be given (an option, a path…).
+    Unusable { project: Project, lease: u64, why: String },
+}
+
+/// A signed lease or renew body: the builder's clock and a fresh nonce, so that a copied body
+/// cannot be replayed to take leases in this builder's name.
+pub fn stamped(mut body: serde_json::Value) -> Vec<u8> {
+    let mut nonce = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    body["at"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    body["nonce"] = json!(nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 /// Asks for work for every project with a source this machine can build and budget left.
-fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<(Project, Job)>, String> {
+fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<Leased>, String> {
     let projects: Vec<&Project> = config
         .projects
         .iter()
@@ -117,33 +145,44 @@ fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<
         return Ok(None);
     }
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
-    let body = serde_json::to_vec(&json!({ "projects": names, "capabilities": config.capabilities, "wait": WAIT }))
-        .map_err(|e| e.to_string())?;
+    let body = stamped(json!({ "projects": names, "capabilities": config.capabilities, "wait": WAIT }));
     let (status, v) = client.send_signed("POST", "/api/v1/leases", &body)?;
     match status {
         200 => {
             let (Some(lease), Some(project), Some(branch)) =
                 (v["lease"].as_u64(), v["project"].as_str(), v["branch"].as_str())
             else {
-                return Err(format!("the server's lease is not what tbox-report expects: {v}"));
+                return Err(printable(&format!("the server's lease is not what tbox-report expects: {v}")));
             };
             let Some(p) = projects.iter().find(|p| p.name == project) else {
-                return Err(format!("the server leased a build of {project:?}, which this machine did not ask for"));
+                return Err(printable(&format!(
+                    "the server leased a build of {project:?}, which this machine did not ask for"
+                )));
+            };
+            // Checked names or nothing: these go to git.
+            let branch = match BranchName::parse(branch) {
+                Ok(b) => b,
+                Err(e) => {
+                    let why = printable(&format!("the lease names branch {branch:?}, which {}", e.message));
+                    return Ok(Some(Leased::Unusable { project: (*p).clone(), lease, why }));
+                }
+            };
+            let revision = match v["revision"].as_str().map(Revision::parse).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    let why = printable(&format!("the lease names revision {}, which {}", v["revision"], e.message));
+                    return Ok(Some(Leased::Unusable { project: (*p).clone(), lease, why }));
+                }
             };
             let signed = v["signed_request"].as_str().zip(v["request_signature"].as_str());
-            let job = Job {
-                branch: branch.to_owned(),
-                revision: v["revision"].as_str().map(str::to_owned),
-                lease,
-                signed: signed.map(|(b, s)| (b.to_owned(), s.to_owned())),
-            };
             if verbose {
                 eprintln!("tbox-report serve: lease {lease}: {project} on {branch}");
             }
-            Ok(Some(((*p).clone(), job)))
+            let job = Job { branch, revision, lease, signed: signed.map(|(b, s)| (b.to_owned(), s.to_owned())) };
+            Ok(Some(Leased::Work((*p).clone(), job)))
         }
         204 => Ok(None),
-        s => Err(format!("the server answered {s}: {}", v["message"].as_str().unwrap_or("no message"))),
+        s => Err(format!("the server answered {s}: {}", message(&v))),
     }
 }
 
@@ -164,16 +203,13 @@ fn build_leased(config: &Config, client: &Client, project: &Project, job: &Job, 
                     continue;
                 }
                 last = Instant::now();
-                match client.send_signed("PUT", &path, b"{}") {
+                match client.send_signed("PUT", &path, &stamped(json!({}))) {
                     Ok((200, _)) => {}
                     Ok((410, v)) => {
-                        eprintln!(
-                            "tbox-report serve: {} (building on: the report is still recorded)",
-                            v["message"].as_str().unwrap_or("the lease ran out")
-                        );
+                        eprintln!("tbox-report serve: {} (building on: the report is still recorded)", message(&v));
                         return;
                     }
-                    Ok((s, v)) => eprintln!("tbox-report serve: renewing the lease: {s} {}", msg(&v)),
+                    Ok((s, v)) => eprintln!("tbox-report serve: renewing the lease: {s} {}", message(&v)),
                     Err(e) => eprintln!("tbox-report serve: renewing the lease: {e}"),
                 }
             }
@@ -181,22 +217,12 @@ fn build_leased(config: &Config, client: &Client, project: &Project, job: &Job, 
     };
     let outcome = if project.recipe.is_none() && job.branch != project.branch {
         // The volunteer's own steps are for the branch it configured.
-        run::decline(
-            config,
-            client,
-            project,
-            job,
-            &format!("this machine builds only branch {:?} of {} with its own steps", project.branch, project.name),
-            verbose,
-        )
+        let why = format!("this machine builds only branch {} of {} with its own steps", project.branch, project.name);
+        run::decline(config, client, project, job.lease, &job.branch, &why, verbose)
     } else {
         run::run_job(config, client, project, job, verbose)
     };
     done.store(true, Ordering::SeqCst);
     let _ = renewer.join();
     outcome
-}
-
-fn msg(v: &Value) -> &str {
-    v["message"].as_str().unwrap_or("")
 }

@@ -4,18 +4,18 @@
 //! it with junk, and keeps the exact bytes and signature so that every volunteer can check
 //! them again against the key *it* pinned. Nothing a volunteer runs depends on trusting us.
 
-use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
-use tbox_protocol::{MAX_RECIPE_BYTES, PublicKey, RecipeError, parse_recipe, report_id};
+use tbox_protocol::{MAX_EXPIRY_DAYS, MAX_KEY_LIST_BYTES, MAX_RECIPE_BYTES, RecipeError, parse_recipe, report_id};
 
 use super::status::project;
 use crate::AppState;
-use crate::db::models::{NewProjectKey, ProjectKey, RecipeRow};
-use crate::db::{self, DbConn, recipes, to_db_time};
+use crate::db::models::{KeyListRow, RecipeRow};
+use crate::db::{self, recipes, to_db_time};
 use crate::error::AppError;
+use crate::project_keys::{self, not_above};
 
 /// The answer to a publication.
 #[derive(Debug, Serialize)]
@@ -46,8 +46,8 @@ pub async fn publish(
     let published = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name2)?;
-        let keys = recipes::active_keys(&mut conn, p.id)?;
-        let signer = signed_by(&keys, &body, &signature, &name2)?;
+        let signers = project_keys::signers(&mut conn, p.id)?;
+        let signer = project_keys::signed_by(&signers, &body, &signature, &name2)?;
         let recipe = parse_recipe(&body).map_err(|e| match e {
             RecipeError::TooLarge(_) => AppError::too_large(e.to_string()),
             other => AppError::invalid("invalid_recipe", other.to_string()),
@@ -63,6 +63,15 @@ pub async fn publish(
             return Err(AppError::invalid(
                 "invalid_recipe",
                 format!("expires: {} is already past; volunteers would refuse it", recipe.expires.to_rfc3339()),
+            ));
+        }
+        if recipe.expires > now + chrono::TimeDelta::days(MAX_EXPIRY_DAYS) {
+            return Err(AppError::invalid(
+                "invalid_recipe",
+                format!(
+                    "expires: {} is more than {MAX_EXPIRY_DAYS} days ahead; volunteers would refuse it",
+                    recipe.expires.to_rfc3339()
+                ),
             ));
         }
         let known: Vec<String> = recipes::capabilities(&mut conn, p.id)?.into_iter().map(|c| c.name).collect();
@@ -94,7 +103,7 @@ pub async fn publish(
             if let Some(cur) = recipes::current(c, p.id)?
                 && cur.version >= version
             {
-                return Err(not_above(version, cur.version));
+                return Err(not_above("recipe", version, cur.version));
             }
             recipes::publish(c, &row)?;
             Ok(())
@@ -107,7 +116,7 @@ pub async fn publish(
                     Some(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
                 ) =>
             {
-                Err(not_above(version, version))
+                Err(not_above("recipe", version, version))
             }
             other => other,
         }?;
@@ -116,40 +125,6 @@ pub async fn publish(
     .await??;
     let url = format!("{}/api/v1/projects/{}/recipe", super::base_url(&req), name);
     Ok(HttpResponse::Created().json(Published { url, ..published }))
-}
-
-fn not_above(version: i64, current: i64) -> AppError {
-    AppError::conflict(
-        "version_not_above",
-        format!("version {version} is not above the current version {current}; publish version {}", current + 1),
-    )
-}
-
-/// The fingerprint of the project key that made `signature` over `body`.
-pub(crate) fn signed_by(keys: &[ProjectKey], body: &[u8], signature: &str, project: &str) -> Result<String, AppError> {
-    if keys.is_empty() {
-        return Err(AppError::unauthorized(
-            "no_project_key",
-            format!(
-                "project {project:?} has no signing key; an admin adds one with `tbox-server project key add \
-                 {project} --key project.pub`"
-            ),
-        ));
-    }
-    for k in keys {
-        let Ok(key) = PublicKey::from_pem(&k.public_key) else { continue };
-        match key.verify(body, signature) {
-            Ok(()) => return Ok(k.fingerprint.clone()),
-            Err(tbox_protocol::SignatureError::NotBase64) => {
-                return Err(AppError::unauthorized("bad_signature", "Tbox-Signature is not valid base64"));
-            }
-            Err(tbox_protocol::SignatureError::Mismatch) => {}
-        }
-    }
-    Err(AppError::unauthorized(
-        "bad_signature",
-        format!("the signature does not verify with any unrevoked key of project {project:?}"),
-    ))
 }
 
 /// `GET /api/v1/projects/{p}/recipe`: the current recipe's exact bytes.
@@ -168,7 +143,7 @@ pub async fn current(
         })
     })
     .await??;
-    Ok(serve_recipe(&req, &row))
+    Ok(serve_signed(&req, &Signed::from(&row), "Tbox-Recipe-Version"))
 }
 
 /// `GET /api/v1/projects/{p}/recipes/{version}`: one version from the history.
@@ -188,11 +163,44 @@ pub async fn version(
             .ok_or_else(|| AppError::not_found(format!("project {name:?} has no recipe version {version}")))
     })
     .await??;
-    Ok(serve_recipe(&req, &row))
+    Ok(serve_signed(&req, &Signed::from(&row), "Tbox-Recipe-Version"))
+}
+
+/// A signed document as stored: a recipe or a key list.
+struct Signed<'a> {
+    body: &'a [u8],
+    signature: &'a str,
+    digest: &'a str,
+    key: &'a str,
+    version: i64,
+}
+
+impl<'a> From<&'a RecipeRow> for Signed<'a> {
+    fn from(r: &'a RecipeRow) -> Self {
+        Signed {
+            body: &r.body,
+            signature: &r.signature,
+            digest: &r.digest,
+            key: &r.key_fingerprint,
+            version: r.version,
+        }
+    }
+}
+
+impl<'a> From<&'a KeyListRow> for Signed<'a> {
+    fn from(r: &'a KeyListRow) -> Self {
+        Signed {
+            body: &r.body,
+            signature: &r.signature,
+            digest: &r.digest,
+            key: &r.key_fingerprint,
+            version: r.version,
+        }
+    }
 }
 
 /// The bytes as published, with what a volunteer needs to check them.
-fn serve_recipe(req: &HttpRequest, row: &RecipeRow) -> HttpResponse {
+fn serve_signed(req: &HttpRequest, row: &Signed<'_>, version_header: &'static str) -> HttpResponse {
     let etag = format!("\"{}\"", row.digest);
     let fresh = req
         .headers()
@@ -201,16 +209,16 @@ fn serve_recipe(req: &HttpRequest, row: &RecipeRow) -> HttpResponse {
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut res = if fresh { HttpResponse::NotModified() } else { HttpResponse::Ok() };
     res.insert_header((header::ETAG, etag))
-        .insert_header(("Tbox-Signature", row.signature.as_str()))
-        .insert_header(("Tbox-Key", row.key_fingerprint.as_str()))
-        .insert_header(("Tbox-Recipe-Version", row.version.to_string()))
+        .insert_header(("Tbox-Signature", row.signature))
+        .insert_header(("Tbox-Key", row.key))
+        .insert_header((version_header, row.version.to_string()))
         // Volunteers must get the bytes that were signed: no transformation on the way.
         .insert_header((header::CACHE_CONTROL, "no-cache, no-transform"))
         .insert_header(header::ContentEncoding::Identity);
     if fresh {
         return res.finish();
     }
-    res.content_type("application/toml").body(row.body.clone())
+    res.content_type("application/toml").body(row.body.to_vec())
 }
 
 #[derive(Debug, Serialize)]
@@ -251,99 +259,122 @@ pub async fn history(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "recipes": recipes })))
 }
 
-/// One key of a project as anyone may see it, with what lets a volunteer follow a rotation
-/// without trusting this server: the previous key's signature over this key's exact PEM text.
-#[derive(Debug, Serialize)]
-pub struct ProjectKeyView {
-    pub fingerprint: String,
-    pub public_key: String,
-    pub endorsed_by: Option<String>,
-    pub endorsement: Option<String>,
-    pub added_at: String,
-    pub revoked: bool,
+/// `GET /api/v1/projects/{p}/keys`: the newest key list, its exact bytes (signature in
+/// `Tbox-Signature`); 404 while the project has published none.
+pub async fn keys(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let pool = state.pool.clone();
+    let row = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        recipes::current_key_list(&mut conn, p.id)?.ok_or_else(|| {
+            AppError::not_found(format!(
+                "project {name:?} has published no key list (`tbox-report keys publish`); volunteers trust only the \
+                 key they pinned"
+            ))
+        })
+    })
+    .await??;
+    Ok(serve_signed(&req, &Signed::from(&row), "Tbox-Key-List-Version"))
 }
 
-impl From<ProjectKey> for ProjectKeyView {
-    fn from(k: ProjectKey) -> Self {
-        ProjectKeyView {
-            fingerprint: k.fingerprint,
-            public_key: k.public_key,
-            endorsed_by: k.endorsed_by,
-            endorsement: k.endorsement,
-            added_at: k.created_at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            revoked: k.revoked_at.is_some(),
-        }
-    }
-}
-
-/// `GET /api/v1/projects/{p}/keys`: the rotation chain, oldest key first.
-pub async fn keys(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, AppError> {
+/// `GET /api/v1/projects/{p}/signing-keys`: the keys that may sign for the project on this
+/// server now (the newest key list's, else the ones an admin added), with their PEM. Nobody need
+/// believe it: a volunteer uses it only to find the PEM of the fingerprint it pinned.
+pub async fn signing_keys(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, AppError> {
     let name = path.into_inner();
     let pool = state.pool.clone();
     let name2 = name.clone();
     let keys = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name2)?;
-        Ok(recipes::keys(&mut conn, p.id)?)
+        project_keys::signers(&mut conn, p.id)
     })
     .await??;
-    let keys: Vec<ProjectKeyView> = keys.into_iter().map(Into::into).collect();
+    let keys: Vec<serde_json::Value> =
+        keys.into_iter().map(|(fp, k)| serde_json::json!({ "fingerprint": fp, "public_key": k.to_pem() })).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "keys": keys })))
 }
 
-/// `POST /api/v1/projects/{p}/keys`: a rotation. The body is the new public key (PEM);
-/// `Tbox-Signature` is a current key's signature over [`tbox_protocol::endorsement_message`]
-/// (the PEM bound to the project), kept as the new key's endorsement.
-pub async fn rotate(
+/// `GET /api/v1/projects/{p}/key-lists/{version}`: one version from the history, for a volunteer
+/// walking from the version it holds to the newest.
+pub async fn key_list_version(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (name, version) = path.into_inner();
+    let version: i64 = version
+        .parse()
+        .map_err(|_| AppError::not_found(format!("{version:?} is not a key list version (a number)")))?;
+    let pool = state.pool.clone();
+    let row = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        recipes::key_list_by_version(&mut conn, p.id, version)?
+            .ok_or_else(|| AppError::not_found(format!("project {name:?} has no key list version {version}")))
+    })
+    .await??;
+    Ok(serve_signed(&req, &Signed::from(&row), "Tbox-Key-List-Version"))
+}
+
+/// `GET /api/v1/projects/{p}/key-lists`: every key list version, oldest first.
+pub async fn key_list_history(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let name = path.into_inner();
+    let pool = state.pool.clone();
+    let name2 = name.clone();
+    let rows = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name2)?;
+        Ok(recipes::key_lists(&mut conn, p.id)?)
+    })
+    .await??;
+    let base = super::base_url(&req);
+    let lists: Vec<HistoryEntry> = rows
+        .into_iter()
+        .map(|r| HistoryEntry {
+            version: r.version,
+            digest: r.digest,
+            key: r.key_fingerprint,
+            published_at: r.published_at.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            url: format!("{base}/api/v1/projects/{name}/key-lists/{}", r.version),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "key_lists": lists })))
+}
+
+/// `PUT /api/v1/projects/{p}/keys`: publishes a key list (`Content-Type: application/toml`),
+/// signed by a key that may sign for the project now.
+pub async fn publish_keys(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    super::require_content_type(req.headers(), "application/x-pem-file")?;
+    super::require_content_type(req.headers(), "application/toml")?;
     let signature = super::project_signature(req.headers())?;
-    let body = crate::body::read(req.headers(), payload, state.body_limits(16 << 10)).await?;
+    let body = crate::body::read(req.headers(), payload, state.body_limits(MAX_KEY_LIST_BYTES)).await?;
     let name = path.into_inner();
     let pool = state.pool.clone();
-    let view = web::block(move || -> Result<_, AppError> {
+    let name2 = name.clone();
+    let published = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
-        let p = project(&mut conn, &name)?;
-        let keys = recipes::active_keys(&mut conn, p.id)?;
-        let pem = std::str::from_utf8(&body)
-            .map_err(|_| AppError::invalid("invalid_key", "the new key is not PEM text".to_owned()))?;
-        // The signature is over the PEM bound to this project (`endorsement_message`), as
-        // volunteers will check it.
-        let endorser = signed_by(&keys, &tbox_protocol::endorsement_message(&name, pem), &signature, &name)?;
-        let key = PublicKey::from_pem(pem).map_err(|e| AppError::invalid("invalid_key", e.to_string()))?;
-        let fingerprint = key.fingerprint();
-        let new = NewProjectKey {
-            project_id: p.id,
-            fingerprint: &fingerprint,
-            public_key: pem,
-            endorsed_by: Some(&endorser),
-            endorsement: Some(&signature),
-            created_at: db::now(),
-        };
-        add_key(&mut conn, &new)?;
-        let added = recipes::keys(&mut conn, p.id)?
-            .into_iter()
-            .find(|k| k.fingerprint == fingerprint)
-            .ok_or_else(|| anyhow::anyhow!("key {fingerprint} vanished after it was added"))?;
-        Ok(ProjectKeyView::from(added))
+        let p = project(&mut conn, &name2)?;
+        project_keys::publish(&mut conn, p.id, &name2, &body, &signature, chrono::Utc::now())
     })
     .await??;
-    Ok(HttpResponse::build(StatusCode::CREATED).json(view))
-}
-
-/// Adds a project key; one the project already has (even revoked) is a 409.
-pub fn add_key(conn: &mut DbConn, new: &NewProjectKey<'_>) -> Result<(), AppError> {
-    db::write_transaction(conn, |c| recipes::add_key(c, new)).map_err(|e| match e {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => AppError::conflict(
-            "key_exists",
-            format!("the project already has key {} (a revoked key cannot come back)", new.fingerprint),
-        ),
-        other => other.into(),
-    })
+    let url = format!("{}/api/v1/projects/{}/keys", super::base_url(&req), name);
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "project": name, "version": published.version, "digest": published.digest, "key": published.key, "url": url,
+    })))
 }
 
 #[derive(Debug, Serialize)]

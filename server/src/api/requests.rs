@@ -4,8 +4,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use tbox_protocol::report_id;
+use serde::Serialize;
+use tbox_protocol::{BranchName, MAX_REQUEST_AGE_DAYS, RequestError, Revision, parse_request, report_id};
 
 use super::status::project;
 use super::views::time;
@@ -13,48 +13,27 @@ use crate::AppState;
 use crate::db::models::{BuildRequest, NewBuildRequest};
 use crate::db::{self, DbConn, recipes, requests};
 use crate::error::AppError;
+use crate::project_keys;
 
-/// The body of `POST /api/v1/projects/{p}/requests`.
-#[derive(Debug, Deserialize)]
+/// What is asked, whoever asks: a project's signed request (`POST .../requests`) or an admin
+/// (`tbox-server request add`). Branch and revision are checked by construction.
+#[derive(Debug)]
 pub struct Ask {
-    pub branch: String,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default = "one")]
-    pub builders: i32,
-    #[serde(default)]
+    pub branch: BranchName,
+    pub revision: Option<Revision>,
+    pub builders: u32,
     pub requires: Vec<String>,
-    #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
 }
 
-fn one() -> i32 {
-    1
-}
+/// The furthest deadline: volunteers refuse a request older than this anyway.
+const MAX_DEADLINE_DAYS: i64 = MAX_REQUEST_AGE_DAYS;
 
-/// Most builders one request may ask for.
-pub const MAX_BUILDERS: i32 = 100;
-/// The furthest deadline.
-const MAX_DEADLINE_DAYS: i64 = 90;
-
-/// Checks a request's fields (422 naming the field).
+/// Checks what the types do not (422 naming the field).
 pub fn check(conn: &mut DbConn, project_id: i64, ask: &Ask, now: DateTime<Utc>) -> Result<(), AppError> {
     let bad = |m: String| Err(AppError::invalid("invalid", m));
-    let b = &ask.branch;
-    if b.is_empty()
-        || b.len() > 200
-        || b.starts_with('-')
-        || !b.chars().all(|c| c.is_ascii_alphanumeric() || "._-/+".contains(c))
-    {
-        return bad("branch: must be a branch name (A-Z a-z 0-9 . _ - / +, at most 200)".into());
-    }
-    if let Some(r) = &ask.revision
-        && (r.is_empty() || r.len() > 200 || r.starts_with('-') || !r.chars().all(|c| c.is_ascii_alphanumeric()))
-    {
-        return bad("revision: must be a commit id (letters and digits)".into());
-    }
-    if !(1..=MAX_BUILDERS).contains(&ask.builders) {
-        return bad(format!("builders: must be 1 to {MAX_BUILDERS}"));
+    if !(1..=tbox_protocol::MAX_REQUEST_BUILDERS).contains(&ask.builders) {
+        return bad(format!("builders: must be 1 to {}", tbox_protocol::MAX_REQUEST_BUILDERS));
     }
     let known: Vec<String> = recipes::capabilities(conn, project_id)?.into_iter().map(|c| c.name).collect();
     for (i, r) in ask.requires.iter().enumerate() {
@@ -88,9 +67,9 @@ pub fn record(
     let requires = serde_json::to_string(&ask.requires).map_err(|e| anyhow::anyhow!(e))?;
     let new = NewBuildRequest {
         project_id,
-        branch: &ask.branch,
-        revision: ask.revision.as_deref(),
-        builders: ask.builders,
+        branch: ask.branch.as_str(),
+        revision: ask.revision.as_ref().map(Revision::as_str),
+        builders: i32::try_from(ask.builders).unwrap_or(i32::MAX),
         requires: &requires,
         deadline: ask.deadline.map(db::to_db_time),
         state: "open",
@@ -125,14 +104,14 @@ pub async fn create(
     let (row, created) = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
-        let keys = recipes::active_keys(&mut conn, p.id)?;
-        let signer = super::recipes::signed_by(&keys, &body, &signature, &name)?;
-        let ask: Ask = serde_json::from_slice(&body)
-            .map_err(|e| AppError::bad_request("malformed", format!("not a build request: {e}")))?;
+        let signers = project_keys::signers(&mut conn, p.id)?;
+        let signer = project_keys::signed_by(&signers, &body, &signature, &name)?;
+        let now = Utc::now();
+        let ask = signed_ask(&body, &name, now)?;
         // Kept as sent (it is UTF-8 JSON): builders check the signature themselves.
         let text = std::str::from_utf8(&body)
             .map_err(|_| AppError::bad_request("malformed", "the build request is not UTF-8"))?;
-        record(&mut conn, p.id, &ask, Some((text, &signature)), &signer, Utc::now())
+        record(&mut conn, p.id, &ask, Some((text, &signature)), &signer, now)
     })
     .await??;
     if created {
@@ -141,6 +120,27 @@ pub async fn create(
     let url = format!("{}/projects/{}/requests#request-{}", super::base_url(&req), path_project(&req), row.id);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(HttpResponse::build(status).json(Created { id: row.id, state: row.state, url }))
+}
+
+/// A signed request's bytes, held to what volunteers will hold them to: its `project` and
+/// `created_at` present and right, fresh, not past its deadline (400 not JSON, 422 naming the
+/// field).
+fn signed_ask(body: &[u8], project: &str, now: DateTime<Utc>) -> Result<Ask, AppError> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .map_err(|e| AppError::bad_request("malformed", format!("not a build request: {e}")))?;
+    let invalid = |m: String| AppError::invalid("invalid", m);
+    let r = parse_request(body).map_err(|e| match e {
+        RequestError::Malformed(m) => invalid(m),
+        RequestError::Invalid(e) => invalid(e.to_string()),
+        other => invalid(other.to_string()),
+    })?;
+    r.check(project, now).map_err(|e| match e {
+        RequestError::WrongProject { .. } => invalid(format!("project: {e}")),
+        RequestError::TooOld(_) | RequestError::FromTheFuture(_) => invalid(format!("created_at: {e}")),
+        RequestError::PastDeadline(_) => invalid(format!("deadline: {e}")),
+        other => invalid(other.to_string()),
+    })?;
+    Ok(Ask { branch: r.branch, revision: r.revision, builders: r.builders, requires: r.requires, deadline: r.deadline })
 }
 
 fn path_project(req: &HttpRequest) -> String {

@@ -40,12 +40,21 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
                 project_id: p.id,
                 fingerprint: &fp,
                 public_key: &pem,
-                endorsed_by: None,
-                endorsement: None,
                 created_at: now(),
             };
-            crate::api::recipes::add_key(&mut conn, &new).map_err(|e| anyhow::anyhow!("{e}"))?;
-            crate::say!("key {fp} may now sign recipes of project {}", args.project);
+            crate::project_keys::add_key(&mut conn, &new).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(list) = recipes::current_key_list(&mut conn, p.id)? {
+                // The project's own signed list decides what volunteers trust, not this table.
+                crate::say!(
+                    "note: project {} has published a key list (version {}); only the keys it lists sign for the \
+                     project, here and on volunteers' machines: to add {fp}, publish a new key list that lists it \
+                     (tbox-report keys sign, keys publish)",
+                    args.project,
+                    list.version
+                );
+            } else {
+                crate::say!("key {fp} may now sign recipes and requests of project {}", args.project);
+            }
             crate::say!("volunteers join with: tbox-report join <server>/projects/{} --key {fp}", args.project);
             Ok(())
         }
@@ -56,9 +65,14 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
                 bail!("project {:?} has no unrevoked key {}", args.project, args.key);
             }
             crate::say!(
-                "key {} of project {} revoked: its signatures are refused from now on; volunteers who pinned it, or reached a key only through it, must join again",
+                "key {} of project {} revoked on this server: its signatures are refused here from now on",
                 args.key,
                 args.project
+            );
+            crate::say!(
+                "volunteers check keys themselves: publish a key list that revokes it (tbox-report keys sign --revoke \
+                 {}, keys publish) so that no mirror can keep it alive",
+                args.key
             );
             Ok(())
         }
@@ -67,10 +81,9 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
             let p = project(&mut conn, &args.project)?;
             for k in recipes::keys(&mut conn, p.id)? {
                 crate::say!(
-                    "{}\t{}\tendorsed_by={}\tadded={}",
+                    "{}\t{}\tadded={}",
                     k.fingerprint,
                     if k.revoked_at.is_some() { "revoked" } else { "active" },
-                    k.endorsed_by.as_deref().unwrap_or("-"),
                     k.created_at.format("%Y-%m-%d %H:%M"),
                 );
             }

@@ -56,8 +56,14 @@ fn add(args: &RequestAddArgs) -> anyhow::Result<()> {
         projects::by_name(&mut conn, &args.project)?.with_context(|| format!("no project named {:?}", args.project))?;
     let now = chrono::Utc::now();
     let ask = Ask {
-        branch: args.branch.clone(),
-        revision: args.revision.clone(),
+        branch: tbox_protocol::BranchName::parse(&args.branch)
+            .map_err(|e| anyhow::anyhow!("--branch: {}", e.message))?,
+        revision: args
+            .revision
+            .as_deref()
+            .map(tbox_protocol::Revision::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--revision: {}", e.message))?,
         builders: args.builders,
         requires: args.requires.clone(),
         deadline: args.deadline.map(|d| now + d),

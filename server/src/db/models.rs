@@ -191,10 +191,6 @@ pub struct ProjectKey {
     pub project_id: i64,
     pub fingerprint: String,
     pub public_key: String,
-    /// The key that endorsed this one in a rotation (its fingerprint), and its signature over
-    /// `public_key`'s exact text.
-    pub endorsed_by: Option<String>,
-    pub endorsement: Option<String>,
     pub created_at: NaiveDateTime,
     pub revoked_at: Option<NaiveDateTime>,
 }
@@ -205,8 +201,6 @@ pub struct NewProjectKey<'a> {
     pub project_id: i64,
     pub fingerprint: &'a str,
     pub public_key: &'a str,
-    pub endorsed_by: Option<&'a str>,
-    pub endorsement: Option<&'a str>,
     pub created_at: NaiveDateTime,
 }
 
@@ -214,6 +208,22 @@ pub struct NewProjectKey<'a> {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = recipes)]
 pub struct RecipeRow {
+    #[diesel(skip_insertion)]
+    pub id: i64,
+    pub project_id: i64,
+    pub version: i64,
+    pub body: Vec<u8>,
+    pub signature: String,
+    pub digest: String,
+    pub key_fingerprint: String,
+    pub expires_at: NaiveDateTime,
+    pub published_at: NaiveDateTime,
+}
+
+/// One published key list (`tbox-keys/1`), its exact bytes and signature.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = key_lists)]
+pub struct KeyListRow {
     #[diesel(skip_insertion)]
     pub id: i64,
     pub project_id: i64,

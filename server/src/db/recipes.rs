@@ -1,11 +1,12 @@
-//! A project's signing keys, its published recipes and the capabilities they may require.
+//! A project's signing keys and key lists, its published recipes and the capabilities they may
+//! require.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::DbConn;
-use super::models::{Capability, NewProjectKey, ProjectKey, RecipeRow};
-use super::schema::{project_capabilities, project_keys, recipes};
+use super::models::{Capability, KeyListRow, NewProjectKey, ProjectKey, RecipeRow};
+use super::schema::{key_lists, project_capabilities, project_keys, recipes};
 
 /// Every key of a project, oldest first (the order a rotation chain grows in).
 pub fn keys(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<ProjectKey>> {
@@ -37,6 +38,41 @@ pub fn revoke_key(conn: &mut DbConn, project_id: i64, fingerprint: &str, at: Nai
     .set(project_keys::revoked_at.eq(at))
     .execute(conn)?;
     Ok(n > 0)
+}
+
+/// The newest published key list.
+pub fn current_key_list(conn: &mut DbConn, project_id: i64) -> QueryResult<Option<KeyListRow>> {
+    key_lists::table
+        .filter(key_lists::project_id.eq(project_id))
+        .order(key_lists::version.desc())
+        .select(KeyListRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// One published key list version.
+pub fn key_list_by_version(conn: &mut DbConn, project_id: i64, version: i64) -> QueryResult<Option<KeyListRow>> {
+    key_lists::table
+        .filter(key_lists::project_id.eq(project_id))
+        .filter(key_lists::version.eq(version))
+        .select(KeyListRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Every key list version, oldest first, with its bytes (they are few and small: the revoked
+/// keys of all of them are read at publication).
+pub fn key_lists(conn: &mut DbConn, project_id: i64) -> QueryResult<Vec<KeyListRow>> {
+    key_lists::table
+        .filter(key_lists::project_id.eq(project_id))
+        .order(key_lists::version.asc())
+        .select(KeyListRow::as_select())
+        .load(conn)
+}
+
+/// Records a key list; a version taken meanwhile is a unique violation.
+pub fn publish_key_list(conn: &mut DbConn, row: &KeyListRow) -> QueryResult<()> {
+    diesel::insert_into(key_lists::table).values(row).execute(conn).map(drop)
 }
 
 /// The newest published recipe.

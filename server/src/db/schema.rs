@@ -138,10 +138,22 @@ diesel::table! {
         project_id -> Int8,
         fingerprint -> Text,
         public_key -> Text,
-        endorsed_by -> Nullable<Text>,
-        endorsement -> Nullable<Text>,
         created_at -> Timestamp,
         revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    key_lists (id) {
+        id -> Int8,
+        project_id -> Int8,
+        version -> Int8,
+        body -> Bytea,
+        signature -> Text,
+        digest -> Text,
+        key_fingerprint -> Text,
+        expires_at -> Timestamp,
+        published_at -> Timestamp,
     }
 }
 
@@ -252,6 +264,7 @@ diesel::joinable!(leases -> build_requests (request_id));
 diesel::joinable!(leases -> builders (builder_id));
 diesel::joinable!(leases -> builds (build_id));
 diesel::joinable!(project_capabilities -> projects (project_id));
+diesel::joinable!(key_lists -> projects (project_id));
 diesel::joinable!(project_keys -> projects (project_id));
 diesel::joinable!(recipes -> projects (project_id));
 diesel::joinable!(reports -> builds (build_id));
@@ -276,6 +289,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     logs,
     notifications,
     project_capabilities,
+    key_lists,
     project_keys,
     projects,
     recipes,

@@ -5,34 +5,32 @@
 //! `finished` report. A refused recipe or sandbox runs nothing: exit 5 and an `exception`
 //! report, so that the project sees it.
 
+mod checkout;
+mod plan;
+mod refuse;
+
 use std::fs::{File, TryLockError};
-use std::io::{IsTerminal as _, Read};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
-use tbox_protocol::{BuildResult, BuildState, FORMAT, RecipeStep, Report, Step, StepKind};
+use tbox_protocol::{BuildResult, BuildState, FORMAT, Report, Step, StepKind};
 
+use self::checkout::{Git, checkout};
+pub use self::plan::Job;
+use self::plan::{Plan, Skip, plan};
+pub use self::refuse::decline;
+use self::refuse::{forget_refusal, refuse};
 use crate::cli::RunArgs;
 use crate::client::{Client, Sent};
 use crate::config::{self, Config, Mode, Project};
 use crate::runner::{self, Ending, Spec};
 use crate::sandbox::Sandbox;
-use crate::trust::{self, NoRecipe, Verified};
+use crate::trust;
 use crate::{exit, junit, props, spool};
-
-/// What a build of a project runs, and where its source comes from.
-struct Plan {
-    steps: Vec<RecipeStep>,
-    /// The URL to clone or fetch, if any.
-    source: Option<String>,
-    recipe: Option<Verified>,
-    /// Whether the steps get the network.
-    network: bool,
-}
 
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let (config, client) = super::load(&args.common)?;
@@ -115,56 +113,6 @@ fn last_built(config: &Config, project: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// A build a project asked for (a lease on one of its requests), rather than one of `run`'s
-/// own: the request's branch and revision, and the lease its reports close.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub branch: String,
-    pub revision: Option<String>,
-    pub lease: u64,
-    /// The request as its project signed it, and the signature (none when an admin made it
-    /// on the server). A revision is built only when a key this volunteer trusts asked for it.
-    pub signed: Option<(String, String)>,
-}
-
-impl Job {
-    /// The revision to build: the requested one if a project key trusted from the pin signed a
-    /// request for exactly this branch and revision; otherwise none (the branch's head), and why.
-    fn trusted_revision(&self, plan: &Plan) -> (Option<&str>, Option<String>) {
-        let Some(rev) = self.revision.as_deref() else { return (None, None) };
-        let signed = plan.recipe.as_ref().zip(self.signed.as_ref()).and_then(|(v, (body, sig))| {
-            let asked: serde_json::Value = serde_json::from_str(body).ok()?;
-            let same = asked["branch"] == self.branch.as_str() && asked["revision"] == rev;
-            (same && v.signed_by_trusted(body.as_bytes(), sig)).then_some(rev)
-        });
-        match signed {
-            Some(rev) => (Some(rev), None),
-            None => (
-                None,
-                Some(format!(
-                    "[tbox-report] the server asked for revision {rev}, but no key you trust signed a request for it: \
-                     building the head of {} instead\n",
-                    self.branch
-                )),
-            ),
-        }
-    }
-}
-
-/// Answers a lease without building: the project sees why on its request.
-pub fn decline(
-    config: &Config,
-    client: &Client,
-    project: &Project,
-    job: &Job,
-    why: &str,
-    verbose: bool,
-) -> anyhow::Result<u8> {
-    let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
-    let requested = Project { branch: job.branch.clone(), ..project.clone() };
-    refuse(config, client, &requested, ("declined", &last, Some(job.lease)), why, exit::OK, verbose)
-}
-
 /// Builds a leased request now, whatever was built before.
 pub fn run_job(config: &Config, client: &Client, project: &Project, job: &Job, verbose: bool) -> anyhow::Result<u8> {
     run_project(config, client, project, true, verbose, Some(job))
@@ -239,8 +187,17 @@ fn run_project(
     let started_at = Utc::now();
     let mut steps = Vec::new();
     let how = if plan.recipe.is_some() { Git::Recipe } else { Git::Own };
-    // Nothing the server alone says decides what runs: a revision needs a trusted signature.
-    let (revision_wanted, untrusted) = job.map(|j| j.trusted_revision(&plan)).unwrap_or((None, None));
+    // Nothing the server alone says decides what runs: a revision needs a trusted signature,
+    // and a signed request must be fresh and for this project, branch and revision.
+    let (revision_wanted, untrusted) = match job.map(|j| j.requested_revision(&plan, &project.name)) {
+        None => (None, None),
+        Some(Ok(r)) => r,
+        Some(Err(why)) => {
+            let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
+            let why = format!("the build request cannot be obeyed: {why}");
+            return refuse(config, client, project, ("request refused", &last, lease), &why, floor, verbose);
+        }
+    };
     let mut checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
     if let (Some(note), Some((step, _))) = (&untrusted, &mut checkout) {
         eprint!("{note}");
@@ -287,7 +244,7 @@ fn run_project(
     // No sandbox, no build: a recipe's steps come from the project, not from this volunteer.
     let sandbox = match config.sandbox_for(project) {
         Mode::None => None,
-        Mode::Auto => match Sandbox::new(&workdir, &scratch.join("home"), plan.network) {
+        Mode::Auto => match Sandbox::new(&workdir, &scratch.join("sandbox"), plan.network, plan.limits) {
             Ok(s) => Some(s),
             Err(e) => {
                 let why = format!("no sandbox could be made for the steps, so none ran: {e}");
@@ -297,7 +254,7 @@ fn run_project(
     };
     if let Some(v) = &plan.recipe {
         // From now on an older recipe, or other bytes under this version, are refused here.
-        trust::record_run(&config.server, &project.name, v)?;
+        trust::record_run(v)?;
     }
     forget_refusal(config, &project.name);
 
@@ -309,7 +266,7 @@ fn run_project(
         builder: config.builder.clone(),
         state: BuildState::Started,
         result: None,
-        branch: project.branch.clone(),
+        branch: project.branch.to_string(),
         revision: revision.clone(),
         started_at: started_at.fixed_offset(),
         finished_at: None,
@@ -382,6 +339,10 @@ fn run_project(
             }
             Ending::TooMuchOutput(n) => {
                 text.push_str(&format!("\n[tbox-report] the step wrote {n} bytes of output and was stopped\n"));
+                BuildResult::Failure
+            }
+            Ending::Limit(limit) => {
+                text.push_str(&format!("\n[tbox-report] step ended: {limit}\n"));
                 BuildResult::Failure
             }
             Ending::NotStarted(why) => {
@@ -468,87 +429,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Why a project is not built this time.
-enum Skip {
-    /// Nothing to say to the project (no recipe yet, unmet requirements, server away): the
-    /// message is printed already; exit with this code.
-    Quietly(u8),
-    /// Refused: exit 5, and the project is told why.
-    Refused(String),
-}
-
-/// The steps to run: the config's own, or the project's recipe once it passed every check.
-fn plan(config: &Config, project: &Project, verbose: bool) -> Result<Plan, Skip> {
-    let Some(pin) = &project.recipe else {
-        let steps = project.steps.clone();
-        return Ok(Plan { steps, source: project.git.clone(), recipe: None, network: config.network_for(project) });
-    };
-    let name = &project.name;
-    let v = match trust::obtain(&trust::agent(), config.server.trim_end_matches('/'), name, pin) {
-        Ok(v) => v,
-        Err(NoRecipe::Refused(why)) => return Err(Skip::Refused(why)),
-        Err(NoRecipe::NonePublished(why)) => {
-            eprintln!("tbox-report: {why}; nothing to build");
-            return Err(Skip::Quietly(exit::OK));
-        }
-        Err(NoRecipe::Unreachable(why)) => {
-            eprintln!("tbox-report: {name}: {why}; nothing built");
-            return Err(Skip::Quietly(exit::SPOOLED));
-        }
-    };
-    if let Some(note) = &v.from_cache {
-        eprintln!("tbox-report: {name}: {note} (version {}, signed by {})", v.recipe.version, v.key);
-    }
-    let r = &v.recipe;
-    if !r.allows_branch(&project.branch) {
-        return Err(Skip::Refused(format!(
-            "the recipe (version {}) allows only the branches {}, and this machine is configured to build {:?}",
-            r.version,
-            r.branches.join(", "),
-            project.branch
-        )));
-    }
-    // The source is pinned too: the config's `git` (written by `join`), else the repository
-    // this machine built from before. A recipe that switches it is refused.
-    let (pinned, whence) = match (&project.git, trust::built_repo(&config.server, name)) {
-        (Some(git), _) => (Some(git.clone()), "the config's `git`"),
-        (None, built) => (built, "the repository this machine built it from so far"),
-    };
-    if let Some(pinned) = pinned
-        && pinned != r.repo
-    {
-        return Err(Skip::Refused(format!(
-            "the recipe (version {}) takes its source from {}, but {whence} is {pinned}; if the project did move \
-             its repository, set `git = {:?}` in this project's [[project]] of the config",
-            r.version, r.repo, r.repo
-        )));
-    }
-    let missing: Vec<&str> =
-        r.requires.iter().filter(|c| !config.capabilities.contains(c)).map(String::as_str).collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "tbox-report: {name}: skipped: recipe version {} requires {}, which this machine does not declare in \
-             `capabilities`",
-            r.version,
-            missing.join(", ")
-        );
-        return Err(Skip::Quietly(exit::OK));
-    }
-    if r.network && !config.network_for(project) {
-        eprintln!(
-            "tbox-report: {name}: skipped: recipe version {} needs the network; set `allow_network = true` to \
-             build it",
-            r.version
-        );
-        return Err(Skip::Quietly(exit::OK));
-    }
-    if verbose {
-        eprintln!("tbox-report: {name}: recipe version {} signed by {}", r.version, v.key);
-    }
-    let steps = r.steps.clone();
-    Ok(Plan { steps, source: Some(r.repo.clone()), network: r.network, recipe: Some(v) })
-}
-
 /// Fills in what the report says about the recipe and the sandbox.
 fn mark(report: &mut Report, plan: &Plan, sandbox: Option<&Sandbox>, mode: Mode) {
     if let Some(v) = &plan.recipe {
@@ -572,59 +452,8 @@ fn properties(config: &Config, project: &Project) -> std::collections::BTreeMap<
     p
 }
 
-/// Nothing runs. Says why, and tells the project with an `exception` report (once per reason,
-/// so that a refusal repeated by cron does not fill the waterfall).
-fn refuse(
-    config: &Config,
-    client: &Client,
-    project: &Project,
-    (step_name, revision, lease): (&str, &str, Option<u64>),
-    why: &str,
-    floor: u8,
-    verbose: bool,
-) -> anyhow::Result<u8> {
-    eprintln!("tbox-report: {}: REFUSED, nothing was run: {why}", project.name);
-    let marker = config.project_state("refused", &project.name);
-    if lease.is_none() && std::fs::read_to_string(&marker).is_ok_and(|old| old == why) {
-        if verbose {
-            eprintln!("tbox-report: {}: the project was told of this refusal already", project.name);
-        }
-        return Ok(exit::worst(floor, exit::REFUSED));
-    }
-    let now = Utc::now();
-    let step = Step {
-        name: step_name.into(),
-        result: BuildResult::Exception,
-        started_at: now.fixed_offset(),
-        finished_at: now.fixed_offset(),
-        exit_code: None,
-        kind: None,
-        log: Some(format!(
-            "[tbox-report] this volunteer refused to build, and ran nothing:\n{why}\n\nIf the project did not \
-             publish this, its server or a path to it may have been tampered with.\n"
-        )),
-        log_truncated: false,
-    };
-    let mut report = finish(project, config, super::new_uuid(), revision.to_owned(), now, vec![step], Vec::new());
-    // A leased build refused still answers its lease: the project sees why on the request.
-    report.lease = lease;
-    let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
-    if delivered == exit::OK || delivered == exit::SPOOLED {
-        if let Some(dir) = marker.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = std::fs::write(&marker, why);
-    }
-    Ok(exit::worst(exit::worst(floor, delivered), exit::REFUSED))
-}
-
-/// A build ran: a later refusal is news again.
-fn forget_refusal(config: &Config, project: &str) {
-    let _ = std::fs::remove_file(config.project_state("refused", project));
-}
-
 /// The finished report; the overall result follows the steps.
-fn finish(
+pub(super) fn finish(
     project: &Project,
     config: &Config,
     uuid: String,
@@ -651,7 +480,7 @@ fn finish(
         builder: config.builder.clone(),
         state: BuildState::Finished,
         result: Some(result),
-        branch: project.branch.clone(),
+        branch: project.branch.to_string(),
         revision,
         started_at: started_at.fixed_offset(),
         finished_at: Some(Utc::now().fixed_offset()),
@@ -663,135 +492,6 @@ fn finish(
         recipe_key: None,
         sandbox: None,
         lease: None,
-    }
-}
-
-/// How git runs for a checkout.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Git {
-    /// The volunteer's own project: their git config and credentials apply (a private repo
-    /// of theirs is fine).
-    Own,
-    /// A recipe's source: the URL is the project's, so git gets none of the volunteer's
-    /// config, credentials, ssh keys or agent; and the tree is cleaned of what earlier builds
-    /// left, so that a planted file cannot steer later builds.
-    Recipe,
-}
-
-/// The longest a clone or fetch may take; a stalled server must not hold the project's lock
-/// forever.
-const GIT_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Clones, or fetches and checks out `branch`. Returns the step to report and whether it worked.
-fn checkout(url: &str, branch: &str, revision: Option<&str>, workdir: &Path, how: Git) -> (Step, bool) {
-    let start = Utc::now().fixed_offset();
-    let mut log = String::new();
-    // Fetched from the URL itself, not from `origin`: the source is the one the config or the
-    // recipe names, whatever a build may have left in the checkout's remotes.
-    let ok = if workdir.join(".git").is_dir() {
-        git(&["fetch", "--quiet", url, branch], workdir, how, &mut log)
-            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD"], workdir, how, &mut log)
-            && (how == Git::Own || git(&["clean", "-ffdxq"], workdir, how, &mut log))
-    } else {
-        let parent = workdir.parent().unwrap_or(Path::new("/"));
-        let _ = std::fs::create_dir_all(parent);
-        let target = workdir.to_string_lossy();
-        git(&["clone", "--quiet", "--branch", branch, "--", url, &target], parent, how, &mut log)
-    };
-    // A request may name a commit of the branch.
-    let ok = ok
-        && revision.is_none_or(|rev| {
-            !rev.starts_with('-') && git(&["checkout", "--quiet", "--force", rev], workdir, how, &mut log)
-        });
-    let step = Step {
-        name: "checkout".into(),
-        result: if ok { BuildResult::Success } else { BuildResult::Exception },
-        started_at: start,
-        finished_at: Utc::now().fixed_offset(),
-        exit_code: None,
-        kind: None,
-        log: Some(log),
-        log_truncated: false,
-    };
-    (step, ok)
-}
-
-/// Runs git with a scrubbed environment, logging what it says; false if it failed or ran out
-/// of time.
-fn git(args: &[&str], dir: &Path, how: Git, log: &mut String) -> bool {
-    log.push_str(&format!("$ git {}\n", args.join(" ")));
-    let mut cmd = std::process::Command::new("git");
-    // Git runs outside the sandbox: hooks in the checkout (a build could have written them,
-    // were `.git` writable to it) must not run here. A server that stalls is given up on.
-    cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
-        .args(["-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=300"])
-        .current_dir(dir)
-        .env_clear()
-        .env("GIT_TERMINAL_PROMPT", "0");
-    for name in runner::INHERITED {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    if how == Git::Recipe {
-        let home = config::state_dir().join("git-home");
-        let _ = std::fs::create_dir_all(&home);
-        cmd.args(["-c", "credential.helper="])
-            .env("HOME", &home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            // ssh reads ~/.ssh from the password database, not $HOME: say no keys, no agent.
-            .env(
-                "GIT_SSH_COMMAND",
-                "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null -o IdentityAgent=none",
-            );
-    }
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            log.push_str(&format!("[tbox-report] cannot run git: {e}\n"));
-            return false;
-        }
-    };
-    // Both pipes drained while waiting, so a chatty git cannot block on a full pipe.
-    let readers: Vec<_> = [
-        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
-        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut r| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = r.read_to_end(&mut out);
-            out
-        })
-    })
-    .collect();
-    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    for r in readers {
-        if let Ok(out) = r.join() {
-            log.push_str(&String::from_utf8_lossy(&out));
-        }
-    }
-    match status {
-        Some(s) => s.success(),
-        None => {
-            log.push_str(&format!("[tbox-report] git took longer than {} s and was stopped\n", GIT_TIMEOUT.as_secs()));
-            false
-        }
     }
 }
 

@@ -1,21 +1,42 @@
 //! The bubblewrap sandbox build steps run in. A recipe comes from the project, not from the
-//! volunteer, so a step must not see the volunteer's keys, config or dotfiles, nor write
-//! outside its checkout, nor reach the network unless both sides allow it.
+//! volunteer, so a step must not see the volunteer's keys, config, dotfiles or private files,
+//! nor write outside its checkout, nor reach the network unless both sides allow it, nor take
+//! the machine down.
 //!
 //! The sandbox starts from an empty root and adds only: the system directories read-only
-//! (`/usr`, `/etc`, …, with the files of `/etc` that not everyone may read masked), a new
-//! `/proc` and `/dev`, private `/tmp`, `/var/tmp` and `/run`, the workdir read-write and a scratch
-//! HOME read-write, both at their own paths so that paths mean the same inside and out. Every
-//! namespace is new (user, pid, network, ipc, uts, cgroup); the network one is kept only when
-//! network is allowed. Capabilities are dropped, so a reporter running as root does not hand root
-//! powers to the build.
+//! (`/usr`, `/etc`, `/opt`, …), with every entry in them that not everyone may read masked; a
+//! new `/proc` and `/dev`; the checkout read-write at [`WORKDIR`]; a scratch HOME at
+//! [`HOME`]; and `/tmp`, `/var/tmp`, `/run` and `/dev/shm` on disk, in the build's scratch
+//! directory, so that they count against the disk limit and not the machine's memory. The
+//! step sees neutral paths and names (user `build`, host `sandbox`), not the volunteer's.
+//! Every namespace is new (user, pid, network, ipc, uts, cgroup); the network one is kept only
+//! when network is allowed. Capabilities are dropped, so a reporter running as root does not
+//! hand root powers to the build. bwrap reads its options from a file descriptor (`--args`),
+//! so its command line, which the step can read as its pid 1's, names none of the paths.
+//!
+//! Between fork and exec (`sys.rs`) the step gets a fresh session keyring, the OOM killer's
+//! first place, and its limits: tasks (`RLIMIT_NPROC`, counted in its own user namespace) and
+//! file size; `watch.rs` measures memory, tasks and disk while it runs.
+
+mod sys;
+pub mod watch;
 
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Seek as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
+use tbox_protocol::StepLimits;
+
+/// Where the checkout is inside the sandbox.
+pub const WORKDIR: &str = "/work";
+/// The step's HOME inside the sandbox.
+pub const HOME: &str = "/home/build";
 
 /// `sandbox = "auto" | "none"` in the volunteer's config (serde lowercase), default Auto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -33,10 +54,22 @@ pub enum Mode {
 pub struct Sandbox {
     /// Absolute, so that the steps do not depend on the PATH they are given.
     program: PathBuf,
-    /// Everything before `--chdir`: the runner adds the directory and the command.
+    /// Everything before `--setenv`, `--chdir` and the command.
     args: Vec<OsString>,
-    home: PathBuf,
+    /// The checkout on the host (bound at [`WORKDIR`]).
+    workdir: PathBuf,
+    /// The build's scratch directory on the host: HOME, /tmp and the rest live there.
+    scratch: PathBuf,
     network: bool,
+    limits: StepLimits,
+    /// How many private entries of the system directories are masked.
+    masked: usize,
+}
+
+/// A step's bwrap command, and the file its options are read from (keep it until spawned).
+pub struct Prepared {
+    pub command: Command,
+    pub options: File,
 }
 
 /// Why no sandbox could be made; it says what is wrong and how to fix it.
@@ -51,17 +84,20 @@ const OPT_OUT: &str = "or, at your own risk (a recipe could then read your files
 /// System directories a build may need, bound read-only when they exist.
 const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"];
 
+/// Writable places that would otherwise be in memory (tmpfs), each a directory of the scratch.
+const ON_DISK: &[(&str, &str)] = &[("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run"), ("shm", "/dev/shm")];
+
 impl Sandbox {
     /// Finds bwrap and checks, by really starting a trivial sandbox with the same options, that it
     /// works here.
     ///
-    /// `workdir`: the only writable place besides a private /tmp (bound read-write at the same
-    /// path); it need not exist yet (a first clone), the check then binds only `home`. `home`: an
-    /// empty scratch directory (created if missing) that becomes $HOME inside (bound at the same
-    /// path, so the runner can set HOME to it). `network`: whether steps may use the network.
-    pub fn new(workdir: &Path, home: &Path, network: bool) -> Result<Sandbox, Unavailable> {
+    /// `workdir`: the checkout, bound read-write at [`WORKDIR`]; it need not exist yet (a first
+    /// clone), the check then leaves it out. `scratch`: a directory of this build's (created if
+    /// missing) that holds the step's HOME, /tmp and the rest, on disk. `network`: whether steps
+    /// may use the network. `limits`: what each step may use.
+    pub fn new(workdir: &Path, scratch: &Path, network: bool, limits: StepLimits) -> Result<Sandbox, Unavailable> {
         match find_bwrap() {
-            Some(program) => Sandbox::with_program(&program, workdir, home, network),
+            Some(program) => Sandbox::with_program(&program, workdir, scratch, network, limits),
             None => Err(not_installed()),
         }
     }
@@ -70,57 +106,81 @@ impl Sandbox {
     pub(crate) fn with_program(
         program: &Path,
         workdir: &Path,
-        home: &Path,
+        scratch: &Path,
         network: bool,
+        limits: StepLimits,
     ) -> Result<Sandbox, Unavailable> {
-        std::fs::create_dir_all(home)
-            .map_err(|e| Unavailable(format!("cannot create the sandbox's scratch home {}: {e}", home.display())))?;
+        let made = |what: &Path, e: std::io::Error| Unavailable(format!("cannot create {}: {e}", what.display()));
+        std::fs::create_dir_all(scratch).map_err(|e| made(scratch, e))?;
         // Only the volunteer should see what builds leave there.
-        let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
-        let home = real_path(home);
+        let _ = std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o700));
+        let scratch = real_path(scratch);
         let workdir = real_path(workdir);
-        if workdir == Path::new("/") || home == Path::new("/") {
-            return Err(Unavailable("the workdir and the sandbox home cannot be / (it would all be writable)".into()));
+        if workdir == Path::new("/") || scratch == Path::new("/") {
+            return Err(Unavailable(
+                "the workdir and the scratch directory cannot be / (it would all be writable)".into(),
+            ));
         }
+        for dir in ["home"].iter().chain(ON_DISK.iter().map(|(d, _)| d)) {
+            let d = scratch.join(dir);
+            std::fs::create_dir_all(&d).map_err(|e| made(&d, e))?;
+        }
+        let etc = write_identity(&scratch.join("etc")).map_err(|e| made(&scratch.join("etc"), e))?;
+        let masks = private_entries();
         let sandbox = Sandbox {
             program: program.to_owned(),
-            args: sandbox_args(Some(&workdir), &home, network),
-            home: home.clone(),
+            args: sandbox_args(Some(&workdir), &scratch, &etc, &masks, network),
+            workdir: workdir.clone(),
+            scratch: scratch.clone(),
             network,
+            limits,
+            masked: masks.len(),
         };
         // A missing workdir cannot be bound yet; the check is about namespaces and mounts anyway.
-        let (args, dir) =
-            if workdir.is_dir() { (sandbox.args.clone(), workdir) } else { (sandbox_args(None, &home, network), home) };
-        let probe = Command::new(program)
-            .args(&args)
-            .arg("--chdir")
-            .arg(&dir)
-            .args(["--", "sh", "-c", "exit 0"])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        match probe {
+        let probe_args =
+            if workdir.is_dir() { sandbox.args.clone() } else { sandbox_args(None, &scratch, &etc, &masks, network) };
+        let probe = Sandbox { args: probe_args, ..sandbox.clone() };
+        let dir = if workdir.is_dir() { WORKDIR } else { HOME };
+        let out = probe.command_in(dir, "exit 0", std::iter::empty()).and_then(|mut p| {
+            p.command.env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+            p.command.output()
+        });
+        match out {
             Ok(out) if out.status.success() => Ok(sandbox),
             Ok(out) => Err(Unavailable(diagnose(program, &String::from_utf8_lossy(&out.stderr), read_sysctl))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_installed()),
-            Err(e) => Err(Unavailable(format!("cannot start {}: {e}; {OPT_OUT}", program.display()))),
+            // The set-up before exec failed: the user namespace, most likely.
+            Err(e) => Err(Unavailable(diagnose(program, &e.to_string(), read_sysctl))),
         }
     }
 
-    /// What to write into the report's `sandbox` field.
+    /// What to write into the report's `sandbox` field (one of [`tbox_protocol::SANDBOX_KINDS`]).
     pub fn describe(&self) -> &'static str {
         if self.network { "bubblewrap+network" } else { "bubblewrap" }
     }
 
-    /// The scratch HOME, for the runner to put into HOME.
-    pub fn home(&self) -> &Path {
-        &self.home
+    /// The limits each step runs with.
+    pub fn limits(&self) -> StepLimits {
+        self.limits
     }
 
-    /// `bwrap <options> --setenv … --chdir <dir> -- sh -c <command>`.
+    /// The build's scratch directory on the host (HOME is its `home/`, /tmp its `tmp/`).
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// How many entries of the system directories are hidden because not everyone may read them.
+    pub fn masked(&self) -> usize {
+        self.masked
+    }
+
+    /// Where the disk limit is measured: the checkout and the scratch directory.
+    pub fn disk_roots(&self) -> Vec<PathBuf> {
+        vec![self.workdir.clone(), self.scratch.clone()]
+    }
+
+    /// `bwrap --args FD --setenv … --chdir <dir> -- sh -c <command>`, `dir` being a directory on
+    /// the host, in the workdir.
     ///
     /// The step's environment goes in through `--setenv`, never into bwrap's own process:
     /// bwrap runs outside the sandbox, and a recipe's `LD_PRELOAD` or `LD_LIBRARY_PATH`
@@ -130,15 +190,41 @@ impl Sandbox {
         &self,
         dir: &Path,
         command: &str,
-        env: impl IntoIterator<Item = (&'e OsStr, &'e OsStr)>,
-    ) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.env_clear().args(&self.args);
+        env: impl Iterator<Item = (&'e OsStr, &'e OsStr)>,
+    ) -> std::io::Result<Prepared> {
+        let inside = match real_path(dir).strip_prefix(&self.workdir) {
+            Ok(rel) if !rel.as_os_str().is_empty() => Path::new(WORKDIR).join(rel),
+            _ => PathBuf::from(WORKDIR),
+        };
+        self.command_in(&inside.to_string_lossy(), command, env)
+    }
+
+    fn command_in<'e>(
+        &self,
+        inside: &str,
+        command: &str,
+        env: impl Iterator<Item = (&'e OsStr, &'e OsStr)>,
+    ) -> std::io::Result<Prepared> {
+        let mut args = self.args.clone();
         for (k, v) in env {
-            cmd.arg("--setenv").arg(k).arg(v);
+            args.extend([OsString::from("--setenv"), k.to_owned(), v.to_owned()]);
         }
-        cmd.arg("--chdir").arg(real_path(dir)).args(["--", "sh", "-c", command]);
-        cmd
+        args.extend([OsString::from("--chdir"), OsString::from(inside)]);
+        // NUL-separated, read by bwrap from a descriptor; the file itself is gone at once.
+        let path = self.scratch.join(format!("bwrap-args-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let _ = std::fs::remove_file(&path);
+        for a in &args {
+            file.write_all(a.as_bytes())?;
+            file.write_all(b"\0")?;
+        }
+        file.rewind()?;
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new(&self.program);
+        cmd.env_clear().arg("--args").arg(fd.to_string()).args(["--", "sh", "-c", command]);
+        let limits = self.limits;
+        sys::confine(&mut cmd, sys::Confine::new(u64::from(limits.processes), limits.disk, fd));
+        Ok(Prepared { command: cmd, options: file })
     }
 }
 
@@ -146,21 +232,18 @@ impl Sandbox {
 /// bwrap's only child, the namespace's pid 1, which made a new session for the step
 /// (`--new-session`). None until the sandbox is set up.
 pub(crate) fn step_group(bwrap: u32) -> Option<Pid> {
-    let bwrap = i32::try_from(bwrap).ok()?;
-    // Scanning /proc works without the kernel's optional `task/*/children` files.
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
-        let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(1);
-        let ppid: i32 = fields.next()?.parse().ok()?;
-        let pgrp: i32 = fields.next()?.parse().ok()?;
-        (ppid == bwrap && pgrp > 0).then(|| Pid::from_raw(pgrp))
-    })
+    watch::inner_init(bwrap).and_then(|(_, pgrp)| (pgrp > 0).then(|| Pid::from_raw(pgrp)))
 }
 
-/// The bwrap options, without `--chdir` and the command. Without `workdir` (not there yet) it is
-/// the same sandbox minus that bind.
-fn sandbox_args(workdir: Option<&Path>, home: &Path, network: bool) -> Vec<OsString> {
+/// The bwrap options, without the environment, `--chdir` and the command. Without `workdir`
+/// (not there yet) it is the same sandbox minus that bind.
+fn sandbox_args(
+    workdir: Option<&Path>,
+    scratch: &Path,
+    etc: &[(PathBuf, &str)],
+    masks: &[PathBuf],
+    network: bool,
+) -> Vec<OsString> {
     let mut a = Args(Vec::new());
     a.push(["--unshare-all"]);
     if network {
@@ -168,7 +251,7 @@ fn sandbox_args(workdir: Option<&Path>, home: &Path, network: bool) -> Vec<OsStr
     }
     // If the reporter dies, nothing it started may run on; a new session keeps the step away
     // from the volunteer's terminal (TIOCSTI); without capabilities root inside is only a uid.
-    a.push(["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
+    a.push(["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"]);
     for dir in SYSTEM_DIRS {
         let path = Path::new(dir);
         match std::fs::symlink_metadata(path) {
@@ -178,39 +261,48 @@ fn sandbox_args(workdir: Option<&Path>, home: &Path, network: bool) -> Vec<OsStr
                     a.push([OsString::from("--symlink"), target.into(), path.into()]);
                 }
             }
-            Ok(m) if m.is_dir() => a.bind("--ro-bind", path),
+            Ok(m) if m.is_dir() => a.bind("--ro-bind", path, path),
             _ => {}
         }
     }
-    // Root (and group members) could read these on the host; the build is neither.
-    for hidden in private_etc_entries() {
+    // The volunteer (or root, or a group of theirs) could read these on the host; the build
+    // sees only what any user of the machine could.
+    for hidden in masks {
         if hidden.is_dir() {
             a.push([OsString::from("--tmpfs"), hidden.clone().into()]);
-            a.push([OsString::from("--remount-ro"), hidden.into()]);
+            a.push([OsString::from("--remount-ro"), hidden.clone().into()]);
         } else {
-            a.push([OsString::from("--ro-bind"), "/dev/null".into(), hidden.into()]);
+            a.push([OsString::from("--ro-bind"), "/dev/null".into(), hidden.clone().into()]);
         }
     }
-    a.push(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]);
+    // Who and where the step is: neutral names instead of the volunteer's.
+    for (file, at) in etc {
+        a.bind("--ro-bind", file, Path::new(at));
+    }
+    a.push(["--proc", "/proc", "--dev", "/dev"]);
+    for (dir, at) in ON_DISK {
+        a.bind("--bind", &scratch.join(dir), Path::new(at));
+    }
+    // /dev itself is a tmpfs (memory): nothing may be written there but /dev/shm, on disk.
+    a.push(["--remount-ro", "/dev"]);
     if network {
         // With systemd-resolved, /etc/resolv.conf points into /run, which is otherwise private.
         if let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf")
             && resolv.starts_with("/run")
             && let Some(dir) = resolv.parent()
         {
-            a.bind("--ro-bind", dir);
+            a.bind("--ro-bind", dir, dir);
         }
     }
-    // Outer directory first, so that one inside the other stays visible.
-    let mut writable: Vec<&Path> = workdir.into_iter().chain([home]).collect();
-    writable.sort_by_key(|p| p.components().count());
-    for dir in writable {
-        a.bind("--bind", dir);
-    }
-    // The checkout's git metadata is read-only: git runs outside the sandbox on the next update,
-    // and a hook or config (core.fsmonitor, a filter) written into `.git` would run there.
-    if let Some(git) = workdir.map(|w| w.join(".git")).filter(|g| g.is_dir()) {
-        a.bind("--ro-bind", &git);
+    a.bind("--bind", &scratch.join("home"), Path::new(HOME));
+    if let Some(w) = workdir {
+        a.bind("--bind", w, Path::new(WORKDIR));
+        // The checkout's git metadata is read-only: git runs outside the sandbox on the next
+        // update, and a hook or config (core.fsmonitor, a filter) written into `.git` would run
+        // there.
+        if w.join(".git").is_dir() {
+            a.bind("--ro-bind", &w.join(".git"), &Path::new(WORKDIR).join(".git"));
+        }
     }
     // The rest of the root is bwrap's scaffolding (mount points); a write there would vanish
     // silently, better that it fails.
@@ -226,32 +318,86 @@ impl Args {
         self.0.extend(items.into_iter().map(Into::into));
     }
 
-    /// `option path path`: everything is bound at its own path.
-    fn bind(&mut self, option: &str, path: &Path) {
-        self.push([OsString::from(option), path.into(), path.into()]);
+    /// `option source destination`.
+    fn bind(&mut self, option: &str, from: &Path, to: &Path) {
+        self.push([OsString::from(option), from.into(), to.into()]);
     }
 }
 
-/// Entries of /etc that not everyone may read (shadow, TLS and SSH private keys, database
-/// passwords…): a build sees only what any user of the machine could.
-fn private_etc_entries() -> Vec<PathBuf> {
+/// Writes the files that say who and where the step is (user `build` with HOME [`HOME`], host
+/// `sandbox`, a machine id shared by all sandboxes) and returns them with where they go, for
+/// the ones the host has.
+fn write_identity(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    std::fs::create_dir_all(dir)?;
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+    let mut group = String::from("root:x:0:\n");
+    if uid != 0 {
+        passwd.push_str(&format!("build:x:{uid}:{gid}:build:{HOME}:/bin/sh\n"));
+    }
+    if gid != 0 {
+        group.push_str(&format!("build:x:{gid}:\n"));
+    }
+    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    group.push_str("nogroup:x:65534:\n");
+    let files: [(&str, &'static str, String); 5] = [
+        ("passwd", "/etc/passwd", passwd),
+        ("group", "/etc/group", group),
+        ("hostname", "/etc/hostname", "sandbox\n".into()),
+        ("hosts", "/etc/hosts", "127.0.0.1 localhost sandbox\n::1 localhost sandbox\n".into()),
+        ("machine-id", "/etc/machine-id", "74626f7873616e64626f780000000000\n".into()),
+    ];
+    let mut out = Vec::new();
+    for (name, at, text) in files {
+        // bwrap cannot make a mount point inside the read-only /etc: only files the host has.
+        if Path::new(at).exists() {
+            let path = dir.join(name);
+            std::fs::write(&path, text)?;
+            out.push((path, at));
+        }
+    }
+    Ok(out)
+}
+
+/// Entries of the bound system directories that not everyone may read (shadow, TLS and SSH
+/// private keys, a volunteer's mode-600 files under /opt or /usr/local…): a build sees only
+/// what any user of the machine could. A directory others cannot enter hides everything below.
+fn private_entries() -> Vec<PathBuf> {
     let mut hidden = Vec::new();
-    let mut walk = walkdir::WalkDir::new("/etc").min_depth(1).into_iter();
-    while let Some(entry) = walk.next() {
-        let Ok(entry) = entry else { continue };
-        let Ok(meta) = entry.metadata() else { continue };
-        let mode = meta.permissions().mode();
-        if meta.is_dir() {
-            // A directory others cannot enter hides everything below it.
-            if mode & 0o005 != 0o005 {
+    for dir in SYSTEM_DIRS {
+        let path = Path::new(dir);
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let mut walk = walkdir::WalkDir::new(path).min_depth(1).same_file_system(false).into_iter();
+        while let Some(entry) = walk.next() {
+            let Ok(entry) = entry else { continue };
+            // Symbolic links lead nowhere private: what they point to is masked where it is.
+            let Ok(meta) = entry.metadata() else { continue };
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                if mode & 0o005 != 0o005 {
+                    hidden.push(entry.into_path());
+                    walk.skip_current_dir();
+                }
+            } else if (meta.is_file() || meta.file_type().is_socket_like()) && mode & 0o004 == 0 {
                 hidden.push(entry.into_path());
-                walk.skip_current_dir();
             }
-        } else if meta.is_file() && mode & 0o004 == 0 {
-            hidden.push(entry.into_path());
         }
     }
     hidden
+}
+
+/// Sockets and FIFOs are files to mask too (a private agent socket under /opt, say).
+trait SocketLike {
+    fn is_socket_like(&self) -> bool;
+}
+
+impl SocketLike for std::fs::FileType {
+    fn is_socket_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt as _;
+        self.is_socket() || self.is_fifo()
+    }
 }
 
 /// The path with symlinks resolved when it exists (the sandbox has no symlinks on the way to it,
@@ -327,8 +473,11 @@ mod tests {
     use std::fs::File;
     use std::time::{Duration, Instant};
 
+    use tbox_protocol::DEFAULT_LIMITS;
+
     use super::*;
     use crate::runner::{self, Ending, Spec};
+    use crate::sandbox::watch::Passed;
 
     type Result = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -345,9 +494,14 @@ mod tests {
     fn bwrap_or_skip() -> Option<PathBuf> {
         let found = find_bwrap();
         if found.is_none() {
+            assert!(std::env::var_os("CI").is_none(), "bubblewrap is required in CI");
             println!("skipped: bubblewrap not installed");
         }
         found
+    }
+
+    fn make(bwrap: &Path, workdir: &Path, scratch: &Path, network: bool) -> std::result::Result<Sandbox, Unavailable> {
+        Sandbox::with_program(bwrap, workdir, scratch, network, DEFAULT_LIMITS)
     }
 
     /// Runs `command` in the sandbox; returns how it ended and its output.
@@ -382,7 +536,7 @@ mod tests {
     }
 
     /// The volunteer's world, as the reporter would lay it out: a HOME with keys and config, the
-    /// checkout below it, a neighbour of the checkout, and a scratch HOME for builds.
+    /// checkout below it, a neighbour of the checkout, and a scratch directory for the build.
     struct Layout {
         base: PathBuf,
         fake_home: PathBuf,
@@ -409,25 +563,21 @@ mod tests {
     fn the_volunteers_files_are_not_visible() -> Result {
         let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
         let l = layout("hidden")?;
-        let sandbox = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false)?;
-        assert_eq!(sandbox.home(), l.scratch);
-        let mut env = BTreeMap::from([
-            ("FAKE_HOME".to_owned(), l.fake_home.display().to_string()),
-            ("SCRATCH".to_owned(), l.scratch.display().to_string()),
-        ]);
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
+        let mut env = BTreeMap::from([("FAKE_HOME".to_owned(), l.fake_home.display().to_string())]);
         // The real HOME is checked too, unless this test's files live below it.
         let real_home = std::env::var("HOME").ok().filter(|h| h != "/" && !l.base.starts_with(h));
         env.insert("REAL_HOME".to_owned(), real_home.unwrap_or_default());
         let script = r#"
             test -e "$FAKE_HOME/.ssh/id_ed25519" && fail "the key is visible: $(cat "$FAKE_HOME/.ssh/id_ed25519")"
-            test -e "$FAKE_HOME/.config/tbox" && fail "the config is visible"
-            test "$(ls -A "$FAKE_HOME")" = ".local" || fail "the volunteer's home shows: $(ls -A "$FAKE_HOME")"
-            test "$(ls -A ..)" = "demo" || fail "next to the workdir: $(ls -A ..)"
-            test "$(ls -A /root 2>/dev/null)" = "" || fail "/root shows: $(ls -A /root)"
-            test "$(ls -A /home 2>/dev/null)" = "" || fail "/home shows: $(ls -A /home)"
+            test -e "$FAKE_HOME" && fail "the volunteer's home shows: $(ls -A "$FAKE_HOME")"
+            test -e ../other.txt && fail "next to the workdir: $(ls -A ..)"
+            test "$(pwd)" = /work || fail "the step is in $(pwd)"
+            for d in /root /home/* /srv /mnt /media /var/lib /var/log; do
+                test "$(ls -A "$d" 2>/dev/null)" = "" || fail "$d shows: $(ls -A "$d")"
+            done
             test -z "$REAL_HOME" || test "$(ls -A "$REAL_HOME" 2>/dev/null)" = "" || fail "$REAL_HOME shows: $(ls -A "$REAL_HOME")"
-            echo "root: $(ls -A / | tr '\n' ' ')"
-            test "$HOME" = "$SCRATCH" || fail "HOME is $HOME"
+            test "$HOME" = /home/build || fail "HOME is $HOME"
             echo built > "$HOME/.cache-test" || fail "HOME is not writable"
             test -r source.c || fail "the checkout is not readable"
             test "$(cat /etc/shadow 2>/dev/null)" = "" || fail "/etc/shadow is readable"
@@ -435,23 +585,96 @@ mod tests {
         "#;
         let (ending, out) = run_in(&sandbox, &l.workdir, &format!("{FAIL}{script}"), &env);
         assert_all_passed(&ending, &out);
-        // Bound at the same path: what the build left in its HOME is where the reporter looks.
-        assert_eq!(std::fs::read_to_string(l.scratch.join(".cache-test"))?, "built\n");
+        // What the build left in its HOME is in the build's scratch directory.
+        assert_eq!(std::fs::read_to_string(l.scratch.join("home/.cache-test"))?, "built\n");
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
     }
 
     #[test]
-    fn writes_stay_in_the_workdir_and_a_private_tmp() -> Result {
+    fn the_step_learns_no_name_or_path_of_the_volunteers() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let l = layout("names")?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
+        // Everything a step could read that names where and who the volunteer is.
+        let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; tr '\\0' ' ' < /proc/self/cmdline; echo; \
+                      ls -l /proc/self/fd/; id -un; hostname; cat /etc/hostname /etc/hosts; echo \"$HOME $PWD\"; env";
+        let (ending, out) = run_in(&sandbox, &l.workdir, script, &BTreeMap::new());
+        assert_eq!(ending, Ending::Exited(0), "{out}");
+        let base = l.base.display().to_string();
+        assert!(!out.contains(&base), "the step saw {base}:\n{out}");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_owned();
+        assert!(
+            host.is_empty() || !out.split_whitespace().any(|w| w == host),
+            "the step saw the host name {host}:\n{out}"
+        );
+        if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+            assert!(user == "root" || !out.contains(&user), "the step saw the user name {user}:\n{out}");
+        }
+        assert!(out.contains("\nsandbox\n") && out.contains("/home/build /work"), "{out}");
+        // bwrap's own options (every masked path, every bind) are not on its command line.
+        assert!(out.lines().next().is_some_and(|l| l.contains("bwrap --args ")), "{out}");
+        assert!(!out.contains("--ro-bind") && !out.contains("/etc/shadow"), "{out}");
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    #[test]
+    fn private_files_anywhere_in_the_system_are_masked() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let tag = format!("tbox-test-{}", std::process::id());
+        let places = [Path::new("/opt").join(&tag), Path::new("/usr/local/share").join(&tag)];
+        let mut made = Vec::new();
+        for dir in &places {
+            if std::fs::create_dir_all(dir).is_ok() {
+                std::fs::write(dir.join("secret"), "PRIVATE-TOKEN")?;
+                std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o600))?;
+                std::fs::create_dir_all(dir.join("locked"))?;
+                std::fs::write(dir.join("locked/inner"), "PRIVATE-INNER")?;
+                std::fs::set_permissions(dir.join("locked"), std::fs::Permissions::from_mode(0o700))?;
+                std::fs::write(dir.join("public"), "anyone may read this")?;
+                std::fs::set_permissions(dir.join("public"), std::fs::Permissions::from_mode(0o644))?;
+                made.push(dir.clone());
+            }
+        }
+        if made.is_empty() {
+            println!("skipped: cannot write under /opt or /usr/local/share here");
+            return Ok(());
+        }
+        let l = layout("private")?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
+        assert!(sandbox.masked() >= 2 * made.len(), "{}", sandbox.masked());
+        let script: String = made
+            .iter()
+            .map(|d| {
+                let d = d.display();
+                format!("cat {d}/secret {d}/locked/inner {d}/public 2>/dev/null; ")
+            })
+            .collect();
+        let (ending, out) = run_in(&sandbox, &l.workdir, &script, &BTreeMap::new());
+        for d in &made {
+            let _ = std::fs::set_permissions(d.join("locked"), std::fs::Permissions::from_mode(0o755));
+            std::fs::remove_dir_all(d)?;
+        }
+        assert!(matches!(ending, Ending::Exited(_)), "{ending:?}");
+        assert!(!out.contains("PRIVATE"), "a private file was read:\n{out}");
+        // The check can fail: what anyone may read is there.
+        assert_eq!(out.matches("anyone may read this").count(), made.len(), "{out}");
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    #[test]
+    fn writes_stay_in_the_workdir_and_a_private_tmp_on_disk() -> Result {
         let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
         let l = layout("writes")?;
-        let sandbox = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false)?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
         let tag = format!("tbox-sandbox-{}", std::process::id());
         let host_tmp = Path::new("/tmp").join(format!("{tag}-host"));
         std::fs::write(&host_tmp, "the host's /tmp")?;
         let env = BTreeMap::from([("TAG".to_owned(), tag.clone())]);
         let script = r#"
-            for f in /etc/$TAG /usr/$TAG /usr/local/$TAG /$TAG /opt/$TAG /var/$TAG /proc/$TAG; do
+            for f in /etc/$TAG /usr/$TAG /usr/local/$TAG /$TAG /opt/$TAG /var/$TAG /proc/$TAG /dev/$TAG; do
                 touch "$f" 2>/dev/null && fail "wrote $f"
             done
             echo escape > ../escape 2>/dev/null # on the host, the parent must stay untouched
@@ -459,6 +682,7 @@ mod tests {
             mkdir -p sub/dir && echo x > sub/dir/f || fail "cannot make directories in the workdir"
             echo tmp > /tmp/$TAG-inside || fail "cannot write /tmp"
             echo tmp > /var/tmp/$TAG-inside || fail "cannot write /var/tmp"
+            echo shm > /dev/shm/$TAG-inside || fail "cannot write /dev/shm"
             test -e /tmp/$TAG-host && fail "the host's /tmp is visible"
             echo done
         "#;
@@ -466,6 +690,10 @@ mod tests {
         assert_all_passed(&ending, &out);
         assert_eq!(std::fs::read_to_string(l.workdir.join("built.o"))?, "object\n");
         assert!(l.workdir.join("sub/dir/f").is_file());
+        // The step's /tmp is a directory of the build's scratch, on disk: not the host's /tmp,
+        // and not memory.
+        assert_eq!(std::fs::read_to_string(l.scratch.join("tmp").join(format!("{tag}-inside")))?, "tmp\n");
+        assert_eq!(std::fs::read_to_string(l.scratch.join("shm").join(format!("{tag}-inside")))?, "shm\n");
         let parent = l.workdir.parent().ok_or("workdir has no parent")?;
         for leaked in [
             parent.join("escape"),
@@ -492,12 +720,16 @@ mod tests {
             "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo connected || echo no network; echo done"
         );
         let env = BTreeMap::new();
-        let closed = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false)?;
+        let closed = make(&bwrap, &l.workdir, &l.scratch, false)?;
         assert_eq!(closed.describe(), "bubblewrap");
         let (ending, out) = run_in(&closed, &l.workdir, &command, &env);
         assert_eq!((ending, out.as_str()), (Ending::Exited(0), "no network\ndone\n"));
-        let open = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, true)?;
+        let open = make(&bwrap, &l.workdir, &l.scratch, true)?;
         assert_eq!(open.describe(), "bubblewrap+network");
+        assert!(
+            tbox_protocol::SANDBOX_KINDS.contains(&open.describe())
+                && tbox_protocol::SANDBOX_KINDS.contains(&closed.describe())
+        );
         let (ending, out) = run_in(&open, &l.workdir, &command, &env);
         assert_eq!((ending, out.as_str()), (Ending::Exited(0), "connected\ndone\n"));
         std::fs::remove_dir_all(&l.base)?;
@@ -519,7 +751,7 @@ mod tests {
     fn nothing_outlives_its_step() -> Result {
         let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
         let l = layout("timeout")?;
-        let sandbox = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false)?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
         let env = BTreeMap::new();
         // A duration no other test uses, so that leftovers can be recognised.
         let marker = format!("sleep 98{}", std::process::id());
@@ -547,16 +779,50 @@ mod tests {
     }
 
     #[test]
+    fn a_step_past_a_limit_is_ended_and_the_limit_named() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let l = layout("limits")?;
+        let limits = StepLimits { processes: 64, memory: 96 << 20, disk: 64 << 20 };
+        let sandbox = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false, limits)?;
+        let env = BTreeMap::new();
+        let marker = format!("sleep 97{}", std::process::id());
+        // Tasks: a loop that starts far more than allowed.
+        let started = Instant::now();
+        let (ending, out) =
+            run_in(&sandbox, &l.workdir, &format!("for i in $(seq 500); do {marker} & done; wait"), &env);
+        assert_eq!(ending, Ending::Limit(Passed::Processes(64)), "{out}");
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert_eq!(processes_with(&marker), Vec::<String>::new());
+        // Memory: 400 MiB held by one process (python, else a shell string).
+        let grow = "python3 -c 'import time; b = bytearray(400 << 20); time.sleep(30)' 2>/dev/null \
+                    || { x=$(head -c 400000000 /dev/zero | tr '\\0' x); sleep 30; }";
+        let (ending, out) = run_in(&sandbox, &l.workdir, grow, &env);
+        assert_eq!(ending, Ending::Limit(Passed::Memory(96 << 20)), "{out}");
+        // Disk: the workdir, and /tmp (on disk: it counts too).
+        for target in ["big", "/tmp/big"] {
+            let (ending, out) =
+                run_in(&sandbox, &l.workdir, &format!("dd if=/dev/zero of={target} bs=1M count=200; sleep 30"), &env);
+            assert_eq!(ending, Ending::Limit(Passed::Disk(64 << 20)), "{target}: {out}");
+            let _ = std::fs::remove_file(l.workdir.join("big"));
+            let _ = std::fs::remove_file(l.scratch.join("tmp/big"));
+        }
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    #[test]
     fn the_steps_environment_reaches_the_step_not_bwrap() -> Result {
         let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
         let l = layout("env")?;
-        let sandbox = Sandbox::with_program(&bwrap, &l.workdir, &l.scratch, false)?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
         // bwrap runs outside the sandbox: a recipe's LD_PRELOAD must not be in its environment.
         let preload = (OsStr::new("LD_PRELOAD"), OsStr::new("/checkout/evil.so"));
-        let cmd = sandbox.command(&l.workdir, "true", [preload]);
-        assert_eq!(cmd.get_envs().filter(|(_, v)| v.is_some()).count(), 0, "bwrap gets no environment");
-        let args: Vec<&OsStr> = cmd.get_args().collect();
-        assert!(args.windows(3).any(|w| w == [OsStr::new("--setenv"), preload.0, preload.1]), "{args:?}");
+        let mut p = sandbox.command(&l.workdir, "true", [preload].into_iter())?;
+        assert_eq!(p.command.get_envs().filter(|(_, v)| v.is_some()).count(), 0, "bwrap gets no environment");
+        let mut options = Vec::new();
+        std::io::Read::read_to_end(&mut p.options, &mut options)?;
+        let options: Vec<&[u8]> = options.split(|b| *b == 0).collect();
+        assert!(options.windows(3).any(|w| w == [&b"--setenv"[..], b"LD_PRELOAD", b"/checkout/evil.so"]));
         // And the step sees exactly what it was given.
         let env = BTreeMap::from([("GREETING".to_owned(), "hi there".to_owned())]);
         let (ending, out) = run_in(&sandbox, &l.workdir, "echo \"$GREETING\"; echo done", &env);
@@ -572,10 +838,10 @@ mod tests {
         let l = layout("later")?;
         // The first build clones into a workdir that does not exist yet.
         let later = l.workdir.with_file_name("later");
-        let sandbox = Sandbox::with_program(&bwrap, &later, &l.scratch, false)?;
+        let sandbox = make(&bwrap, &later, &l.scratch, false)?;
         std::fs::create_dir(&later)?;
         let (ending, out) = run_in(&sandbox, &later, "echo built > out && pwd", &BTreeMap::new());
-        assert_eq!((ending, out), (Ending::Exited(0), format!("{}\n", later.display())));
+        assert_eq!((ending, out), (Ending::Exited(0), "/work\n".to_owned()));
         assert_eq!(std::fs::read_to_string(later.join("out"))?, "built\n");
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
@@ -584,7 +850,7 @@ mod tests {
     #[test]
     fn without_bwrap_the_message_says_how_to_install_it() -> Result {
         let l = layout("missing")?;
-        let err = Sandbox::with_program(Path::new("/nonexistent/bwrap"), &l.workdir, &l.scratch, false)
+        let err = make(Path::new("/nonexistent/bwrap"), &l.workdir, &l.scratch, false)
             .err()
             .ok_or("a missing bwrap made a sandbox")?
             .to_string();
@@ -593,7 +859,6 @@ mod tests {
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
     }
-
     #[test]
     fn a_refused_namespace_gets_the_fix_for_this_machine() {
         let bwrap = Path::new("/usr/bin/bwrap");

@@ -1,0 +1,175 @@
+//! Updating the source before a build: clone, or fetch and check out a branch (and a requested
+//! revision), with git run outside the sandbox. Every name that came from outside arrives as a
+//! [`BranchName`] or a [`Revision`], checked when it was read, and goes after `--end-of-options`
+//! (or `--`), so that no value can become an option of git's (`--upload-pack=…` runs a program).
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::Utc;
+use tbox_protocol::{BranchName, BuildResult, Revision, Step};
+
+use crate::{config, runner};
+
+/// How git runs for a checkout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Git {
+    /// The volunteer's own project: their git config and credentials apply (a private repo
+    /// of theirs is fine).
+    Own,
+    /// A recipe's source: the URL is the project's, so git gets none of the volunteer's
+    /// config, credentials, ssh keys or agent; and the tree is cleaned of what earlier builds
+    /// left, so that a planted file cannot steer later builds.
+    Recipe,
+}
+
+/// The longest a clone or fetch may take; a stalled server must not hold the project's lock
+/// forever.
+const GIT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Clones, or fetches and checks out `branch`. Returns the step to report and whether it worked.
+///
+/// `url` is the config's `git` or the recipe's `repo`, both refused when they start with `-`.
+pub(super) fn checkout(
+    url: &str,
+    branch: &BranchName,
+    revision: Option<&Revision>,
+    workdir: &Path,
+    how: Git,
+) -> (Step, bool) {
+    let start = Utc::now().fixed_offset();
+    let mut log = String::new();
+    let (branch, branch_opt) = (branch.as_str(), format!("--branch={branch}"));
+    // Fetched from the URL itself, not from `origin`: the source is the one the config or the
+    // recipe names, whatever a build may have left in the checkout's remotes.
+    let ok = if workdir.join(".git").is_dir() {
+        git(&["fetch", "--quiet", "--end-of-options", url, branch], workdir, how, &mut log)
+            && git(
+                &["checkout", "--quiet", "--force", "-B", branch, "--end-of-options", "FETCH_HEAD"],
+                workdir,
+                how,
+                &mut log,
+            )
+            && (how == Git::Own || git(&["clean", "-ffdxq"], workdir, how, &mut log))
+    } else {
+        let parent = workdir.parent().unwrap_or(Path::new("/"));
+        let _ = std::fs::create_dir_all(parent);
+        let target = workdir.to_string_lossy();
+        git(&["clone", "--quiet", &branch_opt, "--", url, &target], parent, how, &mut log)
+    };
+    // A request may name a commit of the branch.
+    let ok = ok
+        && revision.is_none_or(|rev| {
+            git(&["checkout", "--quiet", "--force", "--end-of-options", rev.as_str(), "--"], workdir, how, &mut log)
+        });
+    // The log goes to the server: it says where the checkout is, not where the volunteer keeps it.
+    let log = hide_paths(&log, workdir);
+    let step = Step {
+        name: "checkout".into(),
+        result: if ok { BuildResult::Success } else { BuildResult::Exception },
+        started_at: start,
+        finished_at: Utc::now().fixed_offset(),
+        exit_code: None,
+        kind: None,
+        log: Some(log),
+        log_truncated: false,
+    };
+    (step, ok)
+}
+
+/// The checkout's path as `<workdir>` and the volunteer's HOME as `~`: a report tells the
+/// project what was built, not the volunteer's user name and directories.
+fn hide_paths(log: &str, workdir: &Path) -> String {
+    let mut log = log.replace(workdir.to_string_lossy().as_ref(), "<workdir>");
+    if let Some(home) = std::env::var_os("HOME").map(|h| h.to_string_lossy().into_owned()).filter(|h| h.len() > 1) {
+        log = log.replace(&home, "~");
+    }
+    log
+}
+
+/// Runs git with a scrubbed environment, logging what it says; false if it failed or ran out
+/// of time.
+fn git(args: &[&str], dir: &Path, how: Git, log: &mut String) -> bool {
+    log.push_str(&format!("$ git {}\n", args.join(" ")));
+    let mut cmd = std::process::Command::new("git");
+    // Git runs outside the sandbox: hooks in the checkout (a build could have written them,
+    // were `.git` writable to it) must not run here. A server that stalls is given up on.
+    cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+        .args(["-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=300"])
+        .current_dir(dir)
+        .env_clear()
+        .env("GIT_TERMINAL_PROMPT", "0");
+    for name in runner::INHERITED {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    if how == Git::Recipe {
+        // Only the transports that fetch: none that runs a program (ext::, fd::, remote helpers),
+        // whatever the URL says.
+        cmd.args(["-c", "protocol.allow=never"]);
+        for p in ["file", "git", "http", "https", "ssh"] {
+            cmd.args(["-c", &format!("protocol.{p}.allow=always")]);
+        }
+        let home = config::state_dir().join("git-home");
+        let _ = std::fs::create_dir_all(&home);
+        cmd.args(["-c", "credential.helper="])
+            .env("HOME", &home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            // ssh reads ~/.ssh from the password database, not $HOME: say no keys, no agent.
+            .env(
+                "GIT_SSH_COMMAND",
+                "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null -o IdentityAgent=none",
+            );
+    }
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            log.push_str(&format!("[tbox-report] cannot run git: {e}\n"));
+            return false;
+        }
+    };
+    // Both pipes drained while waiting, so a chatty git cannot block on a full pipe.
+    let readers: Vec<_> = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut r| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = r.read_to_end(&mut out);
+            out
+        })
+    })
+    .collect();
+    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    for r in readers {
+        if let Ok(out) = r.join() {
+            log.push_str(&String::from_utf8_lossy(&out));
+        }
+    }
+    match status {
+        Some(s) => s.success(),
+        None => {
+            log.push_str(&format!("[tbox-report] git took longer than {} s and was stopped\n", GIT_TIMEOUT.as_secs()));
+            false
+        }
+    }
+}
