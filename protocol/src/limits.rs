@@ -19,11 +19,20 @@ pub struct ResourceLimits {
     #[serde(default)]
     pub processes: Option<u32>,
     /// Resident memory of the whole tree.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "size")]
     pub memory: Option<ByteSize>,
     /// The workdir, the step's HOME and its /tmp, together.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "size")]
     pub disk: Option<ByteSize>,
+}
+
+/// A size written as people write it (`"4GiB"`, `"512MiB"`, `"10 GB"`), with an error that
+/// says so.
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<ByteSize>()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a size such as \"4GiB\" or \"512MiB\"")))
 }
 
 /// The limits in force for a step, every field decided.
@@ -128,7 +137,9 @@ mod tests {
         let few: ResourceLimits = toml::from_str("processes = 1")?;
         assert_eq!(few.validate("limits").map_err(|e| e.field), Err("limits.processes".to_owned()));
         assert!(toml::from_str::<ResourceLimits>("cpus = 4").is_err());
-        assert!(toml::from_str::<ResourceLimits>("memory = \"lots\"").is_err());
+        let lots =
+            toml::from_str::<ResourceLimits>("memory = \"lots\"").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(lots.contains("is not a size such as \"4GiB\""), "{lots}");
         Ok(())
     }
 

@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes (when several apply, 1 wins; `run` then exits with the highest):
   0  done (the report reached the server, whatever the build's result)
-  1  error here (config, key, workdir, …); nothing was sent. Also: a report that could be
+  1  error here (config, key, workdir, …); nothing was sent. Also: a checkout that failed
+     (the message says why; the project is told once per reason), a report that could be
      neither sent nor spooled (a full disk: the message names the build, which is lost), and a
      damaged spooled report, never sent, set aside in the spool's corrupt/ with a .reason file
   2  wrong command line
@@ -18,6 +19,16 @@ Exit codes (when several apply, 1 wins; `run` then exits with the highest):
   5  refused: a recipe (not signed by the pinned key, expired, a rollback, another project's,
      a branch or repo it does not allow) or the sandbox (none could be made); nothing ran and
      the message says why (`run` also tells the project, with an `exception` report)";
+
+/// Exit codes of the maintainers' commands (recipe, keys, request).
+const MAINTAINER_EXIT_CODES: &str = "\
+Exit codes:
+  0  done (signed, checked, or accepted by the server)
+  1  error here (a file, a key, an invalid recipe or key list); nothing was sent
+  2  wrong command line (or a key list publication that needs --yes): nothing was sent
+  3  the server could not be reached, or answered something else than a tbox server
+  4  the server refused it (4xx); the reason is printed
+  5  `recipe verify`: the recipe is refused (its signature, project or expiry)";
 
 /// Build a project on this machine and report the result, signed, to a tbox server.
 #[derive(Debug, Parser)]
@@ -72,7 +83,7 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// For maintainers: ask volunteers' machines for builds (signed with the project's key).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = MAINTAINER_EXIT_CODES)]
     Request(RequestArgs),
     /// Stay running: take leases on the projects' build requests and build them, and do the
     /// periodic builds of `run` (for systemd; see scripts/tbox-report-serve.service).
@@ -156,13 +167,13 @@ pub struct LeaveArgs {
 pub enum RecipeCommand {
     /// Sign a recipe with the project's private key: writes RECIPE.sig next to it (the same
     /// bytes as `openssl dgst -sha256 -sign project.pem recipe.toml | base64 -w0`).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = MAINTAINER_EXIT_CODES)]
     Sign(RecipeSignArgs),
     /// Check a recipe and its signature against a public key, as a volunteer would.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = MAINTAINER_EXIT_CODES)]
     Verify(RecipeVerifyArgs),
     /// Publish a signed recipe to a server (PUT, with the .sig next to the file).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = MAINTAINER_EXIT_CODES)]
     Publish(RecipePublishArgs),
 }
 
@@ -174,14 +185,20 @@ pub enum KeysCommand {
     #[command(after_help = KEYS_HELP)]
     Sign(KeysSignArgs),
     /// Publish a signed key list to a server (PUT, with the .sig next to the file).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = MAINTAINER_EXIT_CODES)]
     Publish(KeysPublishArgs),
 }
 
 const KEYS_HELP: &str = "\
-Rotating: `keys sign keys.toml --key old.pem --add new.pub --revoke SHA256:<old>` then
-`keys publish keys.toml --server URL`; sign later recipes with new.pem. Volunteers who pinned
-the old key follow, and never trust a revoked key again, whatever a mirror serves.";
+Rotating, so that volunteers never meet a recipe signed by a key out of force:
+  1. keys sign keys.toml --key old.pem --add new.pub       then keys publish (both in force)
+  2. recipe sign recipe.toml --key new.pem                  then recipe publish
+  3. keys sign keys.toml --key new.pem --revoke SHA256:OLD  then keys publish
+Volunteers who pinned the old key follow; new ones pin the new key; nobody trusts a revoked key
+again, whatever a mirror serves.
+
+Exit codes: 0 done, 1 error here, 2 wrong command line (or a publication that needs --yes:
+nothing was published), 3 the server could not be reached, 4 the server refused it.";
 
 #[derive(Debug, Args)]
 pub struct KeysSignArgs {
@@ -215,6 +232,10 @@ pub struct KeysPublishArgs {
     /// The tbox server's base URL.
     #[arg(long, value_name = "URL")]
     pub server: String,
+    /// Publish even if volunteers would then refuse the project's current recipe (signed by a
+    /// key this list takes out of force).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

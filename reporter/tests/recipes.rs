@@ -356,38 +356,55 @@ fn a_key_list_rotation_is_followed_and_a_revoked_key_is_refused() -> TestResult 
     join_and_approve(&w, &w.base, "demo", &old_fp);
     assert_eq!(w.volunteer(&["run"]).status.code(), Some(0));
 
-    // Rotation: the old key puts a new one in force and revokes itself.
+    // Rotation in one go would cut every volunteer off (the current recipe is the old key's):
+    // refused, and said why.
     let new = w.dir.join("maint/demo-2026.pem");
     let new_key = key();
     tbox_report::keyfile::write_new(&new, &new_key)?;
     let new_pub = w.dir.join("maint/demo-2026.pub");
     std::fs::write(&new_pub, new_key.public_key().to_pem())?;
     let new_fp = new_key.public_key().fingerprint();
-    let out = w.maintainer(&[
-        "keys",
-        "sign",
-        keys_arg,
-        "--key",
-        old.to_str().unwrap(),
-        "--add",
-        new_pub.to_str().unwrap(),
-        "--revoke",
-        &old_fp,
-    ]);
+    let hasty = w.dir.join("maint/hasty.toml");
+    std::fs::copy(&keys, &hasty)?;
+    let (hasty_arg, old_arg, new_pub_arg) = (hasty.to_str().unwrap(), old.to_str().unwrap(), new_pub.to_str().unwrap());
+    let out = w.maintainer(&["keys", "sign", hasty_arg, "--key", old_arg, "--add", new_pub_arg, "--revoke", &old_fp]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.maintainer(&["keys", "publish", hasty_arg, "--server", &w.base]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("version 2") && stdout(&out).contains(&format!("revoked {old_fp}")),
+        stderr(&out).contains("every volunteer would refuse it") && stderr(&out).contains("--yes"),
         "{}",
-        stdout(&out)
+        stderr(&out)
     );
+    // The three steps: both keys, a recipe of the new key, the old key revoked (by the new one).
+    let out = w.maintainer(&["keys", "sign", keys_arg, "--key", old_arg, "--add", new_pub_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(w.maintainer(&["keys", "publish", keys_arg, "--server", &w.base]).status.success());
     let v2 =
         w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 2\n[[step]]\nname = \"b\"\nrun = \"true\"\n"));
     w.publish(&v2, &new);
+    let out = w.maintainer(&["keys", "sign", keys_arg, "--key", new.to_str().unwrap(), "--revoke", &old_fp]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("version 3") && stdout(&out).contains(&format!("revoked {old_fp}")),
+        "{}",
+        stdout(&out)
+    );
+    let out = w.maintainer(&["keys", "publish", keys_arg, "--server", &w.base]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = w.volunteer(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (b, _) = w.newest("demo");
     assert_eq!((b["recipe_version"].as_i64(), b["recipe_key"].as_str()), (Some(2), Some(new_fp.as_str())));
+    // A new volunteer pins the new key and starts from the version it signed.
+    std::fs::create_dir_all(w.dir.join("new-home"))?;
+    let out = w
+        .volunteer_at(
+            "new-home",
+            &["join", &format!("{}/projects/demo", w.base), "--key", &new_fp, "--builder", "newcomer"],
+        )
+        .output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     // The old key is revoked for good: a recipe it signs is refused, whoever serves it.
     let mirror = Mirror::new(&w.base);
@@ -635,14 +652,17 @@ fn a_requested_revision_is_built_only_when_the_project_signed_it() -> TestResult
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "second"]);
     let head = rev(&repo);
-    // Unsigned: an admin's request on the server, as a taken-over server could make.
+    assert_ne!(head, old);
+    // Unsigned: an admin's request on the server, as a taken-over server could make. Only the
+    // project chooses a commit: nothing is built, and the request hears why.
     w.admin(&["request", "add", "demo", "--revision", &old]);
     let out = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).output()?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("no key you trust signed a request for it"), "{}", stderr(&out));
     let (b, logs) = w.newest("demo");
-    assert_eq!(b["revision"].as_str(), Some(head.as_str()), "the head, not the unsigned revision");
+    assert_eq!(b["result"].as_str(), Some("exception"), "{b}");
     assert!(logs[0].contains(&format!("asked for revision {old}")), "{logs:?}");
+    assert!(w.builds("demo").iter().all(|b| b["result"] == "exception"), "nothing was built");
     // Signed by the project's key: that revision.
     let out = w.maintainer(&[
         "request",
@@ -659,5 +679,88 @@ fn a_requested_revision_is_built_only_when_the_project_signed_it() -> TestResult
     let out = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).output()?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(w.newest("demo").0["revision"].as_str(), Some(old.as_str()));
+    Ok(())
+}
+
+/// Debian 12's own git (2.39) takes no `--end-of-options` in a checkout: every build after the
+/// first clone failed there. Clone, fetch and a requested revision, with the system's git first
+/// in the volunteer's PATH (this machine has a newer one in /usr/local too).
+#[test]
+fn every_kind_of_checkout_works_with_the_systems_own_git() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/git").exists() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED system git test: no /usr/bin/git");
+        return Ok(());
+    }
+    let mut w = World::new(&["demo"]);
+    w.path = Some("/usr/bin:/bin".into());
+    let key = volunteers_for_requests(&w, 1, 0);
+    let repo = w.repo("demo");
+    let rev = |dir: &Path| -> String {
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let first = rev(&repo);
+    let run = |args: &[&str]| {
+        let out = w.volunteer_at("v0", args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    };
+    run(&["run"]);
+    assert_eq!(w.newest("demo").0["revision"].as_str(), Some(first.as_str()));
+    std::fs::write(repo.join("more.txt"), "more\n")?;
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "second"]);
+    let second = rev(&repo);
+    run(&["run"]);
+    let (b, logs) = w.newest("demo");
+    assert_eq!((b["result"].as_str(), b["revision"].as_str()), (Some("success"), Some(second.as_str())), "{logs:?}");
+    let out = w.maintainer(&[
+        "request",
+        "--project",
+        "demo",
+        "--key",
+        key.to_str().unwrap(),
+        "--server",
+        &w.base,
+        "--revision",
+        &first,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    run(&["serve", "--every", "100000", "--max-builds", "1"]);
+    let (b, logs) = w.newest("demo");
+    assert_eq!((b["result"].as_str(), b["revision"].as_str()), (Some("success"), Some(first.as_str())), "{logs:?}");
+    Ok(())
+}
+
+/// A checkout that fails says why at once (it printed nothing and exited 0), tells the project
+/// once, not on every cron run, and the next good checkout builds.
+#[test]
+fn a_failed_checkout_says_why_and_tells_the_project_once() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let (k, key_path) = w.maintain("demo");
+    let recipe =
+        w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 1\n[[step]]\nname = \"b\"\nrun = \"true\"\n"));
+    w.publish(&recipe, &key_path);
+    join_and_approve(&w, &w.base, "demo", &k.public_key().fingerprint());
+    let repo = w.repo("demo");
+    let away = repo.with_extension("away");
+    std::fs::rename(&repo, &away)?;
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("demo: the checkout failed, nothing was built:"), "{}", stderr(&out));
+    let exceptions = || w.builds("demo").iter().filter(|b| b["result"] == "exception").count();
+    assert_eq!(exceptions(), 1);
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(exceptions(), 1, "told once");
+    std::fs::rename(&away, &repo)?;
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.newest("demo").0["result"], "success");
     Ok(())
 }

@@ -48,15 +48,14 @@ fn main() {
     })
     .unwrap();
 
-    // One body and so one signature for every builder: the builder is named in a header.
-    let body = json!({"projects": ["bench"], "wait": 30}).to_string();
-    let signature = builder_key.sign(body.as_bytes());
+    // Each long poll signs a fresh body (the server refuses a body seen before): the builder's
+    // clock and a nonce, as tbox-report sends them.
+    let builder_key = Arc::new(builder_key);
     let grants: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let pollers: Vec<_> = (0..n)
         .map(|i| {
-            let (base, body, signature, grants, stop) =
-                (base.clone(), body.clone(), signature.clone(), grants.clone(), stop.clone());
+            let (base, key, grants, stop) = (base.clone(), builder_key.clone(), grants.clone(), stop.clone());
             std::thread::Builder::new()
                 .stack_size(128 << 10)
                 .spawn(move || {
@@ -66,7 +65,13 @@ fn main() {
                         .build()
                         .into();
                     let name = format!("sim{i:05}");
+                    let mut round = 0u64;
                     while !stop.load(Ordering::SeqCst) {
+                        round += 1;
+                        let body = json!({"projects": ["bench"], "wait": 30, "at": chrono::Utc::now().to_rfc3339(),
+                                          "nonce": format!("bench-{i:05}-{round:012}")})
+                        .to_string();
+                        let signature = key.sign(body.as_bytes());
                         let resp = agent
                             .post(format!("{base}/api/v1/leases"))
                             .header("Content-Type", "application/json")

@@ -331,11 +331,24 @@ fn store_build(
     if let Some(lease) = report.lease {
         let result = report.result.filter(|_| report.state == BuildState::Finished).map(BuildResult::as_str);
         let id = i64::try_from(lease).unwrap_or(i64::MAX);
-        if crate::db::requests::report(conn, id, builder_id, project_id, build_id, result, now)?.is_err() {
-            return Err(AppError::invalid(
-                "unknown_lease",
-                format!("lease: {lease} is not a lease of this builder for project {:?}", report.project),
-            ));
+        let asked = (project_id, report.branch.as_str(), report.revision.as_str());
+        match crate::db::requests::report(conn, id, builder_id, asked, build_id, result, now)? {
+            Ok(()) => {}
+            Err(crate::db::requests::LeaseError::Mismatch(what)) => {
+                return Err(AppError::invalid(
+                    "lease_mismatch",
+                    format!(
+                        "lease: {what}; this report is of branch {} at revision {}, so it cannot answer it",
+                        report.branch, report.revision
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(AppError::invalid(
+                    "unknown_lease",
+                    format!("lease: {lease} is not a lease of this builder for project {:?}", report.project),
+                ));
+            }
         }
     }
     builds::record_report(conn, digest, build_id, now)?;

@@ -7,9 +7,9 @@
 //! poll of this process, which try to take a lease; a request made through this process wakes
 //! them at once.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -18,20 +18,53 @@ use crate::db::{self, Pool, requests};
 /// How often the database is looked at.
 const TICK: Duration = Duration::from_secs(1);
 
-/// A counter that moves whenever there may be new work, and the turn to look for it.
+/// A counter that moves whenever there may be new work, the turn to look for it, and how many
+/// long polls each builder has waiting.
 #[derive(Debug, Clone)]
 pub struct Work {
     changes: watch::Sender<u64>,
     turn: Arc<Semaphore>,
+    waiting: Arc<Mutex<HashMap<i64, usize>>>,
 }
 
 impl Default for Work {
     fn default() -> Self {
-        Work { changes: watch::channel(0).0, turn: Arc::new(Semaphore::new(1)) }
+        Work { changes: watch::channel(0).0, turn: Arc::new(Semaphore::new(1)), waiting: Arc::default() }
+    }
+}
+
+/// One long poll of a builder's, counted while it waits.
+#[derive(Debug)]
+pub struct Waiting {
+    builder: i64,
+    waiting: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = w.get_mut(&self.builder) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&self.builder);
+            }
+        }
     }
 }
 
 impl Work {
+    /// Counts a long poll of `builder`'s while the returned guard lives; None when it already
+    /// has `max` waiting.
+    pub fn wait_slot(&self, builder: i64, max: usize) -> Option<Waiting> {
+        let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = w.entry(builder).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Waiting { builder, waiting: Arc::clone(&self.waiting) })
+    }
+
     /// Something changed: wake everyone waiting.
     pub fn bump(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
@@ -69,6 +102,7 @@ pub fn start(pool: Pool, work: Work) -> std::io::Result<()> {
                 }
                 Err(e) => log::warn!("sweeping leases: {e:#}"),
             }
+            crate::logging::tick();
             std::thread::sleep(TICK);
         }
     })?;

@@ -47,6 +47,10 @@ static ERROR: LazyLock<Regex> = LazyLock::new(|| {
         r"|^WARNING: DATA RACE\b|==\d+==ERROR: \w*Sanitizer|^SUMMARY: \w*Sanitizer|\bruntime error: ",
         r"|\bthread '[^']*'(?: \(\d+\))? panicked at\b|^E {3}|^not ok \d+|\berror [A-Z]{1,3}\d{3,5}\s*:",
         r"|\bFAILURE: Build failed\b",
+        // git's own failures (a checkout), and what tbox-report says when it ends a step or
+        // refuses a build.
+        r"|^fatal: |^\[tbox-report\] (?:step ended: |error: |the step timed out|the step was killed|the step wrote \d+ bytes)",
+        r"|^\[tbox-report\] this volunteer refused to build",
     ))
 });
 
@@ -286,6 +290,10 @@ mod tests {
             "main.cpp(12): error C2065: 'x': undeclared identifier",
             "LINK : fatal error LNK1181: cannot open input file 'foo.lib'",
             "FAILURE: Build failed with an exception.",
+            "fatal: detected dubious ownership in repository at '/srv/git/demo'",
+            "[tbox-report] step ended: memory limit 4 GiB",
+            "[tbox-report] the step timed out after 1800s; its whole process group was killed",
+            "[tbox-report] this volunteer refused to build, and ran nothing:",
         ] {
             assert_eq!(classify(line), Kind::Error, "{line}");
         }

@@ -33,6 +33,44 @@ pub fn signers(conn: &mut DbConn, project_id: i64) -> Result<Vec<(String, Public
     Ok(keys.into_iter().filter(|(fp, _)| !revoked_here(fp)).collect())
 }
 
+/// The fingerprint of the key that may sign for the project now and made `signature` over
+/// `body`: 401 when none, saying so when the signature is by a key the project revoked or no
+/// longer lists (a maintainer signing with the old key after a rotation).
+pub fn check_signature(
+    conn: &mut DbConn,
+    project_id: i64,
+    project: &str,
+    body: &[u8],
+    signature: &str,
+) -> Result<String, AppError> {
+    match signed_by(&signers(conn, project_id)?, body, signature, project) {
+        Err(AppError::Client { code: "bad_signature", status, retry_after, .. }) => {
+            let mut known: Vec<(String, PublicKey, bool)> = recipes::keys(conn, project_id)?
+                .into_iter()
+                .filter_map(|k| {
+                    PublicKey::from_pem(&k.public_key).ok().map(|key| (k.fingerprint, key, k.revoked_at.is_some()))
+                })
+                .collect();
+            let lists = recipes::key_lists(conn, project_id)?;
+            let revoked_in_lists: Vec<String> =
+                lists.iter().filter_map(|r| parse_key_list(&r.body).ok()).flat_map(|l| l.revoked).collect();
+            for (fp, _, revoked) in &mut known {
+                *revoked |= revoked_in_lists.contains(fp);
+            }
+            let by = known.iter().find(|(_, key, _)| key.verify(body, signature).is_ok());
+            let message = match by {
+                Some((fp, _, true)) => format!("the signature is by {fp}, which project {project:?} has revoked"),
+                Some((fp, _, false)) => {
+                    format!("the signature is by {fp}, which project {project:?}'s key list no longer puts in force")
+                }
+                None => format!("the signature does not verify with any key that may sign for project {project:?}"),
+            };
+            Err(AppError::Client { status, code: "bad_signature", message, retry_after })
+        }
+        other => other,
+    }
+}
+
 /// The fingerprint of the key among `signers` that made `signature` over `body`: 401 when none.
 pub fn signed_by(
     signers: &[(String, PublicKey)],
@@ -83,7 +121,7 @@ pub fn publish(
     signature: &str,
     now: DateTime<Utc>,
 ) -> Result<Published, AppError> {
-    let signer = signed_by(&signers(conn, project_id)?, body, signature, project)?;
+    let signer = check_signature(conn, project_id, project, body, signature)?;
     let list = parse_key_list(body).map_err(|e| match e {
         KeyListError::TooLarge(_) => AppError::too_large(e.to_string()),
         other => AppError::invalid("invalid_key_list", other.to_string()),

@@ -37,6 +37,101 @@ fn postgres_lost_mid_ingest_is_503() -> TestResult {
     database_lost_mid_ingest_is_503()
 }
 
+/// A TCP proxy to PostgreSQL that can go away: while `down`, it cuts every connection.
+struct Outage {
+    addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outage {
+    fn start(upstream: String) -> Outage {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = down.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                        let mut buf = [0u8; 65536];
+                        while !flag.load(Ordering::SeqCst) {
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) if to.write_all(&buf[..n]).is_ok() => {}
+                                Ok(_) => break,
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Outage { addr, down }
+    }
+}
+
+/// The database away for a while, clients knocking all along: each kind of trouble is said
+/// once, then counted, not once per request and per background thread (106 identical lines
+/// for a 10 s outage before).
+#[test]
+fn a_database_outage_is_said_once_then_counted() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let Some(db) = common::TestDb::new(Backend::Postgres) else { return Ok(()) };
+    let (prefix, rest) = db.url.split_once('@').unwrap();
+    let (hostport, name) = rest.split_once('/').unwrap();
+    let proxy = Outage::start(hostport.to_owned());
+    let url = format!("{prefix}@{}/{name}?sslmode=disable", proxy.addr);
+    let s = Server::start_on(db, &url, &[]);
+    s.setup();
+    assert_eq!(s.send(&report("before")).0, 201);
+    proxy.down.store(true, Ordering::SeqCst);
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut answered = Vec::new();
+    let mut n = 0;
+    while std::time::Instant::now() < until {
+        n += 1;
+        answered.push(s.send(&report(&format!("during-{n}"))).0);
+        let _ = s.get("/projects/demo");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.down.store(false, Ordering::SeqCst);
+    assert!(answered.iter().all(|&c| c == 503), "{answered:?}");
+    let mut back = false;
+    for i in 0..100 {
+        if s.send(&report(&format!("after-{i}"))).0 == 201 {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(back, "{}", s.log_text());
+    let log = s.log_text();
+    let trouble: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    // Each distinct line at most once per minute (timestamps and the level's padding aside).
+    let mut seen = std::collections::HashSet::new();
+    for line in &trouble {
+        let text = line.split_once("] ").map_or(*line, |(_, t)| t);
+        assert!(seen.insert(text), "said twice:\n{}", trouble.join("\n"));
+    }
+    assert!(trouble.len() <= 12, "{} lines for {n} requests:\n{}", trouble.len(), trouble.join("\n"));
+    Ok(())
+}
+
 /// A TCP proxy to PostgreSQL that, once armed, cuts every connection that sends `trigger`.
 struct CuttingProxy {
     addr: std::net::SocketAddr,

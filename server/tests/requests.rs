@@ -19,6 +19,7 @@ on_both_backends!(
     a_long_poll_answers_as_soon_as_work_appears,
     a_deadline_expires_the_request,
     a_report_closes_its_lease,
+    a_copied_lease_body_takes_nothing,
     oldest_first_and_fair_across_projects,
 );
 
@@ -69,26 +70,40 @@ fn ask(s: &Server, body: &Value, signer: &PrivateKey) -> (u16, Value) {
     )
 }
 
-/// Builder `name` asks for a lease.
-fn lease(s: &Server, name: &str, wait: u64) -> (u16, Value) {
-    let body = json!({"projects": ["demo"], "capabilities": [], "wait": wait}).to_string().into_bytes();
-    let sig = key(2).sign(&body);
+/// A signed lease or renew body as a builder sends it: its clock and a fresh nonce.
+fn stamped(mut body: Value) -> Vec<u8> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    body["at"] = json!(chrono::Utc::now().to_rfc3339());
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    body["nonce"] = json!(format!("test-nonce-{}-{n:08}", std::process::id()));
+    body.to_string().into_bytes()
+}
+
+/// Sends a signed lease body as builder `name`.
+fn post_lease(s: &Server, name: &str, body: &[u8]) -> (u16, Value) {
+    let sig = key(2).sign(body);
     send(
         s,
         "POST",
         "/api/v1/leases",
-        &body,
+        body,
         &[("Content-Type", "application/json"), ("Tbox-Builder", name), ("Tbox-Signature", &sig)],
     )
 }
 
+/// Builder `name` asks for a lease.
+fn lease(s: &Server, name: &str, wait: u64) -> (u16, Value) {
+    post_lease(s, name, &stamped(json!({"projects": ["demo"], "capabilities": [], "wait": wait})))
+}
+
 fn renew(s: &Server, name: &str, id: &Value) -> (u16, Value) {
-    let sig = key(2).sign(b"{}");
+    let body = stamped(json!({}));
+    let sig = key(2).sign(&body);
     send(
         s,
         "PUT",
         &format!("/api/v1/leases/{id}"),
-        b"{}",
+        &body,
         &[("Content-Type", "application/json"), ("Tbox-Builder", name), ("Tbox-Signature", &sig)],
     )
 }
@@ -286,11 +301,23 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
     setup(&s, 2);
     s.admin_ok(&["builder", "add", "alice", "--project", "demo", "--key", &s.pubkey_file(key(0))]);
-    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 1}), key(1)).0, 201);
-    let (_, granted) = lease(&s, "b0", 0);
     let mut report = common::report("r1");
+    let asked = "9fceb02d0ae598e95dc970b74767f19372d61af8".to_owned();
+    report["revision"] = asked.clone().into();
+    assert_eq!(ask(&s, &json!({"branch": "main", "revision": asked, "builders": 1}), key(1)).0, 201);
+    let (_, granted) = lease(&s, "b0", 0);
     report["builder"] = "b0".into();
     report["lease"] = granted["lease"].clone();
+    // A report of another branch, or another revision, is no answer to the request.
+    for (field, value) in [("branch", "release-1"), ("revision", "0000000000000000000000000000000000000000")] {
+        let mut other = report.clone();
+        other[field] = value.into();
+        other["uuid"] = format!("other-{field}").into();
+        let (status, v) = s.send_as("b0", key(2), other.to_string().as_bytes());
+        assert_eq!((status, v["error"].as_str()), (422, Some("lease_mismatch")), "{field}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(&format!("asks for branch main at revision {asked}")), "{v}");
+        assert_eq!(requests(&s)[0]["state"], "open", "{field}");
+    }
     // Another builder cannot close it.
     let mut theirs = report.clone();
     theirs["builder"] = "b1".into();
@@ -298,6 +325,7 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     assert_eq!((status, v["error"].as_str()), (422, Some("unknown_lease")), "{v}");
     let mut started = common::started("r1");
     started["builder"] = "b0".into();
+    started["revision"] = asked.clone().into();
     started["lease"] = granted["lease"].clone();
     assert_eq!(s.send_as("b0", key(2), started.to_string().as_bytes()).0, 201);
     assert!(requests(&s)[0]["attempts"][0]["build"].as_i64().is_some(), "started links the build");
@@ -307,6 +335,58 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     assert_eq!((r["state"].as_str(), r["done"].as_u64()), (Some("done"), Some(1)), "{r}");
     assert_eq!(r["attempts"][0]["build"], v["build"]);
     assert_eq!(lease(&s, "b1", 0).0, 204, "nothing left to do");
+    Ok(())
+}
+
+/// A signed lease body is good once, for a minute: a copy replayed (10,000 times in the red
+/// team's trial, each holding a long poll) takes no lease and holds nothing.
+fn a_copied_lease_body_takes_nothing(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 2);
+    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 2}), key(1)).0, 201);
+    let body = stamped(json!({"projects": ["demo"], "wait": 0}));
+    let (status, v) = post_lease(&s, "b0", &body);
+    assert_eq!(status, 200, "{v}");
+    // The same bytes again, as anyone who saw them could send: refused, the slot stays free.
+    let (status, v) = post_lease(&s, "b0", &body);
+    assert_eq!((status, v["error"].as_str()), (401, Some("replayed")), "{v}");
+    assert_eq!(requests(&s)[0]["leased"], 1);
+    // A body from two minutes ago (or ahead), and one without its stamp.
+    for skew in [-120, 120] {
+        let mut old: Value = serde_json::from_slice(&stamped(json!({"projects": ["demo"], "wait": 0})))?;
+        old["at"] = json!((chrono::Utc::now() + chrono::TimeDelta::seconds(skew)).to_rfc3339());
+        let (status, v) = post_lease(&s, "b1", old.to_string().as_bytes());
+        assert_eq!((status, v["error"].as_str()), (401, Some("stale")), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("clock"), "{v}");
+    }
+    let (status, v) = post_lease(&s, "b1", json!({"projects": ["demo"], "wait": 0}).to_string().as_bytes());
+    assert_eq!(status, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with("at, nonce"), "{v}");
+    // A renewal replayed is refused too.
+    let lease_id = requests(&s)[0]["attempts"][0]["lease"].clone();
+    let renewal = stamped(json!({}));
+    let put = |b: &[u8]| {
+        let sig = key(2).sign(b);
+        send(
+            &s,
+            "PUT",
+            &format!("/api/v1/leases/{lease_id}"),
+            b,
+            &[("Content-Type", "application/json"), ("Tbox-Builder", "b0"), ("Tbox-Signature", &sig)],
+        )
+    };
+    assert_eq!(put(&renewal).0, 200);
+    assert_eq!(put(&renewal).0, 401);
+    // One builder holds at most a couple of long polls, however many fresh bodies it signs.
+    assert_eq!(lease(&s, "b1", 0).0, 200, "the second slot: no work is left");
+    let waiting: Vec<u16> = std::thread::scope(|scope| {
+        let polls: Vec<_> = (0..5)
+            .map(|_| scope.spawn(|| post_lease(&s, "b1", &stamped(json!({"projects": ["demo"], "wait": 3}))).0))
+            .collect();
+        polls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert_eq!(waiting.iter().filter(|&&c| c == 429).count(), 3, "{waiting:?}");
+    assert_eq!(waiting.iter().filter(|&&c| c == 204).count(), 2, "{waiting:?}");
     Ok(())
 }
 
@@ -353,15 +433,7 @@ fn oldest_first_and_fair_across_projects(backend: Backend) -> TestResult {
     std::thread::sleep(Duration::from_millis(20));
     s.admin_ok(&["request", "add", "other", "--branch", "third"]);
     let take = |name: &str| {
-        let body = json!({"projects": ["demo", "other"], "wait": 0}).to_string().into_bytes();
-        let sig = key(2).sign(&body);
-        let (status, v) = send(
-            &s,
-            "POST",
-            "/api/v1/leases",
-            &body,
-            &[("Content-Type", "application/json"), ("Tbox-Builder", name), ("Tbox-Signature", &sig)],
-        );
+        let (status, v) = post_lease(&s, name, &stamped(json!({"projects": ["demo", "other"], "wait": 0})));
         assert_eq!(status, 200, "{v}");
         (v["project"].as_str().unwrap().to_owned(), v["branch"].as_str().unwrap().to_owned())
     };

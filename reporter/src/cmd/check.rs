@@ -100,7 +100,12 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         }
         match &p.recipe {
             Some(pin) => {
-                crate::say!("project  {} ({}): {}; steps from the recipe signed by {pin}", p.name, p.branch, plan);
+                crate::say!(
+                    "project  {} ({}): {}; steps from the project's signed recipe (keys checked from your pin {pin})",
+                    p.name,
+                    p.branch,
+                    plan
+                );
                 problems += check_recipe(&config, p, pin);
             }
             None => {

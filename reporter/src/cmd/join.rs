@@ -154,7 +154,10 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             if status == 409 {
                 eprintln!("tbox-report: choose another name with --builder");
             }
-            eprintln!("tbox-report: nothing was changed");
+            eprintln!(
+                "tbox-report: {project} was not added to {} (this machine's key stays, for the next try)",
+                config_path.display()
+            );
             return Ok(exit::REJECTED);
         }
         Sent::Unreachable(e) | Sent::NotTbox(e) => {

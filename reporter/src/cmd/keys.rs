@@ -60,9 +60,9 @@ fn sign(args: &KeysSignArgs) -> anyhow::Result<u8> {
         // A handover: volunteers who pinned the old key follow it; those who will pin the new
         // key need a version the new key signed.
         crate::say!(
-            "note: the signing key is not in force in this version: publish it, then sign the next version with a \
-             key it lists (`tbox-report keys sign {} --key NEW.pem --expires 365d`) and publish that too, so that \
-             volunteers who pin the new key can start from it",
+            "note: the signing key is not in force in this version: volunteers who pin a key it lists need a \
+             version that key signed (`tbox-report keys sign {} --key NEW.pem --expires 365d`, then publish it); \
+             rotating is easier in three steps, see `tbox-report keys sign --help`",
             args.file.display()
         );
     }
@@ -157,6 +157,23 @@ fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
 fn publish(args: &KeysPublishArgs) -> anyhow::Result<u8> {
     let bytes = read(&args.file)?;
     let list = parse_key_list(&bytes).with_context(|| format!("{} cannot be published", args.file.display()))?;
+    // Volunteers refuse a recipe signed by a key out of force: say so before cutting them off.
+    let server = args.server.trim_end_matches('/');
+    let recipe_url = format!("{server}/api/v1/projects/{}/recipe", list.project);
+    if let Ok(a) = trust::get(&trust::agent(), &recipe_url, tbox_protocol::MAX_RECIPE_BYTES as u64 + 1)
+        && a.status == 200
+        && let Some(signer) = a.key.filter(|k| is_fingerprint(k) && !list.lists(k))
+        && !args.yes
+    {
+        let what = if list.revoked.contains(&signer) { "revokes" } else { "does not list" };
+        eprintln!(
+            "tbox-report: the project's current recipe is signed by {signer}, which this key list {what}: every \
+             volunteer would refuse it (and report an exception) until a recipe signed by a key in force is \
+             published. Publish that recipe first (sign it with a key this list keeps), or pass --yes to publish \
+             the key list anyway. Nothing was published."
+        );
+        return Ok(exit::USAGE);
+    }
     let sig_file = sig_path(&args.file, args.sig.as_ref());
     let sig = std::fs::read_to_string(&sig_file)
         .with_context(|| format!("cannot read {} (sign first: tbox-report keys sign)", sig_file.display()))?;

@@ -33,8 +33,20 @@ pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 fn summary(r: &Recipe) -> String {
     let steps: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+    let l = &r.limits;
+    let mut limits = Vec::new();
+    if let Some(p) = l.processes {
+        limits.push(format!("{p} processes"));
+    }
+    if let Some(m) = l.memory {
+        limits.push(format!("{} of memory", tbox_protocol::human_size(m.as_u64())));
+    }
+    if let Some(d) = l.disk {
+        limits.push(format!("{} of disk", tbox_protocol::human_size(d.as_u64())));
+    }
+    let limits = if limits.is_empty() { String::new() } else { format!(", asks for at most {}", limits.join(", ")) };
     format!(
-        "project {}, version {}, expires {}, repo {}, branches {}, steps {}{}{}",
+        "project {}, version {}, expires {}, repo {}, branches {}, steps {}{}{}{limits}",
         r.project,
         r.version,
         r.expires.to_rfc3339(),

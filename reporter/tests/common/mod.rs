@@ -54,6 +54,8 @@ pub struct World {
     /// Run the volunteer as this uid (nobody) when the tests run as root: the limits and the
     /// sandbox are tried as an ordinary volunteer has them.
     pub as_user: Option<u32>,
+    /// The volunteer's PATH, when not the tests' own.
+    pub path: Option<String>,
 }
 
 impl World {
@@ -76,6 +78,7 @@ impl World {
             dir,
             agent: ureq::Agent::config_builder().http_status_as_error(false).build().into(),
             as_user: None,
+            path: None,
         };
         for p in projects {
             w.admin(&["project", "add", p]);
@@ -164,8 +167,9 @@ impl World {
             std::os::unix::process::CommandExt::uid(&mut c, uid);
             std::os::unix::process::CommandExt::gid(&mut c, uid);
         }
+        let path = self.path.clone().map(std::ffi::OsString::from).or_else(|| std::env::var_os("PATH"));
         c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", path.unwrap_or_default())
             .env("HOME", self.dir.join(home))
             .env("TBOX_RETRY_DELAYS", "0.05")
             .stdin(std::process::Stdio::null());

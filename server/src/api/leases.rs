@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -27,6 +28,63 @@ struct Ask {
     capabilities: Vec<String>,
     #[serde(default)]
     wait: u64,
+}
+
+/// What makes a signed lease or renew body good once: the builder's clock and a random nonce.
+#[derive(Debug, Deserialize)]
+struct Stamp {
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+/// How far a signed body's `at` may be from the server's clock.
+const FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Long polls one builder may have waiting at once in this process: its `serve` needs one; a
+/// second covers a restart while the first has not noticed yet.
+pub const POLLS_PER_BUILDER: usize = 2;
+
+/// Refuses a body that is not fresh (`at` more than a minute from our clock) or was sent
+/// before (its `nonce` seen): a copied body cannot take leases in its builder's name.
+fn check_stamp(pool: &crate::db::Pool, builder: &Builder, body: &[u8]) -> Result<(), AppError> {
+    let stamp: Stamp = serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request("malformed", format!("not a lease request: {e}")))?;
+    let (Some(at), Some(nonce)) = (stamp.at, stamp.nonce) else {
+        return Err(AppError::invalid(
+            "invalid",
+            "at, nonce: a signed lease or renew body carries the builder's time and a random nonce (tbox-report 0.1 \
+             and later send them; update tbox-report)",
+        ));
+    };
+    let at = DateTime::parse_from_rfc3339(&at)
+        .map_err(|e| AppError::invalid("invalid", format!("at: not an RFC 3339 time: {e}")))?
+        .to_utc();
+    if nonce.len() < 16 || nonce.len() > 128 || !nonce.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::invalid("invalid", "nonce: 16 to 128 printable characters"));
+    }
+    let now = Utc::now();
+    if (now - at).abs() > FRESH {
+        return Err(AppError::unauthorized(
+            "stale",
+            format!(
+                "at: {} is {} s from the server's clock ({}): a signed body is good for a minute; if this is not a \
+                 copied body, set this machine's clock (NTP)",
+                at.to_rfc3339(),
+                (now - at).num_seconds().abs(),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ));
+    }
+    let mut conn = pool.get()?;
+    if !requests::remember_nonce(&mut conn, builder.id, &nonce, db::now())? {
+        return Err(AppError::unauthorized(
+            "replayed",
+            "this signed body was sent before (its nonce is known): a copy of it is refused",
+        ));
+    }
+    Ok(())
 }
 
 /// A lease granted: what to build.
@@ -75,6 +133,8 @@ pub async fn take(
     let (builder, body) = signed(&req, &state, payload).await?;
     let ask: Ask = serde_json::from_slice(&body)
         .map_err(|e| AppError::bad_request("malformed", format!("not a lease request: {e}")))?;
+    let (pool, b2, bytes) = (state.pool.clone(), builder.clone(), body.clone());
+    web::block(move || check_stamp(&pool, &b2, &bytes)).await??;
     if ask.projects.is_empty() || ask.projects.len() > 100 {
         return Err(AppError::invalid("invalid", "projects: name 1 to 100 projects"));
     }
@@ -94,6 +154,15 @@ pub async fn take(
             format!("builder {:?} may report for none of {:?}", builder.name, ask.projects),
         ));
     }
+    // A builder's own `serve` waits on one connection: more is a replayed or runaway client,
+    // which must not hold this process's memory and connections.
+    let Some(_waiting) = state.work.wait_slot(builder.id, POLLS_PER_BUILDER) else {
+        return Err(AppError::too_many(
+            "too_many_polls",
+            format!("builder {:?} already waits for work on {POLLS_PER_BUILDER} connections", builder.name),
+            30,
+        ));
+    };
     // Subscribed before the first look, so that work appearing in between is not missed.
     let mut changes = state.work.subscribe();
     let deadline = Instant::now() + wait;
@@ -157,7 +226,9 @@ pub async fn renew(
     payload: web::Payload,
 ) -> Result<HttpResponse, AppError> {
     let id: i64 = path.parse().map_err(|_| AppError::not_found(format!("{:?} is not a lease id", path.as_str())))?;
-    let (builder, _) = signed(&req, &state, payload).await?;
+    let (builder, body) = signed(&req, &state, payload).await?;
+    let (pool, b2) = (state.pool.clone(), builder.clone());
+    web::block(move || check_stamp(&pool, &b2, &body)).await??;
     let pool = state.pool.clone();
     let ttl = state.lease_ttl;
     let renewed = web::block(move || -> Result<_, AppError> {
@@ -169,6 +240,7 @@ pub async fn renew(
             "lease": lease.id, "state": lease.state, "expires_at": time(lease.expires_at)
         }))),
         Err(LeaseError::Unknown) => Err(AppError::not_found(format!("no lease {id} of this builder"))),
+        Err(LeaseError::Mismatch(what)) => Err(AppError::invalid("lease_mismatch", what)),
         Err(LeaseError::Over(state)) => Err(AppError::gone(format!(
             "lease {id} is {state}: build the request again only if a new lease is granted"
         ))),

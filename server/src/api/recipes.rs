@@ -46,8 +46,7 @@ pub async fn publish(
     let published = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name2)?;
-        let signers = project_keys::signers(&mut conn, p.id)?;
-        let signer = project_keys::signed_by(&signers, &body, &signature, &name2)?;
+        let signer = project_keys::check_signature(&mut conn, p.id, &name2, &body, &signature)?;
         let recipe = parse_recipe(&body).map_err(|e| match e {
             RecipeError::TooLarge(_) => AppError::too_large(e.to_string()),
             other => AppError::invalid("invalid_recipe", other.to_string()),

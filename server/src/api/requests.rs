@@ -104,8 +104,7 @@ pub async fn create(
     let (row, created) = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
-        let signers = project_keys::signers(&mut conn, p.id)?;
-        let signer = project_keys::signed_by(&signers, &body, &signature, &name)?;
+        let signer = project_keys::check_signature(&mut conn, p.id, &name, &body, &signature)?;
         let now = Utc::now();
         let ask = signed_ask(&body, &name, now)?;
         // Kept as sent (it is UTF-8 JSON): builders check the signature themselves.

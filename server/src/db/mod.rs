@@ -42,6 +42,9 @@ macro_rules! dispatch {
 
 /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so two
 /// writers queue on the busy timeout instead of failing when a read lock would need upgrading.
+///
+/// A panic inside rolls back before it goes on unwinding: a transaction left open on a pooled
+/// SQLite connection would keep the database's write lock until the process ends.
 pub fn write_transaction<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
 where
     E: From<diesel::result::Error>,
@@ -55,9 +58,29 @@ where
         // Through diesel's transaction manager, so that what runs inside (diesel wraps some
         // SQLite batch inserts in a transaction of their own) nests as savepoints.
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConn::Pg(_) => return conn.transaction(f),
+        DbConn::Pg(_) => {
+            type Tm = <DbConn as Connection>::TransactionManager;
+            Tm::begin_transaction(conn)?;
+        }
     }
-    let result = f(conn);
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+        Ok(result) => result,
+        Err(panic) => {
+            type Tm = <DbConn as Connection>::TransactionManager;
+            let _ = Tm::rollback_transaction(conn);
+            std::panic::resume_unwind(panic)
+        }
+    };
+    if let DbConn::Pg(_) = conn {
+        type Tm = <DbConn as Connection>::TransactionManager;
+        return match result {
+            Ok(v) => Tm::commit_transaction(conn).map(|()| v).map_err(E::from),
+            Err(e) => {
+                let _ = Tm::rollback_transaction(conn);
+                Err(e)
+            }
+        };
+    }
     if let DbConn::Sqlite(c) = conn {
         match &result {
             Ok(_) => AnsiTransactionManager::commit_transaction(c)?,
@@ -160,8 +183,12 @@ impl ManageConnection for Manager {
         conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConn) -> bool {
-        false
+    /// A connection given back while its thread panics, or with a transaction still open (or
+    /// failed), is closed rather than reused: it would hand its half-done transaction, and on
+    /// SQLite the database's write lock, to whoever takes it next.
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        use diesel::connection::TransactionManager as _;
+        std::thread::panicking() || <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
     }
 }
 
@@ -248,6 +275,40 @@ mod tests {
         assert!(DatabaseUrl::parse("mysql://x").is_err());
         assert!(DatabaseUrl::parse("sqlite://").is_err());
         assert_eq!(DatabaseUrl::parse("postgres://u:secret@h:5432/db")?.redacted(), "postgres://u:***@h:5432/db");
+        Ok(())
+    }
+
+    #[test]
+    fn a_panic_inside_a_write_leaves_no_lock_behind() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("tbox-db-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let url = DatabaseUrl::Sqlite(dir.join("t.db").display().to_string());
+        let pool = pool(&url, 2)?;
+        migrate(&mut *pool.get()?)?;
+        // A write that panics half-way, on a pooled connection, in a thread of its own (as a
+        // request handler would), the connection going back to the pool as it unwinds.
+        let p = pool.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut conn = p.get().unwrap_or_else(|e| panic!("{e}"));
+            let _: Result<(), diesel::result::Error> = write_transaction(&mut conn, |c| {
+                c.batch_execute("INSERT INTO projects (name, title, created_at) VALUES ('x', 'x', '2026-01-01')")?;
+                panic!("a bug in a write path");
+            });
+        })
+        .join();
+        assert!(panicked.is_err());
+        // Another writer gets the lock at once, and the half-done write is not there.
+        let mut other = pool.get()?;
+        let started = std::time::Instant::now();
+        write_transaction(&mut other, |c| {
+            c.batch_execute("INSERT INTO projects (name, title, created_at) VALUES ('y', 'y', '2026-01-01')")
+        })?;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "waited {:?}", started.elapsed());
+        let n: i64 = crate::db::schema::projects::table.count().get_result(&mut other)?;
+        assert_eq!(n, 1);
+        drop(other);
+        drop(pool);
+        std::fs::remove_dir_all(dir)?;
         Ok(())
     }
 

@@ -142,9 +142,34 @@ pub fn sweep(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<usize> {
             build_requests::closed_at.eq(now),
         ))
         .execute(c)?;
+        use super::schema::lease_nonces;
+        diesel::delete(lease_nonces::table.filter(lease_nonces::seen_at.lt(now - NONCE_MEMORY))).execute(c)?;
         Ok(n)
     })
 }
+
+/// Remembers a signed lease or renew body's nonce; false when this builder used it before (a
+/// replayed body). Nonces older than the freshness window are swept by [`sweep`].
+pub fn remember_nonce(conn: &mut DbConn, builder_id: i64, nonce: &str, now: NaiveDateTime) -> QueryResult<bool> {
+    use super::schema::lease_nonces;
+    let inserted = write_transaction(conn, |c| {
+        diesel::insert_into(lease_nonces::table)
+            .values((
+                lease_nonces::builder_id.eq(builder_id),
+                lease_nonces::nonce.eq(nonce),
+                lease_nonces::seen_at.eq(now),
+            ))
+            .execute(c)
+    });
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How long a nonce is remembered: longer than a signed body stays fresh (60 s either way).
+pub const NONCE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// What changes when there may be new work for a waiting builder: a new request (the highest
 /// id) or a slot given back (fewer leases held). Cheap, so that every server process can ask
@@ -284,6 +309,8 @@ pub enum LeaseError {
     Unknown,
     /// It expired (its attempt is lost) or is done.
     Over(String),
+    /// The report is not of what the request asked for: this says what was asked.
+    Mismatch(String),
 }
 
 /// Renews a lease for another `ttl`.
@@ -316,7 +343,7 @@ pub fn report(
     conn: &mut DbConn,
     id: i64,
     builder_id: i64,
-    project_id: i64,
+    (project_id, branch, revision): (i64, &str, &str),
     build_id: i64,
     result: Option<&str>,
     now: NaiveDateTime,
@@ -325,6 +352,13 @@ pub fn report(
     let Some(request) = by_id(conn, lease.request_id)? else { return Ok(Err(LeaseError::Unknown)) };
     if request.project_id != project_id {
         return Ok(Err(LeaseError::Unknown));
+    }
+    // Only a build of what was asked answers the request: its branch, and its revision when the
+    // request named one.
+    let revision_ok = request.revision.as_deref().is_none_or(|r| r.eq_ignore_ascii_case(revision));
+    if request.branch != branch || !revision_ok {
+        let at = request.revision.as_deref().map(|r| format!(" at revision {r}")).unwrap_or_default();
+        return Ok(Err(LeaseError::Mismatch(format!("request {} asks for branch {}{at}", request.id, request.branch))));
     }
     if let Some(result) = result {
         // A build its volunteer stopped is no answer: the slot goes to another builder.

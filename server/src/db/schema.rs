@@ -144,6 +144,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    lease_nonces (builder_id, nonce) {
+        builder_id -> Int8,
+        nonce -> Text,
+        seen_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     key_lists (id) {
         id -> Int8,
         project_id -> Int8,
@@ -265,6 +273,7 @@ diesel::joinable!(leases -> builders (builder_id));
 diesel::joinable!(leases -> builds (build_id));
 diesel::joinable!(project_capabilities -> projects (project_id));
 diesel::joinable!(key_lists -> projects (project_id));
+diesel::joinable!(lease_nonces -> builders (builder_id));
 diesel::joinable!(project_keys -> projects (project_id));
 diesel::joinable!(recipes -> projects (project_id));
 diesel::joinable!(reports -> builds (build_id));
@@ -290,6 +299,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     notifications,
     project_capabilities,
     key_lists,
+    lease_nonces,
     project_keys,
     projects,
     recipes,

@@ -1,7 +1,10 @@
 //! Updating the source before a build: clone, or fetch and check out a branch (and a requested
 //! revision), with git run outside the sandbox. Every name that came from outside arrives as a
-//! [`BranchName`] or a [`Revision`], checked when it was read, and goes after `--end-of-options`
-//! (or `--`), so that no value can become an option of git's (`--upload-pack=…` runs a program).
+//! [`BranchName`] or a [`Revision`], checked when it was read (neither can start with `-`), and
+//! git is told where its options end: `--end-of-options` before positional names, `--` after
+//! the revision of a checkout (the form git 2.39, Debian 12's, accepts there), or the name as an
+//! option's own value (`--branch=…`, `-B …`). No value can become an option of git's
+//! (`--upload-pack=…` runs a program).
 
 use std::io::Read;
 use std::path::Path;
@@ -46,12 +49,9 @@ pub(super) fn checkout(
     // recipe names, whatever a build may have left in the checkout's remotes.
     let ok = if workdir.join(".git").is_dir() {
         git(&["fetch", "--quiet", "--end-of-options", url, branch], workdir, how, &mut log)
-            && git(
-                &["checkout", "--quiet", "--force", "-B", branch, "--end-of-options", "FETCH_HEAD"],
-                workdir,
-                how,
-                &mut log,
-            )
+            // `--` ends the revisions (git before 2.42 takes no `--end-of-options` here); the
+            // branch is a checked name given as -B's value.
+            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD", "--"], workdir, how, &mut log)
             && (how == Git::Own || git(&["clean", "-ffdxq"], workdir, how, &mut log))
     } else {
         let parent = workdir.parent().unwrap_or(Path::new("/"));
@@ -62,7 +62,7 @@ pub(super) fn checkout(
     // A request may name a commit of the branch.
     let ok = ok
         && revision.is_none_or(|rev| {
-            git(&["checkout", "--quiet", "--force", "--end-of-options", rev.as_str(), "--"], workdir, how, &mut log)
+            git(&["checkout", "--quiet", "--force", "--detach", rev.as_str(), "--"], workdir, how, &mut log)
         });
     // The log goes to the server: it says where the checkout is, not where the volunteer keeps it.
     let log = hide_paths(&log, workdir);
@@ -77,6 +77,47 @@ pub(super) fn checkout(
         log_truncated: false,
     };
     (step, ok)
+}
+
+/// Why a checkout failed, in one line for the volunteer: git's last words, and what to do when
+/// the cause is one tbox-report makes on purpose (none of the volunteer's git config or
+/// credentials for a recipe's source).
+pub(super) fn failure(log: &str, how: Git) -> String {
+    let said = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("$ "))
+        .unwrap_or("git said nothing")
+        .trim()
+        .to_owned();
+    let recipe = how == Git::Recipe;
+    let hint = if said.contains("dubious ownership") {
+        if recipe {
+            "the repository belongs to another user; tbox-report runs git for a recipe without your git config \
+             (no safe.directory applies, on purpose): the project should serve it over https or ssh, or the file:// \
+             repository must be yours"
+        } else {
+            "the repository belongs to another user: mark it safe with `git config --global --add safe.directory \
+             PATH`, or own it"
+        }
+    } else if recipe
+        && (said.contains("Authentication")
+            || said.contains("could not read Username")
+            || said.contains("Permission denied (publickey"))
+    {
+        "tbox-report gives git none of your credentials, ssh keys or agent for a recipe's source (on purpose): \
+         the repository must be readable by anyone"
+    } else if said.contains("Could not resolve host")
+        || said.contains("unable to access")
+        || said.contains("Connection refused")
+    {
+        "the repository cannot be reached from here now; the next run tries again"
+    } else if said.contains("not found in upstream") || said.contains("couldn't find remote ref") {
+        "the branch does not exist in the repository"
+    } else {
+        "the build's checkout log on the server has git's whole answer"
+    };
+    crate::client::printable(&format!("{said} ({hint})"))
 }
 
 /// The checkout's path as `<workdir>` and the volunteer's HOME as `~`: a report tells the

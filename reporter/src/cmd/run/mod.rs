@@ -174,14 +174,18 @@ fn run_project(
     let floor = exit::worst(waiting, if flushed.corrupt > 0 { exit::ERROR } else { exit::OK });
 
     let workdir = config::expand(&project.workdir);
+    // What a report that built nothing names: the revision a leased request asked for (so that
+    // it answers that request), else the one built last, so that the waterfall does not show a
+    // revision "unknown".
+    let not_built = || match job.and_then(|j| j.revision.as_ref()) {
+        Some(asked) => asked.to_string(),
+        None => last_revision(config, &project.name).unwrap_or_else(|| "unknown".into()),
+    };
     let plan = match plan(config, project, verbose) {
         Ok(plan) => plan,
         Err(Skip::Quietly(code)) => return Ok(exit::worst(floor, code)),
         Err(Skip::Refused(why)) => {
-            // Nothing was fetched: the report names the revision built last, so that the
-            // waterfall does not show a revision "unknown".
-            let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
-            return refuse(config, client, project, ("recipe refused", &last, lease), &why, floor, verbose);
+            return refuse(config, client, project, ("recipe refused", &not_built(), lease), &why, floor, verbose);
         }
     };
     let started_at = Utc::now();
@@ -189,32 +193,44 @@ fn run_project(
     let how = if plan.recipe.is_some() { Git::Recipe } else { Git::Own };
     // Nothing the server alone says decides what runs: a revision needs a trusted signature,
     // and a signed request must be fresh and for this project, branch and revision.
-    let (revision_wanted, untrusted) = match job.map(|j| j.requested_revision(&plan, &project.name)) {
-        None => (None, None),
+    let revision_wanted = match job.map(|j| j.requested_revision(&plan, &project.name)) {
+        None => None,
         Some(Ok(r)) => r,
         Some(Err(why)) => {
-            let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
             let why = format!("the build request cannot be obeyed: {why}");
-            return refuse(config, client, project, ("request refused", &last, lease), &why, floor, verbose);
+            return refuse(config, client, project, ("request refused", &not_built(), lease), &why, floor, verbose);
         }
     };
-    let mut checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
-    if let (Some(note), Some((step, _))) = (&untrusted, &mut checkout) {
-        eprint!("{note}");
-        step.log.get_or_insert_with(String::new).insert_str(0, note);
-    }
+    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
     if let Some((step, ok)) = &checkout {
         if !ok {
-            // The source could not be updated: report it (the reporter's trouble, purple),
-            // without a revision to skip on next time.
+            // The source could not be updated: say why here, and tell the project (the
+            // reporter's trouble, purple) once per reason, not on every cron run.
+            let log = step.log.as_deref().unwrap_or_default();
+            let why = checkout::failure(log, how);
+            eprintln!("tbox-report: {}: the checkout failed, nothing was built: {why}", project.name);
+            let marker = config.project_state("checkout-failed", &project.name);
+            if lease.is_none() && std::fs::read_to_string(&marker).is_ok_and(|old| old == why) {
+                if verbose {
+                    eprintln!("tbox-report: {}: the project was told of this failure already", project.name);
+                }
+                return Ok(exit::worst(floor, exit::ERROR));
+            }
             let mut s = step.clone();
             s.started_at = started_at.fixed_offset();
-            let mut report =
-                finish(project, config, super::new_uuid(), "unknown".into(), started_at, vec![s], Vec::new());
+            let mut report = finish(project, config, super::new_uuid(), not_built(), started_at, vec![s], Vec::new());
             mark(&mut report, &plan, None, config.sandbox_for(project));
             report.lease = lease;
-            return Ok(exit::worst(floor, super::deliver(&report, client, &config.spool_dir(), verbose)?));
+            let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
+            if delivered == exit::OK || delivered == exit::SPOOLED {
+                if let Some(dir) = marker.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = std::fs::write(&marker, &why);
+            }
+            return Ok(exit::worst(exit::worst(floor, delivered), exit::ERROR));
         }
+        let _ = std::fs::remove_file(config.project_state("checkout-failed", &project.name));
         steps.push(step.clone());
     }
     let revision = super::git_revision(&workdir);

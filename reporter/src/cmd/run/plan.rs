@@ -34,35 +34,27 @@ pub struct Job {
 }
 
 impl Job {
-    /// The revision to build, and a note for the log when the server asked for one that no
-    /// trusted key signed (the branch's head is built then: the server alone may ask for a
-    /// branch's head, which the recipe allows, but never choose a commit).
+    /// The revision to build (none: the branch's head). The server alone may ask for a branch's
+    /// head, which the recipe allows, but never choose a commit.
     ///
-    /// Err: a request that a trusted key did sign, but that is not to be obeyed now (for another
-    /// project, older than 30 days, past its deadline, or not for this lease's branch and
-    /// revision): nothing is built.
-    pub(super) fn requested_revision(
-        &self,
-        plan: &Plan,
-        project: &str,
-    ) -> Result<(Option<&Revision>, Option<String>), String> {
+    /// Err, and nothing is built: a revision no trusted key asked for; or a request that a trusted
+    /// key did sign but that is not to be obeyed now (for another project, older than 30 days,
+    /// past its deadline, or not for this lease's branch and revision).
+    pub(super) fn requested_revision(&self, plan: &Plan, project: &str) -> Result<Option<&Revision>, String> {
         let trusted = plan
             .recipe
             .as_ref()
             .zip(self.signed.as_ref())
             .filter(|(v, (body, sig))| v.signed_by_trusted(body.as_bytes(), sig));
         let Some((_, (body, _))) = trusted else {
-            return Ok(match &self.revision {
-                None => (None, None),
-                Some(rev) => (
-                    None,
-                    Some(format!(
-                        "[tbox-report] the server asked for revision {rev}, but no key you trust signed a request for \
-                         it: building the head of {} instead\n",
-                        self.branch
-                    )),
-                ),
-            });
+            return match &self.revision {
+                None => Ok(None),
+                Some(rev) => Err(format!(
+                    "the server asked for revision {rev}, but no key you trust signed a request for it (only the \
+                     project chooses a commit; the server alone may ask for the head of {})",
+                    self.branch
+                )),
+            };
         };
         let asked = parse_request(body.as_bytes()).map_err(|e| e.to_string())?;
         asked.check(project, Utc::now()).map_err(|e: RequestError| e.to_string())?;
@@ -79,7 +71,7 @@ impl Job {
                 asked.revision.as_ref().map_or("(the head)".to_owned(), ToString::to_string)
             ));
         }
-        Ok((self.revision.as_ref(), None))
+        Ok(self.revision.as_ref())
     }
 }
 
