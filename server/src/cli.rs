@@ -183,6 +183,10 @@ pub struct NotifyAddArgs {
     /// Only changes on this branch (a builder going stale concerns every branch).
     #[arg(long, value_name = "BRANCH")]
     pub branch: Option<String>,
+    /// Let this webhook reach a loopback, private or link-local address (a receiver inside your
+    /// own network); without it such targets are refused, now and at every delivery.
+    #[arg(long, requires = "webhook")]
+    pub allow_private_target: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }

@@ -15,7 +15,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tbox-server: {e:#}");
-            ExitCode::FAILURE
+            // A command line that cannot be carried out as given is a usage error, as clap's own.
+            if e.downcast_ref::<tbox_server::cmd::Usage>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

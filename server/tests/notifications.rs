@@ -215,7 +215,16 @@ fn broke_and_fixed_are_told_once_with_a_signature(backend: Backend) -> TestResul
     let Some(s) = Server::start(backend) else { return Ok(()) };
     setup(&s);
     let hook = Hook::start();
-    let out = s.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--secret", "s3cret"]);
+    let out = s.admin_ok(&[
+        "notify",
+        "add",
+        "demo",
+        "--webhook",
+        &hook.url(),
+        "--allow-private-target",
+        "--secret",
+        "s3cret",
+    ]);
     assert!(out.contains("subscription 1: webhook"), "{out}");
 
     send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
@@ -283,7 +292,7 @@ fn a_failed_delivery_is_retried_with_the_same_id(backend: Backend) -> TestResult
     setup(&s);
     let hook = Hook::start();
     hook.answer_next(&[500]);
-    s.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--secret", "k"]);
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--allow-private-target", "--secret", "k"]);
     send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
     hook.wait_for(1, 20);
     // A change after one whose delivery failed waits for it: the receiver hears them in order.
@@ -316,7 +325,7 @@ fn a_pending_delivery_survives_a_restart(backend: Backend) -> TestResult {
     // A port nobody listens on yet: every attempt is refused.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}/hooks/tbox");
-    s.admin_ok(&["notify", "add", "demo", "--webhook", &url, "--secret", "k"]);
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &url, "--allow-private-target", "--secret", "k"]);
     send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
     wait_until(20, "a refused attempt", || {
         let log = s.admin_ok(&["notify", "log", "demo"]);
@@ -340,8 +349,8 @@ fn a_receiver_that_never_answers_holds_up_nobody_else(backend: Backend) -> TestR
     setup(&s);
     let (slow, quick) = (Hook::start(), Hook::start());
     slow.answer_after(Duration::from_secs(30));
-    s.admin_ok(&["notify", "add", "demo", "--webhook", &slow.url(), "--secret", "k"]);
-    s.admin_ok(&["notify", "add", "demo", "--webhook", &quick.url(), "--secret", "k"]);
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &slow.url(), "--allow-private-target", "--secret", "k"]);
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &quick.url(), "--allow-private-target", "--secret", "k"]);
     send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
     send(&s, "alice", 0, &build("alice", "main", "bbbb000000000000", 2, "failure"));
     let began = Instant::now();
@@ -375,7 +384,18 @@ fn lost_builds_and_stale_builders_are_told(backend: Backend) -> TestResult {
     };
     setup(&s);
     let hook = Hook::start();
-    s.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--secret", "k", "--branch", "main"]);
+    s.admin_ok(&[
+        "notify",
+        "add",
+        "demo",
+        "--webhook",
+        &hook.url(),
+        "--allow-private-target",
+        "--secret",
+        "k",
+        "--branch",
+        "main",
+    ]);
     let mut started = common::started("silent-1");
     started["started_at"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let id = send(&s, "alice", 0, &started);
@@ -405,6 +425,7 @@ fn a_subscription_failing_for_a_day_is_shown(backend: Backend) -> TestResult {
         "demo",
         "--webhook",
         &format!("http://127.0.0.1:{port}/secret-path"),
+        "--allow-private-target",
         "--secret",
         "k",
     ]);
@@ -450,7 +471,47 @@ on_both_backends!(
     a_receiver_that_never_answers_holds_up_nobody_else,
     lost_builds_and_stale_builders_are_told,
     a_subscription_failing_for_a_day_is_shown,
+    a_webhook_reaches_inside_only_when_the_operator_allows_it,
 );
+
+/// A webhook may not probe the server's own network (the red team had it POST to
+/// 169.254.169.254, 127.0.0.1:5432, [::1]:22 and 2130706433, and read the answers in
+/// `notify log`): refused when added, and at each delivery, on the addresses it resolves to.
+fn a_webhook_reaches_inside_only_when_the_operator_allows_it(backend: Backend) -> TestResult {
+    let Some(s) = Server::start_with(backend, &["--notify-first-retry", "1"]) else { return Ok(()) };
+    setup(&s);
+    let hook = Hook::start();
+    let port = hook.port;
+    for target in [
+        format!("http://127.0.0.1:{port}/h"),
+        format!("http://2130706433:{port}/h"),
+        format!("http://[::1]:{port}/h"),
+        format!("http://localhost:{port}/h"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://metadata.google.internal/computeMetadata/v1/".to_owned(),
+        "http://10.1.2.3/h".to_owned(),
+    ] {
+        let out = s.admin(&["notify", "add", "demo", "--webhook", &target, "--secret", "k"]);
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("public addresses only") && err.contains("--allow-private-target"), "{target}: {err}");
+    }
+    assert!(!s.admin_ok(&["notify", "list", "demo"]).contains("webhook"), "nothing was subscribed");
+    // Allowed by the operator, it goes there…
+    s.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--allow-private-target", "--secret", "k"]);
+    send(&s, "alice", 0, &build("alice", "main", "aaaa000000000000", 1, "success"));
+    assert_eq!(hook.wait_for(1, 20).len(), 1);
+    // …but a target that led outside when it was added and leads inside now (DNS changes) is
+    // refused at delivery, before anything is sent.
+    sql(&s, "UPDATE subscriptions SET allow_private = FALSE");
+    send(&s, "alice", 0, &build("alice", "main", "bbbb000000000000", 2, "failure"));
+    wait_until(20, "a refused attempt", || s.admin_ok(&["notify", "log", "demo"]).contains("refused: 127.0.0.1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hook.got().len(), 1, "nothing more reached the receiver");
+    let log = s.admin_ok(&["notify", "log", "demo"]);
+    assert!(log.contains("127.0.0.1, a loopback address"), "{log}");
+    Ok(())
+}
 
 /// Two server processes on one PostgreSQL database, both sending: every delivery arrives once.
 #[test]
@@ -462,7 +523,7 @@ fn two_servers_on_one_postgresql_deliver_each_notification_once() -> TestResult 
     a.admin_ok(&["builder", "add", "bob", "--project", "demo", "--key", &a.pubkey_file(key(1))]);
     a.admin_ok(&["builder", "add", "carol", "--project", "demo", "--key", &a.pubkey_file(key(2))]);
     let hook = Hook::start();
-    a.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--secret", "k"]);
+    a.admin_ok(&["notify", "add", "demo", "--webhook", &hook.url(), "--allow-private-target", "--secret", "k"]);
     // Each builder and branch: a first build (new), then a red one (broke); sent to both servers.
     let mut n = 0;
     for (k, builder) in ["alice", "bob", "carol"].iter().enumerate() {

@@ -11,6 +11,12 @@ pub mod serve;
 use crate::cli::{Cli, Command, DbArgs};
 use crate::db::{self, DatabaseUrl, DbConn};
 
+/// A command line that cannot be carried out as given: the binary exits 2, as for clap's own
+/// usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

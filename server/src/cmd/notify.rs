@@ -155,6 +155,19 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
             if secret.is_empty() {
                 bail!("the webhook secret is empty");
             }
+            if !args.allow_private_target {
+                match crate::notify::target::check_url(url) {
+                    Ok(None) => {}
+                    Ok(Some(note)) => crate::say!("note: {note}"),
+                    Err(why) => {
+                        return Err(crate::cmd::Usage(format!(
+                            "--webhook {url}: {why}; webhooks go to public addresses only (an inside receiver of \
+                             yours: add --allow-private-target)"
+                        ))
+                        .into());
+                    }
+                }
+            }
             ("webhook", url.clone(), Some(secret))
         }
         (None, Some(addr)) => ("email", addr.clone(), None),
@@ -190,6 +203,7 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
             target: &target,
             secret: secret.as_deref(),
             created_at: db::now(),
+            allow_private: args.allow_private_target,
         },
     )?;
     crate::say!(

@@ -312,6 +312,8 @@ pub struct Subscription {
     pub secret: Option<String>,
     pub created_at: NaiveDateTime,
     pub failing_since: Option<NaiveDateTime>,
+    /// The operator allowed this webhook to reach a private or loopback address.
+    pub allow_private: bool,
 }
 
 #[derive(Debug, Insertable)]
@@ -324,6 +326,7 @@ pub struct NewSubscription<'a> {
     pub target: &'a str,
     pub secret: Option<&'a str>,
     pub created_at: NaiveDateTime,
+    pub allow_private: bool,
 }
 
 /// A status change, recorded once.

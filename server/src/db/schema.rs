@@ -256,6 +256,7 @@ diesel::table! {
         secret -> Nullable<Text>,
         created_at -> Timestamp,
         failing_since -> Nullable<Timestamp>,
+        allow_private -> Bool,
     }
 }
 

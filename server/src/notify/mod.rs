@@ -8,6 +8,7 @@
 
 pub mod message;
 pub mod send;
+pub mod target;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

@@ -146,15 +146,18 @@ pub fn next_attempt(
 /// claimed, so a chat sees "broke" before "fixed".
 pub fn start(pool: Pool, config: Config, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     std::thread::Builder::new().name("tbox-notify".into()).spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config_of_agents = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(WEBHOOK_TIMEOUT))
             // A redirect is an answer to look at, not to follow: a POST followed as a GET
             // would be reported as delivered.
             .max_redirects(0)
             .user_agent(concat!("tbox-server/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        // Webhooks reach public addresses only, checked on the addresses the connection uses;
+        // the other agent is for subscriptions an operator allowed to reach inside.
+        let agent =
+            Agents { public: super::target::public_agent(config_of_agents.clone()), inside: config_of_agents.into() };
         let busy: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut scanned: Option<Instant> = None;
         // Until the server stops (other programs' tests run servers inside their process).
@@ -197,7 +200,7 @@ fn housekeeping(pool: &Pool, config: &Config) -> anyhow::Result<()> {
 
 /// Claims due deliveries of subscribers not being served now and starts sending them; true
 /// when it took as many as it could.
-fn round(pool: &Pool, config: &Config, agent: &ureq::Agent, busy: &Arc<Mutex<HashSet<i64>>>) -> anyhow::Result<bool> {
+fn round(pool: &Pool, config: &Config, agent: &Agents, busy: &Arc<Mutex<HashSet<i64>>>) -> anyhow::Result<bool> {
     let serving: Vec<i64> = busy.lock().map(|b| b.iter().copied().collect()).unwrap_or_default();
     let room = SENDERS.saturating_sub(serving.len());
     if room == 0 {
@@ -253,7 +256,7 @@ impl Drop for Serving {
 }
 
 /// Sends one delivery and records the answer at once.
-fn attempt(pool: &Pool, config: &Config, agent: &ureq::Agent, c: &Claimed) -> anyhow::Result<()> {
+fn attempt(pool: &Pool, config: &Config, agent: &Agents, c: &Claimed) -> anyhow::Result<()> {
     let facts: Result<Facts, _> = serde_json::from_str(&c.notification.facts);
     let answer = match &facts {
         Ok(facts) => send(config, agent, c, facts),
@@ -319,13 +322,22 @@ fn record(
     Ok(())
 }
 
+/// The agents webhooks go out through.
+#[derive(Clone)]
+struct Agents {
+    /// Connects to public addresses only.
+    public: ureq::Agent,
+    /// Anywhere: for subscriptions an operator allowed inside (`--allow-private-target`).
+    inside: ureq::Agent,
+}
+
 /// One attempt: the answer on success, what went wrong otherwise.
-fn send(config: &Config, agent: &ureq::Agent, c: &Claimed, facts: &Facts) -> Result<String, String> {
+fn send(config: &Config, agent: &Agents, c: &Claimed, facts: &Facts) -> Result<String, String> {
     match c.subscription.kind.as_str() {
         "webhook" => {
             let body = message::webhook_body(&c.notification, facts, &config.base);
             post(
-                agent,
+                if c.subscription.allow_private { &agent.inside } else { &agent.public },
                 &c.subscription.target,
                 c.subscription.secret.as_deref(),
                 &body,
