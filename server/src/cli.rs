@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// (429) until an administrator approves or rejects some.
     #[arg(long, env = "TBOX_MAX_PENDING", default_value_t = 50, value_name = "N")]
     pub max_pending: u32,
+    /// A self-registration not approved within this long is deleted (the volunteer may register
+    /// again), so that a queue filled and left does not stay full.
+    #[arg(long, env = "TBOX_PENDING_EXPIRE", default_value = "14d", value_parser = parse_age, value_name = "AGE")]
+    pub pending_expire: chrono::TimeDelta,
     /// Database connections to keep open.
     #[arg(long, env = "TBOX_POOL_SIZE", default_value_t = 16)]
     pub pool_size: u32,

@@ -2,8 +2,9 @@
 //!
 //! A registration costs nothing to send and leaves a row behind (one client once made 71,638
 //! pending builders a minute), so each client address, and all of them together, get a token
-//! bucket: a burst, then a steady number per hour. IPv6 clients are counted per /64, the
-//! smallest block one subscriber usually holds.
+//! bucket: a burst, then a steady number per hour. Clients are counted per network: an IPv4
+//! /24 and an IPv6 /64, the blocks one subscriber or one rented machine usually has at hand (a
+//! red team made 30 pending registrations a minute from 40 addresses of one /24).
 //!
 //! The buckets live in this process: with several server processes each keeps its own, which
 //! multiplies the allowance by the number of processes but still bounds it. The pending-builder
@@ -115,17 +116,30 @@ impl Limiter {
     }
 }
 
-/// The address block one client is counted as: itself for IPv4, its /64 for IPv6.
+/// The address block one client is counted as: its /24 for IPv4, its /64 for IPv6.
 fn client_block(addr: IpAddr) -> IpAddr {
+    let v4 = |v4: std::net::Ipv4Addr| {
+        let [a, b, c, _] = v4.octets();
+        IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0))
+    };
     match addr {
-        IpAddr::V4(_) => addr,
+        IpAddr::V4(a) => v4(a),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
+            Some(a) => v4(a),
             None => {
                 let s = v6.segments();
                 IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
+    }
+}
+
+/// The network a client is counted in, written as people write it: `203.0.113.0/24`,
+/// `2001:db8:1:2::/64`.
+pub fn network(addr: IpAddr) -> String {
+    match client_block(addr) {
+        IpAddr::V4(a) => format!("{a}/24"),
+        IpAddr::V6(a) => format!("{a}/64"),
     }
 }
 
@@ -164,6 +178,18 @@ mod tests {
         assert_eq!(l.check(addr(9), t), Err(Refused::Total(1)));
         // The total refills at one a second here.
         assert_eq!(l.check(addr(9), t + Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn ipv4_counts_per_24() {
+        let l = Limiter::new(Rate { burst: 2.0, per_hour: 1.0 }, Rate { burst: 100.0, per_hour: 100.0 });
+        let t = Instant::now();
+        let addr = |c: u8, d: u8| Some(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, c, d)));
+        assert_eq!(l.check(addr(0, 1), t), Ok(()));
+        assert_eq!(l.check(addr(0, 2), t), Ok(()));
+        assert!(l.check(addr(0, 40), t).is_err(), "the same /24");
+        assert_eq!(l.check(addr(1, 1), t), Ok(()), "another /24");
+        assert_eq!(network(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 77))), "203.0.113.0/24");
     }
 
     #[test]

@@ -20,6 +20,7 @@ on_both_backends!(
     registration_flood_is_rate_limited,
     pending_and_revoked_builders_stay_off_public_pages,
     pending_registrations_are_capped_per_project,
+    registration_squatting_keeps_a_path_open,
     one_registration_naming_a_project_many_times_is_422,
     nul_byte_in_url_is_400,
     nul_byte_in_registration_is_422,
@@ -387,6 +388,66 @@ fn register(s: &Server, body: &Value) -> (u16, Value, Option<String>) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null), retry)
 }
 
+/// Registers from a given source address on 127.0.0.0/8 (the loopback network is all ours):
+/// what a squatter with a few addresses does.
+fn register_from(s: &Server, from: std::net::Ipv4Addr, body: &Value) -> u16 {
+    let text = body.to_string();
+    let sig = key(1).sign(text.as_bytes());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from((from, 0)).into()).unwrap();
+    let server: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    socket.connect(&server.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    write!(
+        stream,
+        "POST /api/v1/builders HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTbox-Signature: {sig}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// A few networks cannot fill a project's queue of pending registrations and lock newcomers out
+/// (the red team made 30 pending registrations a minute from 40 addresses of one /24): one
+/// network holds at most 3, a full queue makes room for a newcomer at the expense of the network
+/// holding most, and a registration left pending expires.
+fn registration_squatting_keeps_a_path_open(backend: Backend) -> TestResult {
+    let serve = [
+        "--max-pending",
+        "6",
+        "--registrations-per-address",
+        "1000",
+        "--pending-expire",
+        "3s",
+        "--lost-check-every",
+        "1",
+    ];
+    let Some(s) = Server::start_with(backend, &serve) else { return Ok(()) };
+    s.setup();
+    let ip = |c: u8, d: u8| std::net::Ipv4Addr::new(127, 0, c, d);
+    // Forty addresses of one /24: three get in.
+    let from_one: Vec<u16> =
+        (1..=40).map(|d| register_from(&s, ip(1, d), &registration(&format!("sq-a{d}"), &["demo"]))).collect();
+    assert_eq!(from_one.iter().filter(|&&c| c == 201).count(), 3, "{from_one:?}");
+    assert!(from_one.iter().all(|&c| c == 201 || c == 429), "{from_one:?}");
+    for d in 1..=3 {
+        assert_eq!(register_from(&s, ip(2, d), &registration(&format!("sq-b{d}"), &["demo"])), 201);
+    }
+    // The queue is full (6); a newcomer from elsewhere still gets in, in place of the oldest of
+    // the network holding most.
+    assert_eq!(register_from(&s, ip(3, 1), &registration("newcomer", &["demo"])), 201);
+    let pending = s.admin_ok(&["builder", "list", "--pending"]);
+    assert!(pending.contains("newcomer") && !pending.contains("sq-a1\t") && pending.contains("sq-b1"), "{pending}");
+    // Left pending, registrations expire.
+    std::thread::sleep(Duration::from_secs(5));
+    let pending = s.admin_ok(&["builder", "list", "--pending"]);
+    assert!(!pending.contains("newcomer") && !pending.contains("sq-b1"), "{pending}");
+    Ok(())
+}
+
 fn registration(name: &str, projects: &[&str]) -> Value {
     json!({"name": name, "projects": projects, "public_key": key(1).public_key().to_pem(), "owner": "x@example.org"})
 }
@@ -396,20 +457,24 @@ fn registration_flood_is_rate_limited(backend: Backend) -> TestResult {
     s.setup();
     let mut statuses = Vec::new();
     let mut retry_after = None;
+    let mut errors = Vec::new();
     for i in 0..8 {
+        // Each for a project of its own would be the same: one network waits for at most 3.
         let (status, v, retry) = register(&s, &registration(&format!("flood-{i}"), &["demo"]));
         if status == 429 {
-            assert_eq!(v["error"], "rate_limited", "{v}");
+            errors.push(v["error"].as_str().unwrap_or_default().to_owned());
             retry_after = retry;
         }
         statuses.push(status);
     }
-    // A burst of 5 from one address, then 429 with a Retry-After.
-    assert_eq!(statuses, [201, 201, 201, 201, 201, 429, 429, 429]);
+    // Three wait for approval; then the network's queue is full; a burst of 5 requests from one
+    // network, then 429 rate_limited with a Retry-After.
+    assert_eq!(statuses, [201, 201, 201, 429, 429, 429, 429, 429]);
+    assert_eq!(errors, ["too_many_pending", "too_many_pending", "rate_limited", "rate_limited", "rate_limited"]);
     let secs: u64 = retry_after.expect("Retry-After on a 429").parse()?;
     assert!((1..=3600).contains(&secs), "Retry-After: {secs}");
     let listed = s.admin_ok(&["builder", "list", "--pending"]);
-    assert_eq!(listed.lines().filter(|l| l.starts_with("flood-")).count(), 5, "{listed}");
+    assert_eq!(listed.lines().filter(|l| l.starts_with("flood-")).count(), 3, "{listed}");
     Ok(())
 }
 

@@ -68,6 +68,7 @@ pub async fn register(
     let pool = state.pool.clone();
     let max_pending = state.max_pending;
     let registrations = state.registrations.clone();
+    let network = req.peer_addr().map(|a| crate::ratelimit::network(a.ip()));
     let (created, view) = web::block(move || -> Result<_, AppError> {
         let reg: Registration = serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request("malformed", format!("not a registration: {e}")))?;
@@ -78,18 +79,26 @@ pub async fn register(
         registrations.check_total(std::time::Instant::now()).map_err(throttled)?;
         check(&reg)?;
         let mut conn = pool.get()?;
-        db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key, max_pending)).map_err(|e| match e {
-            // Someone registered the same name a moment ago.
-            AppError::Internal(err)
-                if matches!(
-                    err.downcast_ref::<diesel::result::Error>(),
-                    Some(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
-                ) =>
-            {
-                AppError::conflict("builder_exists", format!("a builder named {:?} is already registered", reg.name))
-            }
-            other => other,
-        })
+        db::write_transaction(&mut conn, |conn| register_in(conn, &reg, &key, max_pending, network.as_deref())).map_err(
+            |e| match e {
+                // Someone registered the same name a moment ago.
+                AppError::Internal(err)
+                    if matches!(
+                        err.downcast_ref::<diesel::result::Error>(),
+                        Some(diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::UniqueViolation,
+                            _
+                        ))
+                    ) =>
+                {
+                    AppError::conflict(
+                        "builder_exists",
+                        format!("a builder named {:?} is already registered", reg.name),
+                    )
+                }
+                other => other,
+            },
+        )
     })
     .await??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -136,11 +145,15 @@ fn check(reg: &Registration) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Registrations one network may have waiting for approval in one project.
+pub const PENDING_PER_NETWORK: i64 = 3;
+
 fn register_in(
     conn: &mut DbConn,
     reg: &Registration,
     key: &PublicKey,
     max_pending: i64,
+    network: Option<&str>,
 ) -> Result<(bool, BuilderView), AppError> {
     let fingerprint = key.fingerprint();
     if let Some(existing) = builders::by_name(conn, &reg.name)? {
@@ -169,15 +182,41 @@ fn register_in(
         let project = projects::by_name(conn, p)?
             .ok_or_else(|| AppError::invalid("unknown_project", format!("projects: no project named {p:?}")))?;
         // Counted inside the write transaction, so concurrent registrations cannot overshoot.
-        if builders::pending_count(conn, project.id)? >= max_pending {
+        if let Some(net) = network
+            && builders::pending_from(conn, project.id, net)? >= PENDING_PER_NETWORK
+        {
             return Err(AppError::too_many(
                 "too_many_pending",
                 format!(
-                    "project {p:?} already has {max_pending} registrations waiting for approval; \
-                     ask its administrators to approve or reject them"
+                    "your network ({net}) already has {PENDING_PER_NETWORK} registrations waiting for approval in \
+                     project {p:?}; ask its administrators to approve or reject them"
                 ),
                 3600,
             ));
+        }
+        if builders::pending_count(conn, project.id)? >= max_pending {
+            // Full: a newcomer still gets in, in place of the oldest registration of the network
+            // that holds most of the queue (a few networks cannot lock everyone else out).
+            match builders::most_crowded_pending(conn, project.id, network)? {
+                Some((name, net, n)) => {
+                    builders::reject_pending(conn, Some(std::slice::from_ref(&name)), None)?;
+                    log::info!(
+                        "project {p}: pending registration {name} ({net}, {n} waiting from there) gave way to a \
+                         registration from {}",
+                        network.unwrap_or("an unknown address")
+                    );
+                }
+                None => {
+                    return Err(AppError::too_many(
+                        "too_many_pending",
+                        format!(
+                            "project {p:?} already has {max_pending} registrations waiting for approval; \
+                             ask its administrators to approve or reject them"
+                        ),
+                        3600,
+                    ));
+                }
+            }
         }
         project_ids.push(project.id);
     }
@@ -196,6 +235,9 @@ fn register_in(
         builders::allow(conn, builder.id, id)?;
     }
     builders::add_key(conn, builder.id, &fingerprint, &key.to_pem())?;
+    if let Some(net) = network {
+        builders::set_registered_from(conn, builder.id, net)?;
+    }
     Ok((true, view(conn, &reg.name)?))
 }
 

@@ -95,7 +95,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         // Ends with the server (a thread of its own would outlive `run_with` in other programs' tests).
         actix_web::rt::spawn(mark_lost_builds(
             state.pool.clone(),
-            args.lost_after,
+            (args.lost_after, args.pending_expire),
             std::time::Duration::from_secs(args.lost_check_every),
         ));
         let mut server = HttpServer::new(move || {
@@ -139,14 +139,30 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
     })
 }
 
-/// Marks builds lost once at start, then every `every` while the server runs. Each server
-/// process on a shared database does it too: the update is idempotent.
-async fn mark_lost_builds(pool: db::Pool, lost_after: chrono::TimeDelta, every: std::time::Duration) {
+/// Marks builds lost, and deletes registrations left pending too long, once at start, then every
+/// `every` while the server runs. Each server process on a shared database does it too: the
+/// updates are idempotent.
+async fn mark_lost_builds(
+    pool: db::Pool,
+    (lost_after, pending_expire): (chrono::TimeDelta, chrono::TimeDelta),
+    every: std::time::Duration,
+) {
     loop {
         let pool = pool.clone();
         let marked = web::block(move || -> anyhow::Result<usize> {
             let mut conn = pool.get()?;
             let now = db::now();
+            let expired = db::write_transaction(&mut conn, |c| {
+                db::builders::reject_pending(c, None, Some(now - pending_expire))
+            })?;
+            if !expired.is_empty() {
+                log::info!(
+                    "{} registration(s) not approved within {} day(s) deleted: {}",
+                    expired.len(),
+                    pending_expire.num_days(),
+                    expired.join(", ")
+                );
+            }
             Ok(db::write_transaction(&mut conn, |c| {
                 let lost = db::builds::mark_lost(c, now - lost_after)?;
                 crate::notify::after_lost(c, &lost, now)?;

@@ -226,6 +226,56 @@ pub fn pending_count(conn: &mut DbConn, project_id: i64) -> QueryResult<i64> {
         .get_result(conn)
 }
 
+/// Notes the network a self-registration came from.
+pub fn set_registered_from(conn: &mut DbConn, builder_id: i64, network: &str) -> QueryResult<()> {
+    diesel::update(builders::table.find(builder_id)).set(builders::registered_from.eq(network)).execute(conn).map(drop)
+}
+
+/// Registrations from `network` waiting for approval in a project.
+pub fn pending_from(conn: &mut DbConn, project_id: i64, network: &str) -> QueryResult<i64> {
+    builder_projects::table
+        .inner_join(builders::table)
+        .filter(builder_projects::project_id.eq(project_id))
+        .filter(builders::status.eq(PENDING))
+        .filter(builders::registered_from.eq(network))
+        .count()
+        .get_result(conn)
+}
+
+/// The oldest pending registration of the network holding most of a project's pending ones,
+/// if that network holds more than one and is not `except`: (its name, its network, how many).
+pub fn most_crowded_pending(
+    conn: &mut DbConn,
+    project_id: i64,
+    except: Option<&str>,
+) -> QueryResult<Option<(String, String, i64)>> {
+    let networks: Vec<(Option<String>, i64)> = builder_projects::table
+        .inner_join(builders::table)
+        .filter(builder_projects::project_id.eq(project_id))
+        .filter(builders::status.eq(PENDING))
+        .group_by(builders::registered_from)
+        .select((builders::registered_from, diesel::dsl::count_star()))
+        .load(conn)?;
+    let Some((network, n)) = networks
+        .into_iter()
+        .filter_map(|(net, n)| net.map(|net| (net, n)))
+        .filter(|(net, n)| *n > 1 && Some(net.as_str()) != except)
+        .max_by_key(|(net, n)| (*n, std::cmp::Reverse(net.clone())))
+    else {
+        return Ok(None);
+    };
+    let oldest: Option<String> = builder_projects::table
+        .inner_join(builders::table)
+        .filter(builder_projects::project_id.eq(project_id))
+        .filter(builders::status.eq(PENDING))
+        .filter(builders::registered_from.eq(&network))
+        .order((builders::created_at.asc(), builders::id.asc()))
+        .select(builders::name)
+        .first(conn)
+        .optional()?;
+    Ok(oldest.map(|name| (name, network, n)))
+}
+
 /// Deletes pending builders (and their keys and projects): the named ones, or all registered
 /// before `before`. A builder that is not pending is left alone. Returns the names deleted.
 pub fn reject_pending(

@@ -37,6 +37,7 @@ diesel::table! {
         properties -> Text,
         created_at -> Timestamp,
         last_report_at -> Nullable<Timestamp>,
+        registered_from -> Nullable<Text>,
     }
 }
 

@@ -1,0 +1,1 @@
+ALTER TABLE builders DROP COLUMN registered_from;
