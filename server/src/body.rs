@@ -45,8 +45,9 @@ pub struct Limits {
     pub budget: usize,
 }
 
-/// The longest silence within a body.
-pub const IDLE: Duration = Duration::from_secs(30);
+/// The longest silence within a body, the first bytes included: a client with something to
+/// send sends it (30 s let a trickling client hold a connection half a minute for free).
+pub const IDLE: Duration = Duration::from_secs(10);
 
 /// Bytes held by bodies being read, all requests together.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);

@@ -77,6 +77,11 @@ pub struct ServeArgs {
     /// the database and files).
     #[arg(long, env = "TBOX_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Open connections one client address may hold; a request on one more is answered 429 at
+    /// once and its connection closed, so one client cannot hold every connection.
+    #[arg(long, env = "TBOX_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_address: u64,
     /// Self-registrations per hour from one client address (IPv6: one /64), after a burst of 5.
     #[arg(long, env = "TBOX_REGISTRATIONS_PER_ADDRESS", default_value_t = 10, value_name = "N")]
     pub registrations_per_address: u32,

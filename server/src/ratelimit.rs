@@ -150,7 +150,7 @@ mod tests {
     use super::*;
 
     const A: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)));
-    const B: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 2)));
 
     #[test]
     fn a_burst_then_the_hourly_rate() {
@@ -171,7 +171,7 @@ mod tests {
     fn the_total_binds_many_addresses() {
         let l = Limiter::new(Rate { burst: 5.0, per_hour: 5.0 }, Rate { burst: 4.0, per_hour: 3600.0 });
         let t = Instant::now();
-        let addr = |i: u8| Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, i)));
+        let addr = |i: u8| Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, i, 1)));
         for i in 0..4 {
             assert_eq!(l.check(addr(i), t), Ok(()));
         }

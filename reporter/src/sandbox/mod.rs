@@ -736,15 +736,27 @@ mod tests {
         Ok(())
     }
 
-    /// Processes whose command line contains `marker`, seen from the host.
+    /// Processes whose command line contains `marker`, seen from the host, once those already
+    /// killed have had a moment to go: when a pid namespace's init dies the kernel kills the
+    /// rest, but they finish exiting on their own time, which on a loaded machine is not at once.
     fn processes_with(marker: &str) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(marker))
-            .collect()
+        let scan = || -> Vec<String> {
+            let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(marker))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let found = scan();
+            if found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ pub mod requests;
 pub mod status;
 pub mod views;
 
-use actix_web::HttpRequest;
 use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse};
 
 use crate::error::AppError;
 
@@ -25,6 +25,44 @@ pub fn base_url(req: &HttpRequest) -> String {
     }
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())
+}
+
+/// The request's `If-None-Match`, for a handler that checks its validator before the work.
+pub fn if_none_match(req: &HttpRequest) -> Option<String> {
+    req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Whether an `If-None-Match` value names `tag` (or `*`).
+pub fn tag_matches(if_none_match: &str, tag: &str) -> bool {
+    if_none_match.split(',').any(|t| t.trim() == tag || t.trim() == "*")
+}
+
+/// A short hex digest of some parts, to go into a validator (with this server's version: a new
+/// release may render the same data otherwise).
+pub fn tag_of(parts: &[&str]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// 304 for a validator that matched, with the headers a fresh answer would carry.
+pub fn not_modified(tag: &str) -> HttpResponse {
+    let mut res = HttpResponse::NotModified().finish();
+    set_tag(&mut res, tag);
+    res
+}
+
+/// Tags an answer with its validator (the ETag middleware then leaves it alone).
+pub fn set_tag(res: &mut HttpResponse, tag: &str) {
+    if let Ok(v) = header::HeaderValue::from_str(tag) {
+        res.headers_mut().insert(header::ETAG, v);
+        res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    }
 }
 
 /// 415 unless the body is `wanted` (parameters such as `charset` aside).

@@ -166,17 +166,31 @@ pub async fn failing(
     let q = q.into_inner();
     let pool = state.pool.clone();
     let base = super::base_url(&req);
-    let list = web::block(move || -> Result<_, AppError> {
+    let if_none_match = super::if_none_match(&req);
+    let found = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
-        failing_tests(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref(), &base)
+        let tag = failing_tag(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref())?;
+        if if_none_match.as_deref().is_some_and(|v| super::tag_matches(v, &tag)) {
+            return Ok(Err(tag));
+        }
+        Ok(Ok((failing_tests(&mut conn, p.id, q.builder.as_deref(), q.branch.as_deref(), &base)?, tag)))
     })
     .await??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "failing": list })))
+    match found {
+        Ok((list, tag)) => {
+            let mut res = HttpResponse::Ok().json(serde_json::json!({ "failing": list }));
+            super::set_tag(&mut res, &tag);
+            Ok(res)
+        }
+        Err(tag) => Ok(super::not_modified(&tag)),
+    }
 }
 
 /// Tests failing in the newest finished build of each builder and branch, with since when and
-/// whether they are flaky (the API's `tests/failing` and the tests page).
+/// whether they are flaky there (the API's `tests/failing` and the tests page): read from the
+/// results as stored (`results::tests` decided at ingest), a bounded number of rows whatever
+/// the history behind them.
 pub fn failing_tests(
     conn: &mut DbConn,
     project_id: i64,
@@ -187,7 +201,8 @@ pub fn failing_tests(
     let hs: Vec<Head> =
         heads(conn, project_id, builder, branch)?.into_iter().filter(|h| h.build.state == "finished").collect();
     let ids: Vec<i64> = hs.iter().map(|h| h.build.id).collect();
-    let failing: Vec<(i64, String, String, String, Option<String>)> = test_results::table
+    type Row = (i64, String, String, String, Option<String>, Option<i64>, bool);
+    let failing: Vec<Row> = test_results::table
         .filter(test_results::build_id.eq_any(&ids))
         .filter(test_results::result.eq_any(["failed", "error"]))
         .order((test_results::build_id, test_results::suite, test_results::name))
@@ -198,84 +213,51 @@ pub fn failing_tests(
             test_results::name,
             test_results::result,
             test_results::message,
+            test_results::since_build_id,
+            test_results::flaky,
         ))
         .load(conn)?;
+    let mut since_ids: Vec<i64> = failing.iter().filter_map(|r| r.5).collect();
+    since_ids.sort_unstable();
+    since_ids.dedup();
+    let since_builds: HashMap<i64, Build> = builds_t::table
+        .filter(builds_t::id.eq_any(&since_ids))
+        .select(Build::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|b| (b.id, b))
+        .collect();
     let by_build: HashMap<i64, &Head> = hs.iter().map(|h| (h.build.id, h)).collect();
     let mut out = Vec::new();
-    for (build_id, suite, test, result, message) in failing {
+    for (build_id, suite, test, result, message, since_id, flaky) in failing {
         let Some(h) = by_build.get(&build_id) else { continue };
-        let since = failing_since(conn, &h.build, &suite, &test)?;
-        let flaky = is_flaky(conn, &h.build, &suite, &test)?;
+        // Stored before this was decided at ingest: since this build, as far as is known.
+        let since = since_id.and_then(|id| since_builds.get(&id)).unwrap_or(&h.build);
         out.push(serde_json::json!({
             "suite": suite, "name": test, "result": result, "message": message,
             "builder": h.builder.name, "branch": h.build.branch, "build": build_id,
             "revision": h.build.revision, "url": format!("{base}/builds/{build_id}"), "flaky": flaky,
-            "since": since.map(|b| serde_json::json!({"build": b.id, "revision": b.revision,
-                "started_at": time(b.started_at), "url": format!("{base}/builds/{}", b.id)})),
+            "since": {"build": since.id, "revision": since.revision,
+                "started_at": time(since.started_at), "url": format!("{base}/builds/{}", since.id)},
         }));
     }
     Ok(out)
 }
 
-/// Builds of a builder a test's flips are counted over, and the flips that make it flaky.
-const FLAKY_WINDOW: i64 = 20;
-const FLAKY_FLIPS: usize = 3;
-
-/// DESIGN's rule: a test is flaky when it both passed and failed on the same revision (any
-/// builders), or flipped at least 3 times in this builder's last 20 builds.
-pub fn is_flaky(conn: &mut DbConn, head: &Build, suite: &str, test: &str) -> QueryResult<bool> {
-    let passed_here: bool = diesel::select(diesel::dsl::exists(
-        test_results::table
-            .inner_join(builds_t::table)
-            .filter(test_results::name.eq(test.to_owned()))
-            .filter(test_results::suite.eq(suite.to_owned()))
-            .filter(builds_t::project_id.eq(head.project_id))
-            .filter(builds_t::revision.eq(head.revision.clone()))
-            .filter(test_results::result.eq("passed")),
-    ))
-    .get_result(conn)?;
-    if passed_here {
-        return Ok(true);
+/// A validator for the failing tests of a project, from its heads alone (what a build means is
+/// stored with it and never changes): compared before any of the work is done.
+pub fn failing_tag(
+    conn: &mut DbConn,
+    project_id: i64,
+    builder: Option<&str>,
+    branch: Option<&str>,
+) -> Result<String, AppError> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for head in heads(conn, project_id, builder, branch)? {
+        h.update(format!("{}:{}:{};", head.build.id, head.build.state, head.build.branch).as_bytes());
     }
-    let recent: Vec<String> = test_results::table
-        .inner_join(builds_t::table)
-        .filter(test_results::name.eq(test.to_owned()))
-        .filter(test_results::suite.eq(suite.to_owned()))
-        .filter(builds_t::builder_id.eq(head.builder_id))
-        .filter(builds_t::project_id.eq(head.project_id))
-        .filter(builds_t::started_at.le(head.started_at))
-        .order((builds_t::started_at.desc(), builds_t::id.desc()))
-        .limit(FLAKY_WINDOW)
-        .select(test_results::result)
-        .load(conn)?;
-    let passed: Vec<bool> = recent.iter().filter(|r| *r != "skipped").map(|r| r == "passed").collect();
-    Ok(passed.windows(2).filter(|w| w[0] != w[1]).count() >= FLAKY_FLIPS)
-}
-
-/// The first build of this builder and branch, after the last one where the test passed,
-/// in which it did not pass.
-fn failing_since(conn: &mut DbConn, head: &Build, suite: &str, test: &str) -> QueryResult<Option<Build>> {
-    let runs = || {
-        test_results::table
-            .inner_join(builds_t::table)
-            .filter(test_results::name.eq(test.to_owned()))
-            .filter(test_results::suite.eq(suite.to_owned()))
-            .filter(builds_t::builder_id.eq(head.builder_id))
-            .filter(builds_t::project_id.eq(head.project_id))
-            .filter(builds_t::branch.eq(head.branch.clone()))
-            .filter(builds_t::started_at.le(head.started_at))
-    };
-    let last_pass: Option<NaiveDateTime> = runs()
-        .filter(test_results::result.eq("passed"))
-        .order(builds_t::started_at.desc())
-        .select(builds_t::started_at)
-        .first(conn)
-        .optional()?;
-    let mut first_fail = runs().filter(test_results::result.eq_any(["failed", "error"])).into_boxed();
-    if let Some(t) = last_pass {
-        first_fail = first_fail.filter(builds_t::started_at.gt(t));
-    }
-    first_fail.order(builds_t::started_at.asc()).select(Build::as_select()).first(conn).optional()
+    Ok(format!("W/\"f{}\"", h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
 /// How many of a project's newest builds a test history looks through.

@@ -98,6 +98,9 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
             (args.lost_after, args.pending_expire),
             std::time::Duration::from_secs(args.lost_check_every),
         ));
+        let per_address = crate::connections::PerAddress::new(
+            usize::try_from(args.max_connections_per_address).unwrap_or(usize::MAX),
+        );
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -107,14 +110,16 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
                 .wrap(actix_web::middleware::from_fn(routes::reject_nul))
                 .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
                 .wrap(actix_web::middleware::from_fn(crate::metrics::track))
+                .wrap(actix_web::middleware::from_fn(crate::connections::share))
                 .configure(routes::configure)
         })
-        // Compressed answers are streamed in pieces; without TCP_NODELAY, Nagle's algorithm
-        // and the client's delayed ACK add ~40 ms to every small one (measured by bench-pages).
-        .on_connect(|conn, _| {
+        .on_connect(move |conn, ext| {
+            // Compressed answers are streamed in pieces; without TCP_NODELAY, Nagle's algorithm
+            // and the client's delayed ACK add ~40 ms to every small one (measured by bench-pages).
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 let _ = tcp.set_nodelay(true);
             }
+            per_address.on_connect(conn, ext);
         });
         // The cap is per worker; a full server stops accepting until connections close, rather
         // than failing on "Too many open files" for everyone.

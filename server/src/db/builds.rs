@@ -167,13 +167,13 @@ pub struct TestCounts {
 
 /// The (suite, name) of a build's failed or errored tests, in the order they were reported;
 /// at most `limit` of them, or all.
-pub fn failed_tests(conn: &mut DbConn, build_id: i64, limit: Option<i64>) -> QueryResult<Vec<(String, String)>> {
+pub fn failed_tests(conn: &mut DbConn, build_id: i64, limit: Option<i64>) -> QueryResult<Vec<(String, String, bool)>> {
     use super::schema::test_results;
     let mut q = test_results::table
         .filter(test_results::build_id.eq(build_id))
         .filter(test_results::result.eq_any(["failed", "error"]))
         .order(test_results::id)
-        .select((test_results::suite, test_results::name))
+        .select((test_results::suite, test_results::name, test_results::flaky))
         .into_boxed();
     if let Some(n) = limit {
         q = q.limit(n);

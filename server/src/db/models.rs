@@ -170,6 +170,8 @@ pub struct TestRow {
     pub result: String,
     pub duration_ms: Option<i64>,
     pub message: Option<String>,
+    pub since_build_id: Option<i64>,
+    pub flaky: bool,
 }
 
 #[derive(Debug, Insertable)]
@@ -181,6 +183,10 @@ pub struct NewTest<'a> {
     pub result: &'a str,
     pub duration_ms: Option<i64>,
     pub message: Option<&'a str>,
+    /// For a failure: the first build of its builder and branch in this run of failures.
+    pub since_build_id: Option<i64>,
+    /// For a failure: flaky on its builder (`results::tests`).
+    pub flaky: bool,
 }
 
 /// A key allowed to sign a project's recipes.

@@ -213,6 +213,8 @@ diesel::table! {
         result -> Text,
         duration_ms -> Nullable<Int8>,
         message -> Nullable<Text>,
+        since_build_id -> Nullable<Int8>,
+        flaky -> Bool,
     }
 }
 

@@ -213,15 +213,14 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
         // All of both builds' failures, not a page of each: with a page, a failure the build
         // before had beyond its page would look new.
         let before: std::collections::HashSet<(String, String)> =
-            builds::failed_tests(conn, prev.id, None)?.into_iter().collect();
-        for (suite, name) in builds::failed_tests(conn, b.id, None)? {
+            builds::failed_tests(conn, prev.id, None)?.into_iter().map(|(s, n, _)| (s, n)).collect();
+        for (suite, name, flaky) in builds::failed_tests(conn, b.id, None)? {
             if facts.new_failures.len() >= 20 {
                 break;
             }
             if before.contains(&(suite.clone(), name.clone())) {
                 continue;
             }
-            let flaky = crate::api::status::is_flaky(conn, &b, &suite, &name)?;
             facts.new_failures.push(TestFacts { suite, name, flaky });
         }
     }

@@ -136,14 +136,7 @@ pub async fn page(
             let mut out = Vec::new();
             for b in candidates {
                 let failed = crate::db::builds::failed_tests(&mut conn, b.id, Some(50))?;
-                let mut all_flaky = !failed.is_empty();
-                for (suite, name) in &failed {
-                    if !crate::api::status::is_flaky(&mut conn, &b, suite, name)? {
-                        all_flaky = false;
-                        break;
-                    }
-                }
-                if all_flaky {
+                if !failed.is_empty() && failed.iter().all(|(_, _, flaky)| *flaky) {
                     out.push(b.id);
                 }
             }

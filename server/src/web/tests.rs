@@ -7,10 +7,11 @@ use tera::Context;
 
 use super::waterfall::project_json;
 use crate::AppState;
-use crate::api::status::{failing_tests, project, test_history, test_name};
+use crate::api::status::{failing_tag, failing_tests, project, test_history, test_name};
 use crate::error::{AppError, PageError};
 
-/// `GET /projects/{p}/tests`.
+/// `GET /projects/{p}/tests`. Its validator comes first: a client that has the page pays for
+/// one small query (the project's heads), not for the page.
 pub async fn page(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -19,13 +20,22 @@ pub async fn page(
     let name = path.into_inner();
     let pool = state.pool.clone();
     let base = crate::api::base_url(&req);
-    let (p, failing) = web::block(move || -> Result<_, AppError> {
+    let if_none_match = crate::api::if_none_match(&req);
+    let found = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let p = project(&mut conn, &name)?;
+        let tag = format!("{}{}", failing_tag(&mut conn, p.id, None, None)?, crate::api::tag_of(&[&p.name, &p.title]));
+        if if_none_match.as_deref().is_some_and(|v| crate::api::tag_matches(v, &tag)) {
+            return Ok(Err(tag));
+        }
         let failing = failing_tests(&mut conn, p.id, None, None, &base)?;
-        Ok((p, failing))
+        Ok(Ok((p, failing, tag)))
     })
     .await??;
+    let (p, failing, tag) = match found {
+        Ok(found) => found,
+        Err(tag) => return Ok(crate::api::not_modified(&tag)),
+    };
     let flaky = failing.iter().filter(|f| f["flaky"] == true).count();
     let mut failing = failing;
     for f in &mut failing {
@@ -36,7 +46,9 @@ pub async fn page(
     ctx.insert("project", &project_json(&p));
     ctx.insert("failing", &failing);
     ctx.insert("flaky", &flaky);
-    super::html(&super::templates::render("tests.html", &ctx).map_err(AppError::from)?)
+    let mut page = super::html(&super::templates::render("tests.html", &ctx).map_err(AppError::from)?)?;
+    crate::api::set_tag(&mut page, &tag);
+    Ok(page)
 }
 
 /// The query of the history page.
