@@ -139,7 +139,7 @@ pub struct JoinArgs {
     /// Without it, the server's keys are shown and you are asked to confirm one on a terminal.
     #[arg(long, value_name = "SHA256:FP")]
     pub key: Option<String>,
-    /// This machine's builder name [default: the config's, or USER-HOSTNAME].
+    /// This machine's builder name [default: the config's, or OS-ARCH-RANDOM, e.g. debian12-x86_64-3f9c0a].
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
     /// The branch to build [default: the first plain branch name the recipe allows, else main].

@@ -45,6 +45,29 @@ enum Capture {
 
 /// Parses one JUnit XML document.
 pub fn parse(xml: &str) -> Result<Vec<TestResult>, JunitError> {
+    let mut budget = Budget { results: usize::MAX, bytes: usize::MAX };
+    parse_within(xml, &mut budget).map(|(r, _)| r)
+}
+
+/// How many more results, and bytes of their names and messages, may be read; what reading
+/// takes is taken off. A build's JUnit files are the build's: millions of tiny test cases would
+/// otherwise fill the volunteer's memory, outside the sandbox, long before the server refused
+/// the report.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub results: usize,
+    pub bytes: usize,
+}
+
+impl Budget {
+    /// What one report may carry: the server takes at most 100,000 results, in at most 32 MiB.
+    pub fn for_a_report() -> Budget {
+        Budget { results: tbox_protocol::Limits::default().max_tests, bytes: 24 << 20 }
+    }
+}
+
+/// [`parse`], stopping when `budget` runs out: the results read so far, and whether it did.
+pub fn parse_within(xml: &str, budget: &mut Budget) -> Result<(Vec<TestResult>, bool), JunitError> {
     let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
     let mut reader = Reader::from_str(xml);
     let mut suites: Vec<String> = Vec::new();
@@ -53,10 +76,15 @@ pub fn parse(xml: &str) -> Result<Vec<TestResult>, JunitError> {
     let mut capture = Capture::Nothing;
     // Depth of elements inside a testcase that we do not capture (system-out, reruns, …).
     let mut ignored_depth = 0usize;
-    let mut results = Vec::new();
+    let mut results: Vec<TestResult> = Vec::new();
     let mut saw_root = false;
+    let mut counted = 0;
 
     loop {
+        // Each new result is paid for as it comes.
+        if !pay(&mut results, &mut counted, budget) {
+            return Ok((results, true));
+        }
         let event = reader.read_event().map_err(|e| at(&reader, e))?;
         match event {
             Event::DocType(_) => {
@@ -190,7 +218,24 @@ pub fn parse(xml: &str) -> Result<Vec<TestResult>, JunitError> {
     if case.is_some() || !suites.is_empty() {
         return Err(JunitError("the file ends before its elements are closed (truncated?)".into()));
     }
-    Ok(results)
+    let full = !pay(&mut results, &mut counted, budget);
+    Ok((results, full))
+}
+
+/// Takes the results from `counted` on off `budget`; when it runs out, drops those it could
+/// not pay for and returns false.
+fn pay(results: &mut Vec<TestResult>, counted: &mut usize, budget: &mut Budget) -> bool {
+    for r in &results[*counted..] {
+        let size = r.suite.len() + r.name.len() + r.message.as_ref().map_or(0, String::len);
+        if budget.results == 0 || budget.bytes < size {
+            results.truncate(*counted);
+            return false;
+        }
+        budget.results -= 1;
+        budget.bytes -= size;
+        *counted += 1;
+    }
+    true
 }
 
 fn at<R, E: std::fmt::Display>(reader: &Reader<R>, e: E) -> JunitError {
@@ -309,8 +354,13 @@ pub struct Collected {
 }
 
 /// Reads the JUnit files under `base` matching `globs` (skipping `.git`), optionally only
-/// those written since `since`.
-pub fn collect(base: &std::path::Path, globs: &[String], since: Option<std::time::SystemTime>) -> Collected {
+/// those written since `since`, within `budget` (shared by a build's steps).
+pub fn collect(
+    base: &std::path::Path,
+    globs: &[String],
+    since: Option<std::time::SystemTime>,
+    budget: &mut Budget,
+) -> Collected {
     let mut notes = Vec::new();
     let mut problems = Vec::new();
     let mut builder = globset::GlobSetBuilder::new();
@@ -356,8 +406,20 @@ pub fn collect(base: &std::path::Path, globs: &[String], since: Option<std::time
                 continue;
             }
         };
-        match parse(&text) {
-            Ok(mut r) => results.append(&mut r),
+        match parse_within(&text, budget) {
+            Ok((mut r, full)) => {
+                results.append(&mut r);
+                if full {
+                    // Results missing must not look green: the step fails, and says why.
+                    problems.push(format!(
+                        "JUnit results from {} on were not read: a report carries at most {} test results \
+                         and 24 MiB of their names and messages",
+                        rel.display(),
+                        Budget::for_a_report().results
+                    ));
+                    break;
+                }
+            }
             Err(e) => problems.push(format!("JUnit file {} is not valid JUnit XML: {e}", rel.display())),
         }
     }
@@ -370,6 +432,39 @@ mod tests {
     use std::path::Path;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A build's JUnit files are read outside the sandbox: millions of tiny test cases stop at
+    /// what a report can carry, and the step is told (not green).
+    #[test]
+    fn reading_stops_at_what_a_report_can_carry() -> TestResult {
+        let mut xml = String::from("<testsuite name=\"s\">");
+        for i in 0..250_000 {
+            xml.push_str(&format!("<testcase name=\"t{i}\"/>"));
+        }
+        xml.push_str("</testsuite>");
+        let mut budget = Budget::for_a_report();
+        let (results, full) = parse_within(&xml, &mut budget)?;
+        assert!(full);
+        assert_eq!(results.len(), 100_000);
+        assert_eq!(budget.results, 0);
+        // The bytes bind too: a few results with long messages.
+        let mut budget = Budget { results: 1000, bytes: 40 << 10 };
+        let long = "x".repeat(MAX_MESSAGE);
+        let xml = format!(
+            "<testsuite name=\"s\">{}</testsuite>",
+            (0..10)
+                .map(|i| format!("<testcase name=\"t{i}\"><failure message=\"{long}\"/></testcase>"))
+                .collect::<String>()
+        );
+        let (results, full) = parse_within(&xml, &mut budget)?;
+        assert!(full);
+        assert_eq!(results.len(), 2);
+        // Within the budget, nothing is cut.
+        let (results, full) =
+            parse_within("<testsuite name=\"s\"><testcase name=\"a\"/></testsuite>", &mut Budget::for_a_report())?;
+        assert_eq!((results.len(), full), (1, false));
+        Ok(())
+    }
 
     #[test]
     fn reads_the_common_shape() -> TestResult {
@@ -419,14 +514,14 @@ mod tests {
         std::fs::write(dir.join("out/good.xml"), r#"<testsuite name="s"><testcase name="t"/></testsuite>"#)?;
         std::fs::write(dir.join("out/cut.xml"), r#"<testsuite name="s"><testcase name="t"#)?;
         std::fs::write(dir.join("out/dtd.xml"), "<!DOCTYPE x [<!ENTITY a \"b\">]><testsuite/>")?;
-        let found = collect(&dir, &["out/*.xml".to_owned()], None);
+        let found = collect(&dir, &["out/*.xml".to_owned()], None, &mut Budget::for_a_report());
         assert_eq!((found.matched, found.results.len()), (3, 1));
         assert_eq!(found.problems.len(), 2, "{:?}", found.problems);
         assert!(
             found.problems.iter().any(|p| p.contains("cut.xml"))
                 && found.problems.iter().any(|p| p.contains("dtd.xml"))
         );
-        let none = collect(&dir, &["nothing/*.xml".to_owned()], None);
+        let none = collect(&dir, &["nothing/*.xml".to_owned()], None, &mut Budget::for_a_report());
         assert_eq!((none.matched, none.problems.len()), (0, 0));
         std::fs::remove_dir_all(&dir)?;
         Ok(())

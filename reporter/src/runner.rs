@@ -141,7 +141,7 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         }
     };
     let copier = copy_output(reader, log);
-    let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_roots()));
+    let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_meter()));
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let ending = loop {
         match child.try_wait() {

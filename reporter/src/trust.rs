@@ -93,8 +93,16 @@ impl Trust {
         let project = self.project.clone();
         let newest = match get(agent, &format!("{server}/api/v1/projects/{project}/keys"), 256 << 10) {
             Ok(a) if a.status == 200 => Some(a),
+            // Trust always rests on a signed key list: it expires, so a mirror that hides the
+            // project's lists (and a revocation in them) cannot keep a key trusted for ever.
+            Ok(a) if a.status == 404 && self.held.is_none() => return Err(no_key_list(&project)),
             Ok(a) if a.status == 404 => None,
             Ok(a) => return Err(format!("{server}/api/v1/projects/{project}/keys answered {}", a.status)),
+            Err(Fetch::Down(why)) if self.held.is_none() => {
+                return Err(format!(
+                    "the server could not be reached ({why}) and this machine holds no key list of {project} yet"
+                ));
+            }
             Err(Fetch::Down(why)) => {
                 self.note = Some(format!("the server could not be reached ({why}); using the keys this machine knows"));
                 None
@@ -224,6 +232,15 @@ impl Trust {
     }
 }
 
+/// Why nothing of a project without a key list runs, and what its maintainers do about it.
+fn no_key_list(project: &str) -> String {
+    format!(
+        "project {project} has not published its signed key list, and nothing of a project runs here without one; \
+         its maintainers publish it with `tbox-report keys sign keys.toml --key PROJECT-KEY.pem --project {project}` \
+         and `tbox-report keys publish keys.toml --server URL`"
+    )
+}
+
 #[derive(Deserialize)]
 struct History {
     key_lists: Vec<HistoryEntry>,
@@ -298,11 +315,23 @@ pub enum NoRecipe {
     Unreachable(String),
 }
 
-/// The version and digest of the recipe last run here for this project and pin, if any.
-pub fn last_run(project: &str, pin: &str) -> Option<(u64, String)> {
+/// The recipe last run here for this project and pin: its version, digest and signer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub version: u64,
+    pub digest: String,
+    /// Unknown for what versions before 0.3 wrote.
+    pub signer: Option<String>,
+}
+
+/// The recipe last run here for this project and pin, if any.
+pub fn last_run(project: &str, pin: &str) -> Option<LastRun> {
     let text = std::fs::read_to_string(dir(project, pin).join("last-run")).ok()?;
-    let (v, d) = text.trim().split_once(' ')?;
-    Some((v.parse().ok()?, d.to_owned()))
+    let mut f = text.split_whitespace();
+    let version = f.next()?.parse().ok()?;
+    let digest = f.next()?.to_owned();
+    let signer = f.next().filter(|s| tbox_protocol::is_fingerprint(s)).map(str::to_owned);
+    Some(LastRun { version, digest, signer })
 }
 
 /// Remembers that this recipe runs here: later ones may not be older, nor differ at this
@@ -316,7 +345,7 @@ pub fn record_run(v: &Verified) -> anyhow::Result<()> {
         write_atomic(&d.join("recipe.toml.sig"), v.signature.as_bytes())?;
     }
     write_atomic(&d.join("repo"), v.recipe.repo.as_bytes())?;
-    write_atomic(&d.join("last-run"), format!("{} {}\n", v.recipe.version, v.digest).as_bytes())?;
+    write_atomic(&d.join("last-run"), format!("{} {} {}\n", v.recipe.version, v.digest, v.key).as_bytes())?;
     Ok(())
 }
 
@@ -465,9 +494,12 @@ fn obtain_unchecked(agent: &ureq::Agent, server: &str, project: &str, pin: &str)
         })
     })?;
     let digest = report_id(&bytes);
-    let last = last_run(project, pin);
+    // A version run here binds (no older one runs after it), unless the key that signed it has
+    // been revoked since: a stolen key that signed version 1000 must not lock the project's
+    // volunteers out of its real recipes.
+    let last = last_run(project, pin).filter(|l| !l.signer.as_ref().is_some_and(|s| trust.is_revoked(s)));
     recipe
-        .check(project, Utc::now(), &digest, last.as_ref().map(|(v, d)| (*v, d.as_str())))
+        .check(project, Utc::now(), &digest, last.as_ref().map(|l| (l.version, l.digest.as_str())))
         .map_err(|e| NoRecipe::Refused(e.to_string()))?;
     let key = trusted[signer].0.clone();
     let from_cache = down.map(|why| format!("the server could not be reached ({why}); using the cached recipe"));

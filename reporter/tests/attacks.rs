@@ -28,7 +28,8 @@ fn project(w: &World, recipe_body: &str) -> (PrivateKey, PathBuf) {
 }
 
 fn rev(dir: &Path, what: &str) -> String {
-    let out = Command::new("git").args(["rev-parse", what]).current_dir(dir).output().unwrap();
+    let out =
+        Command::new("git").args(["-c", "safe.directory=*", "rev-parse", what]).current_dir(dir).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -187,7 +188,7 @@ fn old_foreign_or_late_signed_requests_are_not_obeyed() -> TestResult {
 
 /// Signs and publishes a key list with the binary, as a maintainer does.
 fn keys(w: &World, signer: &Path, args: &[&str]) {
-    let file = w.dir.join("maint/keys.toml");
+    let file = w.keys_file("demo");
     let mut argv = vec!["keys", "sign", file.to_str().unwrap(), "--key", signer.to_str().unwrap()];
     argv.extend_from_slice(args);
     let out = w.maintainer(&argv);
@@ -419,33 +420,43 @@ fn nothing_private_of_the_volunteers_reaches_the_server() -> TestResult {
     Ok(())
 }
 
-/// Joins a new session keyring, puts a secret `user` key in it, and runs the program named by
-/// its arguments in that session: a volunteer whose login keyring holds a token.
+/// Joins a new session keyring, puts a secret `user` key in it and another in the user's own
+/// keyring, both readable by every process of the uid (as tools that share a token between a
+/// user's programs make them; they expire in five minutes), and runs the program named by its
+/// arguments in that session: a volunteer whose keyrings hold tokens.
 const WITH_A_KEY: &str = "\
 import ctypes, os, platform, sys
 add, ctl = {'x86_64': (248, 250), 'aarch64': (217, 219)}[platform.machine()]
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.syscall(ctl, 1, None) > 0
-assert libc.syscall(add, b'user', b'tbox-attack', b'PRIVATE-KEYRING-SECRET', 22, -3) > 0
+for name in (b'tbox-attack', b'tbox-attack-u'):
+    k = libc.syscall(add, b'user', name, b'PRIVATE-KEYRING-SECRET', 22, -3)
+    assert k > 0
+    assert libc.syscall(ctl, 5, k, 0x3f3f0000) == 0
+    libc.syscall(ctl, 15, k, 300)
+assert libc.syscall(ctl, 8, k, -4) == 0
 os.execv(sys.argv[1], sys.argv[1:])
 ";
 
-/// What a hostile step tries: find the key by name, read every key /proc/keys shows.
+/// What a hostile step tries: find the keys by name in every keyring it can name, and take
+/// every key /proc/keys shows by its serial: link it into a keyring of its own, then read it.
 const KEYRING_PROBE: &str = "\
 import ctypes, platform
 ctl = {'x86_64': 250, 'aarch64': 219}[platform.machine()]
 libc = ctypes.CDLL(None, use_errno=True)
 buf = ctypes.create_string_buffer(200)
 for ring in (-3, -4, -5):
-    print('search', ring, libc.syscall(ctl, 10, ring, b'user', b'tbox-attack', 0))
+    for name in (b'tbox-attack', b'tbox-attack-u'):
+        print('search', ring, name, libc.syscall(ctl, 10, ring, b'user', name, 0))
 try:
     serials = [int(l.split()[0], 16) for l in open('/proc/keys')]
 except OSError as e:
     serials = []
     print('no /proc/keys:', e)
 for k in serials:
+    linked = libc.syscall(ctl, 8, k, -3)
     n = libc.syscall(ctl, 11, k, buf, 200)
-    print('read', k, n, buf.raw[:n] if n > 0 else b'')
+    print('read', k, linked, n, buf.raw[:n] if n > 0 else b'')
 ";
 
 /// Attack 8: a server's error message put escape sequences on the volunteer's terminal (window
@@ -608,5 +619,216 @@ fn a_build_allowed_the_network_arrives() -> TestResult {
     assert_eq!((b["result"].as_str(), b["sandbox"].as_str()), (Some("success"), Some("bubblewrap+network")), "{b}");
     assert!(logs.iter().any(|l| l.contains("reached the network")), "{logs:?}");
     drop(listener);
+    Ok(())
+}
+
+/// Red team, round two: a step wrote a repository into a submodule's directory of the checkout
+/// (only the checkout's own `.git` is read-only to it) with an `uploadpack` of its choosing; the
+/// next update's `git fetch`, run outside the sandbox, recursed into it and ran that program.
+#[test]
+fn a_repository_planted_in_a_submodule_never_runs_outside_the_sandbox() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]).unprivileged();
+    let (k, key_path) = w.maintain("demo");
+    let repo = w.repo("demo");
+    let marker = w.dir.join("PWNED-SUBMODULE");
+    // A submodule `sub` (a gitlink and its .gitmodules), and a step that plants a repository in
+    // its directory whose fetch runs the attacker's program.
+    let head = rev(&repo, "HEAD");
+    std::fs::write(
+        repo.join(".gitmodules"),
+        format!("[submodule \"sub\"]\n\tpath = sub\n\turl = {}\n", repo.display()),
+    )?;
+    git(&repo, &["update-index", "--add", "--cacheinfo", &format!("160000,{head},sub")]);
+    git(&repo, &["add", ".gitmodules"]);
+    git(&repo, &["commit", "-qm", "submodule"]);
+    let plant = format!(
+        "[[step]]\nname = \"plant\"\nrun = '''\nrm -rf sub && git init -q sub && git -C sub config remote.origin.url {repo} && \
+         git -C sub config remote.origin.uploadpack 'touch {marker}; git-upload-pack' && \
+         git -C sub config fetch.recurseSubmodules true && echo planted\n'''\n",
+        repo = repo.display(),
+        marker = marker.display(),
+    );
+    w.publish(&w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 1\n{plant}")), &key_path);
+    join_and_approve(&w, &w.base, "demo", &k.public_key().fingerprint());
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(w.newest("demo").1.iter().any(|l| l.contains("planted")), "the step did not plant its repository");
+    // The project moves the submodule on: the next fetch brings a change of the gitlink.
+    git(&repo, &["update-index", "--cacheinfo", &format!("160000,{},sub", rev(&repo, "HEAD"))]);
+    git(&repo, &["commit", "-qm", "move the submodule"]);
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!marker.exists(), "the planted repository's program ran outside the sandbox");
+    assert_eq!(rev(&w.workdir("demo"), "HEAD"), rev(&repo, "HEAD"), "the update did not happen");
+    Ok(())
+}
+
+/// Red team, round two: trust rested on the pinned key alone until a key list was seen, so a
+/// mirror that hid the project's key lists (and the revocation in them) kept a key trusted for
+/// ever. Now nothing runs without a signed key list, which expires.
+#[test]
+fn nothing_runs_without_a_signed_key_list() -> TestResult {
+    let w = World::new(&["demo"]).unprivileged();
+    let (k, _) = project(&w, ANY_BRANCH);
+    let fp = k.public_key().fingerprint();
+    let mirror = Mirror::new(&w.base);
+    mirror
+        .on(|r| r.path.ends_with("/keys").then(|| Reply::json(404, &json!({"error": "not_found", "message": "none"}))));
+    let out = w.volunteer(&["join", &format!("{}/projects/demo", mirror.base), "--key", &fp, "--builder", "vol"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has not published its signed key list") && stderr(&out).contains("keys publish"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!w.dir.join("home/.config/tbox/report.toml").exists(), "join changed something");
+    // Once the volunteer holds the project's list, a mirror hiding it changes nothing: the list
+    // held is used (until it expires).
+    mirror.clear();
+    if have_bwrap() {
+        join_and_approve(&w, &mirror.base, "demo", &fp);
+        mirror.on(|r| {
+            r.path.ends_with("/keys").then(|| Reply::json(404, &json!({"error": "not_found", "message": "none"})))
+        });
+        let out = w.volunteer(&["run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    Ok(())
+}
+
+/// Red team, round two: a stolen key signed version 1000 of the recipe, which volunteers ran;
+/// once the project revoked that key, its real recipes (version 3) were refused as rollbacks
+/// for ever. A version signed by a key revoked since no longer binds.
+#[test]
+fn a_version_signed_by_a_revoked_key_does_not_lock_the_project_out() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]).unprivileged();
+    let (k1, k1_path) = w.maintain("demo");
+    let k2 = key();
+    let k2_pub = w.dir.join("maint/k2.pub");
+    std::fs::write(&k2_pub, k2.public_key().to_pem())?;
+    keys(&w, &k1_path, &["--add", k2_pub.to_str().unwrap()]);
+    let text = |v: u64, marker: &str| {
+        recipe_text(
+            "demo",
+            &format!("file://{}", w.repo("demo").display()),
+            &format!("{STEPS_OK}version = {v}\n[[step]]\nname = \"b\"\nrun = \"touch {marker}\"\n"),
+        )
+    };
+    let mirror = Mirror::new(&w.base);
+    let stolen = text(1000, "v1000-ran");
+    mirror.serve(stolen.as_bytes(), &k2.sign(stolen.as_bytes()));
+    join_and_approve(&w, &mirror.base, "demo", &k1.public_key().fingerprint());
+    assert_eq!(w.volunteer(&["run"]).status.code(), Some(0));
+    assert!(w.workdir("demo").join("v1000-ran").exists(), "the stolen key's recipe did not run");
+    // The project revokes key 2 and publishes version 3 with key 1.
+    mirror.clear();
+    keys(&w, &k1_path, &["--revoke", &k2.public_key().fingerprint()]);
+    let path = w.dir.join("maint/recipe.toml");
+    std::fs::write(&path, text(3, "v3-ran"))?;
+    w.publish(&path, &k1_path);
+    let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(w.workdir("demo").join("v3-ran").exists(), "the project's recipe was refused");
+    // And version 3 binds from now on: the check can fail.
+    let v2 = text(2, "v2-ran");
+    let other = Mirror::new(&w.base);
+    other.serve(v2.as_bytes(), &k1.sign(v2.as_bytes()));
+    std::fs::write(w.dir.join("home/.config/tbox/report.toml"), w.config().replace(&mirror.base, &other.base))?;
+    let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lower than version 3"), "{}", stderr(&out));
+    Ok(())
+}
+
+/// Red team, round two: with no `git` in the config (a hand-written one), the first recipe's
+/// `repo` was taken on its word: a stolen project key pointed the checkout, which runs outside
+/// the sandbox, at a repository of the volunteer's.
+#[test]
+fn no_source_is_taken_on_a_recipes_word() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]).unprivileged();
+    let (k, _) = project(&w, ANY_BRANCH);
+    join_and_approve(&w, &w.base, "demo", &k.public_key().fingerprint());
+    let config = w.config();
+    let without: String =
+        config.lines().filter(|l| !l.trim_start().starts_with("git ")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(config, without, "join wrote no `git`:\n{config}");
+    std::fs::write(w.dir.join("home/.config/tbox/report.toml"), &without)?;
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no source repository is pinned") && stderr(&out).contains("git = "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!w.workdir("demo").exists(), "something was checked out");
+    Ok(())
+}
+
+/// Red team, round two: the disk limit was measured by a plain walk, which a step blinded with
+/// a directory nobody may read, a tree deeper than a path may be long, a file deleted but kept
+/// open, or millions of empty files; and the checkout itself was not under the limit.
+#[test]
+fn disk_used_out_of_a_walks_sight_still_counts() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]).unprivileged();
+    let (k, key_path) = w.maintain("demo");
+    let step = |name: &str, run: &str| {
+        format!("[[step]]\nname = \"{name}\"\nrun = '''\n{run}\n'''\ncontinue_on_failure = true\n")
+    };
+    let steps = [
+        step("hidden", "mkdir -p h/in && dd if=/dev/zero of=h/in/big bs=1M count=300 2>&1 && chmod 000 h && sleep 60"),
+        step(
+            "deep",
+            "python3 -c \"import os\nfor i in range(200):\n    os.mkdir('d' * 40); os.chdir('d' * 40)\nopen('big', 'wb').write(bytes(300 << 20))\" && sleep 60",
+        ),
+        step("deleted", "exec 3>/tmp/gone && rm /tmp/gone && dd if=/dev/zero bs=1M count=300 >&3 2>/dev/null && sleep 60"),
+        step("inodes", "mkdir -p many && cd many && for i in $(seq 100000); do : > f$i; done; sleep 60"),
+    ]
+    .concat();
+    w.publish(&w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 1\n{steps}")), &key_path);
+    join_and_approve(&w, &w.base, "demo", &k.public_key().fingerprint());
+    let config = w.config() + "\n[limits]\ndisk = \"256MiB\"\n";
+    std::fs::write(w.dir.join("home/.config/tbox/report.toml"), config)?;
+    let started = Instant::now();
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(200), "took {:?}", started.elapsed());
+    let (b, logs) = w.newest("demo");
+    for (i, name) in ["hidden", "deep", "deleted", "inodes"].iter().enumerate() {
+        assert!(logs[i + 1].contains("[tbox-report] step ended: disk limit 256 MiB"), "{name}: {}\n{b}", logs[i + 1]);
+    }
+    // What the build left, unreadable and deep, is gone with its scratch; the next update cleans
+    // the checkout.
+    let leftovers: Vec<_> =
+        std::fs::read_dir(w.dir.join("home/.local/state/tbox/work")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let check =
+        "[[step]]\nname = \"clean\"\nrun = \"test ! -e h && test ! -e many && test ! -e dddd* && echo CLEAN-TREE\"\n";
+    w.publish(&w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 2\n{check}")), &key_path);
+    let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (b, logs) = w.newest("demo");
+    assert!(logs[1].contains("CLEAN-TREE"), "{b}\n{logs:?}");
+
+    // A repository larger than the limit stops during the checkout, not after.
+    let repo = w.repo("demo");
+    std::fs::write(repo.join("big.bin"), (0..300u32 << 18).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>())?;
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "big"]);
+    let _ = std::fs::remove_dir_all(w.workdir("demo"));
+    let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk limit"), "{}", stderr(&out));
     Ok(())
 }

@@ -184,7 +184,18 @@ fn protections(workdir: &std::path::Path, limits: tbox_protocol::StepLimits) -> 
     let nproc = limit_of("Max processes");
     // Joined before the step starts (between fork and exec); a step that cannot get one does
     // not run at all.
-    crate::say!("keyring  each step gets a new, empty session keyring: yours is out of its reach");
+    crate::say!(
+        "keyring  each step gets a new, empty session keyring, and cannot make keyring calls at all (seccomp): \
+         yours are out of its reach"
+    );
+    crate::say!(
+        "kernel   /proc/sys and the like read-only, /proc/keys hidden, no memory outside files (memfd), {}",
+        if sandbox.nests_user_namespaces() {
+            "but this bwrap (before 0.8) cannot forbid a step its own user namespaces"
+        } else {
+            "no user namespaces of its own"
+        }
+    );
     let root = nix::unistd::getuid().is_root();
     match nproc.as_deref() {
         Some(n) if n == limits.processes.to_string() && !root => crate::say!(
@@ -207,8 +218,9 @@ fn protections(workdir: &std::path::Path, limits: tbox_protocol::StepLimits) -> 
         tbox_protocol::human_size(limits.memory)
     );
     crate::say!(
-        "         {} of disk per step (checkout, HOME and /tmp): measured at least every few seconds, the step ended \
-         past it; no single file larger, by the kernel (RLIMIT_FSIZE)",
+        "         {} of disk per step (checkout, HOME and /tmp, files deleted but open, at least 4 KiB a file): \
+         measured at least every few seconds, the step ended past it; no single file larger, by the kernel \
+         (RLIMIT_FSIZE); the checkout itself is stopped past it too",
         tbox_protocol::human_size(limits.disk)
     );
     crate::say!(

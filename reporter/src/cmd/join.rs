@@ -346,13 +346,17 @@ fn data_dir() -> PathBuf {
         .join("tbox")
 }
 
-/// `<user>-<host>`, kept to the characters a builder name may have.
+/// `<os><version>-<arch>-<6 random hex>`, e.g. `debian12-x86_64-3f9c0a`: the name is public on
+/// the waterfall, so it tells developers what the machine is, not who owns it or what it is
+/// called (`$USER-hostname` did both).
 fn default_builder() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "volunteer".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .unwrap_or_else(|_| "machine".into());
-    let name: String = format!("{}-{}", user.trim(), host.trim())
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        release.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim_matches('"').to_owned())
+    };
+    let os = format!("{}{}", field("ID").unwrap_or_else(|| "linux".into()), field("VERSION_ID").unwrap_or_default());
+    let random = &super::new_uuid()[..6];
+    let name: String = format!("{os}-{}-{random}", std::env::consts::ARCH)
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
         .take(64)

@@ -112,8 +112,14 @@ pub(crate) fn new_uuid() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The revision checked out in `dir`, if it is a git work tree.
+/// The revision checked out in `dir`, if it is a git work tree. Runs outside the sandbox on a
+/// tree builds wrote into: nothing in it may make git run a program.
 fn git_revision(dir: &Path) -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().ok()?;
+    let out = std::process::Command::new("git")
+        .args(["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "-c", "submodule.recurse=false"])
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|r| !r.is_empty())
 }

@@ -45,10 +45,14 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
             log_truncated: truncated,
         });
     }
-    let found =
-        if args.junit.is_empty() { junit::Collected::default() } else { junit::collect(&cwd, &args.junit, None) };
+    let found = if args.junit.is_empty() {
+        junit::Collected::default()
+    } else {
+        junit::collect(&cwd, &args.junit, None, &mut junit::Budget::for_a_report())
+    };
+    // File names and parser messages come from the files: no escape sequence reaches the terminal.
     for n in found.notes.iter().chain(&found.problems) {
-        eprintln!("tbox-report: {n}");
+        eprintln!("tbox-report: {}", crate::client::printable(n));
     }
     if !args.junit.is_empty() && found.matched == 0 {
         eprintln!("tbox-report: no JUnit file matched {}", args.junit.join(", "));

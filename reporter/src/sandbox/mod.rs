@@ -18,6 +18,8 @@
 //! first place, and its limits: tasks (`RLIMIT_NPROC`, counted in its own user namespace) and
 //! file size; `watch.rs` measures memory, tasks and disk while it runs.
 
+pub mod disk;
+mod seccomp;
 mod sys;
 pub mod watch;
 
@@ -54,22 +56,24 @@ pub enum Mode {
 pub struct Sandbox {
     /// Absolute, so that the steps do not depend on the PATH they are given.
     program: PathBuf,
-    /// Everything before `--setenv`, `--chdir` and the command.
-    args: Vec<OsString>,
+    /// The files that say who and where the step is, and where they go.
+    etc: Vec<(PathBuf, &'static str)>,
+    /// The entries of the system directories that not everyone may read.
+    masks: Vec<PathBuf>,
+    nested: Nested,
     /// The checkout on the host (bound at [`WORKDIR`]).
     workdir: PathBuf,
     /// The build's scratch directory on the host: HOME, /tmp and the rest live there.
     scratch: PathBuf,
     network: bool,
     limits: StepLimits,
-    /// How many private entries of the system directories are masked.
-    masked: usize,
 }
 
-/// A step's bwrap command, and the file its options are read from (keep it until spawned).
+/// A step's bwrap command, and the files its options and seccomp filter are read from (keep
+/// them until spawned).
 pub struct Prepared {
     pub command: Command,
-    pub options: File,
+    pub options: [File; 2],
 }
 
 /// Why no sandbox could be made; it says what is wrong and how to fix it.
@@ -127,21 +131,20 @@ impl Sandbox {
         }
         let etc = write_identity(&scratch.join("etc")).map_err(|e| made(&scratch.join("etc"), e))?;
         let masks = private_entries();
+        let nested = if forbids_user_namespaces(program) { Nested::Forbidden } else { Nested::Allowed };
         let sandbox = Sandbox {
             program: program.to_owned(),
-            args: sandbox_args(Some(&workdir), &scratch, &etc, &masks, network),
+            etc,
+            masks,
+            nested,
             workdir: workdir.clone(),
-            scratch: scratch.clone(),
+            scratch,
             network,
             limits,
-            masked: masks.len(),
         };
         // A missing workdir cannot be bound yet; the check is about namespaces and mounts anyway.
-        let probe_args =
-            if workdir.is_dir() { sandbox.args.clone() } else { sandbox_args(None, &scratch, &etc, &masks, network) };
-        let probe = Sandbox { args: probe_args, ..sandbox.clone() };
         let dir = if workdir.is_dir() { WORKDIR } else { HOME };
-        let out = probe.command_in(dir, "exit 0", std::iter::empty()).and_then(|mut p| {
+        let out = sandbox.command_in(dir, "exit 0", std::iter::empty()).and_then(|mut p| {
             p.command.env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
             p.command.output()
         });
@@ -171,12 +174,17 @@ impl Sandbox {
 
     /// How many entries of the system directories are hidden because not everyone may read them.
     pub fn masked(&self) -> usize {
-        self.masked
+        self.masks.len()
     }
 
-    /// Where the disk limit is measured: the checkout and the scratch directory.
-    pub fn disk_roots(&self) -> Vec<PathBuf> {
-        vec![self.workdir.clone(), self.scratch.clone()]
+    /// Whether a step may make user namespaces of its own (bwrap before 0.8 cannot forbid it).
+    pub fn nests_user_namespaces(&self) -> bool {
+        self.nested == Nested::Allowed
+    }
+
+    /// What the disk limit measures: the checkout and the scratch directory.
+    pub fn disk_meter(&self) -> disk::Meter {
+        disk::Meter::new(vec![self.workdir.clone(), self.scratch.clone()], Some(self.program.clone()))
     }
 
     /// `bwrap --args FD --setenv … --chdir <dir> -- sh -c <command>`, `dir` being a directory on
@@ -205,26 +213,43 @@ impl Sandbox {
         command: &str,
         env: impl Iterator<Item = (&'e OsStr, &'e OsStr)>,
     ) -> std::io::Result<Prepared> {
-        let mut args = self.args.clone();
+        // Made for each step: the workdir may have appeared since (a first clone), a masked
+        // entry may have gone (bwrap cannot mask what is not there).
+        let workdir = self.workdir.is_dir().then_some(self.workdir.as_path());
+        let mut args = sandbox_args(workdir, &self.scratch, &self.etc, &self.masks, self.network, self.nested);
         for (k, v) in env {
             args.extend([OsString::from("--setenv"), k.to_owned(), v.to_owned()]);
         }
         args.extend([OsString::from("--chdir"), OsString::from(inside)]);
-        // NUL-separated, read by bwrap from a descriptor; the file itself is gone at once.
-        let path = self.scratch.join(format!("bwrap-args-{}", std::process::id()));
+        // NUL-separated, read by bwrap from a descriptor; the files themselves are gone at once.
+        let mut options = Vec::new();
+        for a in &args {
+            options.extend_from_slice(a.as_bytes());
+            options.push(0);
+        }
+        let options = self.unlinked_file("args", &options)?;
+        let filter = self.unlinked_file("seccomp", &seccomp::filter())?;
+        let (fd, filter_fd) = (options.as_raw_fd(), filter.as_raw_fd());
+        let mut cmd = Command::new(&self.program);
+        cmd.env_clear()
+            .arg("--args")
+            .arg(fd.to_string())
+            .arg("--seccomp")
+            .arg(filter_fd.to_string())
+            .args(["--", "sh", "-c", command]);
+        let limits = self.limits;
+        sys::confine(&mut cmd, sys::Confine::new(u64::from(limits.processes), limits.disk, [fd, filter_fd]));
+        Ok(Prepared { command: cmd, options: [options, filter] })
+    }
+
+    /// A file holding `bytes`, open for reading from its start, and already unlinked.
+    fn unlinked_file(&self, what: &str, bytes: &[u8]) -> std::io::Result<File> {
+        let path = self.scratch.join(format!("bwrap-{what}-{}", std::process::id()));
         let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         let _ = std::fs::remove_file(&path);
-        for a in &args {
-            file.write_all(a.as_bytes())?;
-            file.write_all(b"\0")?;
-        }
+        file.write_all(bytes)?;
         file.rewind()?;
-        let fd = file.as_raw_fd();
-        let mut cmd = Command::new(&self.program);
-        cmd.env_clear().arg("--args").arg(fd.to_string()).args(["--", "sh", "-c", command]);
-        let limits = self.limits;
-        sys::confine(&mut cmd, sys::Confine::new(u64::from(limits.processes), limits.disk, fd));
-        Ok(Prepared { command: cmd, options: file })
+        Ok(file)
     }
 }
 
@@ -235,6 +260,39 @@ pub(crate) fn step_group(bwrap: u32) -> Option<Pid> {
     watch::inner_init(bwrap).and_then(|(_, pgrp)| (pgrp > 0).then(|| Pid::from_raw(pgrp)))
 }
 
+/// Whether a step may make user namespaces of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nested {
+    /// bwrap older than 0.8 cannot forbid it.
+    Allowed,
+    Forbidden,
+}
+
+/// Whether this bwrap can forbid a step its own user namespaces (`--disable-userns`, 0.8.0).
+fn forbids_user_namespaces(program: &Path) -> bool {
+    Command::new(program)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--disable-userns"))
+}
+
+/// Entries of a new /proc that act on the whole machine, made read-only (a step run by root is
+/// uid 0 of the machine to the kernel's sysctl checks: it could set `kernel.core_pattern`, a
+/// program the kernel then runs as root), and entries that tell about the machine and its keys,
+/// hidden. The same lists as Docker's defaults.
+const PROC_READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const PROC_HIDDEN_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+];
+const PROC_HIDDEN_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
+
 /// The bwrap options, without the environment, `--chdir` and the command. Without `workdir`
 /// (not there yet) it is the same sandbox minus that bind.
 fn sandbox_args(
@@ -243,9 +301,15 @@ fn sandbox_args(
     etc: &[(PathBuf, &str)],
     masks: &[PathBuf],
     network: bool,
+    nested: Nested,
 ) -> Vec<OsString> {
     let mut a = Args(Vec::new());
     a.push(["--unshare-all"]);
+    if nested == Nested::Forbidden {
+        // A user namespace of the step's own would give it the capabilities to make a pid
+        // namespace whose processes the watcher would not see as the sandbox's.
+        a.push(["--unshare-user", "--disable-userns"]);
+    }
     if network {
         a.push(["--share-net"]);
     }
@@ -268,18 +332,32 @@ fn sandbox_args(
     // The volunteer (or root, or a group of theirs) could read these on the host; the build
     // sees only what any user of the machine could.
     for hidden in masks {
-        if hidden.is_dir() {
-            a.push([OsString::from("--tmpfs"), hidden.clone().into()]);
-            a.push([OsString::from("--remount-ro"), hidden.clone().into()]);
-        } else {
-            a.push([OsString::from("--ro-bind"), "/dev/null".into(), hidden.clone().into()]);
+        match std::fs::symlink_metadata(hidden) {
+            Ok(m) if m.is_dir() => {
+                a.push([OsString::from("--tmpfs"), hidden.clone().into()]);
+                a.push([OsString::from("--remount-ro"), hidden.clone().into()]);
+            }
+            Ok(_) => a.push([OsString::from("--ro-bind"), "/dev/null".into(), hidden.clone().into()]),
+            // Gone since: nothing to hide.
+            Err(_) => {}
         }
     }
     // Who and where the step is: neutral names instead of the volunteer's.
     for (file, at) in etc {
         a.bind("--ro-bind", file, Path::new(at));
     }
-    a.push(["--proc", "/proc", "--dev", "/dev"]);
+    a.push(["--proc", "/proc"]);
+    // Only those the host has: bwrap cannot create a mount point inside /proc.
+    for p in PROC_READ_ONLY.iter().filter(|p| Path::new(p).exists()) {
+        a.bind("--ro-bind", Path::new(p), Path::new(p));
+    }
+    for p in PROC_HIDDEN_FILES.iter().filter(|p| Path::new(p).is_file()) {
+        a.bind("--ro-bind", Path::new("/dev/null"), Path::new(p));
+    }
+    for p in PROC_HIDDEN_DIRS.iter().filter(|p| Path::new(p).is_dir()) {
+        a.push(["--tmpfs", p, "--remount-ro", p]);
+    }
+    a.push(["--dev", "/dev"]);
     for (dir, at) in ON_DISK {
         a.bind("--bind", &scratch.join(dir), Path::new(at));
     }
@@ -340,9 +418,18 @@ fn write_identity(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
     }
     passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
     group.push_str("nogroup:x:65534:\n");
-    let files: [(&str, &'static str, String); 5] = [
-        ("passwd", "/etc/passwd", passwd),
-        ("group", "/etc/group", group),
+    // The backups and lists next to them name the machine's users too (`passwd-` is readable by
+    // all), and `mailname` the machine.
+    let files: [(&str, &'static str, String); 12] = [
+        ("passwd", "/etc/passwd", passwd.clone()),
+        ("passwd-", "/etc/passwd-", passwd),
+        ("group", "/etc/group", group.clone()),
+        ("group-", "/etc/group-", group),
+        ("subuid", "/etc/subuid", String::new()),
+        ("subuid-", "/etc/subuid-", String::new()),
+        ("subgid", "/etc/subgid", String::new()),
+        ("subgid-", "/etc/subgid-", String::new()),
+        ("mailname", "/etc/mailname", "sandbox\n".into()),
         ("hostname", "/etc/hostname", "sandbox\n".into()),
         ("hosts", "/etc/hosts", "127.0.0.1 localhost sandbox\n::1 localhost sandbox\n".into()),
         ("machine-id", "/etc/machine-id", "74626f7873616e64626f780000000000\n".into()),
@@ -598,7 +685,9 @@ mod tests {
         let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
         // Everything a step could read that names where and who the volunteer is.
         let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; tr '\\0' ' ' < /proc/self/cmdline; echo; \
-                      ls -l /proc/self/fd/; id -un; hostname; cat /etc/hostname /etc/hosts; echo \"$HOME $PWD\"; env";
+                      ls -l /proc/self/fd/; id -un; hostname; cat /etc/hostname /etc/hosts; echo \"$HOME $PWD\"; env; \
+                      cat /etc/passwd /etc/passwd- /etc/group /etc/group- /etc/subuid /etc/subgid /etc/mailname 2>/dev/null; \
+                      getent passwd";
         let (ending, out) = run_in(&sandbox, &l.workdir, script, &BTreeMap::new());
         assert_eq!(ending, Ending::Exited(0), "{out}");
         let base = l.base.display().to_string();
@@ -610,6 +699,15 @@ mod tests {
         );
         if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
             assert!(user == "root" || !out.contains(&user), "the step saw the user name {user}:\n{out}");
+        }
+        // Nor the machine's people: no login of the host's (uid 1000 and up) is named.
+        for line in std::fs::read_to_string("/etc/passwd")?.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if let [name, _, uid, ..] = f[..]
+                && uid.parse::<u32>().is_ok_and(|u| (1000..65534).contains(&u))
+            {
+                assert!(!out.contains(&format!("{name}:")), "the step saw the user {name}:\n{out}");
+            }
         }
         assert!(out.contains("\nsandbox\n") && out.contains("/home/build /work"), "{out}");
         // bwrap's own options (every masked path, every bind) are not on its command line.
@@ -810,6 +908,14 @@ mod tests {
                     || { x=$(head -c 400000000 /dev/zero | tr '\\0' x); sleep 30; }";
         let (ending, out) = run_in(&sandbox, &l.workdir, grow, &env);
         assert_eq!(ending, Ending::Limit(Passed::Memory(96 << 20)), "{out}");
+        // Shared memory (an anonymous mmap is MAP_SHARED in Python), touched by two processes:
+        // counted, and once.
+        let shared = "python3 -c 'import mmap, os, time\nm = mmap.mmap(-1, 150 << 20)\nm.write(bytes(150 << 20))\nos.fork()\ntime.sleep(30)'";
+        let (ending, out) = run_in(&sandbox, &l.workdir, shared, &env);
+        assert_eq!(ending, Ending::Limit(Passed::Memory(96 << 20)), "{out}");
+        let within = "python3 -c 'import mmap, os, time\nm = mmap.mmap(-1, 60 << 20)\nm.write(bytes(60 << 20))\nos.fork()\ntime.sleep(2)'";
+        let (ending, out) = run_in(&sandbox, &l.workdir, within, &env);
+        assert_eq!(ending, Ending::Exited(0), "shared pages counted twice? {out}");
         // Disk: the workdir, and /tmp (on disk: it counts too).
         for target in ["big", "/tmp/big"] {
             let (ending, out) =
@@ -817,6 +923,42 @@ mod tests {
             assert_eq!(ending, Ending::Limit(Passed::Disk(64 << 20)), "{target}: {out}");
             let _ = std::fs::remove_file(l.workdir.join("big"));
             let _ = std::fs::remove_file(l.scratch.join("tmp/big"));
+        }
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    /// What a step run by root (or anyone) tries against the kernel itself: a sysctl (here one
+    /// written with its own value, so that a failure of this test harms nothing), the keyrings,
+    /// memory no process maps, and a user namespace of its own.
+    #[test]
+    fn the_kernel_is_out_of_a_steps_reach() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let l = layout("kernel")?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
+        let probe = r#"
+v=$(cat /proc/sys/kernel/core_pattern); (printf '%s\n' "$v" > /proc/sys/kernel/core_pattern) 2>/dev/null && echo WROTE-SYSCTL
+echo "keys: $(cat /proc/keys 2>/dev/null | wc -l)"
+python3 -c '
+import ctypes, os, platform
+nr = {"x86_64": (250, 319), "aarch64": (219, 279)}[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+print("keyctl", libc.syscall(nr[0], 0, -3, 0), ctypes.get_errno())
+print("memfd", libc.syscall(nr[1], b"x", 0), ctypes.get_errno())
+print("getpid", os.getpid() > 0)
+'
+unshare -U true 2>/dev/null && echo NESTED-USERNS
+true"#;
+        let (ending, out) = run_in(&sandbox, &l.workdir, probe, &BTreeMap::new());
+        assert_eq!(ending, Ending::Exited(0), "{out}");
+        assert!(!out.contains("WROTE-SYSCTL"), "{out}");
+        assert!(out.contains("keys: 0\n"), "{out}");
+        assert!(out.contains(&format!("keyctl -1 {}\n", libc::ENOSYS)), "{out}");
+        assert!(out.contains(&format!("memfd -1 {}\n", libc::ENOSYS)), "{out}");
+        // The filter stops only those: everything else works.
+        assert!(out.contains("getpid True"), "{out}");
+        if forbids_user_namespaces(&bwrap) {
+            assert!(!out.contains("NESTED-USERNS"), "{out}");
         }
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
@@ -832,7 +974,7 @@ mod tests {
         let mut p = sandbox.command(&l.workdir, "true", [preload].into_iter())?;
         assert_eq!(p.command.get_envs().filter(|(_, v)| v.is_some()).count(), 0, "bwrap gets no environment");
         let mut options = Vec::new();
-        std::io::Read::read_to_end(&mut p.options, &mut options)?;
+        std::io::Read::read_to_end(&mut p.options[0], &mut options)?;
         let options: Vec<&[u8]> = options.split(|b| *b == 0).collect();
         assert!(options.windows(3).any(|w| w == [&b"--setenv"[..], b"LD_PRELOAD", b"/checkout/evil.so"]));
         // And the step sees exactly what it was given.

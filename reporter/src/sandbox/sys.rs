@@ -15,7 +15,7 @@
 //!   sandbox's tasks, while set before it would count every process of the volunteer;
 //! - caps the size of any one file (`RLIMIT_FSIZE`) at the disk limit;
 //! - marks every inherited descriptor close-on-exec (cron or a shell may hand some down), except
-//!   the one bwrap reads its options from.
+//!   the ones bwrap reads its options and its seccomp filter from.
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -35,20 +35,21 @@ pub(crate) struct Confine {
     pub processes: u64,
     /// `RLIMIT_FSIZE`: the largest file the step may write.
     pub file_size: u64,
-    /// The descriptor bwrap reads its options from (`--args FD`); stays open across exec.
-    pub keep_fd: RawFd,
+    /// The descriptors bwrap reads its options (`--args FD`) and its seccomp filter
+    /// (`--seccomp FD`) from; they stay open across exec.
+    pub keep_fds: [RawFd; 2],
 }
 
 impl Confine {
     /// For the calling user, with these limits.
-    pub fn new(processes: u64, file_size: u64, keep_fd: RawFd) -> Confine {
+    pub fn new(processes: u64, file_size: u64, keep_fds: [RawFd; 2]) -> Confine {
         let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
         Confine {
             uid_map: format!("{uid} {uid} 1\n").into_bytes(),
             gid_map: format!("{gid} {gid} 1\n").into_bytes(),
             processes,
             file_size,
-            keep_fd,
+            keep_fds,
         }
     }
 }
@@ -101,8 +102,10 @@ impl Confine {
                 unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
             }
         }
-        if unsafe { libc::fcntl(self.keep_fd, libc::F_SETFD, 0) } != 0 {
-            return Err(io::Error::last_os_error());
+        for fd in self.keep_fds {
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(())
     }

@@ -94,8 +94,10 @@ impl World {
         tbox_server::cmd::run(Cli::try_parse_from(argv).unwrap()).unwrap();
     }
 
-    /// Makes a project key (written 0600 for `recipe sign`), registers it, and a git repository
-    /// with one commit on `main`. Returns the key's path.
+    /// Makes a project key (written 0600 for `recipe sign`), registers it, publishes the
+    /// project's first key list (with the binary, as a maintainer does: volunteers run nothing
+    /// of a project without one), and makes a git repository with one commit on `main`.
+    /// Returns the key's path.
     pub fn maintain(&self, project: &str) -> (PrivateKey, PathBuf) {
         let k = key();
         let path = self.dir.join("maint").join(format!("{project}.pem"));
@@ -103,6 +105,12 @@ impl World {
         let public = self.dir.join("maint").join(format!("{project}.pub"));
         std::fs::write(&public, k.public_key().to_pem()).unwrap();
         self.admin(&["project", "key", "add", project, "--key", public.to_str().unwrap()]);
+        let list = self.keys_file(project);
+        let (list, key_path) = (list.to_str().unwrap(), path.to_str().unwrap());
+        let out = self.maintainer(&["keys", "sign", list, "--key", key_path, "--project", project]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = self.maintainer(&["keys", "publish", list, "--server", &self.base]);
+        assert!(out.status.success(), "{}", stderr(&out));
         let repo = self.repo(project);
         std::fs::create_dir_all(&repo).unwrap();
         git(&repo, &["init", "-q", "-b", "main"]);
@@ -110,6 +118,11 @@ impl World {
         git(&repo, &["add", "."]);
         git(&repo, &["commit", "-qm", "first"]);
         (k, path)
+    }
+
+    /// The maintainer's copy of the project's key list.
+    pub fn keys_file(&self, project: &str) -> PathBuf {
+        self.dir.join("maint").join(format!("{project}-keys.toml"))
     }
 
     pub fn repo(&self, project: &str) -> PathBuf {
@@ -237,6 +250,8 @@ pub fn recipe_text(project: &str, repo: &str, body: &str) -> String {
 
 pub fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
+        // The world may belong to the volunteer's user by now (`unprivileged`).
+        .args(["-c", "safe.directory=*"])
         .args(args)
         .current_dir(dir)
         .env("GIT_AUTHOR_NAME", "t")

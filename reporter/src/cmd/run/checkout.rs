@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tbox_protocol::{BranchName, BuildResult, Revision, Step};
 
+use crate::sandbox::disk;
 use crate::{config, runner};
 
 /// How git runs for a checkout.
@@ -35,34 +36,51 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Clones, or fetches and checks out `branch`. Returns the step to report and whether it worked.
 ///
 /// `url` is the config's `git` or the recipe's `repo`, both refused when they start with `-`.
+/// `disk`: the most the checkout may take (the build's disk limit); git is stopped past it.
 pub(super) fn checkout(
     url: &str,
     branch: &BranchName,
     revision: Option<&Revision>,
     workdir: &Path,
     how: Git,
+    disk: u64,
 ) -> (Step, bool) {
     let start = Utc::now().fixed_offset();
     let mut log = String::new();
+    let git = |args: &[&str], dir: &Path, log: &mut String| git(args, dir, how, (workdir, disk), log);
+    // What builds left: a directory they made unreadable would stop `git clean` (and keep a
+    // planted file for the next build).
+    if how == Git::Recipe && workdir.join(".git").is_dir() && disk::needs_fixing(workdir) {
+        let _ = disk::make_accessible(workdir);
+    }
     let (branch, branch_opt) = (branch.as_str(), format!("--branch={branch}"));
     // Fetched from the URL itself, not from `origin`: the source is the one the config or the
     // recipe names, whatever a build may have left in the checkout's remotes.
+    // What the last build left goes first: it is not the project's, and must not count against
+    // the update's disk limit. Where git cannot clean it (a tree deeper than a path may be
+    // long), the checkout goes whole: for a recipe it holds nothing a build may keep anyway.
+    if how == Git::Recipe && workdir.join(".git").is_dir() && !git(&["clean", "-ffdxq"], workdir, &mut log) {
+        log.push_str("[tbox-report] what the last build left could not be cleaned; the checkout is made afresh\n");
+        if let Err(e) = disk::remove_tree(workdir) {
+            log.push_str(&format!("[tbox-report] cannot remove the checkout: {e}\n"));
+        }
+    }
     let ok = if workdir.join(".git").is_dir() {
-        git(&["fetch", "--quiet", "--end-of-options", url, branch], workdir, how, &mut log)
+        git(&["fetch", "--quiet", "--no-recurse-submodules", "--end-of-options", url, branch], workdir, &mut log)
             // `--` ends the revisions (git before 2.42 takes no `--end-of-options` here); the
             // branch is a checked name given as -B's value.
-            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD", "--"], workdir, how, &mut log)
-            && (how == Git::Own || git(&["clean", "-ffdxq"], workdir, how, &mut log))
+            && git(&["checkout", "--quiet", "--force", "-B", branch, "FETCH_HEAD", "--"], workdir, &mut log)
+            && (how == Git::Own || git(&["clean", "-ffdxq"], workdir, &mut log))
     } else {
         let parent = workdir.parent().unwrap_or(Path::new("/"));
         let _ = std::fs::create_dir_all(parent);
         let target = workdir.to_string_lossy();
-        git(&["clone", "--quiet", &branch_opt, "--", url, &target], parent, how, &mut log)
+        git(&["clone", "--quiet", &branch_opt, "--", url, &target], parent, &mut log)
     };
     // A request may name a commit of the branch.
     let ok = ok
         && revision.is_none_or(|rev| {
-            git(&["checkout", "--quiet", "--force", "--detach", rev.as_str(), "--"], workdir, how, &mut log)
+            git(&["checkout", "--quiet", "--force", "--detach", rev.as_str(), "--"], workdir, &mut log)
         });
     // The log goes to the server: it says where the checkout is, not where the volunteer keeps it.
     let log = hide_paths(&log, workdir);
@@ -130,14 +148,18 @@ fn hide_paths(log: &str, workdir: &Path) -> String {
     log
 }
 
-/// Runs git with a scrubbed environment, logging what it says; false if it failed or ran out
-/// of time.
-fn git(args: &[&str], dir: &Path, how: Git, log: &mut String) -> bool {
+/// Runs git with a scrubbed environment, logging what it says; false if it failed, ran out of
+/// time, or made `watched.0` take more than `watched.1` bytes.
+fn git(args: &[&str], dir: &Path, how: Git, watched: (&Path, u64), log: &mut String) -> bool {
     log.push_str(&format!("$ git {}\n", args.join(" ")));
     let mut cmd = std::process::Command::new("git");
     // Git runs outside the sandbox: hooks in the checkout (a build could have written them,
-    // were `.git` writable to it) must not run here. A server that stalls is given up on.
+    // were `.git` writable to it) must not run here. Nor may git step into a submodule's
+    // directory: only the checkout's own `.git` is read-only to a build, so a repository there
+    // is the build's, with whatever `uploadpack` or `sshCommand` its config names. A server
+    // that stalls is given up on.
     cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+        .args(["-c", "submodule.recurse=false", "-c", "fetch.recurseSubmodules=false"])
         .args(["-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=300"])
         .current_dir(dir)
         .env_clear()
@@ -190,10 +212,22 @@ fn git(args: &[&str], dir: &Path, how: Git, log: &mut String) -> bool {
     })
     .collect();
     let deadline = std::time::Instant::now() + GIT_TIMEOUT;
+    let meter = disk::Meter::new(vec![watched.0.to_owned()], None);
+    let mut next_look = std::time::Instant::now() + Duration::from_secs(1);
+    let mut too_big = false;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) if std::time::Instant::now() < deadline && !too_big => {
+                std::thread::sleep(Duration::from_millis(100));
+                if std::time::Instant::now() >= next_look {
+                    // A repository larger than the disk limit must not fill the disk before the
+                    // first step's limit could stop it.
+                    let started = std::time::Instant::now();
+                    too_big = meter.usage() > watched.1;
+                    next_look = std::time::Instant::now() + (started.elapsed() * 10).max(Duration::from_secs(1));
+                }
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -206,8 +240,20 @@ fn git(args: &[&str], dir: &Path, how: Git, log: &mut String) -> bool {
             log.push_str(&String::from_utf8_lossy(&out));
         }
     }
+    // Between two looks git may have finished writing past the limit.
+    let status = status.filter(|_| {
+        too_big = too_big || meter.usage() > watched.1;
+        !too_big
+    });
     match status {
         Some(s) => s.success(),
+        None if too_big => {
+            log.push_str(&format!(
+                "[tbox-report] the checkout passed the disk limit {} and git was stopped\n",
+                tbox_protocol::human_size(watched.1)
+            ));
+            false
+        }
         None => {
             log.push_str(&format!("[tbox-report] git took longer than {} s and was stopped\n", GIT_TIMEOUT.as_secs()));
             false

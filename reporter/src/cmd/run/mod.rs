@@ -201,7 +201,10 @@ fn run_project(
             return refuse(config, client, project, ("request refused", &not_built(), lease), &why, floor, verbose);
         }
     };
-    let checkout = plan.source.as_ref().map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how));
+    let checkout = plan
+        .source
+        .as_ref()
+        .map(|url| checkout(url, &project.branch, revision_wanted, &workdir, how, plan.limits.disk));
     if let Some((step, ok)) = &checkout {
         if !ok {
             // The source could not be updated: say why here, and tell the project (the
@@ -303,6 +306,8 @@ fn run_project(
 
     let progress = progress_bar();
     let mut tests = Vec::new();
+    // Shared by the steps: what one report can carry.
+    let mut junit_budget = junit::Budget::for_a_report();
     let mut stop = false;
     for (i, cfg) in plan.steps.iter().enumerate() {
         let kind = cfg.kind;
@@ -375,7 +380,7 @@ fn run_project(
         }
         let mut result = result;
         if !cfg.junit.is_empty() {
-            let mut found = junit::collect(&workdir, &cfg.junit, Some(since));
+            let mut found = junit::collect(&workdir, &cfg.junit, Some(since), &mut junit_budget);
             tests.append(&mut found.results);
             for n in &found.notes {
                 text.push_str(&format!("\n[tbox-report] {n}\n"));
@@ -441,7 +446,8 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // However the build left it: unreadable directories, any depth.
+        let _ = crate::sandbox::disk::remove_tree(&self.0);
     }
 }
 

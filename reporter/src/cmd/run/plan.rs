@@ -120,12 +120,19 @@ pub(super) fn plan(config: &Config, project: &Project, verbose: bool) -> Result<
     // The source is pinned too: the config's `git` (written by `join`), else the repository
     // this machine built from before. A recipe that switches it is refused.
     let (pinned, whence) = match (&project.git, trust::built_repo(name, pin)) {
-        (Some(git), _) => (Some(git.clone()), "the config's `git`"),
-        (None, built) => (built, "the repository this machine built it from so far"),
+        (Some(git), _) => (git.clone(), "the config's `git`"),
+        (None, Some(built)) => (built, "the repository this machine built it from so far"),
+        // Taking the first recipe's word for it would let a stolen project key point the
+        // checkout, which runs outside the sandbox, at any repository this machine can read.
+        (None, None) => {
+            eprintln!(
+                "tbox-report: {name}: not built: no source repository is pinned for it (the config's [[project]] has                  no `git`, which `join` writes, and this machine has not built it before); the recipe (version {})                  says {}: if that is the project's repository, add `git = {:?}` to its [[project]]",
+                r.version, r.repo, r.repo
+            );
+            return Err(Skip::Quietly(exit::ERROR));
+        }
     };
-    if let Some(pinned) = pinned
-        && pinned != r.repo
-    {
+    if pinned != r.repo {
         return Err(Skip::Refused(format!(
             "the recipe (version {}) takes its source from {}, but {whence} is {pinned}; if the project did move \
              its repository, set `git = {:?}` in this project's [[project]] of the config",
