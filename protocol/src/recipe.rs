@@ -361,12 +361,19 @@ impl Recipe {
                     return bad(&at(&format!("junit[{j}]")), "must be a glob relative to the workdir, without '..'");
                 }
             }
-            for key in s.env.keys() {
+            if s.run.contains('\0') {
+                return bad(&at("run"), "must not contain a NUL character");
+            }
+            for (key, value) in &s.env {
                 let ok = !key.is_empty()
                     && !key.starts_with(|c: char| c.is_ascii_digit())
                     && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !ok {
                     return bad(&at("env"), &format!("{key:?} is not a variable name"));
+                }
+                // No environment can hold one, and the sandbox's options are NUL-separated.
+                if value.contains('\0') {
+                    return bad(&at(&format!("env.{key}")), "must not contain a NUL character");
                 }
             }
         }
@@ -445,6 +452,9 @@ env = { CFLAGS = "-O2" }
         assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"30d\"")), "step[0].timeout");
         assert_eq!(field(&with("out/**/*.xml", "../../home/*.xml")), "step[1].junit[0]");
         assert_eq!(field(&with("CFLAGS", "\"BAD NAME\"")), "step[1].env");
+        // A NUL would end one of the sandbox's NUL-separated options and start another.
+        assert_eq!(field(&with("\"-O2\"", "\"a\\u0000--bind\\u0000/\\u0000/tmp/host\"")), "step[1].env.CFLAGS");
+        assert_eq!(field(&with("run  = \"make -j2\"", "run = \"make\\u0000x\"")), "step[0].run");
         assert_eq!(field(&with("run  = \"make -j2\"", "run = \"  \"")), "step[0].run");
     }
 

@@ -138,9 +138,21 @@ impl Config {
                 None if p.steps.is_empty() => bail!("project {:?} has no [[project.step]]", p.name),
                 None => {}
             }
+            for (k, v) in &p.env {
+                if v.contains('\0') || k.contains('\0') {
+                    bail!("project {:?}: env {k:?} holds a NUL character, which no environment can", p.name);
+                }
+            }
             for s in &p.steps {
                 if s.name.trim().is_empty() || s.name.len() > 200 {
                     bail!("project {:?}: every step needs a name (up to 200 bytes)", p.name);
+                }
+                if s.run.contains('\0') || s.env.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+                    bail!(
+                        "project {:?}, step {:?}: a NUL character in run or env, which no command can hold",
+                        p.name,
+                        s.name
+                    );
                 }
                 if let Some(t) = &s.timeout {
                     parse_duration(t).with_context(|| format!("project {:?}, step {:?}: timeout", p.name, s.name))?;

@@ -832,3 +832,41 @@ fn disk_used_out_of_a_walks_sight_still_counts() -> TestResult {
     assert!(stderr(&out).contains("disk limit"), "{}", stderr(&out));
     Ok(())
 }
+
+/// Red team, round three: a NUL in a step's `env` value ended one of bwrap's NUL-separated
+/// options and started others (`--bind / /host`): the step read the volunteer's keys and wrote
+/// into their home. The recipe is signed (a hostile project), so only the volunteer's checks and
+/// the sandbox can stop it.
+#[test]
+fn a_nul_in_a_recipes_environment_opens_nothing() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]).unprivileged();
+    let (k, _) = project(&w, ANY_BRANCH);
+    let mirror = Mirror::new(&w.base);
+    join_and_approve(&w, &mirror.base, "demo", &k.public_key().fingerprint());
+    let marker = w.dir.join("home/ESCAPED");
+    let evil = recipe_text(
+        "demo",
+        &format!("file://{}", w.repo("demo").display()),
+        &format!(
+            "{STEPS_OK}version = 2\n[[step]]\nname = \"b\"\nrun = \"touch /host{}\"\nenv = {{ X = \"a\\u0000--bind\\u0000/\\u0000/host\" }}\n",
+            marker.display()
+        ),
+    );
+    mirror.serve(evil.as_bytes(), &k.sign(evil.as_bytes()));
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NUL"), "{}", stderr(&out));
+    assert!(!marker.exists(), "the step wrote outside the sandbox");
+    // The server refuses to store such a recipe at all.
+    let put = w
+        .agent
+        .put(format!("{}/api/v1/projects/demo/recipe", w.base))
+        .header("Content-Type", "application/toml")
+        .header("Tbox-Signature", &k.sign(evil.as_bytes()))
+        .send(evil.as_bytes())?;
+    assert_eq!(put.status().as_u16(), 422);
+    Ok(())
+}

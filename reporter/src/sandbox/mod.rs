@@ -222,8 +222,16 @@ impl Sandbox {
         }
         args.extend([OsString::from("--chdir"), OsString::from(inside)]);
         // NUL-separated, read by bwrap from a descriptor; the files themselves are gone at once.
+        // A NUL inside one would start another option of the recipe's choosing (`--bind / /`):
+        // whatever checked the values before, none gets through here.
         let mut options = Vec::new();
         for a in &args {
+            if a.as_bytes().contains(&0) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("a NUL character in {:?}: no environment variable or path may hold one", a),
+                ));
+            }
             options.extend_from_slice(a.as_bytes());
             options.push(0);
         }
@@ -960,6 +968,21 @@ true"#;
         if forbids_user_namespaces(&bwrap) {
             assert!(!out.contains("NESTED-USERNS"), "{out}");
         }
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    /// Red team: a NUL in an environment value became options of bwrap's (`--bind / /host`).
+    #[test]
+    fn a_nul_in_the_environment_adds_no_option() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let l = layout("nul")?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
+        let escape = format!("a\0--bind\0/\0/host\0--setenv\0B\0{}", l.base.display());
+        let env = BTreeMap::from([("X".to_owned(), escape)]);
+        let (ending, out) = run_in(&sandbox, &l.workdir, "ls /host && echo ESCAPED", &env);
+        assert!(matches!(ending, Ending::NotStarted(ref why) if why.contains("NUL")), "{ending:?} {out}");
+        assert!(!out.contains("ESCAPED"), "{out}");
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
     }
