@@ -60,9 +60,10 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// What one report may carry: the server takes at most 100,000 results, in at most 32 MiB.
+    /// What one report may carry: the server takes at most 100,000 results, in a report of at
+    /// most 32 MiB that the step logs share (16 MiB of them).
     pub fn for_a_report() -> Budget {
-        Budget { results: tbox_protocol::Limits::default().max_tests, bytes: 24 << 20 }
+        Budget { results: tbox_protocol::Limits::default().max_tests, bytes: 12 << 20 }
     }
 }
 
@@ -413,7 +414,7 @@ pub fn collect(
                     // Results missing must not look green: the step fails, and says why.
                     problems.push(format!(
                         "JUnit results from {} on were not read: a report carries at most {} test results \
-                         and 24 MiB of their names and messages",
+                         and 12 MiB of their names and messages",
                         rel.display(),
                         Budget::for_a_report().results
                     ));

@@ -125,6 +125,9 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         .stderr(err)
         // Its own process group, so that a timeout can kill everything it started.
         .process_group(0);
+    // Its baseline (the trees, the filesystem, the machine's shared memory) is taken before
+    // the step starts.
+    let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_meter()));
     let spawned = cmd.spawn();
     // Ours are closed, so that the step's end is the pipe's end.
     drop(cmd);
@@ -141,7 +144,6 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         }
     };
     let copier = copy_output(reader, log);
-    let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_meter()));
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let ending = loop {
         match child.try_wait() {
@@ -260,17 +262,25 @@ fn wait_for_group(child: &mut Child, pgid: Pid, limit: Duration) {
 pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<(String, bool)> {
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
-    if len <= cap {
+    let half = cap / 2;
+    let (mut head, mut tail) = if len <= cap {
         let mut bytes = Vec::with_capacity(len as usize);
         f.read_to_end(&mut bytes)?;
-        return Ok((String::from_utf8_lossy(&bytes).into_owned(), false));
-    }
-    let half = cap / 2;
-    let mut head = vec![0; half as usize];
-    f.read_exact(&mut head)?;
-    let mut tail = vec![0; half as usize];
-    f.seek(SeekFrom::Start(len - half))?;
-    f.read_exact(&mut tail)?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        // Invalid bytes become three each (U+FFFD): the cap holds for the text, not the file.
+        if text.len() as u64 <= cap {
+            return Ok((text, false));
+        }
+        let tail = bytes.split_off(bytes.len() / 2);
+        (bytes, tail)
+    } else {
+        let mut head = vec![0; half as usize];
+        f.read_exact(&mut head)?;
+        let mut tail = vec![0; half as usize];
+        f.seek(SeekFrom::Start(len - half))?;
+        f.read_exact(&mut tail)?;
+        (head, tail)
+    };
     // Cut at line boundaries so neither part starts or ends mid-line.
     if let Some(nl) = head.iter().rposition(|&b| b == b'\n') {
         head.truncate(nl + 1);
@@ -278,13 +288,34 @@ pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<(String, bool)> {
     if let Some(nl) = tail.iter().position(|&b| b == b'\n') {
         tail.drain(..=nl);
     }
-    let cut = len - head.len() as u64 - tail.len() as u64;
-    let mut text = String::from_utf8_lossy(&head).into_owned();
+    let (head, tail) = (String::from_utf8_lossy(&head), String::from_utf8_lossy(&tail));
+    let half = usize::try_from(half).unwrap_or(usize::MAX);
+    let (head, tail) = (head_of(&head, half), tail_of(&tail, half));
+    let cut = len.saturating_sub(head.len() as u64 + tail.len() as u64);
+    let mut text = head.to_owned();
     text.push_str(&format!(
         "\n[tbox-report] … {cut} bytes cut from the middle of this {len}-byte log (limit {cap} bytes) …\n\n"
     ));
-    text.push_str(&String::from_utf8_lossy(&tail));
+    text.push_str(tail);
     Ok((text, true))
+}
+
+/// At most `max` bytes from the start of `s`, on a character boundary.
+fn head_of(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// At most `max` bytes from the end of `s`, on a character boundary.
+fn tail_of(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
 }
 
 #[cfg(test)]
@@ -347,5 +378,19 @@ mod tests {
         assert!(kept.starts_with("line 0\n") && kept.ends_with("line 9999\n"));
         assert!(kept.contains("bytes cut from the middle"));
         std::fs::remove_dir_all(dir)
+    }
+
+    /// Red team: invalid bytes become three bytes each in the text; the cap holds for the text.
+    #[test]
+    fn the_cap_holds_for_the_text_not_the_file() -> std::io::Result<()> {
+        let d = tmp("lossy");
+        let path = d.join("log");
+        for len in [200 << 10, 4 << 20] {
+            std::fs::write(&path, vec![0xffu8; len])?;
+            let (text, truncated) = read_capped(&path, 256 << 10)?;
+            assert!(text.len() <= (256 << 10) + 200, "{len}: {}", text.len());
+            assert!(truncated, "{len}");
+        }
+        std::fs::remove_dir_all(d)
     }
 }

@@ -310,6 +310,7 @@ fn a_runaway_step_is_ended_at_the_volunteers_limits() -> TestResult {
     if !have_bwrap() {
         return Ok(());
     }
+    let _serial = small_limits();
     let w = World::new(&["demo"]).unprivileged();
     let marker = format!("sleep 96{}", std::process::id());
     let steps = format!(
@@ -781,6 +782,7 @@ fn disk_used_out_of_a_walks_sight_still_counts() -> TestResult {
     if !have_bwrap() {
         return Ok(());
     }
+    let _serial = small_limits();
     let w = World::new(&["demo"]).unprivileged();
     let (k, key_path) = w.maintain("demo");
     let step = |name: &str, run: &str| {
@@ -868,5 +870,123 @@ fn a_nul_in_a_recipes_environment_opens_nothing() -> TestResult {
         .header("Tbox-Signature", &k.sign(evil.as_bytes()))
         .send(evil.as_bytes())?;
     assert_eq!(put.status().as_u16(), 422);
+    Ok(())
+}
+
+/// The red team's programs for hiding disk and memory from the watcher (round three).
+const HIDING: &[(&str, &str)] = &[
+    // Files deleted whose only descriptors are in flight on a unix socket (SCM_RIGHTS).
+    (
+        "inflight.py",
+        "import array, os, socket, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+for i in range(3):
+    p = f'/tmp/fly{i}'
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    os.posix_fallocate(fd, 0, 300 << 20)
+    a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fd]))])
+    os.close(fd); os.unlink(p)
+time.sleep(30)
+print('STILL ALIVE')
+",
+    ),
+    // Files deleted whose only reference is a shared mapping (no descriptor at all).
+    (
+        "mapped.py",
+        "import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+for i in range(3):
+    p = f'/tmp/hold{i}'
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    os.posix_fallocate(fd, 0, 300 << 20)
+    libc.mmap(None, 300 << 20, 3, 1, fd, 0)
+    os.close(fd); os.unlink(p)
+time.sleep(30)
+print('STILL ALIVE')
+",
+    ),
+    // A process that makes itself non-dumpable (its descriptors unreadable to others).
+    (
+        "nodump.py",
+        "import ctypes, os, time
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+fds = []
+for i in range(3):
+    fd = os.open(f'/tmp/nd{i}', os.O_RDWR | os.O_CREAT, 0o600)
+    os.posix_fallocate(fd, 0, 300 << 20)
+    os.unlink(f'/tmp/nd{i}'); fds.append(fd)
+time.sleep(30)
+print('STILL ALIVE')
+",
+    ),
+    // System V shared memory that no process attaches.
+    (
+        "sysv.py",
+        "import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+for i in range(6):
+    sid = libc.shmget(0, 128 << 20, 0o1600)
+    addr = libc.shmat(sid, None, 0)
+    ctypes.memset(addr, 1, 128 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))
+time.sleep(30)
+print('STILL ALIVE')
+",
+    ),
+];
+
+/// Red team, round three: disk held in files no walk and no descriptor scan finds (in flight
+/// on a socket, only mapped, behind a non-dumpable process), memory held in System V segments
+/// nobody attaches, and a step that lowered its own OOM priority. Each is ended at the limit
+/// (or set back), and nothing of it outlives the step.
+#[test]
+fn use_hidden_from_the_watcher_still_counts() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let _serial = small_limits();
+    let w = World::new(&["demo"]).unprivileged();
+    let (k, key_path) = w.maintain("demo");
+    let repo = w.repo("demo");
+    for (name, text) in HIDING {
+        std::fs::write(repo.join(name), text)?;
+    }
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "hiding"]);
+    let step =
+        |name: &str, run: &str| format!("[[step]]\nname = \"{name}\"\nrun = \"{run}\"\ncontinue_on_failure = true\n");
+    let steps = [
+        step("inflight", "python3 inflight.py"),
+        step("mapped", "python3 mapped.py"),
+        step("nodump", "python3 nodump.py"),
+        step("sysv", "python3 sysv.py"),
+        step("oom", "echo 0 > /proc/self/oom_score_adj; sleep 2; echo OOM $(cat /proc/self/oom_score_adj)"),
+    ]
+    .concat();
+    w.publish(&w.recipe("demo", "recipe.toml", &format!("{STEPS_OK}version = 1\n{steps}")), &key_path);
+    join_and_approve(&w, &w.base, "demo", &k.public_key().fingerprint());
+    let config = w.config() + "\n[limits]\nmemory = \"256MiB\"\ndisk = \"512MiB\"\n";
+    std::fs::write(w.dir.join("home/.config/tbox/report.toml"), config)?;
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (b, logs) = w.newest("demo");
+    for (i, (name, limit)) in [
+        ("inflight", "disk limit 512 MiB"),
+        ("mapped", "disk limit 512 MiB"),
+        ("nodump", "disk limit 512 MiB"),
+        ("sysv", "memory limit 256 MiB"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let log = &logs[i + 1];
+        assert!(log.contains(&format!("[tbox-report] step ended: {limit}")), "{name}: {log}\n{b}");
+        assert!(!log.contains("STILL ALIVE"), "{name}: {log}");
+    }
+    // Setting it back is enough when the process can be reached.
+    assert!(logs[5].contains("OOM 1000"), "{}", logs[5]);
     Ok(())
 }

@@ -109,7 +109,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
                 problems += check_recipe(&config, p, pin);
             }
             None => {
-                let steps: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+                let steps: Vec<String> = p.steps.iter().map(|s| crate::client::printable(&s.name)).collect();
                 crate::say!("project  {} ({}): {}; steps {}", p.name, p.branch, plan, steps.join(" → "));
             }
         }

@@ -201,7 +201,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             v.key,
             branch,
             r.repo,
-            r.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" → ")
+            r.steps.iter().map(|s| printable(&s.name)).collect::<Vec<_>>().join(" → ")
         );
         let declared = existing.as_ref().map(|c| c.capabilities.clone()).unwrap_or_default();
         let missing: Vec<&String> = r.requires.iter().filter(|c| !declared.contains(c)).collect();

@@ -32,7 +32,8 @@ pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn summary(r: &Recipe) -> String {
-    let steps: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+    // Names are the recipe's: no control or bidirectional character reaches the terminal.
+    let steps: Vec<String> = r.steps.iter().map(|s| crate::client::printable(&s.name)).collect();
     let l = &r.limits;
     let mut limits = Vec::new();
     if let Some(p) = l.processes {

@@ -35,6 +35,11 @@ impl Meter {
         Meter { roots, bwrap }
     }
 
+    /// The trees measured.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
     /// Bytes the trees take: blocks allocated (sparse files count what they use), at least
     /// [`INODE_COST`] an entry, hard links once, symbolic links not followed.
     pub fn usage(&self) -> u64 {

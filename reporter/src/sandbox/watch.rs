@@ -7,13 +7,23 @@
 //! made a pid namespace of its own (were it able to) is still a descendant. Memory is each
 //! process's proportional share of its anonymous and shared-memory pages (`Pss_Anon`,
 //! `Pss_Shmem`): a page shared by forked processes, or by a database's backends, counts once
-//! in all. Memory no process maps cannot be made (no `memfd_create`, see `seccomp.rs`); shared
-//! memory in /dev/shm is on disk. What is left: System V shared memory not attached by any
-//! process, which lives only as long as the step's IPC namespace.
+//! in all; memory no process maps cannot be made (no `memfd_create`, see `seccomp.rs`), and
+//! System V segments nobody attaches show as the machine's shared memory growing by more than
+//! the step maps. Each process's OOM priority is held at 1000 (an ordinary user may lower its
+//! own): memory pressure ends the build, not the volunteer's programs.
+//!
+//! Disk is measured two ways, and the larger counts: a walk of the trees plus the files the
+//! step's processes hold open after deleting them (exact for what can be seen), and the
+//! filesystem's own use grown since the step began (which also sees a file held only in flight
+//! on a socket or only through a mapping, at the price of counting another program's writes
+//! on that filesystem). The walk runs in a thread of its own, so a tree slow to walk cannot
+//! blind the memory checks.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tbox_protocol::{StepLimits, human_size};
@@ -27,6 +37,10 @@ pub struct Usage {
     pub tasks: u64,
     /// Anonymous and shared memory, in bytes: what a runaway allocation grows.
     pub memory: u64,
+    /// The shared part of `memory`.
+    pub shared: u64,
+    /// A process whose OOM priority was lowered and could not be set back.
+    pub shielded: bool,
 }
 
 /// `(pid, process group)` of bwrap's only child: the sandbox's pid 1. None until it exists.
@@ -78,33 +92,66 @@ fn tree(init: i32) -> Option<Vec<i32>> {
     Some(out)
 }
 
-/// Tasks and memory of the sandbox whose pid 1 (seen from here) is `init`. None when it is gone.
+/// Tasks and memory of the sandbox whose pid 1 (seen from here) is `init`, every process's OOM
+/// priority held at the first to go (1000). None when it is gone.
 pub fn usage(init: i32) -> Option<Usage> {
     let mut total = Usage::default();
     for pid in tree(init)? {
         let dir = Path::new("/proc").join(pid.to_string());
         let Ok(status) = std::fs::read_to_string(dir.join("status")) else { continue };
-        let mut from_status = 0;
+        let (mut anon, mut shmem) = (0, 0);
         for line in status.lines() {
             if let Some(v) = line.strip_prefix("Threads:") {
                 total.tasks += v.trim().parse::<u64>().unwrap_or(1);
-            } else if let Some(v) = line.strip_prefix("RssAnon:").or_else(|| line.strip_prefix("RssShmem:")) {
-                from_status += kib(v);
+            } else if let Some(v) = line.strip_prefix("RssAnon:") {
+                anon = kib(v);
+            } else if let Some(v) = line.strip_prefix("RssShmem:") {
+                shmem = kib(v);
             }
         }
-        // Proportional shares where the kernel has them (5.8 and later); resident sizes else.
-        let pss = std::fs::read_to_string(dir.join("smaps_rollup")).ok().and_then(|text| {
-            let mut found = None;
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("Pss_Anon:").or_else(|| line.strip_prefix("Pss_Shmem:")) {
-                    *found.get_or_insert(0) += kib(v);
-                }
+        // Proportional shares where the kernel has them (5.8 and later) and lets us read them;
+        // resident sizes else.
+        if let Ok(text) = std::fs::read_to_string(dir.join("smaps_rollup")) {
+            let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(kib);
+            if let (Some(a), Some(s)) = (field("Pss_Anon:"), field("Pss_Shmem:")) {
+                (anon, shmem) = (a, s);
             }
-            found
-        });
-        total.memory += pss.unwrap_or(from_status);
+        }
+        total.memory += anon + shmem;
+        total.shared += shmem;
+        // A step may lower its own OOM priority (an ordinary user can, down to 0), so that
+        // memory pressure takes the volunteer's programs instead: set it back.
+        let adj = dir.join("oom_score_adj");
+        let lowered =
+            std::fs::read_to_string(&adj).ok().and_then(|v| v.trim().parse::<i32>().ok()).is_some_and(|v| v < 1000);
+        if lowered && std::fs::write(&adj, "1000").is_err() {
+            total.shielded = true;
+        }
     }
     Some(total)
+}
+
+/// The machine's shared memory (`Shmem` of /proc/meminfo), in bytes: System V segments that no
+/// process maps show only here.
+fn machine_shmem() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Shmem:")).map(kib)
+}
+
+/// Bytes in use on the filesystems holding `roots` (each once).
+fn filesystems_used(roots: &[std::path::PathBuf]) -> u64 {
+    let mut seen = HashSet::new();
+    let mut used = 0;
+    for root in roots {
+        let Ok(meta) = std::fs::metadata(root) else { continue };
+        if !seen.insert(meta.dev()) {
+            continue;
+        }
+        if let Ok(fs) = nix::sys::statvfs::statvfs(root) {
+            used += fs.blocks().saturating_sub(fs.blocks_free()).saturating_mul(fs.fragment_size());
+        }
+    }
+    used
 }
 
 /// `"  1234 kB"` in bytes.
@@ -136,7 +183,16 @@ pub fn deleted_but_open(init: i32) -> u64 {
 pub enum Passed {
     Processes(u32),
     Memory(u64),
+    /// The limit, and how much of what passed it no process of the step maps (System V shared
+    /// memory; or another program's on this machine).
+    MemoryUnmapped(u64, u64),
     Disk(u64),
+    /// The limit, and how much of what passed it no walk of the step's trees and no look at its
+    /// open files finds (files held only through a socket or a mapping; or another program
+    /// writing on the same filesystem).
+    DiskUnseen(u64, u64),
+    /// A process of the step lowered its OOM priority and hid from being set back.
+    Shielded,
 }
 
 impl std::fmt::Display for Passed {
@@ -144,38 +200,71 @@ impl std::fmt::Display for Passed {
         match self {
             Passed::Processes(n) => write!(f, "processes limit {n}"),
             Passed::Memory(b) => write!(f, "memory limit {}", human_size(*b)),
+            Passed::MemoryUnmapped(b, unmapped) => write!(
+                f,
+                "memory limit {} ({} of it shared memory that no process of the step maps: System V segments, or \
+                 another program's on this machine)",
+                human_size(*b),
+                human_size(*unmapped)
+            ),
             Passed::Disk(b) => write!(f, "disk limit {}", human_size(*b)),
+            Passed::DiskUnseen(b, unseen) => write!(
+                f,
+                "disk limit {} ({} of it taken on the build's filesystem by files no walk finds: held only through \
+                 a socket or a mapping, or written by another program on this machine)",
+                human_size(*b),
+                human_size(*unseen)
+            ),
+            Passed::Shielded => write!(
+                f,
+                "a process lowered its OOM priority and made itself unobservable (memory pressure must end the \
+                 build, not the volunteer's programs)"
+            ),
         }
     }
 }
 
-/// Watches one step: call [`Watch::check`] often (every 200 ms); it looks at tasks and memory
-/// each time and at the disk and open files as often as looking stays cheap (at most a tenth of
-/// the time).
+/// Watches one step: call [`Watch::check`] often (every 200 ms). Tasks, memory and the
+/// filesystem's use are looked at each time; the disk walk and the look at open files run in a
+/// thread of their own, as often as they stay cheap, so that a tree slow to walk (millions of
+/// hard links) cannot blind the rest.
 pub struct Watch {
     limits: StepLimits,
     disk: Meter,
     init: Option<i32>,
-    next_disk: Instant,
-    next_files: Instant,
-    /// The last walk's figure, and the last look at deleted files still open.
-    walked: u64,
-    deleted: u64,
+    /// Shared with the walking thread: the sandbox's pid 1, once known.
+    init_shared: Arc<AtomicI32>,
+    /// The walking thread's latest figures.
+    latest: Latest,
+    stop: Arc<AtomicBool>,
+    /// At the step's start: the walk, the filesystems' use, the machine's and the step's shared
+    /// memory.
+    walked_at_start: u64,
+    fs_at_start: u64,
+    shmem_at_start: Option<u64>,
     /// The most seen at once, for the step's log.
     pub peak: Usage,
 }
 
 impl Watch {
+    /// Takes the measures the step is compared with, before it starts.
     pub fn new(limits: StepLimits, disk: Meter) -> Watch {
-        let now = Instant::now();
+        let walked_at_start = disk.usage();
+        let fs_at_start = filesystems_used(disk.roots());
+        let (init_shared, latest, stop) =
+            (Arc::new(AtomicI32::new(0)), Arc::default(), Arc::new(AtomicBool::new(false)));
+        let thread = (disk.clone(), init_shared.clone(), Arc::clone(&latest), stop.clone());
+        let _ = std::thread::Builder::new().name("tbox-disk-watch".into()).spawn(move || walk_often(thread));
         Watch {
             limits,
             disk,
             init: None,
-            next_disk: now,
-            next_files: now,
-            walked: 0,
-            deleted: 0,
+            init_shared,
+            latest,
+            stop,
+            walked_at_start,
+            fs_at_start,
+            shmem_at_start: machine_shmem(),
             peak: Usage::default(),
         }
     }
@@ -184,10 +273,14 @@ impl Watch {
     pub fn check(&mut self, bwrap: u32) -> Option<Passed> {
         if self.init.is_none() {
             self.init = inner_init(bwrap).map(|(pid, _)| pid);
+            self.init_shared.store(self.init.unwrap_or(0), Ordering::Relaxed);
         }
         if let Some(u) = self.init.and_then(usage) {
             self.peak.tasks = self.peak.tasks.max(u.tasks);
             self.peak.memory = self.peak.memory.max(u.memory);
+            if u.shielded {
+                return Some(Passed::Shielded);
+            }
             // At the limit is past it: the kernel refuses the next fork there.
             if u.tasks >= u64::from(self.limits.processes) {
                 return Some(Passed::Processes(self.limits.processes));
@@ -195,24 +288,30 @@ impl Watch {
             if u.memory > self.limits.memory {
                 return Some(Passed::Memory(self.limits.memory));
             }
+            // The machine's shared memory grown by more than the step's processes map: System V
+            // segments nobody attaches (they live as long as the step's IPC namespace).
+            let grown = self.shmem_at_start.zip(machine_shmem()).map_or(0, |(start, now)| now.saturating_sub(start));
+            let unmapped = grown.saturating_sub(u.shared);
+            if u.memory + unmapped > self.limits.memory {
+                return Some(Passed::MemoryUnmapped(self.limits.memory, unmapped));
+            }
         }
-        let mut looked = false;
-        if let Some(init) = self.init
-            && Instant::now() >= self.next_files
-        {
-            let started = Instant::now();
-            self.deleted = deleted_but_open(init);
-            self.next_files = Instant::now() + (started.elapsed() * 10).max(Duration::from_secs(1));
-            looked = true;
-        }
-        if Instant::now() >= self.next_disk {
-            let started = Instant::now();
-            self.walked = self.disk.usage();
-            self.next_disk = Instant::now() + (started.elapsed() * 10).max(Duration::from_secs(1));
-            looked = true;
-        }
-        if looked && self.walked + self.deleted > self.limits.disk {
+        // What the filesystem says: the trees as they were, and what it has lost since. This
+        // sees what no walk does (a file held only in flight on a socket, or only mapped), at
+        // the price of counting another program's writes there too.
+        let by_fs = self.walked_at_start + filesystems_used(self.disk.roots()).saturating_sub(self.fs_at_start);
+        let seen = (*self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .map_or(self.walked_at_start, |(walked, deleted)| walked + deleted);
+        if seen > self.limits.disk {
             return Some(Passed::Disk(self.limits.disk));
+        }
+        if by_fs > self.limits.disk {
+            // The walk may only be behind: look again now before calling anything unseen.
+            let seen = self.disk.usage() + self.init.map_or(0, deleted_but_open);
+            if seen > self.limits.disk {
+                return Some(Passed::Disk(self.limits.disk));
+            }
+            return Some(Passed::DiskUnseen(self.limits.disk, by_fs.saturating_sub(seen)));
         }
         None
     }
@@ -229,6 +328,32 @@ impl Watch {
             return Some(Passed::Processes(self.limits.processes));
         }
         None
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the walking thread found last: (walked, deleted but open), once it has looked.
+type Latest = Arc<Mutex<Option<(u64, u64)>>>;
+
+/// The walking thread: the trees and the open files, again and again, pausing a few times as
+/// long as a look took (at least a second), until the step ends.
+fn walk_often((disk, init, latest, stop): (Meter, Arc<AtomicI32>, Latest, Arc<AtomicBool>)) {
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let walked = disk.usage();
+        let pid = init.load(Ordering::Relaxed);
+        let deleted = if pid > 0 { deleted_but_open(pid) } else { 0 };
+        *latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((walked, deleted));
+        let pause = (started.elapsed() * 4).max(Duration::from_secs(1));
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -40,6 +40,14 @@ pub fn have_bwrap() -> bool {
     ok
 }
 
+/// Held by tests that set small disk limits: the watcher also counts what the filesystem
+/// holding the build gains while a step runs (it sees files no walk finds), so another test
+/// writing hundreds of MiB at the same moment would count against them too.
+pub fn small_limits() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn key() -> PrivateKey {
     PrivateKey::generate(&mut rand_core::OsRng, 2048).unwrap()
 }

@@ -25,7 +25,7 @@ use self::plan::{Plan, Skip, plan};
 pub use self::refuse::decline;
 use self::refuse::{forget_refusal, refuse};
 use crate::cli::RunArgs;
-use crate::client::{Client, Sent};
+use crate::client::{Client, Sent, printable};
 use crate::config::{self, Config, Mode, Project};
 use crate::runner::{self, Ending, Spec};
 use crate::sandbox::Sandbox;
@@ -256,8 +256,12 @@ fn run_project(
     }
     let revision = revision.unwrap_or_else(|| "unversioned".into());
     let uuid = super::new_uuid();
+    sweep_scratch(&state.join("work"));
     let scratch = state.join("work").join(&uuid);
     std::fs::create_dir_all(&scratch)?;
+    // Held while the build runs: a scratch directory whose lock is free is a killed run's.
+    let scratch_lock = File::create(scratch.join(".lock"))?;
+    scratch_lock.lock()?;
     let _cleanup = RemoveOnDrop(scratch.clone());
 
     // No sandbox, no build: a recipe's steps come from the project, not from this volunteer.
@@ -306,8 +310,13 @@ fn run_project(
 
     let progress = progress_bar();
     let mut tests = Vec::new();
-    // Shared by the steps: what one report can carry.
+    // Shared by the steps: what one report can carry (the server takes 32 MiB at most).
     let mut junit_budget = junit::Budget::for_a_report();
+    let mut log_budget = LOG_BUDGET;
+    // Step logs are written where the disk limit looks (the sandbox's scratch directory, which
+    // the step does not see) and removed once read: a hundred chatty steps do not fill the disk.
+    let log_dir = sandbox.as_ref().map_or_else(|| scratch.clone(), |s| s.scratch().join("logs"));
+    std::fs::create_dir_all(&log_dir)?;
     let mut stop = false;
     for (i, cfg) in plan.steps.iter().enumerate() {
         let kind = cfg.kind;
@@ -327,7 +336,7 @@ fn run_project(
         }
         let step_start = Utc::now();
         let since = SystemTime::now() - Duration::from_secs(2);
-        let log_path = scratch.join(format!("step-{i}.log"));
+        let log_path = log_dir.join(format!("step-{i}.log"));
         let log = File::create(&log_path)?;
         let mut env = project.env.clone();
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -342,12 +351,16 @@ fn run_project(
         };
         let ending = runner::run(&spec, &log, |elapsed| {
             if let Some(bar) = &progress {
-                bar.set_message(format!("{}: {} ({}s)", project.name, cfg.name, elapsed.as_secs()));
+                bar.set_message(format!("{}: {} ({}s)", project.name, printable(&cfg.name), elapsed.as_secs()));
                 bar.tick();
             }
         });
         drop(log);
-        let (mut text, truncated) = runner::read_capped(&log_path, config.max_log_bytes)?;
+        // Each step keeps at least its last lines, however much the ones before it said.
+        let cap = config.max_log_bytes.min(log_budget).max(MIN_LOG);
+        let (mut text, truncated) = runner::read_capped(&log_path, cap)?;
+        let _ = std::fs::remove_file(&log_path);
+        log_budget = log_budget.saturating_sub(text.len() as u64);
         let result = match &ending {
             Ending::Exited(0) => BuildResult::Success,
             Ending::Exited(_) | Ending::Signalled(_) => BuildResult::Failure,
@@ -404,7 +417,7 @@ fn run_project(
             }
         }
         if verbose {
-            eprintln!("tbox-report: {}: step {} → {}", project.name, cfg.name, result);
+            eprintln!("tbox-report: {}: step {} → {}", project.name, printable(&cfg.name), result);
         }
         if !matches!(result, BuildResult::Success | BuildResult::Warnings) && !cfg.continue_on_failure {
             stop = true;
@@ -439,6 +452,36 @@ fn run_project(
         std::fs::write(&path, format!("{}\n", build_key.as_deref().unwrap_or(&revision)))?;
     }
     Ok(code)
+}
+
+/// The step logs one report carries at most, all steps together; JUnit results have their own
+/// share ([`junit::Budget`]), and the server takes a 32 MiB report at most.
+const LOG_BUDGET: u64 = 16 << 20;
+/// What a step's log keeps at least once the budget is spent: its error lines and end.
+const MIN_LOG: u64 = 32 << 10;
+
+/// Removes what runs killed mid-build (power cut, `kill -9`) left in `work`: every scratch
+/// directory whose lock nobody holds, however its build left it.
+fn sweep_scratch(work: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(work) else { return };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let older_than = |path: &std::path::Path, secs: u64| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(secs)))
+        };
+        let lock = dir.join(".lock");
+        let stale = match File::open(&lock) {
+            // Not just made (a run takes its lock a moment after making the file), and free.
+            Ok(f) => older_than(&lock, 600) && !matches!(f.try_lock(), Err(TryLockError::WouldBlock)),
+            // No lock file: from before locks, or its run died before making one.
+            Err(_) => older_than(&dir, 24 * 3600),
+        };
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = crate::sandbox::disk::remove_tree(&dir);
+        }
+    }
 }
 
 /// Removes the build's scratch directory (logs, sandbox home) however the build ends.
