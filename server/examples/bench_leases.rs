@@ -1,7 +1,7 @@
 //! Lease benchmark client (run by `scripts/bench-leases`): N simulated builders long-poll one
 //! server for work; then a project asks for builds, one request after another. Prints the
-//! server's memory while they all wait, the time from a request to each grant (p50, p99) and
-//! grants per second.
+//! server's memory and threads while they all wait (and per waiting builder), the time from a
+//! request to each grant (p50, p99) and grants per second.
 //!
 //! `bench_leases BASE DATABASE_URL BUILDER_KEY.pem PROJECT_KEY.pem SERVER_PID BUILDERS REQUESTS SLOTS`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -47,6 +47,9 @@ fn main() {
         Ok(())
     })
     .unwrap();
+
+    let rss_before = status_field(pid, "VmRSS").unwrap_or(0);
+    let fds_before = open_fds(pid);
 
     // Each long poll signs a fresh body (the server refuses a body seen before): the builder's
     // clock and a nonce, as tbox-report sends them.
@@ -96,17 +99,29 @@ fn main() {
         })
         .collect();
 
-    // Every builder's long poll is in before memory is read.
-    std::thread::sleep(Duration::from_secs(8));
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l[6..].trim().to_owned()))
-        .unwrap_or_default();
-    println!("{n} builders waiting in long polls: server RSS {rss}");
+    // Every builder's long poll is in before memory is read: a connection each, then a moment
+    // for the requests to be read and checked.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while open_fds(pid) < fds_before + n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let rss = status_field(pid, "VmRSS").unwrap_or(0);
+    let threads = status_field(pid, "Threads").unwrap_or(0);
+    println!(
+        "{n} builders waiting in long polls ({} connections): server RSS {} MiB (was {} MiB idle), {:.1} KiB per \
+         waiting builder, {threads} threads",
+        open_fds(pid).saturating_sub(fds_before),
+        rss / 1024,
+        rss_before / 1024,
+        rss.saturating_sub(rss_before) as f64 / n as f64
+    );
 
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let ask = |nonce: String, builders: usize| -> (i64, Instant) {
-        let body = json!({"branch": "main", "builders": builders, "nonce": nonce}).to_string();
+        let body = json!({"project": "bench", "branch": "main", "builders": builders, "nonce": nonce,
+                          "created_at": chrono::Utc::now().to_rfc3339()})
+        .to_string();
         let sig = project_key.sign(body.as_bytes());
         let at = Instant::now();
         let mut resp = agent
@@ -167,4 +182,16 @@ fn main() {
     stop.store(true, Ordering::SeqCst);
     // The pollers end with their current long poll; no need to wait for them.
     drop(pollers);
+}
+
+/// A number field of `/proc/PID/status` (kB for memory).
+fn status_field(pid: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(':'))?;
+    line[name.len() + 1..].split_whitespace().next()?.parse().ok()
+}
+
+/// Descriptors the server has open (its connections among them).
+fn open_fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }

@@ -124,6 +124,12 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         // The cap is per worker; a full server stops accepting until connections close, rather
         // than failing on "Too many open files" for everyone.
         server = server.workers(workers).max_connections(max_connections.div_ceil(workers).max(1));
+        // Blocking work (queries, signature checks) needs a database connection: threads beyond
+        // the pool's size only wait for one, each with its stack and allocator arena. Actix's
+        // default (512 per machine) made 10,000 long polls arriving together cost 522 threads
+        // and 900 MiB on PostgreSQL; queued work waits the same, without them.
+        let pool_share = usize::try_from(args.pool_size).unwrap_or(16).div_ceil(workers);
+        server = server.worker_max_blocking_threads(pool_share.max(2) + 2);
         let server = server.bind(&args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
         let addrs = server.addrs();
         // Links in notifications point at the public URL, or else at where this process listens.
