@@ -3,7 +3,8 @@
 //! serves it and prints p50/p99 render times of the waterfall, console, builder and build pages.
 //!
 //! `bench_pages DATABASE_URL [BUILDERS] [BUILDS_PER_BUILDER] [REQUESTS]`, driven by
-//! `scripts/bench-pages`.
+//! `scripts/bench-pages`. With REQUESTS 0 it only fills (project `bench`): `scripts/bench-ingest`
+//! uses that to measure ingest with a million builds stored.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ fn main() {
     // As a live database's autovacuum would: planner statistics for the new rows.
     diesel::connection::SimpleConnection::batch_execute(&mut conn, "ANALYZE").unwrap();
     drop(conn);
+    if requests == 0 {
+        return;
+    }
 
     let cli = Cli::try_parse_from(["tbox-server", "serve", "--bind", "127.0.0.1:0", "--database", &url]).unwrap();
     let Command::Serve(serve) = cli.command else { unreachable!() };

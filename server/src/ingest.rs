@@ -315,31 +315,27 @@ fn store_build(
         })
         .collect();
     builds::insert_steps(conn, &steps)?;
-    // What each failure means on this builder, decided now, once (`results::tests`).
-    let meaning = if report.state == BuildState::Finished {
-        let failing: Vec<(&str, &str)> = report
-            .tests
-            .iter()
-            .filter(|t| crate::results::tests::failed(t.result.as_str()))
-            .map(|t| (t.suite.as_str(), t.name.as_str()))
-            .collect();
-        let context = crate::results::tests::Context {
-            build_id,
-            project_id,
-            builder_id,
-            branch: &report.branch,
-            revision: &report.revision,
-            started_at: fields.started_at,
-        };
-        crate::results::tests::judge(conn, &context, &failing)?
+    // What each result means on this builder, decided now, once (`results::tests`).
+    let judged: Vec<(&str, &str, &str)> = if report.state == BuildState::Finished {
+        report.tests.iter().map(|t| (t.suite.as_str(), t.name.as_str(), t.result.as_str())).collect()
     } else {
-        Default::default()
+        Vec::new()
     };
+    let context = crate::results::tests::Context {
+        build_id,
+        project_id,
+        builder_id,
+        branch: &report.branch,
+        revision: &report.revision,
+        started_at: fields.started_at,
+    };
+    let meaning = crate::results::tests::judge(conn, &context, &judged)?;
     let tests: Vec<NewTest<'_>> = report
         .tests
         .iter()
-        .map(|t| {
-            let m = if meaning.is_empty() { None } else { meaning.get(&(t.suite.clone(), t.name.clone())) };
+        .enumerate()
+        .map(|(i, t)| {
+            let m = meaning.get(i);
             NewTest {
                 build_id,
                 suite: &t.suite,
@@ -347,8 +343,9 @@ fn store_build(
                 result: t.result.as_str(),
                 duration_ms: t.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)),
                 message: t.message.as_deref(),
-                since_build_id: m.map(|m| m.since_build_id),
+                since_build_id: m.and_then(|m| m.since_build_id),
                 flaky: m.is_some_and(|m| m.flaky),
+                history: m.map(|m| m.history.0),
             }
         })
         .collect();

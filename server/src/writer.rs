@@ -65,7 +65,14 @@ fn open(manager: &Manager) -> anyhow::Result<DbConn> {
     // synchronous = FULL: the WAL is synced at every commit, so a report answered 201 survives a
     // power cut too (with NORMAL, only a crash of this process). One sync per batch, not per
     // report, is what group commit buys.
-    conn.batch_execute("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384; PRAGMA synchronous = FULL;")?;
+    //
+    // temp_store = MEMORY: each report's savepoint keeps the pages it changed in a statement
+    // journal, which SQLite otherwise spills to a temporary file past 64 KiB (most reports): one
+    // write system call per page, 6% of the writer's time. In memory it is a report's worth.
+    conn.batch_execute(
+        "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384; PRAGMA synchronous = FULL; \
+         PRAGMA temp_store = MEMORY;",
+    )?;
     Ok(conn)
 }
 

@@ -187,6 +187,8 @@ pub struct NewTest<'a> {
     pub since_build_id: Option<i64>,
     /// For a failure: flaky on its builder (`results::tests`).
     pub flaky: bool,
+    /// The test's recent outcomes on its builder and branch (`results::tests::History`).
+    pub history: Option<i64>,
 }
 
 /// A key allowed to sign a project's recipes.

@@ -132,8 +132,9 @@ pub fn any_due(conn: &mut DbConn, kinds: &[&str], serving: &[i64], now: NaiveDat
     .get_result(conn)
 }
 
-/// `state = 'pending'` written out, so that PostgreSQL's plans for these queries (cached,
-/// generic) use the `deliveries_due` partial index, which holds only pending rows.
+/// `state = 'pending'` written out, so that cached plans (PostgreSQL's generic ones, and
+/// SQLite's, which do not look at bound values: `.cargo/config.toml`) use the `deliveries_due`
+/// partial index, which holds only pending rows.
 fn pending() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql::<diesel::sql_types::Bool>("deliveries.state = 'pending'")
 }
@@ -270,7 +271,7 @@ pub fn failed(
 pub fn expire(conn: &mut DbConn, before: NaiveDateTime, now: NaiveDateTime) -> QueryResult<usize> {
     diesel::update(
         deliveries::table
-            .filter(deliveries::state.eq(PENDING))
+            .filter(pending())
             .filter(deliveries::created_at.lt(before))
             .filter(deliveries::next_attempt_at.le(now)),
     )

@@ -120,12 +120,9 @@ fn settle(conn: &mut DbConn, r: &BuildRequest, now: NaiveDateTime) -> QueryResul
 /// Returns how many leases were lost. Idempotent: every server process may run it.
 pub fn sweep(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<usize> {
     write_transaction(conn, |c| {
-        let lost: Vec<i64> = leases::table
-            .filter(leases::state.eq("leased"))
-            .filter(leases::expires_at.lt(now))
-            .select(leases::request_id)
-            .load(c)?;
-        let n = diesel::update(leases::table.filter(leases::state.eq("leased")).filter(leases::expires_at.lt(now)))
+        let lost: Vec<i64> =
+            leases::table.filter(leased()).filter(leases::expires_at.lt(now)).select(leases::request_id).load(c)?;
+        let n = diesel::update(leases::table.filter(leased()).filter(leases::expires_at.lt(now)))
             .set((leases::state.eq("lost"), leases::ended_at.eq(now)))
             .execute(c)?;
         for id in lost {
@@ -133,15 +130,13 @@ pub fn sweep(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<usize> {
                 settle(c, &r, now)?;
             }
         }
-        diesel::update(
-            build_requests::table.filter(build_requests::state.eq("open")).filter(build_requests::deadline.lt(now)),
-        )
-        .set((
-            build_requests::state.eq("expired"),
-            build_requests::reason.eq("its deadline passed"),
-            build_requests::closed_at.eq(now),
-        ))
-        .execute(c)?;
+        diesel::update(build_requests::table.filter(open()).filter(build_requests::deadline.lt(now)))
+            .set((
+                build_requests::state.eq("expired"),
+                build_requests::reason.eq("its deadline passed"),
+                build_requests::closed_at.eq(now),
+            ))
+            .execute(c)?;
         use super::schema::lease_nonces;
         diesel::delete(lease_nonces::table.filter(lease_nonces::seen_at.lt(now - NONCE_MEMORY))).execute(c)?;
         Ok(n)
@@ -176,7 +171,7 @@ pub const NONCE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 /// every second and wake its long polls when it moves.
 pub fn generation(conn: &mut DbConn) -> QueryResult<(i64, i64)> {
     let newest: Option<i64> = build_requests::table.select(diesel::dsl::max(build_requests::id)).first(conn)?;
-    let held: i64 = leases::table.filter(leases::state.eq("leased")).count().get_result(conn)?;
+    let held: i64 = leases::table.filter(leased()).count().get_result(conn)?;
     Ok((newest.unwrap_or(0), held))
 }
 
@@ -203,7 +198,7 @@ pub fn has_work(conn: &mut DbConn, asking: &Asking<'_>, now: NaiveDateTime) -> Q
     let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
     let tried = leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id);
     let open: Vec<(i64, i32, String)> = build_requests::table
-        .filter(build_requests::state.eq("open"))
+        .filter(open())
         .filter(build_requests::project_id.eq_any(ids))
         .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
         .filter(build_requests::id.ne_all(tried))
@@ -250,7 +245,7 @@ pub fn grant(
         let tried: Vec<i64> =
             leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id).load(c)?;
         let open: Vec<BuildRequest> = build_requests::table
-            .filter(build_requests::state.eq("open"))
+            .filter(open())
             .filter(build_requests::project_id.eq_any(&ids))
             .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
             .order((build_requests::created_at, build_requests::id))
@@ -259,7 +254,7 @@ pub fn grant(
             .load(c)?;
         let held: Vec<(i64, i64)> = leases::table
             .inner_join(build_requests::table)
-            .filter(leases::state.eq("leased"))
+            .filter(leased())
             .filter(build_requests::project_id.eq_any(&ids))
             .group_by(build_requests::project_id)
             .select((build_requests::project_id, diesel::dsl::count_star()))
@@ -382,4 +377,16 @@ pub fn allowed_projects(conn: &mut DbConn, builder_id: i64, names: &[String]) ->
         .filter(projects::name.eq_any(names))
         .select((projects::id, projects::name))
         .load(conn)
+}
+
+/// `state = 'leased'` written out, so that cached plans (SQLite's, which do not look at bound
+/// values, see `.cargo/config.toml`, and PostgreSQL's generic ones) use the `leases_leased`
+/// partial index, which holds only the leases in flight.
+fn leased() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("leases.state = 'leased'")
+}
+
+/// `state = 'open'` written out, for the `build_requests_open` partial index (as `leased`).
+fn open() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("build_requests.state = 'open'")
 }

@@ -215,6 +215,7 @@ diesel::table! {
         message -> Nullable<Text>,
         since_build_id -> Nullable<Int8>,
         flaky -> Bool,
+        history -> Nullable<Int8>,
     }
 }
 

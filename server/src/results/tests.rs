@@ -1,15 +1,19 @@
-//! What a failing test means on its builder, decided once, when its report is stored (in the
+//! What a test result means on its builder, decided once, when its report is stored (in the
 //! report's own transaction), and kept in the result's row: since which build of its builder and
-//! branch it has been failing, and whether it is flaky there.
+//! branch a failing test has been failing, and whether it is flaky there.
 //!
 //! **Flaky** is a property of one builder (DESIGN, "Results a project can trust from
 //! strangers"): the same builder both passed and failed the test on the same revision, or the
 //! test flipped between passing and failing at least [`FLAKY_FLIPS`] times in that builder's
-//! last [`FLAKY_WINDOW`] builds. A test failing on one builder and passing on another at the same
-//! revision is not flaky: it fails only there, and counts as a regression there.
+//! last [`FLAKY_WINDOW`] builds of the branch that ran it. A test failing on one builder and
+//! passing on another at the same revision is not flaky: it fails only there, and counts as a
+//! regression there.
 //!
-//! Judged as of the report's arrival: a later build does not change what an earlier result
-//! meant. The tests page then reads rows, never history, whatever anyone asks of it.
+//! Every row carries the test's recent outcomes on its builder and branch ([`History`]), taken
+//! from the builder's previous build and moved on by one: judging a report reads that one
+//! build's rows and the (few) builds of the same revision, never a window of history, so a
+//! report costs the same with a million builds stored. Judged as of the report's arrival: a
+//! later build does not change what an earlier result meant, and the tests page reads rows.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,14 +22,10 @@ use diesel::prelude::*;
 use crate::db::DbConn;
 use crate::db::schema::{builds, test_results};
 
-/// Builds of a builder a test's flips are counted over, this one included.
-pub const FLAKY_WINDOW: i64 = 20;
+/// Outcomes a history keeps: this build's and its predecessors'.
+pub const FLAKY_WINDOW: u32 = 20;
 /// Flips within the window that make a test flaky.
-pub const FLAKY_FLIPS: usize = 3;
-/// Failing tests of one report judged at most (sorted by suite and name); the rest count as
-/// failing since this build and not flaky. A report failing more tests than this is broken
-/// wholesale, not flaky.
-pub const MAX_JUDGED: usize = 500;
+pub const FLAKY_FLIPS: u32 = 3;
 /// Names per query (SQLite's bound-variable limit is far above).
 const CHUNK: usize = 500;
 
@@ -40,13 +40,53 @@ pub struct Context<'a> {
     pub started_at: chrono::NaiveDateTime,
 }
 
-/// What one failure means.
+/// A test's last outcomes on one builder and branch, newest in the lowest bit (1 = failed),
+/// under a marker bit that says how many there are: `0b1` is none yet, `0b1_0_1` passed then
+/// failed. Skipped runs are not outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History(pub i64);
+
+impl History {
+    /// No outcome yet.
+    pub const EMPTY: History = History(1);
+
+    /// How many outcomes it holds.
+    pub fn len(self) -> u32 {
+        63 - self.0.max(1).leading_zeros()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// With one more outcome, the oldest dropped past [`FLAKY_WINDOW`].
+    pub fn push(self, failed: bool) -> History {
+        let len = (self.len() + 1).min(FLAKY_WINDOW);
+        let bits = ((self.0 << 1) | i64::from(failed)) & ((1 << len) - 1);
+        History((1 << len) | bits)
+    }
+
+    /// Changes between passing and failing, one outcome to the next.
+    pub fn flips(self) -> u32 {
+        let len = self.len();
+        if len < 2 {
+            return 0;
+        }
+        let bits = self.0 & ((1 << len) - 1);
+        (((bits ^ (bits >> 1)) & ((1 << (len - 1)) - 1)) as u64).count_ones()
+    }
+}
+
+/// What one result means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meaning {
-    /// The first build of this builder and branch in the current run of failures of the test.
-    pub since_build_id: i64,
-    /// Flaky on this builder.
+    /// For a failure: the first build of this builder and branch in its current run of failures.
+    pub since_build_id: Option<i64>,
+    /// For a failure: flaky on this builder.
     pub flaky: bool,
+    /// The test's outcomes on this builder and branch, this one included.
+    pub history: History,
 }
 
 /// Whether a result is a failure.
@@ -54,30 +94,15 @@ pub fn failed(result: &str) -> bool {
     result == "failed" || result == "error"
 }
 
-/// The meaning of each of the report's failing tests `(suite, name)`: a handful of queries
-/// whatever their number (none when nothing failed).
-pub fn judge(
-    conn: &mut DbConn,
-    b: &Context<'_>,
-    failing: &[(&str, &str)],
-) -> QueryResult<HashMap<(String, String), Meaning>> {
-    let mut out = HashMap::new();
-    if failing.is_empty() {
-        return Ok(out);
+/// The meaning of each of the report's results `(suite, name, result)`, in their order: three
+/// queries and one more per [`CHUNK`] failing names, whatever the history stored.
+pub fn judge(conn: &mut DbConn, b: &Context<'_>, tests: &[(&str, &str, &str)]) -> QueryResult<Vec<Meaning>> {
+    /// Suite, name, result, failing since, history.
+    type PreviousRow = (String, String, String, Option<i64>, Option<i64>);
+    if tests.is_empty() {
+        return Ok(Vec::new());
     }
-    let mut judged: Vec<(&str, &str)> = failing.to_vec();
-    judged.sort_unstable();
-    judged.dedup();
-    judged.truncate(MAX_JUDGED);
-    let names: Vec<&str> = {
-        let mut n: Vec<&str> = judged.iter().map(|(_, n)| *n).collect();
-        n.sort_unstable();
-        n.dedup();
-        n
-    };
-    let wanted: HashSet<(&str, &str)> = judged.iter().copied().collect();
-
-    // Since: carried on from the builder's previous build on this branch that ran tests.
+    // The builder's previous build on this branch that ran tests: its rows carry the history.
     let previous: Option<i64> = builds::table
         .filter(builds::project_id.eq(b.project_id))
         .filter(builds::builder_id.eq(b.builder_id))
@@ -90,77 +115,106 @@ pub fn judge(
         .select(builds::id)
         .first(conn)
         .optional()?;
-    let mut since: HashMap<(String, String), i64> = HashMap::new();
+    // (suite, name) → (failed, since, history) in that build.
+    let mut before: HashMap<(String, String), (bool, Option<i64>, History)> = HashMap::new();
     if let Some(prev) = previous {
-        for chunk in names.chunks(CHUNK) {
-            let rows: Vec<(String, String, String, Option<i64>)> = test_results::table
-                .filter(test_results::build_id.eq(prev))
-                .filter(test_results::name.eq_any(chunk))
-                .filter(test_results::result.eq_any(["failed", "error"]))
-                .select((test_results::suite, test_results::name, test_results::result, test_results::since_build_id))
-                .load(conn)?;
-            for (suite, name, _, s) in rows {
-                since.insert((suite, name), s.unwrap_or(prev));
+        let rows: Vec<PreviousRow> = test_results::table
+            .filter(test_results::build_id.eq(prev))
+            .select((
+                test_results::suite,
+                test_results::name,
+                test_results::result,
+                test_results::since_build_id,
+                test_results::history,
+            ))
+            .load(conn)?;
+        for (suite, name, result, since, history) in rows {
+            let failed = failed(&result);
+            // Rows stored before histories were kept know only their own outcome.
+            let history = history.map_or_else(|| History::EMPTY.push(failed), History);
+            before.insert((suite, name), (failed, since.or(Some(prev)).filter(|_| failed), history));
+        }
+    }
+
+    // The same builder passing a test at this revision, in another build, makes its failure here
+    // flaky. Found through the revision (few builds have one), not the builder's history.
+    let failing_names: Vec<&str> = {
+        let mut n: Vec<&str> = tests.iter().filter(|(_, _, r)| failed(r)).map(|(_, n, _)| *n).collect();
+        n.sort_unstable();
+        n.dedup();
+        n
+    };
+    let mut passed_here: HashSet<(String, String)> = HashSet::new();
+    if !failing_names.is_empty() {
+        let same_revision: Vec<i64> = builds::table
+            .filter(builds::project_id.eq(b.project_id))
+            .filter(builds::revision.eq(b.revision))
+            .select((builds::id, builds::builder_id))
+            .load::<(i64, i64)>(conn)?
+            .into_iter()
+            .filter(|(id, builder)| *builder == b.builder_id && *id != b.build_id)
+            .map(|(id, _)| id)
+            .collect();
+        if !same_revision.is_empty() {
+            for chunk in failing_names.chunks(CHUNK) {
+                let rows: Vec<(String, String)> = test_results::table
+                    .filter(test_results::build_id.eq_any(&same_revision))
+                    .filter(test_results::name.eq_any(chunk))
+                    .filter(test_results::result.eq("passed"))
+                    .select((test_results::suite, test_results::name))
+                    .load(conn)?;
+                passed_here.extend(rows);
             }
         }
     }
 
-    // The builder's last builds (this one's predecessors), newest first: the same revision's
-    // passes and the flips are read from them.
-    let recent: Vec<(i64, String)> = builds::table
-        .filter(builds::project_id.eq(b.project_id))
-        .filter(builds::builder_id.eq(b.builder_id))
-        .filter(builds::id.ne(b.build_id))
-        .filter(builds::started_at.le(b.started_at))
-        .order((builds::started_at.desc(), builds::id.desc()))
-        .limit(FLAKY_WINDOW - 1)
-        .select((builds::id, builds::revision))
-        .load(conn)?;
-    let same_revision: Vec<i64> = builds::table
-        .filter(builds::project_id.eq(b.project_id))
-        .filter(builds::builder_id.eq(b.builder_id))
-        .filter(builds::revision.eq(b.revision))
-        .filter(builds::id.ne(b.build_id))
-        .select(builds::id)
-        .load(conn)?;
-    let mut ids: Vec<i64> = recent.iter().map(|(id, _)| *id).chain(same_revision.iter().copied()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    // (suite, name) → build → passed?
-    let mut seen: HashMap<(String, String), HashMap<i64, bool>> = HashMap::new();
-    if !ids.is_empty() {
-        for chunk in names.chunks(CHUNK) {
-            let rows: Vec<(i64, String, String, String)> = test_results::table
-                .filter(test_results::build_id.eq_any(&ids))
-                .filter(test_results::name.eq_any(chunk))
-                .filter(test_results::result.ne("skipped"))
-                .select((test_results::build_id, test_results::suite, test_results::name, test_results::result))
-                .load(conn)?;
-            for (build, suite, name, result) in rows {
-                if wanted.contains(&(suite.as_str(), name.as_str())) {
-                    seen.entry((suite, name)).or_default().insert(build, result == "passed");
-                }
+    let out = tests
+        .iter()
+        .map(|(suite, name, result)| {
+            let key = ((*suite).to_owned(), (*name).to_owned());
+            let earlier = before.get(&key);
+            let history = earlier.map_or(History::EMPTY, |(_, _, h)| *h);
+            if *result == "skipped" {
+                return Meaning { since_build_id: None, flaky: false, history };
             }
-        }
-    }
-
-    for (suite, name) in failing {
-        let key = ((*suite).to_owned(), (*name).to_owned());
-        if out.contains_key(&key) {
-            continue;
-        }
-        let runs = seen.get(&key);
-        let flaky = wanted.contains(&(*suite, *name)) && {
-            let passed_same_revision = runs.is_some_and(|r| same_revision.iter().any(|id| r.get(id) == Some(&true)));
-            // This build (a failure), then its predecessors newest first, as they ran.
-            let outcomes: Vec<bool> = std::iter::once(false)
-                .chain(recent.iter().filter_map(|(id, _)| runs.and_then(|r| r.get(id)).copied()))
-                .collect();
-            let flips = outcomes.windows(2).filter(|w| w[0] != w[1]).count();
-            passed_same_revision || flips >= FLAKY_FLIPS
-        };
-        let since_build_id = since.get(&key).copied().unwrap_or(b.build_id);
-        out.insert(key, Meaning { since_build_id, flaky });
-    }
+            let failed = failed(result);
+            let history = history.push(failed);
+            if !failed {
+                return Meaning { since_build_id: None, flaky: false, history };
+            }
+            let since = earlier.and_then(|(was_failing, since, _)| since.filter(|_| *was_failing));
+            Meaning {
+                since_build_id: Some(since.unwrap_or(b.build_id)),
+                flaky: history.flips() >= FLAKY_FLIPS || passed_here.contains(&key),
+                history,
+            }
+        })
+        .collect();
     Ok(out)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn of(outcomes: &[bool]) -> History {
+        outcomes.iter().fold(History::EMPTY, |h, f| h.push(*f))
+    }
+
+    #[test]
+    fn a_history_keeps_the_last_twenty_outcomes_and_counts_flips() {
+        assert_eq!(History::EMPTY.len(), 0);
+        assert_eq!(of(&[false, true]).0, 0b1_01);
+        assert_eq!(of(&[true, true, true]).flips(), 0);
+        assert_eq!(of(&[false, true, false, true]).flips(), 3);
+        // Thirty outcomes, alternating then steady: only the last twenty count.
+        let mut runs: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
+        runs.extend([true; 20]);
+        let h = of(&runs);
+        assert_eq!((h.len(), h.flips()), (20, 0));
+        runs.extend([false, true, false]);
+        assert_eq!(of(&runs).flips(), 3);
+        // What the database keeps fits an i64 and reads back the same.
+        assert!(of(&runs).0 < 1 << 21);
+    }
 }
