@@ -566,6 +566,78 @@ fn volunteers_serving_build_a_request_end_to_end() -> TestResult {
     Ok(())
 }
 
+/// The crontab line `join` prints, run as cron runs it (`sh -c`, a bare environment), from a
+/// HOME with a space in it: it must work when pasted at once, before any approval.
+fn cron_line(w: &World, home: &str, join_output: &str) -> std::process::Output {
+    let line = join_output.lines().find(|l| l.trim_start().starts_with("*/15 * * * *")).expect("a crontab line");
+    // cron: five time fields, then the command, given to sh with `\%` standing for `%`.
+    let command = line.split_whitespace().skip(5).collect::<Vec<_>>().join(" ").replace("\\%", "%");
+    w.command_as_volunteer(home, "sh").args(["-c", &command]).output().unwrap()
+}
+
+#[test]
+fn the_cron_line_join_prints_runs_before_and_after_approval() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let (k, key_path) = w.maintain("demo");
+    let recipe = w.recipe(
+        "demo",
+        "recipe.toml",
+        &format!("{STEPS_OK}version = 1\n[[step]]\nname = \"build\"\nrun = \"true\"\n"),
+    );
+    w.publish(&recipe, &key_path);
+    let home = "a volunteer";
+    std::fs::create_dir_all(w.dir.join(home))?;
+    let page = format!("{}/projects/demo", w.base);
+    let out =
+        w.volunteer_at(home, &["join", &page, "--key", &k.public_key().fingerprint(), "--builder", "vol"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cron_log = w.dir.join(home).join(".local/state/tbox/cron.log");
+
+    // Pending: the line runs tbox-report, which says so in the log (the shell says nothing).
+    let ran = cron_line(&w, home, &stdout(&out));
+    assert_eq!(stderr(&ran), "", "the shell could not run the line");
+    assert_eq!(ran.status.code(), Some(4), "tbox-report ran and was refused: pending");
+    assert!(std::fs::read_to_string(&cron_log)?.contains("pending"), "{:?}", std::fs::read_to_string(&cron_log));
+
+    // Approved: the same line builds.
+    w.admin(&["builder", "approve", "vol"]);
+    let ran = cron_line(&w, home, &stdout(&out));
+    assert_eq!(ran.status.code(), Some(0), "{}", std::fs::read_to_string(&cron_log)?);
+    assert_eq!(w.newest("demo").0["result"], "success");
+    Ok(())
+}
+
+#[test]
+fn an_idle_serve_stops_at_once_on_sigterm_and_ctrl_c() -> TestResult {
+    // It waits on a long poll of up to a minute: that must not delay stopping.
+    let w = World::new(&["demo"]);
+    volunteers_for_requests(&w, 1, 1);
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
+        let mut serving = w.volunteer_at("v0", &["serve", "--every", "100000"]).spawn()?;
+        // The first periodic build comes after the first long poll: by now it is waiting.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(serving.try_wait()?.is_none(), "serve ended by itself");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(serving.id())?), signal)?;
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = serving.try_wait()? {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                let _ = serving.kill();
+                panic!("an idle serve took more than 5 s to stop on {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(0), "{signal}");
+    }
+    assert!(w.builds("demo").is_empty(), "nothing was built");
+    Ok(())
+}
+
 #[test]
 fn sigterm_during_a_build_reports_it_cancelled_and_frees_the_slot() -> TestResult {
     if !have_bwrap() {

@@ -225,7 +225,16 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     }
 
     let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "tbox-report".into());
-    let cfg = config_path.display();
+    let me = shell_word(&me);
+    let cfg = shell_word(&config_path.display().to_string());
+    // The folder the cron line's output goes to exists from now on: otherwise the shell cron
+    // starts fails on the redirection before tbox-report runs, every time, and a build that an
+    // admin approves later never happens.
+    let cron_log = config::state_dir().join("cron.log");
+    if let Some(dir) = cron_log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let cron_log = shell_word(&cron_log.display().to_string());
     crate::say!();
     match registration.as_ref().map(|v| (v["status"].as_str().unwrap_or(""), &v["pending_projects"])) {
         Some(("active", pending)) if pending.as_array().is_some_and(|a| a.iter().any(|p| p == &json!(project))) => {
@@ -243,7 +252,7 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     }
     crate::say!("then build once by hand:  {me} run --config {cfg} --project {project}");
     crate::say!("and let cron do the rest (crontab -e):");
-    crate::say!("  */15 * * * * {me} run --config {cfg} 2>>{}", config::state_dir().join("cron.log").display());
+    crate::say!("  */15 * * * * {me} run --config {cfg} 2>>{cron_log}");
     crate::say!("or, to build also what the project requests as soon as it asks, keep `{me} serve --config {cfg}`");
     crate::say!("running instead (a systemd unit: scripts/tbox-report-serve.service in tbox's source)");
     // Joined, but not registered: say so in the exit code too (as for a spooled report).
@@ -440,6 +449,13 @@ fn remove_project(text: &str, index: usize) -> anyhow::Result<String> {
         from -= 1;
     }
     Ok(lines[..from].concat() + &lines[end..].concat())
+}
+
+/// `word` as one shell word, for the command lines printed to paste into a crontab (which also
+/// gives `%` a meaning: it is escaped).
+fn shell_word(word: &str) -> String {
+    let quoted = shlex::try_quote(word).map_or_else(|_| format!("{word:?}"), |q| q.into_owned());
+    quoted.replace('%', "\\%")
 }
 
 #[cfg(test)]

@@ -146,7 +146,9 @@ fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<
     }
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let body = stamped(json!({ "projects": names, "capabilities": config.capabilities, "wait": WAIT }));
-    let (status, v) = client.send_signed("POST", "/api/v1/leases", &body)?;
+    let Some((status, v)) = long_poll(client, body)? else {
+        return Ok(None);
+    };
     match status {
         200 => {
             let (Some(lease), Some(project), Some(branch)) =
@@ -183,6 +185,25 @@ fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<
         }
         204 => Ok(None),
         s => Err(format!("the server answered {s}: {}", message(&v))),
+    }
+}
+
+/// Sends the long poll from a thread of its own, so that SIGTERM or Ctrl-C stops an idle
+/// `serve` at once rather than after the server's wait. `None`: asked to stop meanwhile (a
+/// lease granted in that instant is never built; it expires and goes to another builder).
+fn long_poll(client: &Client, body: Vec<u8>) -> Result<Option<(u16, serde_json::Value)>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = client.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.send_signed("POST", "/api/v1/leases", &body));
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(answer) => return answer.map(Some),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if runner::stopping() => return Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err("the long poll ended".into()),
+        }
     }
 }
 
