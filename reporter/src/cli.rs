@@ -297,6 +297,10 @@ pub struct RegisterArgs {
     /// A word about this machine.
     #[arg(long)]
     pub description: Option<String>,
+    /// Register under this name instead of the config's `builder` (taken by another machine,
+    /// or its key lost), and make it the config's builder once the server accepts it.
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
     #[command(flatten)]
     pub common: Common,
 }

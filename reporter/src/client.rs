@@ -128,6 +128,11 @@ impl Client {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// The fingerprint of this builder's key (`SHA256:…`), as the server lists it.
+    pub fn fingerprint(&self) -> String {
+        self.key.public_key().fingerprint()
+    }
+
     pub fn get(&self, path: &str) -> Sent {
         self.answer(self.agent.get(format!("{}{path}", self.base)).call(), None)
     }

@@ -611,6 +611,56 @@ fn the_cron_line_join_prints_runs_before_and_after_approval() -> TestResult {
 }
 
 #[test]
+fn a_key_the_server_does_not_know_builds_nothing_and_register_builder_recovers() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let (k, key_path) = w.maintain("demo");
+    // A step that leaves a mark in the workdir (the volunteer's own folder) when it runs.
+    let body = format!("{STEPS_OK}version = 1\n[[step]]\nname = \"build\"\nrun = \"touch built\"\n");
+    w.publish(&w.recipe("demo", "recipe.toml", &body), &key_path);
+    // The server is reached through a mirror that can hide the builder's standing.
+    let mirror = Mirror::new(&w.base);
+    join_and_approve(&w, &mirror.base, "demo", &k.public_key().fingerprint());
+    // The volunteer makes a new key (or another machine took the name "vol").
+    let pem = w.dir.join("home/.config/tbox/builder.pem");
+    std::fs::remove_file(&pem)?;
+    std::fs::remove_file(pem.with_extension("pub"))?;
+    let out = w.volunteer(&["keygen"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Seen before building: not built, and told what to do.
+    let out = w.volunteer(&["run", "--force"]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("does not have this machine's key") && said.contains("register --builder"), "{said}");
+    assert!(w.builds("demo").is_empty() && !w.workdir("demo").exists(), "nothing built");
+
+    // When the standing cannot be read, the started report's refusal stops the build at once.
+    mirror.on(|r| r.path.starts_with("/api/v1/builders/").then(|| Reply::new(503, "text/plain", "busy")));
+    let out = w.volunteer(&["run", "--force"]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("not built") && said.contains("register --builder"), "{said}");
+    assert!(!w.workdir("demo").join("built").exists(), "the steps ran: {said}");
+    assert!(w.builds("demo").is_empty(), "nothing recorded");
+    mirror.clear();
+
+    // register --builder: a name of its own, written to the config; approved, it builds.
+    let out = w.volunteer(&["register", "--builder", "vol-2", "--project", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(w.config().contains("builder = \"vol-2\""), "{}", w.config());
+    w.admin(&["builder", "approve", "vol-2"]);
+    let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (b, _) = w.newest("demo");
+    assert_eq!((b["builder"].as_str(), b["result"].as_str()), (Some("vol-2"), Some("success")), "{b}");
+    assert!(w.workdir("demo").join("built").exists());
+    Ok(())
+}
+
+#[test]
 fn an_idle_serve_stops_at_once_on_sigterm_and_ctrl_c() -> TestResult {
     // It waits on a long poll of up to a minute: that must not delay stopping.
     let w = World::new(&["demo"]);

@@ -410,6 +410,36 @@ fn project_block(project: &str, pin: &str, repo: Option<&str>, branch: &str, wor
     b
 }
 
+/// Makes `name` the config's builder: its top-level `builder = …` line is replaced, every other
+/// line stays as the volunteer wrote it.
+pub fn set_builder(path: &Path, name: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = String::with_capacity(text.len());
+    let mut top_level = true;
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        top_level &= !trimmed.starts_with('[');
+        let is_builder = trimmed.strip_prefix("builder").is_some_and(|rest| rest.trim_start().starts_with('='));
+        if top_level && !done && is_builder {
+            out.push_str(&format!("builder = {}\n", quoted(name)));
+            done = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    if !done {
+        bail!("{} has no top-level `builder = …` line to change", path.display());
+    }
+    write_config(path, &out)?;
+    anyhow::ensure!(
+        Config::load(path)?.builder == name,
+        "{} does not name builder {name} after the change",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Writes the config through a temporary file, after checking that it still loads.
 fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

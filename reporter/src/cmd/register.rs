@@ -2,13 +2,21 @@
 
 use serde_json::json;
 
+use anyhow::Context as _;
+
 use crate::cli::RegisterArgs;
-use crate::client::Sent;
-use crate::exit;
+use crate::client::{Client, Sent};
+use crate::{config, exit};
 
 pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
-    let (config, client) = super::load(&args.common)?;
+    let (mut config, mut client) = super::load(&args.common)?;
     let key = crate::keyfile::load(&config.key_path())?;
+    let renamed = args.builder.as_ref().filter(|b| **b != config.builder);
+    if let Some(name) = renamed {
+        tbox_protocol::validate_name("builder", name, 64)?;
+        config.builder.clone_from(name);
+        client = Client::new(&config.server, name, key.clone());
+    }
     let body = serde_json::to_vec(&json!({
         "name": config.builder,
         "owner": args.owner.as_ref().or(config.owner.as_ref()),
@@ -18,6 +26,12 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
     }))?;
     match client.register(&body) {
         Sent::Delivered(v) => {
+            if renamed.is_some() {
+                let path = config::config_path(args.common.config.as_deref());
+                super::join::set_builder(&path, &config.builder)
+                    .with_context(|| format!("registered as {}, but the config still names another", config.builder))?;
+                crate::say!("{} now reports as builder {}", path.display(), config.builder);
+            }
             let status = crate::client::printable(v["status"].as_str().unwrap_or("?"));
             crate::say!("builder {} is registered for {}: status {status}", config.builder, args.projects.join(", "));
             crate::say!("key fingerprint {}", key.public_key().fingerprint());

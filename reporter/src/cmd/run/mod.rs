@@ -59,6 +59,9 @@ struct Standing {
     status: String,
     projects: Vec<String>,
     pending: Vec<String>,
+    /// Whether this machine's key is one of the builder's unrevoked keys (a name taken by
+    /// another machine, or a key made anew, is not).
+    key_known: bool,
 }
 
 fn standing(config: &Config, client: &Client) -> Option<Standing> {
@@ -66,13 +69,20 @@ fn standing(config: &Config, client: &Client) -> Option<Standing> {
         v.as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect()).unwrap_or_default()
     };
     match client.get_as_builder(&format!("/api/v1/builders/{}", config.builder)) {
-        Sent::Delivered(v) => Some(Standing {
-            status: v["status"].as_str().unwrap_or_default().to_owned(),
-            projects: strings(&v["projects"]),
-            pending: strings(&v["pending_projects"]),
-        }),
+        Sent::Delivered(v) => {
+            let mine = client.fingerprint();
+            let key_known = v["keys"].as_array().is_some_and(|keys| {
+                keys.iter().any(|k| k["fingerprint"].as_str() == Some(mine.as_str()) && k["revoked"] != true)
+            });
+            Some(Standing {
+                status: v["status"].as_str().unwrap_or_default().to_owned(),
+                projects: strings(&v["projects"]),
+                pending: strings(&v["pending_projects"]),
+                key_known,
+            })
+        }
         Sent::Rejected { status: 404, .. } => {
-            Some(Standing { status: "unknown".into(), projects: Vec::new(), pending: Vec::new() })
+            Some(Standing { status: "unknown".into(), projects: Vec::new(), pending: Vec::new(), key_known: false })
         }
         _ => None,
     }
@@ -88,6 +98,7 @@ impl Standing {
             )),
             "pending" => Some(format!("builder {b} is pending approval; {approve}")),
             "revoked" => Some(format!("builder {b} is revoked on {server}")),
+            _ if !self.key_known => Some(unknown_key(config, project)),
             _ if self.pending.iter().any(|p| p == project) => {
                 Some(format!("builder {b} asked to report for {project}, which waits for approval; {approve}"))
             }
@@ -97,6 +108,24 @@ impl Standing {
             _ => None,
         }
     }
+}
+
+/// This machine's key fingerprint, for messages.
+fn client_fingerprint(config: &Config) -> String {
+    crate::keyfile::load(&config.key_path()).map_or_else(|_| "?".into(), |k| k.public_key().fingerprint())
+}
+
+/// What to do when the server does not know this machine's key under the config's builder name.
+pub fn unknown_key(config: &Config, project: &str) -> String {
+    let (b, server) = (&config.builder, &config.server);
+    format!(
+        "builder {b} on {server} does not have this machine's key ({}): the name is another machine's, or \
+         the key was made anew. Register under a name of your own: `tbox-report register --builder NEW-NAME \
+         --project {project}` (the config then uses it), or ask an admin of {server} to add this key to {b} \
+         (`tbox-server builder add {b} --key {}`)",
+        client_fingerprint(config),
+        config.key_path().with_extension("pub").display(),
+    )
 }
 
 /// The revision last reported for a project, if any.
@@ -306,6 +335,19 @@ fn run_project(
     started.lease = lease;
     if let Sent::Rejected { status, message } = client.submit_once(&serde_json::to_vec(&started)?) {
         eprintln!("tbox-report: the server refused the started report for {} ({status}): {message}", project.name);
+        // Who this builder is, or what it may report for: the finished report would be refused
+        // alike, so the steps (hours, for some projects) do not run for nothing.
+        if matches!(status, 401 | 403 | 404) {
+            let what = match status {
+                401 => unknown_key(config, &project.name),
+                _ => format!(
+                    "builder {} may not report for {} on {}: `tbox-report check` says why",
+                    config.builder, project.name, config.server
+                ),
+            };
+            eprintln!("tbox-report: {}: not built: {what}", project.name);
+            return Ok(exit::worst(floor, exit::REJECTED));
+        }
     }
 
     let progress = progress_bar();
