@@ -736,6 +736,14 @@ fn a_volunteer_killed_mid_build_is_lost_and_another_builds_it() -> TestResult {
     first.kill()?;
     first.wait()?;
     wait_for("the attempt to be lost", 30, || requests(&w)[0]["attempts"][0]["state"] == "lost");
+    // Its build is lost too, at once (not after --lost-after, 12 hours by default), wherever
+    // it shows: the API, its page, the builder's badge.
+    let killed = w.builds("demo").into_iter().find(|b| b["builder"] == "v0").expect("v0's build");
+    assert_eq!(killed["state"], "lost", "{killed}");
+    let page = w.text(&format!("/builds/{}", killed["id"]));
+    assert!(page.contains("lost") && !page.contains("building"), "{page}");
+    let badge = w.text("/projects/demo/builders/v0/badge.svg");
+    assert!(badge.contains("lost"), "{badge}");
     let mut second = w.volunteer_at("v1", &["serve", "--every", "100000", "--max-builds", "1"]).spawn()?;
     wait_for("another volunteer to build it", 60, || requests(&w)[0]["state"] == "done");
     let r = &requests(&w)[0];

@@ -111,6 +111,7 @@ pub fn start(pool: Pool, work: Work) -> std::io::Result<()> {
 
 fn tick(pool: &Pool) -> anyhow::Result<(usize, (i64, i64))> {
     let mut conn = pool.get()?;
-    let lost = requests::sweep(&mut conn, db::now())?;
+    let now = db::now();
+    let lost = requests::sweep(&mut conn, now, |c, builds| crate::notify::after_lost(c, builds, now))?;
     Ok((lost, requests::generation(&mut conn)?))
 }

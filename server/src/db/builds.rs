@@ -85,6 +85,19 @@ pub fn mark_lost(conn: &mut DbConn, before: NaiveDateTime) -> QueryResult<Vec<i6
     .get_results(c))
 }
 
+/// Marks these builds lost if they are still running (their lease was lost); returns the ids
+/// it marked. As [`mark_lost`], a late `finished` report still completes them.
+pub fn mark_lost_ids(conn: &mut DbConn, ids: &[i64]) -> QueryResult<Vec<i64>> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Bool;
+    crate::dispatch!(conn, |c| diesel::update(
+        builds::table.filter(builds::id.eq_any(ids)).filter(sql::<Bool>("state = 'started' AND result IS NULL")),
+    )
+    .set(builds::result.eq(LOST))
+    .returning(builds::id)
+    .get_results(c))
+}
+
 /// Remembers a report body's digest, so that sending it again changes nothing.
 pub fn record_report(conn: &mut DbConn, digest: &str, build_id: i64, at: NaiveDateTime) -> QueryResult<()> {
     diesel::insert_into(reports::table)

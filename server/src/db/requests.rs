@@ -116,16 +116,31 @@ fn settle(conn: &mut DbConn, r: &BuildRequest, now: NaiveDateTime) -> QueryResul
     Ok(())
 }
 
-/// Leases not renewed in time become lost attempts; requests past their deadline expire.
-/// Returns how many leases were lost. Idempotent: every server process may run it.
-pub fn sweep(conn: &mut DbConn, now: NaiveDateTime) -> QueryResult<usize> {
+/// Leases not renewed in time become lost attempts, and the builds they had started lost builds
+/// (at once, not after `serve --lost-after`: nobody builds them any more); requests past their
+/// deadline expire. `builds_lost` runs in the same transaction with the ids of the builds it
+/// marked (for notifications). Returns how many leases were lost. Idempotent: every server
+/// process may run it.
+pub fn sweep(
+    conn: &mut DbConn,
+    now: NaiveDateTime,
+    builds_lost: impl FnOnce(&mut DbConn, &[i64]) -> QueryResult<()>,
+) -> QueryResult<usize> {
     write_transaction(conn, |c| {
-        let lost: Vec<i64> =
-            leases::table.filter(leased()).filter(leases::expires_at.lt(now)).select(leases::request_id).load(c)?;
+        let expired: Vec<(i64, Option<i64>)> = leases::table
+            .filter(leased())
+            .filter(leases::expires_at.lt(now))
+            .select((leases::request_id, leases::build_id))
+            .load(c)?;
         let n = diesel::update(leases::table.filter(leased()).filter(leases::expires_at.lt(now)))
             .set((leases::state.eq("lost"), leases::ended_at.eq(now)))
             .execute(c)?;
-        for id in lost {
+        let started: Vec<i64> = expired.iter().filter_map(|(_, b)| *b).collect();
+        if !started.is_empty() {
+            let marked = super::builds::mark_lost_ids(c, &started)?;
+            builds_lost(c, &marked)?;
+        }
+        for id in expired.into_iter().map(|(r, _)| r) {
             if let Some(r) = by_id(c, id)? {
                 settle(c, &r, now)?;
             }
