@@ -689,6 +689,50 @@ fn an_idle_serve_stops_at_once_on_sigterm_and_ctrl_c() -> TestResult {
 }
 
 #[test]
+fn a_volunteer_that_would_refuse_the_recipe_takes_no_lease() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let key = volunteers_for_requests(&w, 1, 0);
+    // Version 2 needs a GPU, which v0 does not declare.
+    w.admin(&["project", "capability", "add", "demo", "gpu", "--description", "a GPU"]);
+    let gpu = w.recipe(
+        "demo",
+        "recipe.toml",
+        &format!("{STEPS_OK}version = 2\nrequires = [\"gpu\"]\n[[step]]\nname = \"build\"\nrun = \"true\"\n"),
+    );
+    w.publish(&gpu, &key);
+    request(&w, &key, "1");
+    let serving = w.volunteer_at("v0", &["serve", "--every", "100000"]).stderr(std::process::Stdio::piped()).spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let r = &requests(&w)[0];
+    assert_eq!((r["state"].as_str(), r["attempts"].as_array().map(Vec::len)), (Some("open"), Some(0)), "{r}");
+    assert!(w.builds("demo").is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(serving.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let out = serving.wait_with_output()?;
+    let said = stderr(&out);
+    assert_eq!(said.matches("not taking work for demo").count(), 1, "said once: {said}");
+    assert!(said.contains("requires gpu"), "{said}");
+
+    // Version 3 drops the requirement: the same volunteer takes the slot and answers it.
+    let plain = w.recipe(
+        "demo",
+        "recipe.toml",
+        &format!("{STEPS_OK}version = 3\n[[step]]\nname = \"build\"\nrun = \"true\"\n"),
+    );
+    w.publish(&plain, &key);
+    let out = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = &requests(&w)[0];
+    assert_eq!((r["state"].as_str(), r["attempts"][0]["state"].as_str()), (Some("done"), Some("done")), "{r}");
+    Ok(())
+}
+
+#[test]
 fn sigterm_during_a_build_reports_it_cancelled_and_frees_the_slot() -> TestResult {
     if !have_bwrap() {
         return Ok(());

@@ -165,6 +165,27 @@ pub fn authenticate(conn: &mut DbConn, sub: Submission<'_>, digest: &[u8; 32]) -
     }
 }
 
+/// Why a report that ran nothing useful (`exception`) answered its lease: the last exception
+/// step's name and the first line of its log that is not the reporter's preamble, bounded.
+fn declined_because(report: &Report) -> Option<String> {
+    if report.result != Some(BuildResult::Exception) {
+        return None;
+    }
+    let step = report.steps.iter().rev().find(|s| s.result == BuildResult::Exception)?;
+    let line = step
+        .log
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("[tbox-report]") && !l.starts_with("$ "));
+    let why = match line {
+        Some(l) => format!("{}: {l}", step.name),
+        None => step.name.clone(),
+    };
+    Some(why.chars().take(300).collect())
+}
+
 /// A step's log, ready to store: (digest, uncompressed size, zstd bytes).
 #[derive(Debug)]
 struct Compressed {
@@ -354,7 +375,15 @@ fn store_build(
         let result = report.result.filter(|_| report.state == BuildState::Finished).map(BuildResult::as_str);
         let id = i64::try_from(lease).unwrap_or(i64::MAX);
         let asked = (project_id, report.branch.as_str(), report.revision.as_str());
-        match crate::db::requests::report(conn, id, builder_id, asked, build_id, result, now)? {
+        match crate::db::requests::report(
+            conn,
+            id,
+            builder_id,
+            asked,
+            build_id,
+            (result, declined_because(report).as_deref()),
+            now,
+        )? {
             Ok(()) => {}
             Err(crate::db::requests::LeaseError::Mismatch(what)) => {
                 return Err(AppError::invalid(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Backend, Server, TestResult, key};
+use common::{Backend, Server, TestResult, in_days, key, publish, put, recipe};
 use serde_json::Value;
 
 on_both_backends!(
@@ -14,36 +14,6 @@ on_both_backends!(
     project_keys_and_capabilities_from_the_command_line,
     a_second_project_waits_for_approval,
 );
-
-/// An expiry `days` from now, as recipes and key lists write it.
-fn in_days(days: i64) -> String {
-    (chrono::Utc::now() + chrono::TimeDelta::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn recipe(project: &str, version: u64, extra: &str) -> String {
-    format!(
-        "# a comment the server must keep\nformat = \"tbox-recipe/1\"\nproject = \"{project}\"\n\
-         repo = \"https://example.org/demo.git\"\nbranches = [\"main\"]\nversion = {version}\n\
-         expires = \"{}\"\n{extra}\n[[step]]\nname = \"build\"\nrun = \"make\"\n",
-        in_days(30)
-    )
-}
-
-fn put(s: &Server, project: &str, body: &[u8], sig: Option<&str>, content_type: &str) -> (u16, Value) {
-    let mut req =
-        s.agent.put(s.url(&format!("/api/v1/projects/{project}/recipe"))).header("Content-Type", content_type);
-    if let Some(sig) = sig {
-        req = req.header("Tbox-Signature", sig);
-    }
-    let mut resp = req.send(body).unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
-}
-
-fn publish(s: &Server, project: &str, body: &str, signer: usize) -> (u16, Value) {
-    put(s, project, body.as_bytes(), Some(&key(signer).sign(body.as_bytes())), "application/toml")
-}
 
 /// demo with key 1 as its project key.
 fn setup(s: &Server) {

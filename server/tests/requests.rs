@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, Server, TestDb, TestResult, key};
+use common::{Backend, Server, TestDb, TestResult, key, publish, recipe};
 use serde_json::{Value, json};
 use tbox_protocol::PrivateKey;
 
@@ -21,12 +21,15 @@ on_both_backends!(
     a_report_closes_its_lease,
     a_copied_lease_body_takes_nothing,
     oldest_first_and_fair_across_projects,
+    a_request_needs_a_current_recipe,
 );
 
-/// demo with key 1 as its project key, and builders b0..bN (all with key 2, active, for demo).
+/// demo with key 1 as its project key and a recipe it signed, and builders b0..bN (all with
+/// key 2, active, for demo).
 fn setup(s: &Server, builders: usize) {
     s.setup();
     s.admin_ok(&["project", "key", "add", "demo", "--key", &s.pubkey_file(key(1))]);
+    assert_eq!(publish(s, "demo", &recipe("demo", 1, ""), 1).0, 201);
     let public = s.pubkey_file(key(2));
     for i in 0..builders {
         s.admin_ok(&["builder", "add", &format!("b{i}"), "--project", "demo", "--key", &public]);
@@ -335,6 +338,40 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     assert_eq!((r["state"].as_str(), r["done"].as_u64()), (Some("done"), Some(1)), "{r}");
     assert_eq!(r["attempts"][0]["build"], v["build"]);
     assert_eq!(lease(&s, "b1", 0).0, 204, "nothing left to do");
+
+    // An exception (here: the volunteer refused the recipe) answers nothing: the attempt is
+    // declined with the reason, the slot stays open, and another builder's red build fills it.
+    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 1}), key(1)).0, 201);
+    let (_, granted) = lease(&s, "b0", 0);
+    let mut refused = common::report("declined");
+    refused["builder"] = "b0".into();
+    refused["result"] = "exception".into();
+    refused["tests"] = json!([]);
+    refused["steps"] = json!([{"name": "recipe refused", "result": "exception",
+        "started_at": "2026-11-01T10:00:00Z", "finished_at": "2026-11-01T10:00:00Z",
+        "log": "[tbox-report] this volunteer refused to build, and ran nothing:\nthe recipe expired\n"}]);
+    refused["lease"] = granted["lease"].clone();
+    let (status, v) = s.send_as("b0", key(2), refused.to_string().as_bytes());
+    assert_eq!(status, 201, "{v} {}", s.log_text());
+    let r = &requests(&s)[0];
+    assert_eq!(
+        (r["state"].as_str(), r["done"].as_u64(), r["declined"].as_u64()),
+        (Some("open"), Some(0), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["attempts"][0]["state"], "declined", "{r}");
+    assert_eq!(r["attempts"][0]["reason"], "recipe refused: the recipe expired", "{r}");
+    let (status, granted) = lease(&s, "b1", 0);
+    assert_eq!(status, 200, "the slot is open for another builder: {granted}");
+    let mut red = common::report("red");
+    red["builder"] = "b1".into();
+    red["lease"] = granted["lease"].clone();
+    assert_eq!(s.send_as("b1", key(2), red.to_string().as_bytes()).0, 201);
+    let r = &requests(&s)[0];
+    assert_eq!((r["state"].as_str(), r["done"].as_u64()), (Some("done"), Some(1)), "a red build answers: {r}");
+    let page = s.get("/projects/demo/requests").1;
+    assert!(page.contains("declined by its volunteer: recipe refused: the recipe expired"), "{page}");
+    assert!(page.contains("✔ answered") && !page.contains("✔ done"), "{page}");
     Ok(())
 }
 
@@ -422,6 +459,7 @@ fn oldest_first_and_fair_across_projects(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
     setup(&s, 0);
     s.admin_ok(&["project", "key", "add", "other", "--key", &s.pubkey_file(key(1))]);
+    assert_eq!(publish(&s, "other", &recipe("other", 1, ""), 1).0, 201);
     let public = s.pubkey_file(key(2));
     for b in ["x", "y", "z"] {
         s.admin_ok(&["builder", "add", b, "--project", "demo", "--project", "other", "--key", &public]);
@@ -442,5 +480,37 @@ fn oldest_first_and_fair_across_projects(backend: Backend) -> TestResult {
     assert_eq!(take("y"), ("other".to_owned(), "third".to_owned()));
     // demo's first wants one builder and has it: z gets demo's second.
     assert_eq!(take("z"), ("demo".to_owned(), "second".to_owned()));
+    Ok(())
+}
+
+/// Volunteers build requests only from a recipe the project signed and refuse an expired one:
+/// the server says so instead of collecting refusals (HTTP and command line alike).
+fn a_request_needs_a_current_recipe(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    s.setup();
+    s.admin_ok(&["project", "key", "add", "demo", "--key", &s.pubkey_file(key(1))]);
+    let (status, v) = ask(&s, &json!({"branch": "main"}), key(1));
+    assert_eq!((status, v["error"].as_str()), (422, Some("no_recipe")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("recipe publish"), "{v}");
+    let out = s.admin(&["request", "add", "demo", "--branch", "main"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no recipe"), "{out:?}");
+
+    assert_eq!(publish(&s, "demo", &recipe("demo", 1, ""), 1).0, 201);
+    assert_eq!(ask(&s, &json!({"branch": "main"}), key(1)).0, 201);
+    // The recipe expires (time passes): refused again, saying which version and when.
+    {
+        use diesel::Connection as _;
+        use diesel::connection::SimpleConnection as _;
+        let expire = "UPDATE recipes SET expires_at = '2001-01-01 00:00:00'";
+        match s.db.url.strip_prefix("sqlite://") {
+            Some(path) => diesel::SqliteConnection::establish(path)?.batch_execute(expire)?,
+            None => diesel::PgConnection::establish(&s.db.url)?.batch_execute(expire)?,
+        }
+    }
+    let (status, v) = ask(&s, &json!({"branch": "other"}), key(1));
+    assert_eq!((status, v["error"].as_str()), (422, Some("recipe_expired")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("(version 1) expired at 2001-01-01"), "{v}");
+    assert_eq!(s.get_json("/api/v1/projects/demo/requests").1["requests"].as_array().map(Vec::len), Some(1));
     Ok(())
 }

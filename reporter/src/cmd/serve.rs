@@ -6,6 +6,7 @@
 //! `max_load`; at most `daily_budget` requested builds per project a day; on SIGTERM (or
 //! Ctrl-C) the running step is stopped, the build reported as cancelled, and it exits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let mut built = 0u64;
     let mut next_periodic = Instant::now();
     let mut code = exit::OK;
+    // Why each project is not asked for work, as last said (said again only when it changes).
+    let mut not_asking = HashMap::new();
     eprintln!("tbox-report serve: started (periodic builds every {} s)", args.every);
     while !runner::stopping() && args.max_builds.is_none_or(|m| built < m) {
         // Read again each round, so that a `join` or an edit takes effect without a restart.
@@ -39,7 +42,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
             pause(Duration::from_secs(60));
             continue;
         }
-        match take_lease(&config, &client, args.common.verbose) {
+        match take_lease(&config, &client, &mut not_asking, args.common.verbose) {
             Ok(Some(Leased::Work(project, job))) => {
                 code = exit::worst(code, build_leased(&config, &client, &project, &job, args.common.verbose)?);
                 built += 1;
@@ -131,14 +134,34 @@ pub fn stamped(mut body: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Asks for work for every project with a source this machine can build and budget left.
-fn take_lease(config: &Config, client: &Client, verbose: bool) -> Result<Option<Leased>, String> {
+/// Asks for work for every project with a source this machine can build, budget left, and a
+/// recipe it would build now (checked first: a lease taken only to be refused would hold a
+/// slot another builder could fill).
+fn take_lease(
+    config: &Config,
+    client: &Client,
+    not_asking: &mut HashMap<String, String>,
+    verbose: bool,
+) -> Result<Option<Leased>, String> {
     let projects: Vec<&Project> = config
         .projects
         .iter()
         // A request names a branch: only a project whose source tbox-report fetches can build it.
         .filter(|p| p.recipe.is_some() || p.git.is_some())
         .filter(|p| p.daily_budget.is_none_or(|b| spent_today(config, &p.name) < b))
+        .filter(|p| match run::would_build(config, p) {
+            Ok(()) => {
+                not_asking.remove(&p.name);
+                true
+            }
+            Err(why) => {
+                if not_asking.get(&p.name) != Some(&why) {
+                    eprintln!("tbox-report serve: not taking work for {}: {why}", p.name);
+                    not_asking.insert(p.name.clone(), why);
+                }
+                false
+            }
+        })
         .collect();
     if projects.is_empty() {
         pause(Duration::from_secs(WAIT));

@@ -32,6 +32,29 @@ const MAX_DEADLINE_DAYS: i64 = MAX_REQUEST_AGE_DAYS;
 /// Checks what the types do not (422 naming the field).
 pub fn check(conn: &mut DbConn, project_id: i64, ask: &Ask, now: DateTime<Utc>) -> Result<(), AppError> {
     let bad = |m: String| Err(AppError::invalid("invalid", m));
+    // Volunteers build a request only from a recipe the project signed, and refuse an expired
+    // one: such a request would only collect refusals.
+    match recipes::current(conn, project_id)? {
+        None => {
+            return Err(AppError::invalid(
+                "no_recipe",
+                "the project has no recipe: volunteers build requests only from a recipe the project signed \
+                 (publish one first: tbox-report recipe publish)",
+            ));
+        }
+        Some(r) if r.expires_at <= db::to_db_time(now) => {
+            return Err(AppError::invalid(
+                "recipe_expired",
+                format!(
+                    "the project's recipe (version {}) expired at {} UTC and volunteers refuse it: publish a new \
+                     version first",
+                    r.version,
+                    r.expires_at.format("%Y-%m-%d %H:%M")
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
     if !(1..=tbox_protocol::MAX_REQUEST_BUILDERS).contains(&ask.builders) {
         return bad(format!("builders: must be 1 to {}", tbox_protocol::MAX_REQUEST_BUILDERS));
     }
@@ -163,6 +186,8 @@ pub struct RequestView {
     pub leased: usize,
     pub done: usize,
     pub lost: usize,
+    /// Attempts their builder declined (the slot stayed open).
+    pub declined: usize,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -177,6 +202,8 @@ pub struct AttemptView {
     pub ended_at: Option<String>,
     pub build: Option<i64>,
     pub build_url: Option<String>,
+    /// Why its builder declined it (state `declined`).
+    pub reason: Option<String>,
 }
 
 /// A project's newest requests with their attempts (two queries).
@@ -199,6 +226,7 @@ pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Resu
                     ended_at: l.ended_at.map(time),
                     build: l.build_id,
                     build_url: l.build_id.map(|b| format!("{base}/builds/{b}")),
+                    reason: l.reason.clone(),
                 })
                 .collect();
             let n = |s: &str| mine.iter().filter(|a| a.state == s).count();
@@ -207,6 +235,7 @@ pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Resu
                 leased: n("leased"),
                 done: n("done"),
                 lost: n("lost"),
+                declined: n("declined"),
                 state: r.state,
                 reason: r.reason,
                 branch: r.branch,

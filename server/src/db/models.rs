@@ -303,6 +303,8 @@ pub struct Lease {
     pub expires_at: NaiveDateTime,
     pub build_id: Option<i64>,
     pub ended_at: Option<NaiveDateTime>,
+    /// Why its builder declined it (state `declined`).
+    pub reason: Option<String>,
 }
 
 /// Someone told about a project's status changes: a webhook or an e-mail address.

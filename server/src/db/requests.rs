@@ -86,7 +86,8 @@ pub fn cancel(conn: &mut DbConn, id: i64, now: NaiveDateTime) -> QueryResult<boo
 
 /// Counts of a request's attempts: (leased, done, lost). Only attempts lost after their build
 /// started count as lost here: a lease granted to a long poll whose builder had gone away (it
-/// never started) is a no-show, and must not use up the slot's attempts.
+/// never started) is a no-show, and must not use up the slot's attempts. A declined attempt
+/// uses none either: that builder is never offered the request again.
 fn counts(conn: &mut DbConn, request_id: i64) -> QueryResult<(i64, i64, i64)> {
     let rows: Vec<(String, Option<i64>)> =
         leases::table.filter(leases::request_id.eq(request_id)).select((leases::state, leases::build_id)).load(conn)?;
@@ -355,7 +356,7 @@ pub fn report(
     builder_id: i64,
     (project_id, branch, revision): (i64, &str, &str),
     build_id: i64,
-    result: Option<&str>,
+    (result, reason): (Option<&str>, Option<&str>),
     now: NaiveDateTime,
 ) -> QueryResult<Result<(), LeaseError>> {
     let Some(lease) = mine(conn, id, builder_id)? else { return Ok(Err(LeaseError::Unknown)) };
@@ -371,10 +372,21 @@ pub fn report(
         return Ok(Err(LeaseError::Mismatch(format!("request {} asks for branch {}{at}", request.id, request.branch))));
     }
     if let Some(result) = result {
-        // A build its volunteer stopped is no answer: the slot goes to another builder.
-        let state = if result == "cancelled" { "cancelled" } else { "done" };
+        // Only a green or red build answers the request. One its volunteer stopped is no answer,
+        // and an exception (a refusal, a source it could not fetch) is a declined attempt: either
+        // way the slot goes to another builder.
+        let (state, reason) = match result {
+            "cancelled" => ("cancelled", None),
+            "exception" => ("declined", Some(reason.unwrap_or("the build did not run"))),
+            _ => ("done", None),
+        };
         diesel::update(leases::table.find(id))
-            .set((leases::build_id.eq(build_id), leases::state.eq(state), leases::ended_at.eq(now)))
+            .set((
+                leases::build_id.eq(build_id),
+                leases::state.eq(state),
+                leases::ended_at.eq(now),
+                leases::reason.eq(reason),
+            ))
             .execute(conn)?;
         settle(conn, &request, now)?;
     } else {

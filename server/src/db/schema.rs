@@ -102,6 +102,7 @@ diesel::table! {
         expires_at -> Timestamp,
         build_id -> Nullable<Int8>,
         ended_at -> Nullable<Timestamp>,
+        reason -> Nullable<Text>,
     }
 }
 

@@ -115,6 +115,16 @@ fn client_fingerprint(config: &Config) -> String {
     crate::keyfile::load(&config.key_path()).map_or_else(|_| "?".into(), |k| k.public_key().fingerprint())
 }
 
+/// Whether this machine would build `project` now: its recipe's signature, version, expiry,
+/// branches, source, requirements and network checked, as a build would. `serve` asks before
+/// taking a lease, so that it never takes a slot only to refuse it.
+pub fn would_build(config: &Config, project: &Project) -> Result<(), String> {
+    match plan(config, project, false) {
+        Ok(_) => Ok(()),
+        Err(Skip::Quietly(_, why) | Skip::Refused(why)) => Err(why),
+    }
+}
+
 /// What to do when the server does not know this machine's key under the config's builder name.
 pub fn unknown_key(config: &Config, project: &str) -> String {
     let (b, server) = (&config.builder, &config.server);
@@ -212,7 +222,10 @@ fn run_project(
     };
     let plan = match plan(config, project, verbose) {
         Ok(plan) => plan,
-        Err(Skip::Quietly(code)) => return Ok(exit::worst(floor, code)),
+        Err(Skip::Quietly(code, why)) => {
+            eprintln!("tbox-report: {why}");
+            return Ok(exit::worst(floor, code));
+        }
         Err(Skip::Refused(why)) => {
             return refuse(config, client, project, ("recipe refused", &not_built(), lease), &why, floor, verbose);
         }

@@ -77,9 +77,9 @@ impl Job {
 
 /// Why a project is not built this time.
 pub(super) enum Skip {
-    /// Nothing to say to the project (no recipe yet, unmet requirements, server away): the
-    /// message is printed already; exit with this code.
-    Quietly(u8),
+    /// Nothing to say to the project (no recipe yet, unmet requirements, server away): exit
+    /// with this code, after printing the message.
+    Quietly(u8, String),
     /// Refused: exit 5, and the project is told why.
     Refused(String),
 }
@@ -96,13 +96,9 @@ pub(super) fn plan(config: &Config, project: &Project, verbose: bool) -> Result<
     let v = match trust::obtain(&trust::agent(), config.server.trim_end_matches('/'), name, pin) {
         Ok(v) => v,
         Err(NoRecipe::Refused(why)) => return Err(Skip::Refused(why)),
-        Err(NoRecipe::NonePublished(why)) => {
-            eprintln!("tbox-report: {why}; nothing to build");
-            return Err(Skip::Quietly(exit::OK));
-        }
+        Err(NoRecipe::NonePublished(why)) => return Err(Skip::Quietly(exit::OK, format!("{why}; nothing to build"))),
         Err(NoRecipe::Unreachable(why)) => {
-            eprintln!("tbox-report: {name}: {why}; nothing built");
-            return Err(Skip::Quietly(exit::SPOOLED));
+            return Err(Skip::Quietly(exit::SPOOLED, format!("{name}: {why}; nothing built")));
         }
     };
     if let Some(note) = &v.from_cache {
@@ -125,11 +121,15 @@ pub(super) fn plan(config: &Config, project: &Project, verbose: bool) -> Result<
         // Taking the first recipe's word for it would let a stolen project key point the
         // checkout, which runs outside the sandbox, at any repository this machine can read.
         (None, None) => {
-            eprintln!(
-                "tbox-report: {name}: not built: no source repository is pinned for it (the config's [[project]] has                  no `git`, which `join` writes, and this machine has not built it before); the recipe (version {})                  says {}: if that is the project's repository, add `git = {:?}` to its [[project]]",
-                r.version, r.repo, r.repo
-            );
-            return Err(Skip::Quietly(exit::ERROR));
+            return Err(Skip::Quietly(
+                exit::ERROR,
+                format!(
+                    "{name}: not built: no source repository is pinned for it (the config's [[project]] has no \
+                     `git`, which `join` writes, and this machine has not built it before); the recipe (version \
+                     {}) says {}: if that is the project's repository, add `git = {:?}` to its [[project]]",
+                    r.version, r.repo, r.repo
+                ),
+            ));
         }
     };
     if pinned != r.repo {
@@ -142,21 +142,24 @@ pub(super) fn plan(config: &Config, project: &Project, verbose: bool) -> Result<
     let missing: Vec<&str> =
         r.requires.iter().filter(|c| !config.capabilities.contains(c)).map(String::as_str).collect();
     if !missing.is_empty() {
-        eprintln!(
-            "tbox-report: {name}: skipped: recipe version {} requires {}, which this machine does not declare in \
-             `capabilities`",
-            r.version,
-            missing.join(", ")
-        );
-        return Err(Skip::Quietly(exit::OK));
+        return Err(Skip::Quietly(
+            exit::OK,
+            format!(
+                "{name}: skipped: recipe version {} requires {}, which this machine does not declare in \
+                 `capabilities`",
+                r.version,
+                missing.join(", ")
+            ),
+        ));
     }
     if r.network && !config.network_for(project) {
-        eprintln!(
-            "tbox-report: {name}: skipped: recipe version {} needs the network; set `allow_network = true` to \
-             build it",
-            r.version
-        );
-        return Err(Skip::Quietly(exit::OK));
+        return Err(Skip::Quietly(
+            exit::OK,
+            format!(
+                "{name}: skipped: recipe version {} needs the network; set `allow_network = true` to build it",
+                r.version
+            ),
+        ));
     }
     if verbose {
         eprintln!("tbox-report: {name}: recipe version {} signed by {}", r.version, v.key);
