@@ -89,6 +89,27 @@ pub enum Command {
     /// periodic builds of `run` (for systemd; see scripts/tbox-report-serve.service).
     #[command(after_help = EXIT_CODES)]
     Serve(ServeArgs),
+    /// Start no new build until a time or until `resume` (for every config of this user).
+    #[command(after_help = EXIT_CODES)]
+    Pause(PauseArgs),
+    /// End a pause.
+    #[command(after_help = EXIT_CODES)]
+    Resume(ResumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// How long, like 2h, 30m or 1d [default: until `resume`].
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

@@ -733,6 +733,55 @@ fn a_volunteer_that_would_refuse_the_recipe_takes_no_lease() -> TestResult {
 }
 
 #[test]
+fn pause_and_resume_hold_for_run_and_serve() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let key = volunteers_for_requests(&w, 1, 0);
+    let out = w.volunteer_at("v0", &["pause", "--for", "2h"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("paused until"), "{}", stdout(&out));
+    // run: nothing built, quietly (cron), exit 0; with -v it says why.
+    let out = w.volunteer_at("v0", &["run", "-v"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("paused until"), "{}", stderr(&out));
+    assert!(w.builds("demo").is_empty());
+    // serve: takes no lease while paused, and builds within seconds of `resume`.
+    request(&w, &key, "1");
+    let mut serving = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let r = &requests(&w)[0];
+    assert_eq!(r["attempts"].as_array().map(Vec::len), Some(0), "paused, yet it took a lease: {r}");
+    let out = w.volunteer_at("v0", &["resume"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for("serve to build after resume", 30, || requests(&w)[0]["state"] == "done");
+    assert_eq!(serving.wait()?.code(), Some(0));
+
+    // A pause that comes while serve waits for work: nothing is built. (The poll already sent may
+    // still be granted a lease; nobody builds it, and it expires as a no-show, which uses none of
+    // the slot's attempts.)
+    let built = w.builds("demo").len();
+    let mut serving = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(w.volunteer_at("v0", &["pause"]).output()?.status.code(), Some(0));
+    std::thread::sleep(Duration::from_secs(2));
+    request(&w, &key, "1");
+    std::thread::sleep(Duration::from_secs(2));
+    let newest = &requests(&w)[0];
+    assert_eq!((newest["state"].as_str(), newest["done"].as_u64()), (Some("open"), Some(0)), "{newest}");
+    assert_eq!(w.builds("demo").len(), built, "built while paused");
+    let _ = serving.kill();
+    let _ = serving.wait();
+    // An expired pause is no pause.
+    let state = w.dir.join("v0/.local/state/tbox/paused");
+    std::fs::write(&state, "until 2001-01-01T00:00:00Z\n")?;
+    let out = w.volunteer_at("v0", &["run", "-v"]).output()?;
+    assert!(!stderr(&out).contains("paused"), "{}", stderr(&out));
+    Ok(())
+}
+
+#[test]
 fn sigterm_during_a_build_reports_it_cancelled_and_frees_the_slot() -> TestResult {
     if !have_bwrap() {
         return Ok(());

@@ -5,6 +5,7 @@ mod flush;
 mod join;
 mod keygen;
 mod keys;
+pub mod pause;
 mod push;
 mod recipe;
 mod register;
@@ -35,6 +36,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keys(c) => keys::run(c),
         Command::Request(a) => request::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Pause(a) => pause::pause(&a),
+        Command::Resume(a) => pause::resume(&a),
     }
 }
 

@@ -33,10 +33,22 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let mut code = exit::OK;
     // Why each project is not asked for work, as last said (said again only when it changes).
     let mut not_asking = HashMap::new();
+    let mut said_paused = None;
     eprintln!("tbox-report serve: started (periodic builds every {} s)", args.every);
     while !runner::stopping() && args.max_builds.is_none_or(|m| built < m) {
         // Read again each round, so that a `join` or an edit takes effect without a restart.
         let (config, client) = super::load(&args.common)?;
+        if let Some(p) = super::pause::paused() {
+            if said_paused.as_ref() != Some(&p) {
+                eprintln!("tbox-report serve: {p}");
+                said_paused = Some(p);
+            }
+            pause(Duration::from_secs(1));
+            continue;
+        }
+        if said_paused.take().is_some() {
+            eprintln!("tbox-report serve: resumed");
+        }
         if let Some(why) = too_busy(&config) {
             eprintln!("tbox-report serve: {why}; waiting");
             pause(Duration::from_secs(60));
@@ -211,19 +223,28 @@ fn take_lease(
     }
 }
 
-/// Sends the long poll from a thread of its own, so that SIGTERM or Ctrl-C stops an idle
-/// `serve` at once rather than after the server's wait. `None`: asked to stop meanwhile (a
-/// lease granted in that instant is never built; it expires and goes to another builder).
+/// Sends the long poll from a thread of its own, so that SIGTERM, Ctrl-C or a pause stops an
+/// idle `serve` at once rather than after the server's wait. `None`: asked to stop or paused
+/// meanwhile (a lease granted in that instant is never built; it expires and goes to another
+/// builder).
 fn long_poll(client: &Client, body: Vec<u8>) -> Result<Option<(u16, serde_json::Value)>, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let client = client.clone();
     std::thread::spawn(move || {
         let _ = tx.send(client.send_signed("POST", "/api/v1/leases", &body));
     });
+    let mut tick = 0u64;
     loop {
+        tick += 1;
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(answer) => return answer.map(Some),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if runner::stopping() => return Ok(None),
+            // A file read, once a second.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if tick.is_multiple_of(10) && super::pause::paused().is_some() =>
+            {
+                return Ok(None);
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err("the long poll ended".into()),
         }

@@ -95,7 +95,7 @@ pub fn failed(result: &str) -> bool {
 }
 
 /// The meaning of each of the report's results `(suite, name, result)`, in their order: three
-/// queries and one more per [`CHUNK`] failing names, whatever the history stored.
+/// queries and one more per `CHUNK` failing names, whatever the history stored.
 pub fn judge(conn: &mut DbConn, b: &Context<'_>, tests: &[(&str, &str, &str)]) -> QueryResult<Vec<Meaning>> {
     /// Suite, name, result, failing since, history.
     type PreviousRow = (String, String, String, Option<i64>, Option<i64>);

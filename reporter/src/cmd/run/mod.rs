@@ -33,6 +33,13 @@ use crate::trust;
 use crate::{exit, junit, props, spool};
 
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
+    if let Some(p) = super::pause::paused().filter(|_| !args.force) {
+        // Said only with -v: cron would mail it every quarter of an hour.
+        if args.common.verbose {
+            eprintln!("tbox-report: {p}; nothing built (--force builds anyway)");
+        }
+        return Ok(exit::OK);
+    }
     let (config, client) = super::load(&args.common)?;
     let projects: Vec<&Project> = match &args.project {
         Some(name) => vec![config.project(name)?],
