@@ -43,9 +43,14 @@ pub fn paused() -> Option<Paused> {
 }
 
 pub fn pause(args: &PauseArgs) -> anyhow::Result<u8> {
-    let until = args.duration.as_deref().map(config::parse_duration).transpose()?.map(|d| {
-        Utc::now() + chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX.min(chrono::TimeDelta::days(3650)))
-    });
+    let until = match args.duration.as_deref().map(config::parse_duration).transpose()? {
+        None => None,
+        Some(d) => {
+            let d = chrono::TimeDelta::from_std(d).ok().filter(|d| *d <= chrono::TimeDelta::days(366));
+            let d = d.context("--for: at most 366 days (without --for, the pause lasts until `resume`)")?;
+            Some(Utc::now() + d)
+        }
+    };
     let path = file();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
