@@ -75,27 +75,25 @@ impl Build {
 /// state and result are literals so that the `builds_started` partial index, which holds only
 /// the running builds, is used whatever plan the database caches.
 pub fn mark_lost(conn: &mut DbConn, before: NaiveDateTime) -> QueryResult<Vec<i64>> {
-    use diesel::dsl::sql;
-    use diesel::sql_types::Bool;
-    crate::dispatch!(conn, |c| diesel::update(
-        builds::table.filter(sql::<Bool>("state = 'started' AND result IS NULL")).filter(builds::started_at.lt(before)),
-    )
-    .set(builds::result.eq(LOST))
-    .returning(builds::id)
-    .get_results(c))
+    crate::dispatch!(conn, |c| diesel::update(builds::table.filter(running()).filter(builds::started_at.lt(before)))
+        .set(builds::result.eq(LOST))
+        .returning(builds::id)
+        .get_results(c))
 }
 
 /// Marks these builds lost if they are still running (their lease was lost); returns the ids
 /// it marked. As [`mark_lost`], a late `finished` report still completes them.
 pub fn mark_lost_ids(conn: &mut DbConn, ids: &[i64]) -> QueryResult<Vec<i64>> {
-    use diesel::dsl::sql;
-    use diesel::sql_types::Bool;
-    crate::dispatch!(conn, |c| diesel::update(
-        builds::table.filter(builds::id.eq_any(ids)).filter(sql::<Bool>("state = 'started' AND result IS NULL")),
-    )
-    .set(builds::result.eq(LOST))
-    .returning(builds::id)
-    .get_results(c))
+    crate::dispatch!(conn, |c| diesel::update(builds::table.filter(builds::id.eq_any(ids)).filter(running()))
+        .set(builds::result.eq(LOST))
+        .returning(builds::id)
+        .get_results(c))
+}
+
+/// A build still running (not finished, not marked lost), written out so that the
+/// `builds_started` partial index serves it whatever plan the database caches.
+fn running() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("state = 'started' AND result IS NULL")
 }
 
 /// Remembers a report body's digest, so that sending it again changes nothing.

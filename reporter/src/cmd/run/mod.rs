@@ -69,6 +69,8 @@ struct Standing {
     /// Whether this machine's key is one of the builder's unrevoked keys (a name taken by
     /// another machine, or a key made anew, is not).
     key_known: bool,
+    /// This machine's key fingerprint, for the message when it is not known.
+    fingerprint: String,
 }
 
 fn standing(config: &Config, client: &Client) -> Option<Standing> {
@@ -86,11 +88,16 @@ fn standing(config: &Config, client: &Client) -> Option<Standing> {
                 projects: strings(&v["projects"]),
                 pending: strings(&v["pending_projects"]),
                 key_known,
+                fingerprint: mine,
             })
         }
-        Sent::Rejected { status: 404, .. } => {
-            Some(Standing { status: "unknown".into(), projects: Vec::new(), pending: Vec::new(), key_known: false })
-        }
+        Sent::Rejected { status: 404, .. } => Some(Standing {
+            status: "unknown".into(),
+            projects: Vec::new(),
+            pending: Vec::new(),
+            key_known: false,
+            fingerprint: client.fingerprint(),
+        }),
         _ => None,
     }
 }
@@ -105,7 +112,7 @@ impl Standing {
             )),
             "pending" => Some(format!("builder {b} is pending approval; {approve}")),
             "revoked" => Some(format!("builder {b} is revoked on {server}")),
-            _ if !self.key_known => Some(unknown_key(config, project)),
+            _ if !self.key_known => Some(unknown_key(config, &self.fingerprint, project)),
             _ if self.pending.iter().any(|p| p == project) => {
                 Some(format!("builder {b} asked to report for {project}, which waits for approval; {approve}"))
             }
@@ -115,11 +122,6 @@ impl Standing {
             _ => None,
         }
     }
-}
-
-/// This machine's key fingerprint, for messages.
-fn client_fingerprint(config: &Config) -> String {
-    crate::keyfile::load(&config.key_path()).map_or_else(|_| "?".into(), |k| k.public_key().fingerprint())
 }
 
 /// Whether this machine would build `project` now: its recipe's signature, version, expiry,
@@ -133,14 +135,14 @@ pub fn would_build(config: &Config, project: &Project) -> Result<(), String> {
 }
 
 /// What to do when the server does not know this machine's key under the config's builder name.
-pub fn unknown_key(config: &Config, project: &str) -> String {
+pub fn unknown_key(config: &Config, fingerprint: &str, project: &str) -> String {
     let (b, server) = (&config.builder, &config.server);
     format!(
         "builder {b} on {server} does not have this machine's key ({}): the name is another machine's, or \
          the key was made anew. Register under a name of your own: `tbox-report register --builder NEW-NAME \
          --project {project}` (the config then uses it), or ask an admin of {server} to add this key to {b} \
          (`tbox-server builder add {b} --key {}`)",
-        client_fingerprint(config),
+        fingerprint,
         config.key_path().with_extension("pub").display(),
     )
 }
@@ -359,7 +361,7 @@ fn run_project(
         // alike, so the steps (hours, for some projects) do not run for nothing.
         if matches!(status, 401 | 403 | 404) {
             let what = match status {
-                401 => unknown_key(config, &project.name),
+                401 => unknown_key(config, &client.fingerprint(), &project.name),
                 _ => format!(
                     "builder {} may not report for {} on {}: `tbox-report check` says why",
                     config.builder, project.name, config.server
