@@ -341,7 +341,8 @@ impl Recipe {
             return bad("step", &format!("at most {MAX_STEPS} steps"));
         }
         for (i, s) in self.steps.iter().enumerate() {
-            let at = |f: &str| format!("step[{i}].{f}");
+            // Counted from 1, as the pages and the volunteer's progress count steps.
+            let at = |f: &str| format!("step {}.{f}", i + 1);
             if s.name.is_empty() || s.name.len() > 100 || s.name.chars().any(char::is_control) {
                 return bad(&at("name"), "must be 1 to 100 bytes on one line");
             }
@@ -448,14 +449,14 @@ env = { CFLAGS = "-O2" }
         assert_eq!(field(&with("version  = 7", "version = 9223372036854775807")), "version");
         assert_eq!(field(&with("\"release-*\"", "\"*/../*\"")), "branches[1]");
         assert_eq!(field(&with("network  = false", "network = false\n[limits]\nmemory = \"1KiB\"")), "limits.memory");
-        assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"soon\"")), "step[0].timeout");
-        assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"30d\"")), "step[0].timeout");
-        assert_eq!(field(&with("out/**/*.xml", "../../home/*.xml")), "step[1].junit[0]");
-        assert_eq!(field(&with("CFLAGS", "\"BAD NAME\"")), "step[1].env");
+        assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"soon\"")), "step 1.timeout");
+        assert_eq!(field(&with("timeout = \"30m\"", "timeout = \"30d\"")), "step 1.timeout");
+        assert_eq!(field(&with("out/**/*.xml", "../../home/*.xml")), "step 2.junit[0]");
+        assert_eq!(field(&with("CFLAGS", "\"BAD NAME\"")), "step 2.env");
         // A NUL would end one of the sandbox's NUL-separated options and start another.
-        assert_eq!(field(&with("\"-O2\"", "\"a\\u0000--bind\\u0000/\\u0000/tmp/host\"")), "step[1].env.CFLAGS");
-        assert_eq!(field(&with("run  = \"make -j2\"", "run = \"make\\u0000x\"")), "step[0].run");
-        assert_eq!(field(&with("run  = \"make -j2\"", "run = \"  \"")), "step[0].run");
+        assert_eq!(field(&with("\"-O2\"", "\"a\\u0000--bind\\u0000/\\u0000/tmp/host\"")), "step 2.env.CFLAGS");
+        assert_eq!(field(&with("run  = \"make -j2\"", "run = \"make\\u0000x\"")), "step 1.run");
+        assert_eq!(field(&with("run  = \"make -j2\"", "run = \"  \"")), "step 1.run");
     }
 
     #[test]

@@ -292,6 +292,9 @@ pub struct ProjectKeyAddArgs {
     /// The RSA public key, PEM, at least 2048 bits.
     #[arg(long, value_name = "PUBLIC_KEY.pem")]
     pub key: PathBuf,
+    /// Add it even though no key volunteers trust endorses it (they would refuse what it signs).
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }

@@ -128,10 +128,12 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     assert_eq!(doc["openapi"], "3.0.3");
 
     let v = get_checked(&s, &doc, "/api/v1/projects", "/api/v1/projects", 200);
-    assert_eq!(
-        v["projects"][0]["status"],
-        json!({"green": 1, "red": 2, "building": 0, "lost": 0, "stale": 0, "nodata": 0})
-    );
+    let counts = &v["projects"][0]["status"];
+    assert_eq!(counts["green"], 1, "{counts}");
+    assert_eq!(counts["red"], 2, "{counts}");
+    // Which red, as the front page colours them: both have a failing step of the same kind.
+    let split = [&counts["failed"], &counts["tests_failed"], &counts["exception"]].map(|c| c.as_u64().unwrap());
+    assert!(split == [2, 0, 0] || split == [0, 2, 0], "{counts}");
     get_checked(&s, &doc, "/api/v1/projects/{project}", "/api/v1/projects/demo", 200);
     get_checked(&s, &doc, "/api/v1/projects/{project}", "/api/v1/projects/nope", 404);
     let v = get_checked(&s, &doc, "/api/v1/projects/{project}/builds", "/api/v1/projects/demo/builds?limit=4", 200);

@@ -48,7 +48,7 @@ fn publish_checks_signature_version_and_fields(backend: Backend) -> TestResult {
         // A recipe that lives for decades would let a frozen mirror keep it (and its key) alive.
         (recipe("demo", 1, "").replace(&in_days(30), "2099-01-01T00:00:00Z"), "expires"),
         (recipe("demo", 1, "requires = [\"docker\"]"), "requires[0]"),
-        (recipe("demo", 1, "").replace("run = \"make\"", "run = \"make\"\ntimeout = \"forever\""), "step[0].timeout"),
+        (recipe("demo", 1, "").replace("run = \"make\"", "run = \"make\"\ntimeout = \"forever\""), "step 1.timeout"),
         (recipe("demo", 1, "").replace("https://example.org/demo.git", "--upload-pack=evil"), "repo"),
     ] {
         let (status, v) = publish(&s, "demo", &bad, 1);
@@ -224,6 +224,14 @@ fn project_keys_and_capabilities_from_the_command_line(backend: Backend) -> Test
     assert!(listed.contains(&fp) && listed.contains("active"), "{listed}");
     assert_eq!(s.admin(&["project", "key", "revoke", "demo", "--key", "SHA256:nope"]).status.code(), Some(1));
     assert_eq!(s.admin(&["project", "key", "add", "nope", "--key", &s.pubkey_file(key(1))]).status.code(), Some(1));
+    // A second key that nothing volunteers trust endorses: said first, and only added with --yes.
+    let out = s.admin(&["project", "key", "add", "demo", "--key", &s.pubkey_file(key(2))]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("would refuse every recipe") && said.contains("--yes"), "{said}");
+    assert!(!s.admin_ok(&["project", "key", "list", "demo"]).contains(&key(2).public_key().fingerprint()));
+    s.admin_ok(&["project", "key", "add", "demo", "--key", &s.pubkey_file(key(2)), "--yes"]);
+    assert!(s.admin_ok(&["project", "key", "list", "demo"]).contains(&key(2).public_key().fingerprint()));
 
     s.admin_ok(&["project", "capability", "add", "demo", "docker", "--description", "Docker Engine 24 or later"]);
     assert_eq!(

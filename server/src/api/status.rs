@@ -383,15 +383,22 @@ pub fn summaries(
             None => "nodata",
             Some(b) => of_build(&b.state, b.result.as_deref(), l.failing_kind()).0,
         };
+        // Red, and which red: the pages colour each as the legend does.
         let group = match class {
             "success" | "warnings" => "green",
-            "failure" | "tests-failed" | "exception" => "red",
+            "failure" => "failed",
+            "tests-failed" => "tests_failed",
+            "exception" => "exception",
             "building" => "building",
             "lost" => "lost",
             "stale" => "stale",
             _ => "nodata",
         };
-        *out.entry(l.project_id).or_default().entry(group).or_default() += 1;
+        let counts = out.entry(l.project_id).or_default();
+        *counts.entry(group).or_default() += 1;
+        if matches!(group, "failed" | "tests_failed" | "exception") {
+            *counts.entry("red").or_default() += 1;
+        }
     }
     Ok(out)
 }

@@ -183,7 +183,14 @@ pub struct ProjectView {
 #[derive(Debug, Serialize)]
 pub struct StatusCounts {
     pub green: usize,
+    /// `failed` + `tests_failed` + `exception`.
     pub red: usize,
+    /// The build is broken (red).
+    pub failed: usize,
+    /// The build works, tests fail (orange).
+    pub tests_failed: usize,
+    /// The reporter failed, not the code (purple).
+    pub exception: usize,
     pub building: usize,
     /// Their newest build started and never finished.
     pub lost: usize,
@@ -211,6 +218,9 @@ impl ProjectView {
             status: StatusCounts {
                 green: c("green"),
                 red: c("red"),
+                failed: c("failed"),
+                tests_failed: c("tests_failed"),
+                exception: c("exception"),
                 building: c("building"),
                 lost: c("lost"),
                 stale: c("stale"),

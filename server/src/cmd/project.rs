@@ -36,6 +36,26 @@ fn key(cmd: ProjectKeyCommand) -> anyhow::Result<()> {
             let mut conn = super::connect(&args.db)?;
             let p = project(&mut conn, &args.project)?;
             let fp = key.fingerprint();
+            // Volunteers pinned the keys the project has: a key none of them endorses signs
+            // recipes every joined volunteer refuses. Said before, not after.
+            let others: Vec<String> = recipes::keys(&mut conn, p.id)?
+                .into_iter()
+                .filter(|k| k.revoked_at.is_none() && k.fingerprint != fp)
+                .map(|k| k.fingerprint)
+                .collect();
+            let listed = recipes::current_key_list(&mut conn, p.id)?
+                .and_then(|l| tbox_protocol::parse_key_list(&l.body).ok())
+                .is_some_and(|l| l.keys.iter().any(|(f, _)| *f == fp));
+            if !others.is_empty() && !listed && !args.yes {
+                bail!(
+                    "no key list of project {} endorses {fp}: the volunteers who joined it pinned {}, and they \
+                     would refuse every recipe and request {fp} signs. Publish a key list signed by a key they \
+                     trust that lists it (tbox-report keys sign, keys publish), or pass --yes to add it anyway \
+                     (for volunteers who will join with it); nothing was changed",
+                    args.project,
+                    others.join(", ")
+                );
+            }
             let new = crate::db::models::NewProjectKey {
                 project_id: p.id,
                 fingerprint: &fp,

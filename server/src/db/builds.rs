@@ -40,6 +40,30 @@ pub fn complete(conn: &mut DbConn, id: i64, fields: &BuildFields<'_>) -> QueryRe
     Ok(())
 }
 
+/// Results that say the source works (green): every page, feed and notification decides
+/// "broke", "fixed" and "failing since" with these and [`RED`].
+pub const GREEN: [&str; 2] = ["success", "warnings"];
+
+/// Results that say the source does not work (red: failed, or tests failed). An `exception`
+/// is neither: the reporter failed (a checkout, a sandbox), which says nothing about the
+/// source, as a cancelled or lost build says nothing.
+pub const RED: [&str; 1] = ["failure"];
+
+/// Green or red.
+pub const DECIDED: [&str; 3] = ["success", "warnings", "failure"];
+
+/// Whether a result is green (`Some(true)`), red (`Some(false)`), or neither.
+pub fn colour(result: Option<&str>) -> Option<bool> {
+    let r = result?;
+    if GREEN.contains(&r) {
+        Some(true)
+    } else if RED.contains(&r) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The result of a `started` build that sent no `finished` report within `serve --lost-after`.
 /// Its state stays `started`, so a late `finished` report still completes it (see
 /// [`complete`]); the API shows it as `"state": "lost"` with no result.
@@ -475,7 +499,7 @@ pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Opt
 /// "already failing" and "first build" are decided by, on every page. Cancelled, skipped and
 /// lost builds say nothing about the source and are passed over.
 pub fn previous_decided(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
-    let decided = || finished_history(b).filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]));
+    let decided = || finished_history(b).filter(builds::result.eq_any(DECIDED));
     // Two seeks along (started_at, id), not one range with an OR: builds that share a start time
     // (a builder may send many) would otherwise all be read, for every report.
     let same_time = decided()
@@ -504,12 +528,12 @@ pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
     let last_green: Option<(NaiveDateTime, i64)> = same()
         .filter(builds::started_at.le(b.started_at))
         .filter(before_this)
-        .filter(builds::result.eq_any(["success", "warnings"]))
+        .filter(builds::result.eq_any(GREEN))
         .order((builds::started_at.desc(), builds::id.desc()))
         .select((builds::started_at, builds::id))
         .first(conn)
         .optional()?;
-    let mut first_red = same().filter(builds::result.eq_any(["failure", "exception"]));
+    let mut first_red = same().filter(builds::result.eq_any(RED));
     if let Some((t, id)) = last_green {
         first_red = first_red
             .filter(builds::started_at.ge(t))
@@ -596,7 +620,7 @@ fn finished_history(b: &Build) -> builds::BoxedQuery<'static, <DbConn as diesel:
 /// Whether a green or red build of `b`'s builder and branch started after it: then `b` (a
 /// report that arrived late) is not what anyone sees as that builder's status now.
 pub fn later_decided(conn: &mut DbConn, b: &Build) -> QueryResult<bool> {
-    let decided = || finished_history(b).filter(builds::result.eq_any(["success", "warnings", "failure", "exception"]));
+    let decided = || finished_history(b).filter(builds::result.eq_any(DECIDED));
     // Two seeks, as in `previous_decided`.
     let same_time = decided()
         .filter(builds::started_at.eq(b.started_at))

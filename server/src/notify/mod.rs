@@ -81,11 +81,7 @@ pub struct TestFacts {
 
 /// Green, red or neither (cancelled, skipped): what broke and fixed are changes between.
 fn colour(b: &Build) -> Option<bool> {
-    match b.result.as_deref() {
-        Some("success" | "warnings") if b.state == "finished" => Some(true),
-        Some("failure" | "exception") if b.state == "finished" => Some(false),
-        _ => None,
-    }
+    if b.state == "finished" { builds::colour(b.result.as_deref()) } else { None }
 }
 
 fn build_facts(b: &Build) -> BuildFacts {

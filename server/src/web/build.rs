@@ -67,21 +67,21 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         }
         let first = super::logs::first_error(&mut conn, id, &full.steps)?;
         let neighbours = builds::neighbours(&mut conn, &full.build)?;
-        let red = matches!(full.build.result.as_deref(), Some("failure" | "exception"));
+        let red = builds::colour(full.build.result.as_deref()) == Some(false);
         // One rule with the console and the feed: what the last green-or-red build before it was.
         let before = if red { builds::previous_decided(&mut conn, &full.build)? } else { None };
-        let already = before.as_ref().is_some_and(|p| matches!(p.result.as_deref(), Some("failure" | "exception")));
+        let already = before.as_ref().is_some_and(|p| builds::colour(p.result.as_deref()) == Some(false));
         let since = if already { builds::failing_since(&mut conn, &full.build)? } else { None };
         Ok((full, briefs, neighbours, since, before, first))
     })
     .await??;
 
     let b = &full.build;
-    let red = matches!(b.result.as_deref(), Some("failure" | "exception"));
+    let red = builds::colour(b.result.as_deref()) == Some(false);
     // Red with nothing green or red before it on this branch: its first build, not a breakage.
     let first_build = red && before.is_none();
     // Red after a green one: this build broke the builder.
-    let broke = before.as_ref().filter(|p| matches!(p.result.as_deref(), Some("success" | "warnings"))).map(|p| p.id);
+    let broke = before.as_ref().filter(|p| builds::colour(p.result.as_deref()) == Some(true)).map(|p| p.id);
     let failing_kind = full.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
     let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
     let properties: serde_json::Map<String, serde_json::Value> =
@@ -118,7 +118,12 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         _ => 1,
     });
     let count = |r: &str| full.tests.iter().filter(|t| t.result == r).count();
+    // A refusal (a recipe or request refused, no sandbox, a lease declined) or a failed
+    // checkout: one step that ran nothing. Its page must not say whose steps "ran".
+    let nothing_ran = b.result.as_deref() == Some("exception")
+        && full.steps.iter().all(|s| s.result == "exception" && s.exit_code.is_none());
     let mut ctx = Context::new();
+    ctx.insert("nothing_ran", &nothing_ran);
     ctx.insert("b", &summary);
     ctx.insert("steps", &steps);
     ctx.insert("briefs", &briefs);

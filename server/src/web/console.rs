@@ -40,11 +40,11 @@ struct RevisionRow {
 }
 
 fn is_red(b: &crate::db::models::Build) -> bool {
-    matches!(b.result.as_deref(), Some("failure" | "exception"))
+    crate::db::builds::colour(b.result.as_deref()) == Some(false)
 }
 
 fn is_green(b: &crate::db::models::Build) -> bool {
-    matches!(b.result.as_deref(), Some("success" | "warnings"))
+    crate::db::builds::colour(b.result.as_deref()) == Some(true)
 }
 
 /// `GET /projects/{p}/console`.

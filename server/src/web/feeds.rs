@@ -48,11 +48,7 @@ pub struct FeedQuery {
 
 /// Green, red or neither: what a status change is a change between.
 fn colour(b: &Build) -> Option<&'static str> {
-    match b.result.as_deref() {
-        Some("success" | "warnings") => Some("green"),
-        Some("failure" | "exception") => Some("red"),
-        _ => None,
-    }
+    crate::db::builds::colour(b.result.as_deref()).map(|green| if green { "green" } else { "red" })
 }
 
 /// One Atom entry.
