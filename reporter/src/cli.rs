@@ -20,6 +20,27 @@ Exit codes (when several apply, 1 wins; `run` then exits with the highest):
      a branch or repo it does not allow) or the sandbox (none could be made); nothing ran and
      the message says why (`run` also tells the project, with an `exception` report)";
 
+/// Exit codes of `join`.
+const JOIN_EXIT_CODES: &str = "\
+Exit codes:
+  0  joined: the project is in the config and this machine is registered on its server
+  1  error here (config, key file, a project of that name already in the config); nothing was
+     changed
+  2  wrong command line: not a project page URL, not a fingerprint, or no key confirmed
+  3  the server could not be reached: nothing was changed; or it was reached for the recipe
+     but not for registering: the project is in the config, `tbox-report register` later
+  4  the server refused to register this machine (a name taken: choose one with --builder);
+     the project was not added
+  5  refused: the project's keys or recipe do not check out against the fingerprint given;
+     nothing was changed";
+
+/// Exit codes of `status` and `log`.
+const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  shown (a server that cannot be reached is said in the output)
+  1  error here (the config or the key cannot be read)
+  2  wrong command line";
+
 /// Exit codes of the maintainers' commands (recipe, keys, request).
 const MAINTAINER_EXIT_CODES: &str = "\
 Exit codes:
@@ -70,7 +91,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
     /// Join a project: pin its key, create the config and key if needed, register this machine.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = JOIN_EXIT_CODES)]
     Join(JoinArgs),
     /// Stop building a project: remove it from the config and forget its recipe.
     #[command(after_help = EXIT_CODES)]
@@ -95,6 +116,37 @@ pub enum Command {
     /// End a pause.
     #[command(after_help = EXIT_CODES)]
     Resume(ResumeArgs),
+    /// What this machine does: its projects and servers, approval, last builds, next work,
+    /// limits, schedule, pause.
+    #[command(after_help = STATUS_EXIT_CODES)]
+    Status(StatusArgs),
+    /// What this machine built: project, request, when, how long, result, link (kept here).
+    #[command(after_help = STATUS_EXIT_CODES)]
+    Log(LogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// As JSON, for scripts and desktop widgets.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only this project.
+    #[arg(long, value_name = "P")]
+    pub project: Option<String>,
+    /// The last N builds [default: 20; 0: all that are kept].
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    pub last: usize,
+    /// As JSON lines, one build each.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +345,10 @@ pub struct RecipePublishArgs {
     /// The tbox server's base URL.
     #[arg(long, value_name = "URL")]
     pub server: String,
+    /// Publish even though it cuts joined volunteers off (a new repo, a new requirement, an
+    /// expiry within a day): said first, and nothing is sent without it.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -49,7 +49,7 @@ impl Client {
             .ok()
             .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).map(Duration::from_secs_f64).collect())
             .unwrap_or_else(|| vec![Duration::from_secs(2), Duration::from_secs(10), Duration::from_secs(30)]);
-        Client { agent, base: server.trim_end_matches('/').to_owned(), builder: builder.to_owned(), key, backoff }
+        Client { agent, base: base_url(server), builder: builder.to_owned(), key, backoff }
     }
 
     pub fn base(&self) -> &str {
@@ -119,7 +119,7 @@ impl Client {
             .header("Tbox-Builder", &self.builder)
             .header("Tbox-Signature", &self.key.sign(body))
             .send(body);
-        let mut resp = resp.map_err(|e| printable(&e.to_string()))?;
+        let mut resp = resp.map_err(|e| unreachable(&self.base, &e))?;
         let status = resp.status().as_u16();
         if (300..400).contains(&status) {
             return Err(redirected(&self.base, status, resp.headers()));
@@ -151,7 +151,7 @@ impl Client {
     fn answer(&self, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>, id: Option<&str>) -> Sent {
         let mut resp = match resp {
             Ok(r) => r,
-            Err(e) => return Sent::Unreachable(printable(&e.to_string())),
+            Err(e) => return Sent::Unreachable(unreachable(&self.base, &e)),
         };
         let status = resp.status().as_u16();
         if (300..400).contains(&status) {
@@ -166,6 +166,42 @@ impl Client {
         let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
         judge(&self.base, status, content_type.as_deref(), &text, id)
     }
+}
+
+/// A server's base URL from what a person gave: the base itself, or the address of any of its
+/// pages (`https://host/ci/projects/demo`, as `join` takes, or `…/api/v1/…`), without the
+/// trailing `/`. Every `--server` and `server =` goes through it, so that both work everywhere.
+pub fn base_url(given: &str) -> String {
+    let t = given.trim().trim_end_matches('/');
+    let t = t.rsplit_once("/projects/").map_or(t, |(base, _)| base);
+    let t = t.split_once("/api/v1").map_or(t, |(base, _)| base);
+    t.trim_end_matches('/').to_owned()
+}
+
+/// What to say when a server could not be reached: the error, and in words the usual cause
+/// where it shows (`https://` to a server that speaks plain HTTP).
+pub fn unreachable(base: &str, e: &ureq::Error) -> String {
+    let text = e.to_string();
+    let tls = matches!(e, ureq::Error::Tls(_))
+        || ["InvalidContentType", "corrupt message", "tls", "TLS", "certificate"].iter().any(|w| text.contains(w));
+    let hint = if tls && base.starts_with("https://") && text.contains("InvalidContentType") {
+        format!(" — {base} answers in plain HTTP, not HTTPS: write http:// (or set up TLS on the server)")
+    } else if tls {
+        " — the TLS connection failed (a certificate this machine does not trust, or a server without TLS)".to_owned()
+    } else {
+        String::new()
+    };
+    printable(&format!("{text}{hint}"))
+}
+
+/// What to say of an answer that is not a tbox server's (an HTML page, a proxy's text): never
+/// the page itself, but who answered what, and the likely cause.
+pub fn not_tbox(base: &str, status: u16, content_type: Option<&str>) -> String {
+    printable(&format!(
+        "the server at {base} answered {status} with {}, not a tbox server's answer: is {base} the address of a \
+         tbox server's front page?",
+        content_type.map_or_else(|| "no content type".to_owned(), |c| format!("{c:?}"))
+    ))
 }
 
 /// What to say of a redirect: where it pointed, and that it was not followed.
@@ -200,11 +236,11 @@ fn judge(base: &str, status: u16, content_type: Option<&str>, text: &str, id: Op
         }
         // A proxy's "timeout" or "slow down" says nothing about the report: try again later.
         408 | 429 => Sent::Unreachable(format!("the server answered {status}")),
-        400..=499 => Sent::Rejected {
-            status,
-            message: printable(
-                &json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
-            ),
+        400..=499 => match json["message"].as_str() {
+            Some(message) => Sent::Rejected { status, message: printable(message) },
+            // A tbox server refuses with JSON: anything else is someone else's page (a wrong
+            // `server`, a proxy), never printed as it is.
+            None => Sent::NotTbox(not_tbox(base, status, content_type)),
         },
         _ => Sent::Unreachable(format!("the server answered {status}")),
     }
@@ -252,6 +288,30 @@ mod tests {
 
     fn judged(status: u16, content_type: Option<&str>, text: &str, id: Option<&str>) -> String {
         format!("{:?}", judge("http://tbox.test", status, content_type, text, id))
+    }
+
+    #[test]
+    fn a_page_address_works_as_the_servers_address() {
+        for given in [
+            "https://t.example",
+            "https://t.example/",
+            "https://t.example/projects/demo",
+            "https://t.example/projects/demo/requests/",
+            "https://t.example/api/v1/projects/demo",
+        ] {
+            assert_eq!(base_url(given), "https://t.example", "{given}");
+        }
+        assert_eq!(base_url("http://h:8080/ci/projects/demo"), "http://h:8080/ci");
+    }
+
+    #[test]
+    fn an_html_refusal_is_never_printed_as_it_is() {
+        let html = "<!DOCTYPE html><html><title>404 Not Found</title></html>";
+        let sent = judged(404, Some("text/html"), html, Some(ID));
+        assert!(sent.starts_with("NotTbox") && !sent.contains("DOCTYPE"), "{sent}");
+        assert!(sent.contains("answered 404 with \\\"text/html\\\""), "{sent}");
+        let sent = judged(404, Some("application/json"), r#"{"error":"not_found","message":"no project"}"#, None);
+        assert!(sent.starts_with("Rejected") && sent.contains("no project"), "{sent}");
     }
 
     #[test]

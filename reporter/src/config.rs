@@ -45,9 +45,25 @@ pub struct Config {
     /// What each step may use (tasks, memory, disk); defaults on. A recipe may ask for less.
     #[serde(default)]
     pub limits: ResourceLimits,
+    /// When builds may start (hours, days, mains power, CPU time per day).
+    #[serde(default)]
+    pub schedule: crate::schedule::Schedule,
+    /// `"low"` (default: steps run with nice 19 and the lowest best-effort I/O priority, so
+    /// that the volunteer's own work comes first) or `"normal"`.
+    #[serde(default)]
+    pub priority: Priority,
     /// The projects this machine builds.
     #[serde(default, rename = "project")]
     pub projects: Vec<Project>,
+}
+
+/// The CPU and I/O priority of steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Low,
+    Normal,
 }
 
 /// One `[[project]]`.
@@ -55,6 +71,14 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Project {
     pub name: String,
+    /// The server this project is built for (default: the top-level `server`): one config,
+    /// and one `run` or `serve`, for projects on any number of servers.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// This machine's builder name on that server (default: the top-level `builder`), for a
+    /// server where the usual name was taken.
+    #[serde(default)]
+    pub builder: Option<String>,
     #[serde(default = "BranchName::main")]
     pub branch: BranchName,
     /// Where the source lives and steps run.
@@ -107,20 +131,35 @@ impl Config {
         let config: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
         config.check().with_context(|| format!("in {}", path.display()))?;
+        // A project's page works as well as the server's address (`join` takes the page).
+        let mut config = config;
+        config.server = crate::client::base_url(&config.server);
+        for p in &mut config.projects {
+            p.server = p.server.as_deref().map(crate::client::base_url);
+        }
         Ok(config)
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
-            bail!("server must be an http:// or https:// URL, got {:?}", self.server);
-        }
+        check_server("server", &self.server)?;
         tbox_protocol::validate_name("builder", &self.builder, 64)?;
         self.limits.validate("limits")?;
+        self.schedule.validate()?;
         let mut names = std::collections::HashSet::new();
         for p in &self.projects {
             tbox_protocol::validate_name("project.name", &p.name, 64)?;
             if !names.insert(&p.name) {
-                bail!("project {:?} is configured twice", p.name);
+                bail!(
+                    "project {:?} is configured twice (a name may appear once, whatever its server: `run --project` \
+                     and the state kept per project go by name)",
+                    p.name
+                );
+            }
+            if let Some(server) = &p.server {
+                check_server(&format!("project {:?}: server", p.name), server)?;
+            }
+            if let Some(builder) = &p.builder {
+                tbox_protocol::validate_name("project.builder", builder, 64)?;
             }
             match &p.recipe {
                 Some(pin) => {
@@ -230,6 +269,90 @@ impl Config {
     pub fn project(&self, name: &str) -> anyhow::Result<&Project> {
         self.projects.iter().find(|p| p.name == name).with_context(|| format!("no project {name:?} in the config"))
     }
+
+    /// The server a project is built for, without a trailing `/`.
+    pub fn server_of<'a>(&'a self, p: &'a Project) -> &'a str {
+        p.server.as_deref().unwrap_or(&self.server).trim_end_matches('/')
+    }
+
+    /// This machine's builder name on a project's server.
+    pub fn builder_of<'a>(&'a self, p: &'a Project) -> &'a str {
+        p.builder.as_deref().unwrap_or(&self.builder)
+    }
+
+    /// The config as seen by one server: one per server (and builder name) the projects name,
+    /// the top-level one first, each holding only its own projects, with its own spool and
+    /// state. Everything that talks to a server works on one of these, so that no report, lease
+    /// or key question ever goes to another server than the project's.
+    pub fn sites(&self) -> Vec<Config> {
+        let mut sites: Vec<Config> = Vec::new();
+        let top = (self.server.trim_end_matches('/'), self.builder.as_str());
+        let mut keys = vec![top];
+        for p in &self.projects {
+            let k = (self.server_of(p), self.builder_of(p));
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        for (server, builder) in keys {
+            let projects: Vec<Project> = self
+                .projects
+                .iter()
+                .filter(|p| (self.server_of(p), self.builder_of(p)) == (server, builder))
+                .cloned()
+                .collect();
+            // The top-level server is a site even without projects (`check`, `flush`, `register`).
+            if projects.is_empty() && (server, builder) != top {
+                continue;
+            }
+            let own_spool = (server, builder) != top;
+            sites.push(Config {
+                server: server.to_owned(),
+                builder: builder.to_owned(),
+                // A spool set by hand is the top-level server's; others get a folder in it.
+                spool: self
+                    .spool
+                    .as_ref()
+                    .map(|s| if own_spool { format!("{s}/{}", server_id(server)) } else { s.clone() }),
+                projects,
+                ..self.clone()
+            });
+        }
+        sites
+    }
+
+    /// The site (see [`Config::sites`]) that builds `project`.
+    pub fn site_of(&self, project: &str) -> anyhow::Result<Config> {
+        self.project(project)?;
+        Ok(self
+            .sites()
+            .into_iter()
+            .find(|s| s.projects.iter().any(|p| p.name == project))
+            .unwrap_or_else(|| self.clone()))
+    }
+
+    /// Why no build should start now, if one should not: the schedule, then the load average.
+    pub fn not_now(&self) -> Option<String> {
+        if let Some(why) = self.schedule.closed(&chrono::Local::now()) {
+            return Some(why);
+        }
+        let max = self.max_load?;
+        let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+        let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+        (load > max).then(|| format!("the load average is {load:.2}, above max_load = {max}"))
+    }
+
+    /// Whether this config names more than one server.
+    pub fn several_servers(&self) -> bool {
+        self.projects.iter().any(|p| self.server_of(p) != self.server.trim_end_matches('/'))
+    }
+}
+
+fn check_server(what: &str, server: &str) -> anyhow::Result<()> {
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        bail!("{what} must be an http:// or https:// URL, got {server:?}");
+    }
+    Ok(())
 }
 
 /// A directory name for a server: `https://tbox.example.org:8443/x` → `tbox.example.org_8443_x`.

@@ -24,11 +24,13 @@ pub mod cli;
 pub mod client;
 pub mod cmd;
 pub mod config;
+pub mod history;
 pub mod junit;
 pub mod keyfile;
 pub mod props;
 pub mod runner;
 pub mod sandbox;
+pub mod schedule;
 pub mod spool;
 pub mod trust;
 

@@ -75,6 +75,8 @@ pub struct Spec<'a> {
     /// Runs the step inside this sandbox (`workdir` must be inside the one it makes writable);
     /// `None` runs it on the host as the volunteer.
     pub sandbox: Option<&'a Sandbox>,
+    /// Runs the step with the lowest CPU and I/O priority (config `priority = "low"`).
+    pub low_priority: bool,
 }
 
 /// Runs a step with its output going to `log` (stdout and stderr interleaved).
@@ -125,6 +127,9 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         .stderr(err)
         // Its own process group, so that a timeout can kill everything it started.
         .process_group(0);
+    if spec.low_priority {
+        crate::sandbox::sys::low_priority(&mut cmd);
+    }
     // Its baseline (the trees, the filesystem, the machine's shared memory) is taken before
     // the step starts.
     let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_meter()));
@@ -341,6 +346,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_output: 1 << 20,
             sandbox: None,
+            low_priority: false,
         };
         assert_eq!(run(&spec, &log, |_| {}), Ending::Exited(3));
         assert_eq!(read_capped(&log_path, 1 << 20)?.0, "hi\noops\n");
@@ -362,6 +368,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             max_output: 1 << 20,
             sandbox: None,
+            low_priority: false,
         };
         assert!(matches!(run(&spec, &log, |_| {}), Ending::TooMuchOutput(n) if n > 1 << 20));
         std::fs::remove_dir_all(dir)

@@ -398,8 +398,15 @@ pub fn agent() -> ureq::Agent {
 /// GET `url`, reading at most `limit` bytes of body. A redirect is an answer like any other
 /// (never followed): the caller sees its status.
 pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Answer, Fetch> {
-    let mut resp = agent.get(url).call().map_err(|e| Fetch::Down(e.to_string()))?;
+    let base = crate::client::base_url(url);
+    let mut resp = agent.get(url).call().map_err(|e| Fetch::Down(crate::client::unreachable(&base, &e)))?;
     let status = resp.status().as_u16();
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok());
+    let content_type = content_type.map(|c| c.split(';').next().unwrap_or_default().trim().to_owned());
+    if (400..500).contains(&status) && content_type.as_deref() != Some("application/json") {
+        // A tbox server says "not found" in JSON: an HTML 404 is a wrong address, not "no recipe".
+        return Err(Fetch::Odd(crate::client::not_tbox(&base, status, content_type.as_deref())));
+    }
     if status >= 500 || status == 429 || status == 408 {
         return Err(Fetch::Down(format!("it answered {status}")));
     }

@@ -7,15 +7,33 @@ use crate::{exit, keyfile, spool};
 
 pub fn run(common: &Common) -> anyhow::Result<u8> {
     let path = config::config_path(common.config.as_deref());
-    let config = Config::load(&path)?;
-    crate::say!("config   {} is valid: builder {} → {}", path.display(), config.builder, config.server);
-    let key = keyfile::load(&config.key_path())?;
+    let all = Config::load(&path)?;
+    crate::say!("config   {} is valid: builder {} → {}", path.display(), all.builder, all.server);
+    let key = keyfile::load(&all.key_path())?;
     crate::say!(
         "key      {} ({} bits, {})",
-        config.key_path().display(),
+        all.key_path().display(),
         key.public_key().bits(),
         key.public_key().fingerprint()
     );
+    let mut problems = 0;
+    let sites = all.sites();
+    for config in &sites {
+        if sites.len() > 1 {
+            crate::say!("--- {} (builder {})", config.server, config.builder);
+        }
+        problems += check_site(config, &key);
+    }
+    if problems > 0 {
+        crate::say!("{problems} problem(s) found");
+        return Ok(exit::ERROR);
+    }
+    crate::say!("all good");
+    Ok(exit::OK)
+}
+
+/// What one server says of this machine, and its projects; the number of problems found.
+fn check_site(config: &Config, key: &tbox_protocol::PrivateKey) -> usize {
     let client = Client::new(&config.server, &config.builder, key.clone());
     let mut problems = 0;
     match client.get_as_builder(&format!("/api/v1/builders/{}", config.builder)) {
@@ -74,12 +92,17 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             problems += 1;
         }
     }
-    let waiting = spool::pending(&config.spool_dir())?.len();
-    crate::say!("spool    {} ({waiting} report(s) waiting)", config.spool_dir().display());
+    match spool::pending(&config.spool_dir()) {
+        Ok(waiting) => crate::say!("spool    {} ({} report(s) waiting)", config.spool_dir().display(), waiting.len()),
+        Err(e) => {
+            crate::say!("spool    ! {e:#}");
+            problems += 1;
+        }
+    }
     for p in &config.projects {
         let workdir = config::expand(&p.workdir);
         let revision = super::git_revision(&workdir);
-        let last = super::run::last_revision(&config, &p.name);
+        let last = super::run::last_revision(config, &p.name);
         let plan = match (&revision, p.git.is_some() || p.recipe.is_some()) {
             (_, true) => "fetches, then builds if the revision changed".to_owned(),
             (Some(r), false) if last.as_deref() == Some(r.as_str()) => {
@@ -106,7 +129,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
                     p.branch,
                     plan
                 );
-                problems += check_recipe(&config, p, pin);
+                problems += check_recipe(config, p, pin);
             }
             None => {
                 let steps: Vec<String> = p.steps.iter().map(|s| crate::client::printable(&s.name)).collect();
@@ -118,12 +141,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             problems += 1;
         }
     }
-    if problems > 0 {
-        crate::say!("{problems} problem(s) found");
-        return Ok(exit::ERROR);
-    }
-    crate::say!("all good");
-    Ok(exit::OK)
+    problems
 }
 
 /// What protects this machine from a project's steps, found by running a step in the sandbox
@@ -160,6 +178,7 @@ fn protections(workdir: &std::path::Path, limits: tbox_protocol::StepLimits) -> 
             timeout: std::time::Duration::from_secs(60),
             max_output: 1 << 20,
             sandbox: Some(&sandbox),
+            low_priority: false,
         };
         (crate::runner::run(&spec, &log, |_| {}), std::fs::read_to_string(&log_path).unwrap_or_default())
     });

@@ -24,13 +24,17 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     };
     let config_path = config::config_path(args.common.config.as_deref());
     let existing = if config_path.exists() { Some(Config::load(&config_path)?) } else { None };
+    // One config for every server: a project of another server names its server (and, where
+    // this machine has another name there, its builder).
     if let Some(c) = &existing
-        && c.server.trim_end_matches('/') != server
+        && let Some(p) = c.projects.iter().find(|p| p.name == project)
+        && c.server_of(p) != server
     {
         bail!(
-            "{} reports to {}, not {server}; use --config with another file for a second server",
+            "{} builds a project called {project} already, for {}; one config holds a project name once \
+             (`tbox-report leave {project}` first, or use --config with another file)",
             config_path.display(),
-            c.server
+            c.server_of(p)
         );
     }
 
@@ -120,13 +124,23 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     // The config and the key, made on first use.
     let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_else(config::config_dir);
     let (builder, key_path) = match &existing {
-        Some(c) => (c.builder.clone(), c.key_path()),
+        Some(c) => match site_builder(c, &server) {
+            // This machine has a name on that server already: it keeps it.
+            Some(b) => {
+                if args.builder.as_ref().is_some_and(|given| given != b) {
+                    bail!(
+                        "this machine is builder {b} on {server}; --builder cannot rename it (`tbox-report register \
+                         --builder NAME --project P` does)"
+                    );
+                }
+                (b.to_owned(), c.key_path())
+            }
+            // A new server: the usual name, or the one given (where the usual one is taken).
+            None => (args.builder.clone().unwrap_or_else(|| c.builder.clone()), c.key_path()),
+        },
         None => (args.builder.clone().unwrap_or_else(default_builder), config_dir.join("builder.pem")),
     };
     tbox_protocol::validate_name("builder", &builder, 64)?;
-    if existing.as_ref().is_some_and(|c| args.builder.as_ref().is_some_and(|b| b != &c.builder)) {
-        bail!("this config's builder is {builder}; --builder cannot rename it");
-    }
     let key = if key_path.exists() {
         keyfile::load(&key_path)?
     } else {
@@ -186,7 +200,14 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             text.push('\n');
         }
         let repo = recipe.as_ref().map(|v| v.recipe.repo.as_str());
-        text.push_str(&project_block(&project, &pin, repo, branch.as_str(), &workdir));
+        let mut block = project_block(&project, &pin, repo, branch.as_str(), &workdir);
+        if let Some(c) = existing.as_ref().filter(|c| c.server.trim_end_matches('/') != server) {
+            block.push_str(&format!("server  = {}   # not the top-level server\n", quoted(&server)));
+            if builder != c.builder {
+                block.push_str(&format!("builder = {}   # this machine's name on that server\n", quoted(&builder)));
+            }
+        }
+        text.push_str(&block);
         write_config(&config_path, &text)?;
         crate::say!("{project} added to {}", config_path.display());
     } else {
@@ -271,8 +292,9 @@ pub fn leave(args: &LeaveArgs) -> anyhow::Result<u8> {
     let rest = remove_project(&text, index)?;
     write_config(&path, &rest)?;
     trust::forget(&args.project);
+    let site = config.site_of(&args.project)?;
     for kind in ["last-revision", "refused"] {
-        let _ = std::fs::remove_file(config.project_state(kind, &args.project));
+        let _ = std::fs::remove_file(site.project_state(kind, &args.project));
     }
     crate::say!("left {}: removed from {}, its recipe forgotten", args.project, path.display());
     crate::say!(
@@ -293,6 +315,14 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
     }
     tbox_protocol::validate_name("project", project, 64)?;
     Ok((server.to_owned(), project.to_owned()))
+}
+
+/// This machine's builder name on `server`, if the config has one there already.
+fn site_builder<'a>(config: &'a Config, server: &str) -> Option<&'a str> {
+    if config.server.trim_end_matches('/') == server {
+        return Some(&config.builder);
+    }
+    config.projects.iter().find(|p| config.server_of(p) == server).map(|p| config.builder_of(p))
 }
 
 /// Asks a person to confirm the project's key. None: no terminal, or not confirmed.
@@ -410,33 +440,25 @@ fn project_block(project: &str, pin: &str, repo: Option<&str>, branch: &str, wor
     b
 }
 
-/// Makes `name` the config's builder: its top-level `builder = …` line is replaced, every other
-/// line stays as the volunteer wrote it.
-pub fn set_builder(path: &Path, name: &str) -> anyhow::Result<()> {
+/// Makes `name` this machine's builder name on `server`: the top-level `builder` for the
+/// top-level server, else the `builder` of each of that server's projects. Everything else,
+/// comments included, stays as the volunteer wrote it (toml_edit keeps them; a hand-made
+/// line editor would not know a table from a string holding `[`).
+pub fn set_builder(path: &Path, server: &str, name: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = String::with_capacity(text.len());
-    let mut top_level = true;
-    let mut done = false;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        top_level &= !trimmed.starts_with('[');
-        let is_builder = trimmed.strip_prefix("builder").is_some_and(|rest| rest.trim_start().starts_with('='));
-        if top_level && !done && is_builder {
-            out.push_str(&format!("builder = {}\n", quoted(name)));
-            done = true;
-        } else {
-            out.push_str(line);
+    let mut doc: toml_edit::DocumentMut = text.parse().with_context(|| format!("{} is not TOML", path.display()))?;
+    let same =
+        |v: Option<&toml_edit::Item>| v.and_then(|v| v.as_str()).map(|s| s.trim_end_matches('/')) == Some(server);
+    if same(doc.get("server")) {
+        doc["builder"] = toml_edit::value(name);
+    } else if let Some(projects) = doc.get_mut("project").and_then(|p| p.as_array_of_tables_mut()) {
+        for p in projects.iter_mut().filter(|p| same(p.get("server"))) {
+            p["builder"] = toml_edit::value(name);
         }
     }
-    if !done {
-        bail!("{} has no top-level `builder = …` line to change", path.display());
-    }
-    write_config(path, &out)?;
-    anyhow::ensure!(
-        Config::load(path)?.builder == name,
-        "{} does not name builder {name} after the change",
-        path.display()
-    );
+    write_config(path, &doc.to_string())?;
+    let changed = Config::load(path)?.sites().iter().any(|s| s.server == server && s.builder == name);
+    anyhow::ensure!(changed, "{} does not name builder {name} for {server} after the change", path.display());
     Ok(())
 }
 
@@ -454,31 +476,16 @@ fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
-/// The config text without its `index`-th `[[project]]` (with its steps and sub-tables);
-/// everything else, comments included, stays as the volunteer wrote it.
+/// The config text without its `index`-th `[[project]]` (with its steps and sub-tables, and
+/// the comments just above it); everything else stays as the volunteer wrote it.
 fn remove_project(text: &str, index: usize) -> anyhow::Result<String> {
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let header = |l: &str| {
-        let t = l.trim_start();
-        t.starts_with('[')
+    let mut doc: toml_edit::DocumentMut = text.parse().context("the config is not TOML")?;
+    let projects = doc.get_mut("project").and_then(|p| p.as_array_of_tables_mut());
+    match projects {
+        Some(p) if index < p.len() => p.remove(index),
+        _ => bail!("the config has no project number {}", index + 1),
     };
-    let is_project = |l: &str| l.trim().replace(' ', "") == "[[project]]";
-    let is_sub = |l: &str| {
-        let t = l.trim_start().replace(' ', "");
-        t.starts_with("[project.") || t.starts_with("[[project.")
-    };
-    let starts: Vec<usize> = (0..lines.len()).filter(|&i| is_project(lines[i])).collect();
-    let start = *starts.get(index).with_context(|| format!("the config has no project number {}", index + 1))?;
-    let mut end = start + 1;
-    while end < lines.len() && (!header(lines[end]) || is_sub(lines[end])) {
-        end += 1;
-    }
-    // The block takes its trailing blank lines; the last block takes the ones before it.
-    let mut from = start;
-    while end == lines.len() && from > 0 && lines[from - 1].trim().is_empty() {
-        from -= 1;
-    }
-    Ok(lines[..from].concat() + &lines[end..].concat())
+    Ok(doc.to_string())
 }
 
 /// `word` as one shell word, for the command lines printed to paste into a crontab (which also
@@ -507,12 +514,16 @@ mod tests {
 
     #[test]
     fn leaving_removes_one_project_and_keeps_the_rest() -> anyhow::Result<()> {
-        let text = "server = \"x\"\n# mine\n\n[[project]]\nname = \"a\"\n[[project.step]]\nname = \"s\"\n\
-                    [project.env]\nA = \"1\"\n\n[[project]]\nname = \"b\" # keep\n";
-        assert_eq!(remove_project(text, 0)?, "server = \"x\"\n# mine\n\n[[project]]\nname = \"b\" # keep\n");
+        let text = "server = \"x\" # mine\n\n# a's\n[[project]]\nname = \"a\"\n[[project.step]]\nname = \"s\"\n\
+                    [project.env]\nA = \"1\"\n\n[[project]]\nname = \"b\" # keep\nrun = \"echo '[[project]]'\"\n";
+        assert_eq!(
+            remove_project(text, 0)?,
+            "server = \"x\" # mine\n\n[[project]]\nname = \"b\" # keep\nrun = \"echo '[[project]]'\"\n"
+        );
         assert_eq!(
             remove_project(text, 1)?,
-            "server = \"x\"\n# mine\n\n[[project]]\nname = \"a\"\n[[project.step]]\nname = \"s\"\n[project.env]\nA = \"1\"\n"
+            "server = \"x\" # mine\n\n# a's\n[[project]]\nname = \"a\"\n[[project.step]]\nname = \"s\"\n\
+             [project.env]\nA = \"1\"\n"
         );
         assert!(remove_project(text, 2).is_err());
         Ok(())

@@ -158,7 +158,7 @@ fn publish(args: &KeysPublishArgs) -> anyhow::Result<u8> {
     let bytes = read(&args.file)?;
     let list = parse_key_list(&bytes).with_context(|| format!("{} cannot be published", args.file.display()))?;
     // Volunteers refuse a recipe signed by a key out of force: say so before cutting them off.
-    let server = args.server.trim_end_matches('/');
+    let server = &crate::client::base_url(&args.server);
     let recipe_url = format!("{server}/api/v1/projects/{}/recipe", list.project);
     if let Ok(a) = trust::get(&trust::agent(), &recipe_url, tbox_protocol::MAX_RECIPE_BYTES as u64 + 1)
         && a.status == 200
@@ -177,7 +177,7 @@ fn publish(args: &KeysPublishArgs) -> anyhow::Result<u8> {
     let sig_file = sig_path(&args.file, args.sig.as_ref());
     let sig = std::fs::read_to_string(&sig_file)
         .with_context(|| format!("cannot read {} (sign first: tbox-report keys sign)", sig_file.display()))?;
-    let url = format!("{}/api/v1/projects/{}/keys", args.server.trim_end_matches('/'), list.project);
+    let url = format!("{}/api/v1/projects/{}/keys", crate::client::base_url(&args.server), list.project);
     let answer = trust::agent()
         .put(&url)
         .header("Content-Type", "application/toml")

@@ -5,15 +5,19 @@ mod flush;
 mod join;
 mod keygen;
 mod keys;
+mod log;
 pub mod pause;
 mod push;
 mod recipe;
 mod register;
 mod request;
 mod run;
-mod serve;
+pub mod serve;
+mod status;
 
 use std::path::Path;
+
+use anyhow::Context as _;
 
 use tbox_protocol::Report;
 
@@ -38,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(a) => serve::run(&a),
         Command::Pause(a) => pause::pause(&a),
         Command::Resume(a) => pause::resume(&a),
+        Command::Status(a) => status::run(&a),
+        Command::Log(a) => log::run(&a),
     }
 }
 
@@ -50,9 +56,66 @@ fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
     Ok((config, client))
 }
 
+/// The config and, for each server it names, that server's view of it and a client for it
+/// (see [`Config::sites`]); the top-level server first.
+fn load_sites(common: &Common) -> anyhow::Result<(Config, Vec<(Config, Client)>)> {
+    let config = Config::load(&config::config_path(common.config.as_deref()))?;
+    config.adopt_legacy_spool();
+    let key = keyfile::load(&config.key_path())?;
+    let sites = config
+        .sites()
+        .into_iter()
+        .map(|site| {
+            let client = Client::new(&site.server, &site.builder, key.clone());
+            (site, client)
+        })
+        .collect();
+    Ok((config, sites))
+}
+
+/// The view of the server that builds `project`, and a client for it.
+fn load_for(common: &Common, project: &str) -> anyhow::Result<(Config, Client)> {
+    let (config, sites) = load_sites(common)?;
+    config.project(project)?;
+    sites
+        .into_iter()
+        .find(|(s, _)| s.projects.iter().any(|p| p.name == project))
+        .with_context(|| format!("no server in the config builds {project}"))
+}
+
 /// Serialises, signs, sends (with retries) and, if that fails for now, spools a report.
 /// Returns the exit code it deserves: `exit::ERROR` when it could be neither sent nor spooled.
-pub(crate) fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbose: bool) -> anyhow::Result<u8> {
+/// A finished report is also added to this machine's own record of what it built
+/// (`tbox-report log`), with the request it answered, if any.
+pub(crate) fn deliver(
+    report: &Report,
+    client: &Client,
+    spool_dir: &Path,
+    request: Option<u64>,
+    verbose: bool,
+) -> anyhow::Result<u8> {
+    let mut entry = (report.state == tbox_protocol::BuildState::Finished)
+        .then(|| crate::history::Entry::of(report, client.base(), request));
+    let code = send_or_spool(report, client, spool_dir, verbose, entry.as_mut())?;
+    if let Some(e) = &entry {
+        crate::history::record(e);
+    }
+    Ok(code)
+}
+
+fn send_or_spool(
+    report: &Report,
+    client: &Client,
+    spool_dir: &Path,
+    verbose: bool,
+    mut entry: Option<&mut crate::history::Entry>,
+) -> anyhow::Result<u8> {
+    let mut fate = |report: &str, url: Option<&str>| {
+        if let Some(e) = entry.as_deref_mut() {
+            e.report = report.to_owned();
+            e.url = url.map(crate::client::printable);
+        }
+    };
     let mut report = report.clone();
     let notes = crate::budget::fit(&mut report, crate::budget::DEFAULT_BYTES);
     if let (false, Some(step)) = (notes.is_empty(), report.steps.last_mut()) {
@@ -67,6 +130,7 @@ pub(crate) fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbos
     let signature = client.sign(&body);
     let why = match client.submit(&body, &signature) {
         Sent::Delivered(v) => {
+            fate("sent", v["url"].as_str());
             if verbose {
                 eprintln!(
                     "tbox-report: {} {}: reported as {}",
@@ -78,6 +142,7 @@ pub(crate) fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbos
             return Ok(exit::OK);
         }
         Sent::Rejected { status, message } => {
+            fate("refused", None);
             eprintln!("tbox-report: the server refused the report for {} ({status}): {message}", report.project);
             return Ok(exit::REJECTED);
         }
@@ -86,6 +151,7 @@ pub(crate) fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbos
     };
     match spool::save(spool_dir, &body, &signature) {
         Ok(path) => {
+            fate("spooled", None);
             eprintln!(
                 "tbox-report: {why}: report kept in the spool; it waits in {} and goes with the next run or \
                  `tbox-report flush`",
@@ -94,6 +160,7 @@ pub(crate) fn deliver(report: &Report, client: &Client, spool_dir: &Path, verbos
             Ok(exit::SPOOLED)
         }
         Err(e) => {
+            fate("lost", None);
             let cause = e.root_cause().to_string();
             eprintln!(
                 "tbox-report: {why} AND the report could not be spooled in {} ({cause}): the report of build {} \

@@ -9,7 +9,11 @@ use crate::cli::PushArgs;
 use crate::{junit, props, runner};
 
 pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
-    let (config, client) = super::load(&args.common)?;
+    // A project of the config goes to its own server; any other to the top-level one.
+    let (config, client) = match super::load_for(&args.common, &args.project) {
+        Ok(site) => site,
+        Err(_) => super::load(&args.common)?,
+    };
     let Some(result) = BuildResult::parse(&args.result) else {
         let all: Vec<&str> = BuildResult::ALL.iter().map(|r| r.as_str()).collect();
         bail!("--result must be one of {}, got {:?}", all.join(", "), args.result);
@@ -83,5 +87,5 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         sandbox: None,
         lease: None,
     };
-    super::deliver(&report, &client, &config.spool_dir(), true)
+    super::deliver(&report, &client, &config.spool_dir(), None, true)
 }

@@ -123,7 +123,16 @@ fn publish(args: &RecipePublishArgs) -> anyhow::Result<u8> {
     let sig_file = sig_path(&args.recipe, args.sig.as_ref());
     let sig = std::fs::read_to_string(&sig_file)
         .with_context(|| format!("cannot read {} (sign first: tbox-report recipe sign)", sig_file.display()))?;
-    let url = format!("{}/api/v1/projects/{}/recipe", args.server.trim_end_matches('/'), r.project);
+    let url = format!("{}/api/v1/projects/{}/recipe", crate::client::base_url(&args.server), r.project);
+    let cut_off = cuts_off(&r, current(&url).as_ref(), chrono::Utc::now());
+    if !cut_off.is_empty() && !args.yes {
+        eprintln!("tbox-report: publishing {} would cut volunteers off:", args.recipe.display());
+        for why in &cut_off {
+            eprintln!("  - {why}");
+        }
+        eprintln!("tbox-report: nothing was sent; pass --yes to publish it anyway");
+        return Ok(exit::USAGE);
+    }
     let answer = trust::agent()
         .put(&url)
         .header("Content-Type", "application/toml")
@@ -136,37 +145,100 @@ fn publish(args: &RecipePublishArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// The recipe the server serves now, if it has one that reads.
+fn current(url: &str) -> Option<Recipe> {
+    let a = trust::get(&trust::agent(), url, tbox_protocol::MAX_RECIPE_BYTES as u64).ok()?;
+    (a.status == 200).then(|| parse_recipe(&a.body).ok()).flatten()
+}
+
+/// What publishing `new` over `old` would do to the volunteers who joined: each a sentence.
+fn cuts_off(new: &Recipe, old: Option<&Recipe>, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let mut said = Vec::new();
+    if let Some(old) = old {
+        if old.repo != new.repo {
+            said.push(format!(
+                "the source moves from {} to {}: every joined volunteer refuses it (their config names the old \
+                 repo) until they leave and join again",
+                old.repo, new.repo
+            ));
+        }
+        for r in new.requires.iter().filter(|r| !old.requires.contains(r)) {
+            said.push(format!(
+                "it newly requires {r:?}: volunteers whose machines do not declare it stop building {}",
+                new.project
+            ));
+        }
+    }
+    if new.expires <= now + chrono::TimeDelta::days(1) {
+        said.push(format!(
+            "it expires within a day ({}): after that every volunteer refuses it until a newer one is published",
+            new.expires.format("%Y-%m-%d %H:%M UTC")
+        ));
+    }
+    said
+}
+
 /// Prints what a server said about a PUT or POST; the exit code follows the status.
 pub(super) fn send_outcome(
     url: &str,
     answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     done: impl FnOnce(&serde_json::Value),
 ) -> anyhow::Result<u8> {
+    let base = crate::client::base_url(url);
     let mut resp = match answer {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("tbox-report: cannot reach {url}: {e}");
+            eprintln!("tbox-report: cannot reach {url}: {}", crate::client::unreachable(&base, &e));
             return Ok(exit::SPOOLED);
         }
     };
     let status = resp.status().as_u16();
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    match status {
-        200..=299 if json.is_object() => {
+    match (status, json["message"].as_str()) {
+        (200..=299, _) if json.is_object() => {
             done(&json);
             Ok(exit::OK)
         }
-        400..=499 => {
-            let message = crate::client::printable(
-                &json["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect()),
-            );
-            eprintln!("tbox-report: the server refused it ({status}): {message}");
+        (400..=499, Some(message)) => {
+            eprintln!("tbox-report: the server refused it ({status}): {}", crate::client::printable(message));
             Ok(exit::REJECTED)
         }
         _ => {
-            eprintln!("tbox-report: {url} answered {status}, not as a tbox server would; nothing was changed");
+            let ct = content_type.as_deref().map(|c| c.split(';').next().unwrap_or_default().trim());
+            eprintln!("tbox-report: {}; nothing was changed", crate::client::not_tbox(&base, status, ct));
             Ok(exit::SPOOLED)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn recipe(repo: &str, requires: &str, expires: &str) -> Recipe {
+        let text = format!(
+            "format = \"tbox-recipe/1\"\nproject = \"demo\"\nrepo = \"{repo}\"\nbranches = [\"main\"]\nversion = 1\n\
+             expires = \"{expires}\"\nrequires = [{requires}]\n[[step]]\nname = \"b\"\nrun = \"make\"\n"
+        );
+        parse_recipe(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn what_cuts_volunteers_off_is_said() {
+        let now = chrono::Utc::now();
+        let later = (now + chrono::TimeDelta::days(30)).to_rfc3339();
+        let soon = (now + chrono::TimeDelta::hours(5)).to_rfc3339();
+        let old = recipe("https://a.example/demo.git", "\"docker\"", &later);
+        assert!(cuts_off(&old, Some(&old), now).is_empty(), "the same recipe again");
+        assert!(cuts_off(&recipe("https://a.example/demo.git", "", &later), Some(&old), now).is_empty(), "fewer needs");
+        let said = cuts_off(&recipe("https://b.example/demo.git", "\"docker\", \"gpu\"", &soon), Some(&old), now);
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[0].contains("moves from https://a.example/demo.git to https://b.example/demo.git"));
+        assert!(said[1].contains("newly requires \"gpu\""));
+        assert!(said[2].contains("expires within a day"));
+        assert_eq!(cuts_off(&recipe("https://b.example/demo.git", "\"gpu\"", &later), None, now), Vec::<String>::new());
     }
 }

@@ -9,8 +9,16 @@ use crate::client::{Client, Sent};
 use crate::{config, exit};
 
 pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
-    let (mut config, mut client) = super::load(&args.common)?;
-    let key = crate::keyfile::load(&config.key_path())?;
+    let (all, sites) = super::load_sites(&args.common)?;
+    // The server of the projects named, when the config builds them; else the top-level one.
+    let of = |name: &String| sites.iter().position(|(s, _)| s.projects.iter().any(|p| &p.name == name));
+    let mut at: Vec<usize> = args.projects.iter().filter_map(of).collect();
+    at.dedup();
+    if at.len() > 1 {
+        anyhow::bail!("these projects are built for different servers: register for each server's projects apart");
+    }
+    let (mut config, mut client) = sites.into_iter().nth(at.first().copied().unwrap_or(0)).context("no server")?;
+    let key = crate::keyfile::load(&all.key_path())?;
     let renamed = args.builder.as_ref().filter(|b| **b != config.builder);
     if let Some(name) = renamed {
         tbox_protocol::validate_name("builder", name, 64)?;
@@ -28,7 +36,7 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
         Sent::Delivered(v) => {
             if renamed.is_some() {
                 let path = config::config_path(args.common.config.as_deref());
-                super::join::set_builder(&path, &config.builder)
+                super::join::set_builder(&path, &config.server, &config.builder)
                     .with_context(|| format!("registered as {}, but the config still names another", config.builder))?;
                 crate::say!("{} now reports as builder {}", path.display(), config.builder);
             }

@@ -44,7 +44,7 @@ pub fn run(args: &RequestArgs) -> anyhow::Result<u8> {
         "deadline": deadline,
         "nonce": nonce.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     }))?;
-    let url = format!("{}/api/v1/projects/{}/requests", args.server.trim_end_matches('/'), args.project);
+    let url = format!("{}/api/v1/projects/{}/requests", crate::client::base_url(&args.server), args.project);
     let answer = trust::agent()
         .post(&url)
         .header("Content-Type", "application/json")

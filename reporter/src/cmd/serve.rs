@@ -28,16 +28,19 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&runner::STOP)).context("cannot handle SIGTERM")?;
     }
+    // Held while serve runs: `tbox-report status` reads it to say that serve is running.
+    let _running = announce(args.every);
     let mut built = 0u64;
     let mut next_periodic = Instant::now();
     let mut code = exit::OK;
     // Why each project is not asked for work, as last said (said again only when it changes).
     let mut not_asking = HashMap::new();
     let mut said_paused = None;
+    let mut said_not_now = None;
     eprintln!("tbox-report serve: started (periodic builds every {} s)", args.every);
     while !runner::stopping() && args.max_builds.is_none_or(|m| built < m) {
         // Read again each round, so that a `join` or an edit takes effect without a restart.
-        let (config, client) = super::load(&args.common)?;
+        let (config, sites) = super::load_sites(&args.common)?;
         if let Some(p) = super::pause::paused() {
             if said_paused.as_ref() != Some(&p) {
                 eprintln!("tbox-report serve: {p}");
@@ -49,31 +52,72 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         if said_paused.take().is_some() {
             eprintln!("tbox-report serve: resumed");
         }
-        if let Some(why) = too_busy(&config) {
-            eprintln!("tbox-report serve: {why}; waiting");
+        if let Some(why) = config.not_now() {
+            if said_not_now.as_ref() != Some(&why) {
+                eprintln!("tbox-report serve: {why}; waiting");
+                said_not_now = Some(why);
+            }
             pause(Duration::from_secs(60));
             continue;
         }
-        match take_lease(&config, &client, &mut not_asking, args.common.verbose) {
-            Ok(Some(Leased::Work(project, job))) => {
-                code = exit::worst(code, build_leased(&config, &client, &project, &job, args.common.verbose)?);
-                built += 1;
-                continue;
+        said_not_now = None;
+        if run::machine_busy() {
+            // A `run` from cron is building: a lease taken now would wait for it.
+            pause(Duration::from_secs(5));
+            continue;
+        }
+        // Each server in turn, sharing the wait: a lease is taken only when it can be built at
+        // once, so never from two servers at the same time.
+        let wait = (WAIT / sites.len().max(1) as u64).max(10);
+        let (mut asked, mut leased) = (false, false);
+        for (site, client) in &sites {
+            if runner::stopping() || super::pause::paused().is_some() {
+                break;
             }
-            Ok(Some(Leased::Unusable { project, lease, why })) => {
-                // Nothing of it reaches git: the project hears why on its request.
-                eprintln!("tbox-report serve: lease {lease} refused: {why}");
-                let outcome =
-                    run::decline(&config, &client, &project, lease, &project.branch, &why, args.common.verbose)?;
-                code = exit::worst(code, outcome);
-                built += 1;
-                continue;
+            let asked_one = take_lease(site, client, &mut not_asking, wait, args.common.verbose);
+            match asked_one.map(|a| match a {
+                Asked::Leased(l) => Ok(*l),
+                other => Err(other),
+            }) {
+                Ok(Err(Asked::NoWork)) => asked = true,
+                Ok(Err(_)) => {}
+                Ok(Ok(Leased::Work(project, job))) => {
+                    code = exit::worst(code, build_leased(site, client, &project, &job, args.common.verbose)?);
+                    built += 1;
+                    leased = true;
+                    break;
+                }
+                Ok(Ok(Leased::Unusable { project, lease, request, why })) => {
+                    // Nothing of it reaches git: the project hears why on its request.
+                    eprintln!("tbox-report serve: lease {lease} refused: {why}");
+                    let outcome = run::decline(
+                        site,
+                        client,
+                        &project,
+                        (lease, request),
+                        &project.branch,
+                        &why,
+                        args.common.verbose,
+                    )?;
+                    code = exit::worst(code, outcome);
+                    built += 1;
+                    leased = true;
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("tbox-report serve: asking {} for work: {e}", site.server);
+                    asked = true;
+                    pause(Duration::from_secs(30 / sites.len().max(1) as u64));
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("tbox-report serve: asking for work: {e}");
-                pause(Duration::from_secs(30));
-            }
+        }
+        if leased {
+            // Straight back to asking: requests come before periodic builds.
+            continue;
+        }
+        if !asked {
+            // Nothing this machine may ask for anywhere (budgets spent, recipes refused…).
+            pause(Duration::from_secs(WAIT));
         }
         if Instant::now() >= next_periodic && !runner::stopping() {
             let periodic = RunArgs { project: None, force: false, common: args.common.clone() };
@@ -89,20 +133,35 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     Ok(if code == exit::ERROR { code } else { exit::OK })
 }
 
+/// Holds `serve.lock` in the state directory with this process's pid, start and period.
+fn announce(every: u64) -> Option<std::fs::File> {
+    let path = crate::config::state_dir().join("serve.lock");
+    std::fs::create_dir_all(crate::config::state_dir()).ok()?;
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok()?;
+    // Another serve holds it: this one still serves (builds are one at a time anyway).
+    f.try_lock().ok()?;
+    let me = json!({ "pid": std::process::id(), "since": chrono::Utc::now(), "every": every });
+    f.set_len(0).ok()?;
+    std::io::Write::write_all(&mut f, me.to_string().as_bytes()).ok()?;
+    Some(f)
+}
+
+/// The `serve` running for this user, if one is: pid, since, every (seconds between periodic
+/// builds).
+pub fn running() -> Option<serde_json::Value> {
+    let f = std::fs::File::open(crate::config::state_dir().join("serve.lock")).ok()?;
+    if !matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+        return None;
+    }
+    Some(serde_json::from_str(&std::io::read_to_string(f).unwrap_or_default()).unwrap_or_default())
+}
+
 /// Sleeps, but wakes at once to stop.
 fn pause(d: Duration) {
     let until = Instant::now() + d;
     while Instant::now() < until && !runner::stopping() {
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Why no build should start now, if one should not.
-fn too_busy(config: &Config) -> Option<String> {
-    let max = config.max_load?;
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
-    (load > max).then(|| format!("the load average is {load:.2}, above max_load = {max}"))
 }
 
 /// Today's count of requested builds per project, kept under the state directory.
@@ -128,12 +187,21 @@ fn spend(config: &Config, project: &str) {
     let _ = std::fs::write(path, format!("{today} {n}\n"));
 }
 
+/// What asking one server for work came to.
+enum Asked {
+    /// Not asked: no project there this machine would build now.
+    Nothing,
+    /// Asked; no work (or stopped or paused while waiting).
+    NoWork,
+    Leased(Box<Leased>),
+}
+
 /// What the server leased.
 enum Leased {
     /// Work to do: the branch and revision are checked names.
     Work(Project, Job),
     /// A lease whose branch or revision is not a name git may be given (an option, a path…).
-    Unusable { project: Project, lease: u64, why: String },
+    Unusable { project: Project, lease: u64, request: Option<u64>, why: String },
 }
 
 /// A signed lease or renew body: the builder's clock and a fresh nonce, so that a copied body
@@ -153,8 +221,9 @@ fn take_lease(
     config: &Config,
     client: &Client,
     not_asking: &mut HashMap<String, String>,
+    wait: u64,
     verbose: bool,
-) -> Result<Option<Leased>, String> {
+) -> Result<Asked, String> {
     let projects: Vec<&Project> = config
         .projects
         .iter()
@@ -176,13 +245,12 @@ fn take_lease(
         })
         .collect();
     if projects.is_empty() {
-        pause(Duration::from_secs(WAIT));
-        return Ok(None);
+        return Ok(Asked::Nothing);
     }
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
-    let body = stamped(json!({ "projects": names, "capabilities": config.capabilities, "wait": WAIT }));
+    let body = stamped(json!({ "projects": names, "capabilities": config.capabilities, "wait": wait }));
     let Some((status, v)) = long_poll(client, body)? else {
-        return Ok(None);
+        return Ok(Asked::NoWork);
     };
     match status {
         200 => {
@@ -196,29 +264,41 @@ fn take_lease(
                     "the server leased a build of {project:?}, which this machine did not ask for"
                 )));
             };
+            let request = v["request"].as_u64();
             // Checked names or nothing: these go to git.
             let branch = match BranchName::parse(branch) {
                 Ok(b) => b,
                 Err(e) => {
                     let why = printable(&format!("the lease names branch {branch:?}, which {}", e.message));
-                    return Ok(Some(Leased::Unusable { project: (*p).clone(), lease, why }));
+                    return Ok(Asked::Leased(Box::new(Leased::Unusable {
+                        project: (*p).clone(),
+                        lease,
+                        request,
+                        why,
+                    })));
                 }
             };
             let revision = match v["revision"].as_str().map(Revision::parse).transpose() {
                 Ok(r) => r,
                 Err(e) => {
                     let why = printable(&format!("the lease names revision {}, which {}", v["revision"], e.message));
-                    return Ok(Some(Leased::Unusable { project: (*p).clone(), lease, why }));
+                    return Ok(Asked::Leased(Box::new(Leased::Unusable {
+                        project: (*p).clone(),
+                        lease,
+                        request,
+                        why,
+                    })));
                 }
             };
             let signed = v["signed_request"].as_str().zip(v["request_signature"].as_str());
             if verbose {
                 eprintln!("tbox-report serve: lease {lease}: {project} on {branch}");
             }
-            let job = Job { branch, revision, lease, signed: signed.map(|(b, s)| (b.to_owned(), s.to_owned())) };
-            Ok(Some(Leased::Work((*p).clone(), job)))
+            let job =
+                Job { branch, revision, lease, request, signed: signed.map(|(b, s)| (b.to_owned(), s.to_owned())) };
+            Ok(Asked::Leased(Box::new(Leased::Work((*p).clone(), job))))
         }
-        204 => Ok(None),
+        204 => Ok(Asked::NoWork),
         s => Err(format!("the server answered {s}: {}", message(&v))),
     }
 }
@@ -283,7 +363,7 @@ fn build_leased(config: &Config, client: &Client, project: &Project, job: &Job, 
     let outcome = if project.recipe.is_none() && job.branch != project.branch {
         // The volunteer's own steps are for the branch it configured.
         let why = format!("this machine builds only branch {} of {} with its own steps", project.branch, project.name);
-        run::decline(config, client, project, job.lease, &job.branch, &why, verbose)
+        run::decline(config, client, project, (job.lease, job.request), &job.branch, &why, verbose)
     } else {
         run::run_job(config, client, project, job, verbose)
     };

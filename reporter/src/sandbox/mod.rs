@@ -20,7 +20,7 @@
 
 pub mod disk;
 mod seccomp;
-mod sys;
+pub(crate) mod sys;
 pub mod watch;
 
 use std::ffi::{OsStr, OsString};
@@ -612,7 +612,8 @@ mod tests {
         timeout: Duration,
     ) -> (Ending, String) {
         let log_path = workdir.with_extension(format!("log-{}", std::process::id()));
-        let spec = Spec { command, workdir, env, timeout, max_output: 1 << 20, sandbox: Some(sandbox) };
+        let spec =
+            Spec { command, workdir, env, timeout, max_output: 1 << 20, sandbox: Some(sandbox), low_priority: false };
         let ending = match File::create(&log_path) {
             Ok(log) => runner::run(&spec, &log, |_| {}),
             Err(e) => Ending::NotStarted(e.to_string()),

@@ -14,6 +14,8 @@
 //!   namespace's tasks against the limit of whoever made it, so set here the limit counts the
 //!   sandbox's tasks, while set before it would count every process of the volunteer;
 //! - caps the size of any one file (`RLIMIT_FSIZE`) at the disk limit;
+//! - lowers the step's CPU and I/O priority (config `priority = "low"`, for sandboxed and
+//!   unsandboxed steps alike);
 //! - marks every inherited descriptor close-on-exec (cron or a shell may hand some down), except
 //!   the ones bwrap reads its options and its seccomp filter from.
 #![allow(unsafe_code)]
@@ -61,6 +63,24 @@ pub(crate) fn confine(cmd: &mut Command, confine: Confine) {
     // close, unshare, setrlimit, close_range, fcntl), all async-signal-safe.
     unsafe {
         cmd.pre_exec(move || confine.apply());
+    }
+}
+
+/// Has `cmd` run with the volunteer's own work first: nice 19 (as BOINC's tasks), and the
+/// lowest level of the best-effort I/O class (as `ionice -c2 -n7`; not the idle class, under
+/// which a busy disk could starve a step into its timeout). Best effort: a step still runs
+/// where the kernel refuses.
+pub(crate) fn low_priority(cmd: &mut Command) {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    // SAFETY: the closure runs in the forked child before exec and only makes two plain system
+    // calls on the calling process, with integer arguments.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, (IOPRIO_CLASS_BE << 13) | 7);
+            Ok(())
+        });
     }
 }
 

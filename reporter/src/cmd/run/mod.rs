@@ -40,30 +40,44 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         }
         return Ok(exit::OK);
     }
-    let (config, client) = super::load(&args.common)?;
-    let projects: Vec<&Project> = match &args.project {
-        Some(name) => vec![config.project(name)?],
-        None => config.projects.iter().collect(),
-    };
-    anyhow::ensure!(!projects.is_empty(), "the config has no [[project]] to build");
-    let standing = standing(&config, &client);
+    let (config, sites) = super::load_sites(&args.common)?;
+    if let Some(name) = &args.project {
+        config.project(name)?;
+    }
+    if let Some(why) = config.not_now().filter(|_| !args.force) {
+        // Said only with -v, as for a pause.
+        if args.common.verbose {
+            eprintln!("tbox-report: {why}; nothing built (--force builds anyway)");
+        }
+        return Ok(exit::OK);
+    }
+    anyhow::ensure!(!config.projects.is_empty(), "the config has no [[project]] to build");
     let mut code = exit::OK;
-    for project in projects {
-        // Not allowed to report: the build would be thrown away, so it does not run.
-        if let Some(why) = standing.as_ref().and_then(|s| s.refusal(&config, &project.name)) {
-            eprintln!("tbox-report: {}: not built: {why}", project.name);
-            code = exit::worst(code, exit::REJECTED);
+    for (site, client) in &sites {
+        let projects: Vec<&Project> =
+            site.projects.iter().filter(|p| args.project.as_ref().is_none_or(|n| *n == p.name)).collect();
+        if projects.is_empty() {
             continue;
         }
-        code = exit::worst(code, run_project(&config, &client, project, args.force, args.common.verbose, None)?);
+        // Asked once per server: whether it knows this machine, and for which projects.
+        let standing = standing(site, client);
+        for project in projects {
+            // Not allowed to report: the build would be thrown away, so it does not run.
+            if let Some(why) = standing.as_ref().and_then(|s| s.refusal(site, &project.name)) {
+                eprintln!("tbox-report: {}: not built: {why}", project.name);
+                code = exit::worst(code, exit::REJECTED);
+                continue;
+            }
+            code = exit::worst(code, run_project(site, client, project, args.force, args.common.verbose, None)?);
+        }
     }
     Ok(code)
 }
 
 /// What the server says this builder may do; None when it cannot say now (then builds run and
 /// their reports wait in the spool).
-struct Standing {
-    status: String,
+pub(super) struct Standing {
+    pub(super) status: String,
     projects: Vec<String>,
     pending: Vec<String>,
     /// Whether this machine's key is one of the builder's unrevoked keys (a name taken by
@@ -73,7 +87,7 @@ struct Standing {
     fingerprint: String,
 }
 
-fn standing(config: &Config, client: &Client) -> Option<Standing> {
+pub(super) fn standing(config: &Config, client: &Client) -> Option<Standing> {
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect()).unwrap_or_default()
     };
@@ -103,7 +117,7 @@ fn standing(config: &Config, client: &Client) -> Option<Standing> {
 }
 
 impl Standing {
-    fn refusal(&self, config: &Config, project: &str) -> Option<String> {
+    pub(super) fn refusal(&self, config: &Config, project: &str) -> Option<String> {
         let (b, server) = (&config.builder, &config.server);
         let approve = format!("an admin of {server} runs `tbox-server builder approve {b}`");
         match self.status.as_str() {
@@ -122,6 +136,31 @@ impl Standing {
             _ => None,
         }
     }
+}
+
+/// Adds the CPU time the build's processes used, when the build ends however it ends.
+struct CpuMeter(Duration);
+
+impl Drop for CpuMeter {
+    fn drop(&mut self) {
+        crate::schedule::cpu::spend(crate::schedule::cpu::children().saturating_sub(self.0));
+    }
+}
+
+/// Whether a build is running on this machine now (it holds the machine's build lock).
+pub fn machine_busy() -> bool {
+    building().is_some()
+}
+
+/// The build running on this machine now, if any: project, server, since, pid, request.
+pub fn building() -> Option<serde_json::Value> {
+    let path = config::state_dir().join("building.lock");
+    let f = File::open(path).ok()?;
+    if !matches!(f.try_lock(), Err(TryLockError::WouldBlock)) {
+        return None;
+    }
+    let text = std::io::read_to_string(f).unwrap_or_default();
+    Some(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 /// Whether this machine would build `project` now: its recipe's signature, version, expiry,
@@ -184,22 +223,59 @@ fn run_project(
         None => project,
     };
     let lease = job.map(|j| j.lease);
+    let request = job.and_then(|j| j.request);
     let state = config::state_dir();
-    let lock_path = config.project_state("locks", &project.name).with_extension("lock");
-    if let Some(dir) = lock_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            eprintln!("tbox-report: another run is building {}; skipping", project.name);
-            return Ok(exit::OK);
+    // One build at a time on this machine, whichever server or project it is for, and whether
+    // cron's `run` or `serve` started it: the volunteer's machine is not a build farm.
+    let lock_path = state.join("building.lock");
+    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    // Not truncated on opening: it says which build holds it (`tbox-report status`).
+    let mut lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let mut said = false;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            // A periodic run tries again next time.
+            Err(TryLockError::WouldBlock) if lease.is_none() => {
+                eprintln!(
+                    "tbox-report: another run is building on this machine (one build at a time); {} waits for the \
+                     next run",
+                    project.name
+                );
+                return Ok(exit::OK);
+            }
+            // A leased build waits (serve renews the lease meanwhile).
+            Err(TryLockError::WouldBlock) => {
+                if !said {
+                    eprintln!("tbox-report: {}: waiting for the build in progress on this machine", project.name);
+                    said = true;
+                }
+                if runner::stopping() {
+                    return Ok(exit::OK);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).context(format!("cannot lock {}", lock_path.display()));
+            }
         }
-        Err(TryLockError::Error(e)) => {
-            return Err(e).context(format!("cannot lock {}", lock_path.display()));
-        }
     }
+
+    let building = serde_json::json!({
+        "project": project.name,
+        "server": config.server,
+        "since": Utc::now(),
+        "pid": std::process::id(),
+        "request": request,
+    });
+    let _ = lock.set_len(0).and_then(|()| std::io::Write::write_all(&mut lock, building.to_string().as_bytes()));
+    // What this build's processes use counts against `schedule.cpu_per_day`.
+    let _cpu = CpuMeter(crate::schedule::cpu::children());
 
     // Results of earlier runs go first, in order.
     let flushed = spool::flush(&config.spool_dir(), client)?;
@@ -236,7 +312,15 @@ fn run_project(
             return Ok(exit::worst(floor, code));
         }
         Err(Skip::Refused(why)) => {
-            return refuse(config, client, project, ("recipe refused", &not_built(), lease), &why, floor, verbose);
+            return refuse(
+                config,
+                client,
+                project,
+                ("recipe refused", &not_built(), lease, request),
+                &why,
+                floor,
+                verbose,
+            );
         }
     };
     let started_at = Utc::now();
@@ -249,7 +333,15 @@ fn run_project(
         Some(Ok(r)) => r,
         Some(Err(why)) => {
             let why = format!("the build request cannot be obeyed: {why}");
-            return refuse(config, client, project, ("request refused", &not_built(), lease), &why, floor, verbose);
+            return refuse(
+                config,
+                client,
+                project,
+                ("request refused", &not_built(), lease, request),
+                &why,
+                floor,
+                verbose,
+            );
         }
     };
     let checkout = plan
@@ -275,7 +367,7 @@ fn run_project(
             let mut report = finish(project, config, super::new_uuid(), not_built(), started_at, vec![s], Vec::new());
             mark(&mut report, &plan, None, config.sandbox_for(project));
             report.lease = lease;
-            let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
+            let delivered = super::deliver(&report, client, &config.spool_dir(), request, verbose)?;
             if delivered == exit::OK || delivered == exit::SPOOLED {
                 if let Some(dir) = marker.parent() {
                     let _ = std::fs::create_dir_all(dir);
@@ -322,7 +414,15 @@ fn run_project(
             Ok(s) => Some(s),
             Err(e) => {
                 let why = format!("no sandbox could be made for the steps, so none ran: {e}");
-                return refuse(config, client, project, ("no sandbox", &revision, lease), &why, floor, verbose);
+                return refuse(
+                    config,
+                    client,
+                    project,
+                    ("no sandbox", &revision, lease, request),
+                    &why,
+                    floor,
+                    verbose,
+                );
             }
         },
     };
@@ -412,6 +512,7 @@ fn run_project(
             // Far above what is kept, but a loop printing forever must not fill the disk.
             max_output: config.max_log_bytes.saturating_mul(64).max(256 << 20),
             sandbox: sandbox.as_ref(),
+            low_priority: config.priority == config::Priority::Low,
         };
         let ending = runner::run(&spec, &log, |elapsed| {
             if let Some(bar) = &progress {
@@ -504,7 +605,7 @@ fn run_project(
     let mut report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
     mark(&mut report, &plan, sandbox.as_ref(), config.sandbox_for(project));
     report.lease = lease;
-    let delivered = super::deliver(&report, client, &config.spool_dir(), verbose)?;
+    let delivered = super::deliver(&report, client, &config.spool_dir(), request, verbose)?;
     let code = exit::worst(floor, delivered);
     if delivered == exit::OK || delivered == exit::SPOOLED {
         // Delivered or safely spooled: this revision is reported. (Refused: it is not, and a

@@ -28,6 +28,8 @@ pub struct Job {
     pub branch: BranchName,
     pub revision: Option<Revision>,
     pub lease: u64,
+    /// The build request the lease is for (recorded in `tbox-report log`).
+    pub request: Option<u64>,
     /// The request as its project signed it, and the signature (none when an admin made it
     /// on the server). A revision is built only when a key this volunteer trusts asked for it.
     pub signed: Option<(String, String)>,

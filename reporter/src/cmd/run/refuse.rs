@@ -15,14 +15,14 @@ pub fn decline(
     config: &Config,
     client: &Client,
     project: &Project,
-    lease: u64,
+    (lease, request): (u64, Option<u64>),
     branch: &BranchName,
     why: &str,
     verbose: bool,
 ) -> anyhow::Result<u8> {
     let last = last_revision(config, &project.name).unwrap_or_else(|| "unknown".into());
     let requested = Project { branch: branch.clone(), ..project.clone() };
-    refuse(config, client, &requested, ("declined", &last, Some(lease)), why, exit::OK, verbose)
+    refuse(config, client, &requested, ("declined", &last, Some(lease), request), why, exit::OK, verbose)
 }
 
 /// Nothing runs. Says why, and tells the project with an `exception` report (once per reason,
@@ -31,7 +31,7 @@ pub(super) fn refuse(
     config: &Config,
     client: &Client,
     project: &Project,
-    (step_name, revision, lease): (&str, &str, Option<u64>),
+    (step_name, revision, lease, request): (&str, &str, Option<u64>, Option<u64>),
     why: &str,
     floor: u8,
     verbose: bool,
@@ -61,7 +61,7 @@ pub(super) fn refuse(
     let mut report = finish(project, config, crate::cmd::new_uuid(), revision.to_owned(), now, vec![step], Vec::new());
     // A leased build refused still answers its lease: the project sees why on the request.
     report.lease = lease;
-    let delivered = crate::cmd::deliver(&report, client, &config.spool_dir(), verbose)?;
+    let delivered = crate::cmd::deliver(&report, client, &config.spool_dir(), request, verbose)?;
     if delivered == exit::OK || delivered == exit::SPOOLED {
         if let Some(dir) = marker.parent() {
             let _ = std::fs::create_dir_all(dir);
