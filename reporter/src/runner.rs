@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::sandbox::Sandbox;
@@ -79,6 +80,33 @@ pub struct Spec<'a> {
     pub low_priority: bool,
 }
 
+/// The CPU time of a sandboxed step reaches this process's `RUSAGE_CHILDREN` (what
+/// `schedule.cpu_per_day` counts) only through the sandbox's pid 1, which reaps the step; but
+/// bwrap returns as soon as that pid 1 reports the step's status, without waiting for it, and
+/// the reaping (with the CPU time) would go to the system's init. As a child subreaper, this
+/// process is given the orphan and reaps it itself. Orphans it was given before and that are
+/// gone are reaped here too (no step runs at this point, so no status anyone waits for is taken).
+fn adopt_orphans() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Waits (a few seconds at most) for the sandbox's pid 1 if it became this process's child.
+fn reap(init: Pid) {
+    let until = Instant::now() + Duration::from_secs(5);
+    // Not a child of ours (bwrap reaped it): ECHILD at once.
+    while let Ok(WaitStatus::StillAlive) = waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+        if Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs a step with its output going to `log` (stdout and stderr interleaved).
 ///
 /// `tick` is called about every 200 ms while it runs (for a progress display).
@@ -130,6 +158,9 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     if spec.low_priority {
         crate::sandbox::sys::low_priority(&mut cmd);
     }
+    if spec.sandbox.is_some() {
+        adopt_orphans();
+    }
     // Its baseline (the trees, the filesystem, the machine's shared memory) is taken before
     // the step starts.
     let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_meter()));
@@ -150,7 +181,12 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     };
     let copier = copy_output(reader, log);
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // The sandbox's pid 1, reaped here at the end (see `reap`).
+    let mut init = None;
     let ending = loop {
+        if spec.sandbox.is_some() && init.is_none() {
+            init = crate::sandbox::watch::inner_init(child.id()).map(|(pid, _)| Pid::from_raw(pid));
+        }
         match child.try_wait() {
             Ok(Some(status)) => {
                 let ending = match (status.code(), status.signal()) {
@@ -197,6 +233,9 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     };
     // Whatever the step left running in the background goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
+    if let Some(init) = init {
+        reap(init);
+    }
     // Everything holding the pipe is gone, and the copy ends with what was written; but an
     // unsandboxed step may leave a process that escaped its group (setsid) holding it: the log
     // is then what came within a moment, and the copy goes on alone until that one ends.

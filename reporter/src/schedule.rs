@@ -156,7 +156,7 @@ impl Schedule {
 }
 
 /// `2h05m`, `40s`.
-fn human(d: std::time::Duration) -> String {
+pub fn human(d: std::time::Duration) -> String {
     let s = d.as_secs();
     match (s / 3600, s / 60 % 60) {
         (0, 0) => format!("{s}s"),

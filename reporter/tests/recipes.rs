@@ -856,6 +856,13 @@ fn a_volunteer_killed_mid_build_is_lost_and_another_builds_it() -> TestResult {
     assert_eq!(attempts, [("v0", "lost"), ("v1", "done")], "{r}");
     let _ = second.wait();
     assert!(w.text("/projects/demo/requests").contains("lost (went silent)"));
+    // What the killed build left in its scratch folder goes at the machine's next build.
+    let work = w.dir.join("v0/.local/state/tbox/work");
+    let left = || std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left(), 1, "the killed build's scratch folder is still there");
+    let out = w.volunteer_at("v0", &["run", "--force"]).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(left(), 0, "the killed build's scratch folder was not cleaned up");
     Ok(())
 }
 

@@ -225,3 +225,65 @@ fn a_page_address_works_everywhere_and_a_wrong_one_is_said_in_words() -> TestRes
     assert!(stdout(&out).contains("answers in plain HTTP, not HTTPS: write http://"), "{}", stdout(&out));
     Ok(())
 }
+
+#[test]
+fn a_publication_that_cuts_volunteers_off_needs_yes() -> TestResult {
+    let w = World::new(&["demo"]);
+    let (_, key) = project_with(&w, "demo", "true");
+    w.admin(&["project", "capability", "add", "demo", "gpu", "--description", "a GPU with CUDA 12"]);
+    let moved = w.dir.join("maint/moved.toml");
+    let text = recipe_text("demo", "https://elsewhere.example/demo.git", &format!("{STEPS_OK}version = 2\n"))
+        + "requires = [\"gpu\"]\n[[step]]\nname = \"b\"\nrun = \"true\"\n";
+    std::fs::write(&moved, text)?;
+    let out = w.maintainer(&["recipe", "sign", moved.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let publish = |yes: bool| {
+        let mut args = vec!["recipe", "publish", moved.to_str().unwrap(), "--server", &w.base];
+        if yes {
+            args.push("--yes");
+        }
+        w.maintainer(&args)
+    };
+    let out = publish(false);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("would cut volunteers off") && said.contains("nothing was sent"), "{said}");
+    assert!(said.contains("https://elsewhere.example/demo.git") && said.contains("newly requires \"gpu\""), "{said}");
+    assert_eq!(w.get("/api/v1/projects/demo/recipes")["recipes"].as_array().map(Vec::len), Some(1), "sent anyway");
+    let out = publish(true);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.get("/api/v1/projects/demo/recipes")["recipes"].as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[test]
+fn the_cpu_time_of_a_day_is_counted_and_holds() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    // Three seconds of CPU, busy in the shell.
+    let burn = "end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do :; done";
+    let (fp, _) = project_with(&w, "demo", burn);
+    join_and_approve(&w, &w.base, "demo", &fp);
+    let config = w.dir.join("home/.config/tbox/report.toml");
+    std::fs::write(&config, w.config() + "\n[schedule]\ncpu_per_day = \"1s\"\n")?;
+    let out = w.volunteer(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.builds("demo").len(), 1);
+    let s: Value = serde_json::from_str(&stdout(&w.volunteer(&["status", "--json"])))?;
+    assert!(s["schedule"]["cpu_today_seconds"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["schedule"]["why_not"].as_str().unwrap().contains("today's CPU time is spent"), "{s}");
+    // A new revision waits for tomorrow; --force builds anyway.
+    let repo = w.repo("demo");
+    std::fs::write(repo.join("more.txt"), "more\n")?;
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "more"]);
+    let out = w.volunteer(&["run", "-v"]);
+    assert!(stderr(&out).contains("today's CPU time is spent"), "{}", stderr(&out));
+    assert_eq!(w.builds("demo").len(), 1);
+    let out = w.volunteer(&["run", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.builds("demo").len(), 2);
+    Ok(())
+}

@@ -381,7 +381,7 @@ pub enum BuilderCommand {
     #[command(after_help = EXIT_CODES)]
     Add(BuilderAddArgs),
     /// Let a self-registered (pending) builder report.
-    Approve(BuilderNameArgs),
+    Approve(BuilderApproveArgs),
     /// Refuse a builder's reports from now on, or only one of its keys with --key.
     Revoke(BuilderRevokeArgs),
     /// List builders with their status, projects and keys.
@@ -432,6 +432,15 @@ pub struct BuilderAddArgs {
 #[derive(Debug, Args)]
 pub struct BuilderNameArgs {
     pub name: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderApproveArgs {
+    /// One or more builders (all are checked first: an unknown name approves none).
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }

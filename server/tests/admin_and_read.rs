@@ -45,6 +45,22 @@ fn builder_add_refuses_small_keys_and_unknown_projects(backend: Backend) -> Test
     assert!(String::from_utf8_lossy(&out.stderr).contains("no project named \"nope\""));
     let out = s.admin(&["builder", "approve", "nobody"]);
     assert_eq!(out.status.code(), Some(1));
+    // Several at once, and all or none.
+    for (name, k) in [("bob", 1), ("dave", 2)] {
+        s.admin_ok(&["builder", "add", name, "--project", "demo", "--key", &s.pubkey_file(key(k))]);
+        s.admin_ok(&["builder", "revoke", name]);
+    }
+    let out = s.admin(&["builder", "approve", "bob", "nobody", "dave"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("none was approved"));
+    let status_of = |name: &str| {
+        let listed = s.admin_ok(&["builder", "list"]);
+        listed.lines().find(|l| l.starts_with(&format!("{name}\t"))).unwrap_or_default().to_owned()
+    };
+    assert!(status_of("bob").contains("revoked"), "{}", status_of("bob"));
+    let out = s.admin_ok(&["builder", "approve", "bob", "dave"]);
+    assert_eq!(out.matches("approved").count(), 2, "{out}");
+    assert!(status_of("bob").contains("active") && status_of("dave").contains("active"));
     let out = s.admin(&["project", "add", "demo"]);
     assert_eq!(out.status.code(), Some(1), "a project name is taken once");
     let out = s.admin(&["project", "add", "bad name"]);

@@ -114,7 +114,8 @@ fn show(config: &Config, s: &Value) {
         rules.push("on mains power only".into());
     }
     if let Some(c) = &config.schedule.cpu_per_day {
-        rules.push(format!("{c} of CPU a day ({} s used today)", sch["cpu_today_seconds"]));
+        let used = std::time::Duration::from_secs(sch["cpu_today_seconds"].as_u64().unwrap_or(0));
+        rules.push(format!("{c} of CPU a day ({} used today)", crate::schedule::human(used)));
     }
     if let Some(l) = config.max_load {
         rules.push(format!("load below {l}"));

@@ -12,15 +12,31 @@ pub fn run(cmd: BuilderCommand) -> anyhow::Result<()> {
         BuilderCommand::Add(args) => add(&args),
         BuilderCommand::Approve(args) => {
             let mut conn = super::connect(&args.db)?;
-            let b = builders::by_name(&mut conn, &args.name)?
-                .with_context(|| format!("no builder named {:?}", args.name))?;
+            let mut found = Vec::new();
+            let mut unknown = Vec::new();
+            for name in &args.names {
+                match builders::by_name(&mut conn, name)? {
+                    Some(b) => found.push(b),
+                    None => unknown.push(format!("{name:?}")),
+                }
+            }
+            if !unknown.is_empty() {
+                bail!("no builder named {}; none was approved", unknown.join(", "));
+            }
             let granted = db::write_transaction(&mut conn, |c| {
-                builders::set_status(c, &args.name, builders::ACTIVE)?;
-                builders::grant_requests(c, b.id)
+                found
+                    .iter()
+                    .map(|b| {
+                        builders::set_status(c, &b.name, builders::ACTIVE)?;
+                        builders::grant_requests(c, b.id)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })?;
-            crate::say!("builder {} approved: its reports are accepted from now on", args.name);
-            if !granted.is_empty() {
-                crate::say!("it may now also report for: {}", granted.join(", "));
+            for (b, granted) in found.iter().zip(granted) {
+                crate::say!("builder {} approved: its reports are accepted from now on", b.name);
+                if !granted.is_empty() {
+                    crate::say!("it may now also report for: {}", granted.join(", "));
+                }
             }
             Ok(())
         }

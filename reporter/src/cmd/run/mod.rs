@@ -626,7 +626,8 @@ const LOG_BUDGET: u64 = 16 << 20;
 const MIN_LOG: u64 = 32 << 10;
 
 /// Removes what runs killed mid-build (power cut, `kill -9`) left in `work`: every scratch
-/// directory whose lock nobody holds, however its build left it.
+/// directory whose lock nobody holds, however its build left it. Called with the machine's
+/// build lock held, so no other build is making one at this moment.
 fn sweep_scratch(work: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(work) else { return };
     for entry in entries.flatten() {
@@ -638,8 +639,8 @@ fn sweep_scratch(work: &std::path::Path) {
         };
         let lock = dir.join(".lock");
         let stale = match File::open(&lock) {
-            // Not just made (a run takes its lock a moment after making the file), and free.
-            Ok(f) => older_than(&lock, 600) && !matches!(f.try_lock(), Err(TryLockError::WouldBlock)),
+            // Free: its build is gone (builds are one at a time, and this one holds the turn).
+            Ok(f) => !matches!(f.try_lock(), Err(TryLockError::WouldBlock)),
             // No lock file: from before locks, or its run died before making one.
             Err(_) => older_than(&dir, 24 * 3600),
         };
