@@ -83,16 +83,13 @@ pub struct Spec<'a> {
 /// The CPU time of a sandboxed step reaches this process's `RUSAGE_CHILDREN` (what
 /// `schedule.cpu_per_day` counts) only through the sandbox's pid 1, which reaps the step; but
 /// bwrap returns as soon as that pid 1 reports the step's status, without waiting for it, and
-/// the reaping (with the CPU time) would go to the system's init. As a child subreaper, this
-/// process is given the orphan and reaps it itself. Orphans it was given before and that are
-/// gone are reaped here too (no step runs at this point, so no status anyone waits for is taken).
-fn adopt_orphans() {
-    let _ = nix::sys::prctl::set_child_subreaper(true);
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
+/// the reaping (with the CPU time) would go to the system's init. While a sandboxed step runs,
+/// this process is a child subreaper: it is given that pid 1 and reaps it itself (`reap`).
+/// Nothing else can become its orphan then: everything else of the step lives and dies in the
+/// sandbox's pid namespace. Only that pid is ever waited for: another thread's child is not
+/// ours to reap.
+fn adopt_orphans(on: bool) {
+    let _ = nix::sys::prctl::set_child_subreaper(on);
 }
 
 /// Waits (a few seconds at most) for the sandbox's pid 1 if it became this process's child.
@@ -159,7 +156,7 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
         crate::sandbox::sys::low_priority(&mut cmd);
     }
     if spec.sandbox.is_some() {
-        adopt_orphans();
+        adopt_orphans(true);
     }
     // Its baseline (the trees, the filesystem, the machine's shared memory) is taken before
     // the step starts.
@@ -235,6 +232,9 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     let _ = killpg(pgid, Signal::SIGKILL);
     if let Some(init) = init {
         reap(init);
+    }
+    if spec.sandbox.is_some() {
+        adopt_orphans(false);
     }
     // Everything holding the pipe is gone, and the copy ends with what was written; but an
     // unsandboxed step may leave a process that escaped its group (setsid) holding it: the log

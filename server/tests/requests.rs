@@ -364,6 +364,7 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     let (status, granted) = lease(&s, "b1", 0);
     assert_eq!(status, 200, "the slot is open for another builder: {granted}");
     let mut red = common::report("red");
+    red["result"] = "failure".into();
     red["builder"] = "b1".into();
     red["lease"] = granted["lease"].clone();
     assert_eq!(s.send_as("b1", key(2), red.to_string().as_bytes()).0, 201);
@@ -371,7 +372,10 @@ fn a_report_closes_its_lease(backend: Backend) -> TestResult {
     assert_eq!((r["state"].as_str(), r["done"].as_u64()), (Some("done"), Some(1)), "a red build answers: {r}");
     let page = s.get("/projects/demo/requests").1;
     assert!(page.contains("declined by its volunteer: recipe refused: the recipe expired"), "{page}");
-    assert!(page.contains("✔ answered") && !page.contains("✔ done"), "{page}");
+    // Answered, and red: never a green tick for a failed build.
+    assert_eq!(r["attempts"][1]["result"], "failure", "{r}");
+    assert!(page.contains("answered: <span class=\"failure\">✘ failed</span>"), "{page}");
+    assert!(!page.contains("✔ answered") && !page.contains("✔ done"), "{page}");
     Ok(())
 }
 

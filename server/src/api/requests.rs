@@ -204,6 +204,8 @@ pub struct AttemptView {
     pub build_url: Option<String>,
     /// Why its builder declined it (state `declined`).
     pub reason: Option<String>,
+    /// Its build's result, once finished (`success`, `failure`, …): an answered slot may be red.
+    pub result: Option<String>,
 }
 
 /// A project's newest requests with their attempts (two queries).
@@ -211,6 +213,8 @@ pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Resu
     let rows: Vec<BuildRequest> = requests::list(conn, project_id, limit)?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let attempts = requests::attempts(conn, &ids)?;
+    let build_ids: Vec<i64> = attempts.iter().filter_map(|(l, _)| l.build_id).collect();
+    let results = crate::db::builds::results(conn, &build_ids)?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -227,6 +231,7 @@ pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Resu
                     build: l.build_id,
                     build_url: l.build_id.map(|b| format!("{base}/builds/{b}")),
                     reason: l.reason.clone(),
+                    result: l.build_id.and_then(|b| results.get(&b).cloned().flatten()),
                 })
                 .collect();
             let n = |s: &str| mine.iter().filter(|a| a.state == s).count();

@@ -520,6 +520,16 @@ pub fn previous_decided(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Buil
         .optional()
 }
 
+/// The results of these builds (none while one runs), by id: one query.
+pub fn results(conn: &mut DbConn, ids: &[i64]) -> QueryResult<std::collections::HashMap<i64, Option<String>>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(i64, Option<String>)> =
+        builds::table.filter(builds::id.eq_any(ids)).select((builds::id, builds::result)).load(conn)?;
+    Ok(rows.into_iter().collect())
+}
+
 /// For a red build: the first red build of this builder and branch after its last green one.
 pub fn failing_since(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
     let same = || finished_history(b);
