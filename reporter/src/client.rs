@@ -52,6 +52,11 @@ impl Client {
         Client { agent, base: base_url(server), builder: builder.to_owned(), key, backoff }
     }
 
+    /// The same server and key, as another builder name.
+    pub fn as_builder(&self, builder: &str) -> Client {
+        Client { builder: builder.to_owned(), ..self.clone() }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

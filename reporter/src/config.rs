@@ -79,6 +79,11 @@ pub struct Project {
     /// server where the usual name was taken.
     #[serde(default)]
     pub builder: Option<String>,
+    /// This machine's private key for that server (default: the top-level `key`). `join` gives
+    /// every further server a key of its own: a body signed for one server (a lease, a renewal,
+    /// a report) then means nothing to another, so no server can replay it elsewhere.
+    #[serde(default)]
+    pub key: Option<String>,
     #[serde(default = "BranchName::main")]
     pub branch: BranchName,
     /// Where the source lives and steps run.
@@ -211,6 +216,20 @@ impl Config {
         for c in &self.capabilities {
             tbox_protocol::validate_name("capabilities", c, 64)?;
         }
+        // One key per server and name: the server knows the builder by one key at a time.
+        let mut key_of_site: std::collections::HashMap<(&str, &str), &str> = std::collections::HashMap::new();
+        for p in &self.projects {
+            let key = p.key.as_deref().unwrap_or(&self.key);
+            let site = (self.server_of(p), self.builder_of(p));
+            if let Some(other) = key_of_site.insert(site, key).filter(|k| *k != key) {
+                bail!(
+                    "project {:?}: key {key:?}, while another project on {} as {} uses {other:?}: one key per server",
+                    p.name,
+                    site.0,
+                    site.1
+                );
+            }
+        }
         Ok(())
     }
 
@@ -250,10 +269,28 @@ impl Config {
         let legacy = state_dir().join("spool");
         let Ok(entries) = std::fs::read_dir(&legacy) else { return };
         let target = self.spool_dir();
+        // Only the reports of this config's projects on its top-level server: another config
+        // (or a project on another server) must not take them elsewhere.
+        let mine: Vec<&str> = self
+            .projects
+            .iter()
+            .filter(|p| self.server_of(p) == self.server.trim_end_matches('/'))
+            .map(|p| p.name.as_str())
+            .collect();
         for e in entries.flatten() {
             let path = e.path();
-            let spooled = path.extension().is_some_and(|x| x == "json" || x == "sig");
-            if spooled && path.is_file() && std::fs::create_dir_all(&target).is_ok() {
+            if path.extension().is_none_or(|x| x != "json") || !path.is_file() {
+                continue;
+            }
+            let project = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["project"].as_str().map(str::to_owned));
+            if project.is_some_and(|p| mine.contains(&p.as_str())) && std::fs::create_dir_all(&target).is_ok() {
+                let sig = path.with_extension("sig");
+                if sig.is_file() {
+                    let _ = std::fs::rename(&sig, target.join(sig.file_name().unwrap_or_default()));
+                }
                 let _ = std::fs::rename(&path, target.join(e.file_name()));
             }
         }
@@ -294,6 +331,7 @@ impl Config {
                 keys.push(k);
             }
         }
+        let key_of = |p: &Project| p.key.clone().unwrap_or_else(|| self.key.clone());
         for (server, builder) in keys {
             let projects: Vec<Project> = self
                 .projects
@@ -306,9 +344,11 @@ impl Config {
                 continue;
             }
             let own_spool = (server, builder) != top;
+            let key = projects.first().map_or_else(|| self.key.clone(), key_of);
             sites.push(Config {
                 server: server.to_owned(),
                 builder: builder.to_owned(),
+                key,
                 // A spool set by hand is the top-level server's; others get a folder in it.
                 spool: self
                     .spool

@@ -95,10 +95,13 @@ pub fn record(entry: &Entry) {
 /// Every entry kept, oldest first. Lines that do not read (a torn write, an older format) are
 /// skipped.
 pub fn entries() -> Vec<Entry> {
+    // Read as bytes: one damaged byte must not hide the whole record.
     [rotated(), file()]
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<Entry>>())
+        .filter_map(|p| std::fs::read(p).ok())
+        .flat_map(|bytes| {
+            bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect::<Vec<Entry>>()
+        })
         .collect()
 }
 

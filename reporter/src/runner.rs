@@ -160,7 +160,11 @@ pub fn run(spec: &Spec<'_>, log: &File, mut tick: impl FnMut(Duration)) -> Endin
     }
     // Its baseline (the trees, the filesystem, the machine's shared memory) is taken before
     // the step starts.
-    let mut watch = spec.sandbox.map(|s| Watch::new(s.limits(), s.disk_meter()));
+    let mut watch = spec.sandbox.map(|s| {
+        let mut w = Watch::new(s.limits(), s.disk_meter());
+        w.low_priority = spec.low_priority;
+        w
+    });
     let spawned = cmd.spawn();
     // Ours are closed, so that the step's end is the pipe's end.
     drop(cmd);

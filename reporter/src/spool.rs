@@ -32,11 +32,20 @@ const STALE: Duration = Duration::from_secs(3600);
 /// Digits of the report id kept in a spooled report's name.
 const DIGEST_LEN: usize = 16;
 
+/// Reports one spool keeps at most: weeks of builds for a machine that builds every 15 minutes.
+pub const MAX_WAITING: usize = 5000;
+
 /// Writes a signed report atomically; returns the path of its `.json`. On failure nothing of
 /// it is left behind.
 pub fn save(dir: &Path, body: &[u8], signature: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create spool {}", dir.display()))?;
     sweep(dir, STALE);
+    // A server that keeps answering something else than a tbox server must not fill the disk
+    // one report at a time.
+    let waiting = pending(dir)?.len();
+    if waiting >= MAX_WAITING {
+        anyhow::bail!("the spool {} is full ({waiting} reports wait; `tbox-report flush` sends them)", dir.display());
+    }
     let now = chrono::Utc::now();
     // Sortable by name = oldest first.
     let stem = format!("{}-{}", now.format("%Y%m%dT%H%M%S%.9fZ"), &tbox_protocol::report_id(body)[..DIGEST_LEN]);
@@ -189,7 +198,11 @@ pub fn flush(dir: &Path, client: &Client) -> anyhow::Result<Flushed> {
         }
         // Spooled by an older tbox-report, which kept no signature: its name vouches for it.
         let signature = stored.unwrap_or_else(|| client.sign(&body));
-        match client.submit(&body, &signature) {
+        // Sent as the builder it names: one server's spool holds the reports of every name
+        // this machine has there (a project may give another `builder`), all with one key.
+        let named = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let as_named = named.as_ref().and_then(|v| v["builder"].as_str()).map(|b| client.as_builder(b));
+        match as_named.as_ref().unwrap_or(client).submit(&body, &signature) {
             Sent::Delivered(_) => {
                 std::fs::remove_file(path)?;
                 let _ = std::fs::remove_file(&sig_path);

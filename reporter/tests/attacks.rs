@@ -990,3 +990,51 @@ fn use_hidden_from_the_watcher_still_counts() -> TestResult {
     assert!(logs[5].contains("OOM 1000"), "{}", logs[5]);
     Ok(())
 }
+
+/// Round four: a server that hands out a lease to refuse on every poll (and answers reports
+/// with a web page) held serve in a loop: 272 leases in 20 s, the spool filling by one report
+/// each, other servers never asked; one that answered "no work" at once made serve spin.
+#[test]
+fn a_server_handing_out_leases_to_refuse_gets_little_of_the_machine() -> TestResult {
+    if !have_bwrap() {
+        return Ok(());
+    }
+    let w = World::new(&["demo"]);
+    let (k, _) = project(&w, ANY_BRANCH);
+    let mirror = Mirror::new(&w.base);
+    join_and_approve(&w, &mirror.base, "demo", &k.public_key().fingerprint());
+    tamper_lease(&mirror, json!({"branch": "-x"}));
+    mirror.on(|r| (r.path == "/api/v1/reports").then(|| Reply::new(200, "text/html", "<html>portal</html>")));
+    for _ in 0..50 {
+        w.admin(&["request", "add", "demo", "--branch", "main"]);
+    }
+    let out = serve_for(&w, Duration::from_secs(6));
+    let leases = mirror.requests_to("/api/v1/leases").len();
+    assert!(leases <= 2, "{leases} leases taken in 6 s: {}", stderr(&out));
+    assert!(stderr(&out).contains("names branch"), "{}", stderr(&out));
+    let spooled = std::fs::read_dir(w.dir.join("home/.local/state/tbox/spool"))
+        .map_or(0, |d| d.flatten().flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten()).count());
+    assert_eq!(spooled, 0, "declines were spooled");
+
+    // "No work", at once, every time: asked again only after the wait.
+    mirror.clear();
+    mirror.on(|r| (r.path == "/api/v1/leases").then(|| Reply::new(204, "application/json", "")));
+    let before = mirror.requests_to("/api/v1/leases").len();
+    let out = serve_for(&w, Duration::from_secs(5));
+    let asked = mirror.requests_to("/api/v1/leases").len() - before;
+    assert!(asked <= 2, "{asked} polls in 5 s: {}", stderr(&out));
+    Ok(())
+}
+
+/// `serve` for a while, then SIGTERM.
+fn serve_for(w: &World, how_long: Duration) -> std::process::Output {
+    let child = w
+        .volunteer_at("home", &["serve", "--every", "100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(how_long);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    child.wait_with_output().unwrap()
+}

@@ -57,6 +57,16 @@ fn one_config_builds_for_two_servers_one_build_at_a_time() -> TestResult {
     let config = one.config();
     assert_eq!(config.matches("[[project]]").count(), 2, "{config}");
     assert_eq!(config.matches(&format!("server  = \"{}\"", two.base)).count(), 1, "{config}");
+    // A key of its own there: what it signs for one server means nothing to the other.
+    let fingerprints = |w: &World| -> Vec<Value> {
+        w.get("/api/v1/builders/vol")["keys"].as_array().unwrap().iter().map(|k| k["fingerprint"].clone()).collect()
+    };
+    let (on_one, on_two) = (fingerprints(&one), fingerprints(&two));
+    assert!(
+        !on_one.is_empty() && !on_two.is_empty() && on_one.iter().all(|f| !on_two.contains(f)),
+        "{on_one:?} {on_two:?}"
+    );
+    assert!(config.contains("builder-127.0.0.1_"), "{config}");
 
     // status: both servers, approved, nothing built yet.
     let out = one.volunteer(&["status", "--json"]);
@@ -136,7 +146,10 @@ fn the_schedule_and_low_priority_hold() -> TestResult {
         return Ok(());
     }
     let w = World::new(&["demo"]);
-    let (fp, _) = project_with(&w, "demo", "nice; ionice -p $$");
+    // Its niceness, its scheduling group's (after the watcher's first look), its I/O priority
+    // after trying to raise it.
+    let (fp, _) =
+        project_with(&w, "demo", "nice; sleep 1; cat /proc/self/autogroup; ionice -c2 -n0 -p $$; ionice -p $$");
     join_and_approve(&w, &w.base, "demo", &fp);
     // Any day but today.
     let today = chrono::Local::now().format("%a").to_string().to_lowercase();
@@ -159,6 +172,9 @@ fn the_schedule_and_low_priority_hold() -> TestResult {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let log = w.newest("demo").1.join("");
     assert!(log.contains("19\n") && log.contains("best-effort: prio 7"), "{log}");
+    assert!(!log.contains("prio 0"), "the step raised its I/O priority: {log}");
+    let group = log.lines().find(|l| l.starts_with("/autogroup-"));
+    assert!(group.is_none_or(|g| g.ends_with("nice 19")), "its own scheduling group outweighs the volunteer's: {log}");
 
     // A typo is said when the config loads, not at night.
     std::fs::write(&config, format!("{text}\n[schedule]\nhours = \"22:00-7\"\n"))?;

@@ -22,6 +22,16 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         if sites.len() > 1 {
             crate::say!("--- {} (builder {})", config.server, config.builder);
         }
+        let key = if config.key_path() == all.key_path() { key.clone() } else { keyfile::load(&config.key_path())? };
+        if sites.iter().any(|s| s.server != config.server && s.key_path() == config.key_path()) {
+            crate::say!(
+                "key      ! {} is also this machine's key on another server: either server could replay what \
+                 it signs (leases, reports) to the other. Give this server a key of its own (`tbox-report keygen \
+                 --out FILE`, `key = \"FILE\"` in its projects, then `tbox-report register --project P`)",
+                config.key_path().display()
+            );
+            problems += 1;
+        }
         problems += check_site(config, &key);
     }
     if problems > 0 {

@@ -125,18 +125,23 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_else(config::config_dir);
     let (builder, key_path) = match &existing {
         Some(c) => match site_builder(c, &server) {
-            // This machine has a name on that server already: it keeps it.
-            Some(b) => {
-                if args.builder.as_ref().is_some_and(|given| given != b) {
+            // This machine has a name (and a key) on that server already: it keeps them.
+            Some((b, key)) => {
+                if args.builder.as_ref().is_some_and(|given| *given != b) {
                     bail!(
                         "this machine is builder {b} on {server}; --builder cannot rename it (`tbox-report register \
                          --builder NAME --project P` does)"
                     );
                 }
-                (b.to_owned(), c.key_path())
+                (b, key)
             }
-            // A new server: the usual name, or the one given (where the usual one is taken).
-            None => (args.builder.clone().unwrap_or_else(|| c.builder.clone()), c.key_path()),
+            // A new server: the usual name, or the one given (where the usual one is taken), and
+            // a key of its own, so that what this machine signs for one server is nothing to
+            // another (a lease or report body replayed there).
+            None => (
+                args.builder.clone().unwrap_or_else(|| c.builder.clone()),
+                config_dir.join(format!("builder-{}.pem", config::server_id(&server))),
+            ),
         },
         None => (args.builder.clone().unwrap_or_else(default_builder), config_dir.join("builder.pem")),
     };
@@ -205,6 +210,10 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
             block.push_str(&format!("server  = {}   # not the top-level server\n", quoted(&server)));
             if builder != c.builder {
                 block.push_str(&format!("builder = {}   # this machine's name on that server\n", quoted(&builder)));
+            }
+            if key_path != c.key_path() {
+                let k = key_path.display().to_string();
+                block.push_str(&format!("key     = {}   # this machine's key on that server\n", quoted(&k)));
             }
         }
         text.push_str(&block);
@@ -317,12 +326,9 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
     Ok((server.to_owned(), project.to_owned()))
 }
 
-/// This machine's builder name on `server`, if the config has one there already.
-fn site_builder<'a>(config: &'a Config, server: &str) -> Option<&'a str> {
-    if config.server.trim_end_matches('/') == server {
-        return Some(&config.builder);
-    }
-    config.projects.iter().find(|p| config.server_of(p) == server).map(|p| config.builder_of(p))
+/// This machine's builder name and key on `server`, if the config has them there already.
+fn site_builder(config: &Config, server: &str) -> Option<(String, PathBuf)> {
+    config.sites().into_iter().find(|s| s.server == server).map(|s| (s.builder.clone(), s.key_path()))
 }
 
 /// Asks a person to confirm the project's key. None: no terminal, or not confirmed.

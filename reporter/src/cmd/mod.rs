@@ -61,15 +61,15 @@ fn load(common: &Common) -> anyhow::Result<(Config, Client)> {
 fn load_sites(common: &Common) -> anyhow::Result<(Config, Vec<(Config, Client)>)> {
     let config = Config::load(&config::config_path(common.config.as_deref()))?;
     config.adopt_legacy_spool();
-    let key = keyfile::load(&config.key_path())?;
     let sites = config
         .sites()
         .into_iter()
         .map(|site| {
-            let client = Client::new(&site.server, &site.builder, key.clone());
-            (site, client)
+            let key = keyfile::load(&site.key_path())?;
+            let client = Client::new(&site.server, &site.builder, key);
+            Ok((site, client))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     Ok((config, sites))
 }
 
@@ -87,10 +87,12 @@ fn load_for(common: &Common, project: &str) -> anyhow::Result<(Config, Client)> 
 /// Returns the exit code it deserves: `exit::ERROR` when it could be neither sent nor spooled.
 /// A finished report is also added to this machine's own record of what it built
 /// (`tbox-report log`), with the request it answered, if any.
+/// `spool_dir` None: a report not worth keeping when it cannot be sent now (a lease's
+/// decline: the lease has expired by the time it could go).
 pub(crate) fn deliver(
     report: &Report,
     client: &Client,
-    spool_dir: &Path,
+    spool_dir: Option<&Path>,
     request: Option<u64>,
     verbose: bool,
 ) -> anyhow::Result<u8> {
@@ -106,7 +108,7 @@ pub(crate) fn deliver(
 fn send_or_spool(
     report: &Report,
     client: &Client,
-    spool_dir: &Path,
+    spool_dir: Option<&Path>,
     verbose: bool,
     mut entry: Option<&mut crate::history::Entry>,
 ) -> anyhow::Result<u8> {
@@ -148,6 +150,11 @@ fn send_or_spool(
         }
         Sent::Unreachable(e) => format!("the server at {} could not be reached ({e})", client.base()),
         Sent::NotTbox(e) => e,
+    };
+    let Some(spool_dir) = spool_dir else {
+        fate("not sent", None);
+        eprintln!("tbox-report: {why}: the report for {} was not kept (it answered a lease)", report.project);
+        return Ok(exit::SPOOLED);
     };
     match spool::save(spool_dir, &body, &signature) {
         Ok(path) => {

@@ -87,5 +87,5 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         sandbox: None,
         lease: None,
     };
-    super::deliver(&report, &client, &config.spool_dir(), None, true)
+    super::deliver(&report, &client, Some(&config.spool_dir()), None, true)
 }

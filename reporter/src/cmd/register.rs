@@ -9,7 +9,7 @@ use crate::client::{Client, Sent};
 use crate::{config, exit};
 
 pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
-    let (all, sites) = super::load_sites(&args.common)?;
+    let (_, sites) = super::load_sites(&args.common)?;
     // The server of the projects named, when the config builds them; else the top-level one.
     let of = |name: &String| sites.iter().position(|(s, _)| s.projects.iter().any(|p| &p.name == name));
     let mut at: Vec<usize> = args.projects.iter().filter_map(of).collect();
@@ -18,7 +18,7 @@ pub fn run(args: &RegisterArgs) -> anyhow::Result<u8> {
         anyhow::bail!("these projects are built for different servers: register for each server's projects apart");
     }
     let (mut config, mut client) = sites.into_iter().nth(at.first().copied().unwrap_or(0)).context("no server")?;
-    let key = crate::keyfile::load(&all.key_path())?;
+    let key = crate::keyfile::load(&config.key_path())?;
     let renamed = args.builder.as_ref().filter(|b| **b != config.builder);
     if let Some(name) = renamed {
         tbox_protocol::validate_name("builder", name, 64)?;

@@ -37,6 +37,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     let mut not_asking = HashMap::new();
     let mut said_paused = None;
     let mut said_not_now = None;
+    // Servers not to be asked again before a time (see `rest`).
+    let mut resting: HashMap<String, Rest> = HashMap::new();
     eprintln!("tbox-report serve: started (periodic builds every {} s)", args.every);
     while !runner::stopping() && args.max_builds.is_none_or(|m| built < m) {
         // Read again each round, so that a `join` or an edit takes effect without a restart.
@@ -69,27 +71,53 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         // Each server in turn, sharing the wait: a lease is taken only when it can be built at
         // once, so never from two servers at the same time.
         let wait = (WAIT / sites.len().max(1) as u64).max(10);
-        let (mut asked, mut leased) = (false, false);
+        let mut leased = false;
         for (site, client) in &sites {
             if runner::stopping() || super::pause::paused().is_some() {
                 break;
             }
+            if resting.get(&site.server).is_some_and(|r| r.until > Instant::now()) {
+                continue;
+            }
+            let asked_at = Instant::now();
             let asked_one = take_lease(site, client, &mut not_asking, wait, args.common.verbose);
             match asked_one.map(|a| match a {
                 Asked::Leased(l) => Ok(*l),
                 other => Err(other),
             }) {
-                Ok(Err(Asked::NoWork)) => asked = true,
-                Ok(Err(_)) => {}
+                Ok(Err(Asked::NoWork)) => {
+                    // A server answering "no work" at once instead of holding the poll is not
+                    // asked again before the wait is over: no spinning on it.
+                    rest(&mut resting, &site.server, asked_at + Duration::from_secs(wait), None);
+                }
+                Ok(Err(_)) => {
+                    // Nothing there this machine would build now: looked at again in a minute.
+                    rest(&mut resting, &site.server, asked_at + Duration::from_secs(WAIT), None);
+                }
                 Ok(Ok(Leased::Work(project, job))) => {
-                    code = exit::worst(code, build_leased(site, client, &project, &job, args.common.verbose)?);
+                    resting.remove(&site.server);
+                    // The wait may have outlasted the schedule (or the load may have risen):
+                    // the slot goes back at once rather than being built out of hours.
+                    let outcome = match site.not_now() {
+                        Some(why) => {
+                            let why = format!("this machine does not build now: {why}");
+                            eprintln!("tbox-report serve: lease {} declined: {why}", job.lease);
+                            run::decline(site, client, &project, (job.lease, job.request), &job.branch, &why, false)?
+                        }
+                        None => build_leased(site, client, &project, &job, args.common.verbose)?,
+                    };
+                    code = exit::worst(code, outcome);
                     built += 1;
                     leased = true;
                     break;
                 }
                 Ok(Ok(Leased::Unusable { project, lease, request, why })) => {
-                    // Nothing of it reaches git: the project hears why on its request.
+                    // Nothing of it reaches git: the project hears why on its request. It counts
+                    // against the project's budget, and the server rests a while longer each
+                    // time: one that keeps handing out leases to refuse gets little of this
+                    // machine's time, and the other servers are asked meanwhile.
                     eprintln!("tbox-report serve: lease {lease} refused: {why}");
+                    spend(site, &project.name);
                     let outcome = run::decline(
                         site,
                         client,
@@ -101,13 +129,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
                     )?;
                     code = exit::worst(code, outcome);
                     built += 1;
-                    leased = true;
-                    break;
+                    let backoff = resting.get(&site.server).map_or(REST_FIRST, |r| (r.backoff * 2).min(REST_MOST));
+                    rest(&mut resting, &site.server, Instant::now() + backoff, Some(backoff));
                 }
                 Err(e) => {
                     eprintln!("tbox-report serve: asking {} for work: {e}", site.server);
-                    asked = true;
-                    pause(Duration::from_secs(30 / sites.len().max(1) as u64));
+                    rest(&mut resting, &site.server, asked_at + Duration::from_secs(30), None);
                 }
             }
         }
@@ -115,9 +142,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
             // Straight back to asking: requests come before periodic builds.
             continue;
         }
-        if !asked {
-            // Nothing this machine may ask for anywhere (budgets spent, recipes refused…).
-            pause(Duration::from_secs(WAIT));
+        // Until the first server may be asked again (each one waits its turn).
+        let next = sites
+            .iter()
+            .map(|(s, _)| resting.get(&s.server).map_or_else(Instant::now, |r| r.until))
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(WAIT));
+        let idle = next.saturating_duration_since(Instant::now()).min(Duration::from_secs(WAIT));
+        if !idle.is_zero() {
+            pause(idle.max(Duration::from_secs(1)));
         }
         if Instant::now() >= next_periodic && !runner::stopping() {
             let periodic = RunArgs { project: None, force: false, common: args.common.clone() };
@@ -154,6 +187,23 @@ pub fn running() -> Option<serde_json::Value> {
         return None;
     }
     Some(serde_json::from_str(&std::io::read_to_string(f).unwrap_or_default()).unwrap_or_default())
+}
+
+/// How long a server that handed out a lease this machine refused is left alone, at first and
+/// at most (doubling each time in between).
+const REST_FIRST: Duration = Duration::from_secs(30);
+const REST_MOST: Duration = Duration::from_secs(15 * 60);
+
+/// A server not to be asked before `until`; `backoff`: the last rest after a refused lease.
+struct Rest {
+    until: Instant,
+    backoff: Duration,
+}
+
+/// Leaves `server` alone until `until`; a refused lease's backoff is kept for the next one.
+fn rest(resting: &mut HashMap<String, Rest>, server: &str, until: Instant, backoff: Option<Duration>) {
+    let kept = resting.get(server).map_or(Duration::ZERO, |r| r.backoff);
+    resting.insert(server.to_owned(), Rest { until, backoff: backoff.unwrap_or(kept) });
 }
 
 /// Sleeps, but wakes at once to stop.

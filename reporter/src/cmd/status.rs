@@ -25,7 +25,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<u8> {
             continue;
         }
         let standing = build::standing(site, client);
-        let state = standing.as_ref().map_or("unreachable", |s| s.status.as_str()).to_owned();
+        // The server's word, shown: escaped and short, in the JSON as on the terminal.
+        let state: String =
+            printable(standing.as_ref().map_or("unreachable", |s| s.status.as_str())).chars().take(64).collect();
         let projects: Vec<Value> = site
             .projects
             .iter()

@@ -6,6 +6,8 @@
 //!   A key of the volunteer's (a login token in their user keyring) is listed in `/proc/keys`
 //!   by serial, and a process of the same uid may link it into a keyring of its own and read
 //!   it. Docker's default profile blocks the same three for the same reason.
+//! - `ioprio_set`: steps run at the lowest best-effort I/O priority when the volunteer wants their
+//!   own work first (`priority = "low"`), and a process may raise its own within that class.
 //! - `memfd_create`, `memfd_secret`: memory that no process maps is in no process's memory
 //!   figures, so a step could hold gigabytes outside its memory limit. Without them programs
 //!   fall back to files in `/dev/shm`, which is on disk here and counts against the disk limit.
@@ -37,23 +39,23 @@ const ARCH: u32 = 4;
 const X32_BIT: u32 = 0x4000_0000;
 
 /// An architecture's `AUDIT_ARCH_*`, and its numbers for add_key, request_key, keyctl,
-/// memfd_create and memfd_secret.
+/// memfd_create, memfd_secret and ioprio_set.
 struct Arch {
     audit: u32,
     clear: Option<u32>,
-    denied: [u32; 5],
+    denied: [u32; 6],
 }
 
 const ARCHES: &[Arch] = &[
     // x86_64, and x32 (same numbers with X32_BIT).
-    Arch { audit: 0xC000_003E, clear: Some(X32_BIT), denied: [248, 249, 250, 319, 447] },
+    Arch { audit: 0xC000_003E, clear: Some(X32_BIT), denied: [248, 249, 250, 319, 447, 251] },
     // i386, which an x86_64 machine runs too.
-    Arch { audit: 0x4000_0003, clear: None, denied: [286, 287, 288, 356, 447] },
+    Arch { audit: 0x4000_0003, clear: None, denied: [286, 287, 288, 356, 447, 289] },
     // aarch64 and riscv64 (the generic table).
-    Arch { audit: 0xC000_00B7, clear: None, denied: [217, 218, 219, 279, 447] },
-    Arch { audit: 0xC000_00F3, clear: None, denied: [217, 218, 219, 279, 447] },
+    Arch { audit: 0xC000_00B7, clear: None, denied: [217, 218, 219, 279, 447, 30] },
+    Arch { audit: 0xC000_00F3, clear: None, denied: [217, 218, 219, 279, 447, 30] },
     // 32-bit ARM (EABI), which many aarch64 machines run too.
-    Arch { audit: 0x4000_0028, clear: None, denied: [309, 310, 311, 385, 447] },
+    Arch { audit: 0x4000_0028, clear: None, denied: [309, 310, 311, 385, 447, 314] },
 ];
 
 /// The filter, as the bytes bwrap reads from its `--seccomp` descriptor.

@@ -93,11 +93,23 @@ fn tree(init: i32) -> Option<Vec<i32>> {
 }
 
 /// Tasks and memory of the sandbox whose pid 1 (seen from here) is `init`, every process's OOM
-/// priority held at the first to go (1000). None when it is gone.
-pub fn usage(init: i32) -> Option<Usage> {
+/// priority held at the first to go (1000), and with `low_priority` every process's scheduling
+/// group (autogroup) at nice 19. None when it is gone.
+pub fn usage(init: i32, low_priority: bool) -> Option<Usage> {
     let mut total = Usage::default();
     for pid in tree(init)? {
         let dir = Path::new("/proc").join(pid.to_string());
+        if low_priority {
+            // bwrap's new session (and any `setsid` of the step's) is a scheduling group of its
+            // own, which the kernel weighs against the volunteer's as a whole, whatever its
+            // processes' nice: a nice-19 step would still get half the CPU. Its group is set to
+            // 19 too (raising a group's nice needs no privilege; lowering it, which the step
+            // would need to undo this, does).
+            let group = dir.join("autogroup");
+            if std::fs::read_to_string(&group).is_ok_and(|g| !g.trim_end().ends_with("nice 19")) {
+                let _ = std::fs::write(&group, "19");
+            }
+        }
         let Ok(status) = std::fs::read_to_string(dir.join("status")) else { continue };
         let (mut anon, mut shmem) = (0, 0);
         for line in status.lines() {
@@ -244,6 +256,8 @@ pub struct Watch {
     shmem_at_start: Option<u64>,
     /// The most seen at once, for the step's log.
     pub peak: Usage,
+    /// Holds the step's scheduling groups at nice 19 (config `priority = "low"`).
+    pub low_priority: bool,
 }
 
 impl Watch {
@@ -266,6 +280,7 @@ impl Watch {
             fs_at_start,
             shmem_at_start: machine_shmem(),
             peak: Usage::default(),
+            low_priority: false,
         }
     }
 
@@ -275,7 +290,7 @@ impl Watch {
             self.init = inner_init(bwrap).map(|(pid, _)| pid);
             self.init_shared.store(self.init.unwrap_or(0), Ordering::Relaxed);
         }
-        if let Some(u) = self.init.and_then(usage) {
+        if let Some(u) = self.init.and_then(|init| usage(init, self.low_priority)) {
             self.peak.tasks = self.peak.tasks.max(u.tasks);
             self.peak.memory = self.peak.memory.max(u.memory);
             if u.shielded {

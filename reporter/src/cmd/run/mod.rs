@@ -367,7 +367,7 @@ fn run_project(
             let mut report = finish(project, config, super::new_uuid(), not_built(), started_at, vec![s], Vec::new());
             mark(&mut report, &plan, None, config.sandbox_for(project));
             report.lease = lease;
-            let delivered = super::deliver(&report, client, &config.spool_dir(), request, verbose)?;
+            let delivered = super::deliver(&report, client, Some(&config.spool_dir()), request, verbose)?;
             if delivered == exit::OK || delivered == exit::SPOOLED {
                 if let Some(dir) = marker.parent() {
                     let _ = std::fs::create_dir_all(dir);
@@ -605,7 +605,7 @@ fn run_project(
     let mut report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
     mark(&mut report, &plan, sandbox.as_ref(), config.sandbox_for(project));
     report.lease = lease;
-    let delivered = super::deliver(&report, client, &config.spool_dir(), request, verbose)?;
+    let delivered = super::deliver(&report, client, Some(&config.spool_dir()), request, verbose)?;
     let code = exit::worst(floor, delivered);
     if delivered == exit::OK || delivered == exit::SPOOLED {
         // Delivered or safely spooled: this revision is reported. (Refused: it is not, and a

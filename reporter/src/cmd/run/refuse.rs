@@ -61,7 +61,10 @@ pub(super) fn refuse(
     let mut report = finish(project, config, crate::cmd::new_uuid(), revision.to_owned(), now, vec![step], Vec::new());
     // A leased build refused still answers its lease: the project sees why on the request.
     report.lease = lease;
-    let delivered = crate::cmd::deliver(&report, client, &config.spool_dir(), request, verbose)?;
+    // A refusal answering a lease goes now or never: kept, a server handing out leases to
+    // refuse could fill the spool with them, and the lease is gone by the time it could go.
+    let spool = lease.is_none().then(|| config.spool_dir());
+    let delivered = crate::cmd::deliver(&report, client, spool.as_deref(), request, verbose)?;
     if delivered == exit::OK || delivered == exit::SPOOLED {
         if let Some(dir) = marker.parent() {
             let _ = std::fs::create_dir_all(dir);
