@@ -139,7 +139,7 @@ pub struct LogArgs {
     /// Only this project.
     #[arg(long, value_name = "P")]
     pub project: Option<String>,
-    /// The last N builds [default: 20; 0: all that are kept].
+    /// The last N builds (0: all that are kept).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub last: usize,
     /// As JSON lines, one build each.

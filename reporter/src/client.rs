@@ -52,6 +52,13 @@ impl Client {
         Client { agent, base: base_url(server), builder: builder.to_owned(), key, backoff }
     }
 
+    /// The same, trying each submission once: for sending the spool, where a server that
+    /// does not answer now is tried again at the next run anyway (the retries' 42 s would be
+    /// spent on every cron run while a server is down).
+    pub fn once(&self) -> Client {
+        Client { backoff: Vec::new(), ..self.clone() }
+    }
+
     /// The same server and key, as another builder name.
     pub fn as_builder(&self, builder: &str) -> Client {
         Client { builder: builder.to_owned(), ..self.clone() }

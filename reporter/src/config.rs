@@ -132,7 +132,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "there is no config {} yet: `tbox-report join https://SERVER/projects/NAME --key SHA256:…` makes it \
+                 (with the fingerprint the project publishes), or write one (see tbox's scripts/report.toml.example)",
+                path.display()
+            ),
+            r => r.with_context(|| format!("cannot read config {}", path.display()))?,
+        };
         let config: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
         config.check().with_context(|| format!("in {}", path.display()))?;

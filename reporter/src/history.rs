@@ -19,6 +19,9 @@ pub const ROTATE_AT: u64 = 1 << 20;
 /// One build, as this machine saw it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
+    /// The build's id (the report's `uuid`), to update its fate when a spooled report goes.
+    #[serde(default)]
+    pub uuid: String,
     pub finished_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub project: String,
@@ -44,6 +47,7 @@ impl Entry {
     pub fn of(report: &Report, server: &str, request: Option<u64>) -> Entry {
         let finished = report.finished_at.map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
         Entry {
+            uuid: report.uuid.clone(),
             finished_at: finished,
             started_at: report.started_at.with_timezone(&Utc),
             project: report.project.clone(),
@@ -76,13 +80,32 @@ fn rotated() -> PathBuf {
 /// Adds an entry. Best effort: a full disk must not turn a delivered build into an error, so
 /// trouble is said, not returned.
 pub fn record(entry: &Entry) {
+    match serde_json::to_vec(entry) {
+        Ok(line) => append(&line),
+        Err(e) => eprintln!("tbox-report: could not record this build: {e}"),
+    }
+}
+
+/// A spooled report has reached its server: its entry says so from now on (a line of its own,
+/// applied when the record is read).
+pub fn delivered(body: &[u8], url: Option<&str>) {
+    let Some(uuid) =
+        serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v["uuid"].as_str().map(str::to_owned))
+    else {
+        return;
+    };
+    let line = serde_json::json!({ "delivered": uuid, "url": url.map(crate::client::printable) });
+    append(line.to_string().as_bytes());
+}
+
+fn append(line: &[u8]) {
     let path = file();
     let result = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(config::state_dir())?;
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_AT) {
             std::fs::rename(&path, rotated())?;
         }
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        let mut line = line.to_vec();
         line.push(b'\n');
         // One write of one line in append mode: two processes never interleave within it.
         std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(&line)
@@ -96,13 +119,27 @@ pub fn record(entry: &Entry) {
 /// skipped.
 pub fn entries() -> Vec<Entry> {
     // Read as bytes: one damaged byte must not hide the whole record.
-    [rotated(), file()]
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .flat_map(|bytes| {
-            bytes.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect::<Vec<Entry>>()
-        })
-        .collect()
+    let mut out: Vec<Entry> = Vec::new();
+    for bytes in [rotated(), file()].iter().filter_map(|p| std::fs::read(p).ok()) {
+        for line in bytes.split(|b| *b == b'\n') {
+            if let Ok(e) = serde_json::from_slice::<Entry>(line) {
+                out.push(e);
+            } else if let Ok(Delivered { delivered, url }) = serde_json::from_slice(line)
+                && let Some(e) = out.iter_mut().rev().find(|e| !e.uuid.is_empty() && e.uuid == delivered)
+            {
+                e.report = "sent".into();
+                e.url = url;
+            }
+        }
+    }
+    out
+}
+
+/// The line [`delivered`] writes.
+#[derive(Deserialize)]
+struct Delivered {
+    delivered: String,
+    url: Option<String>,
 }
 
 /// The last entry of a project on a server.
@@ -118,6 +155,7 @@ mod tests {
     fn entries_round_trip_and_bad_lines_are_skipped() -> anyhow::Result<()> {
         let now = Utc::now();
         let e = Entry {
+            uuid: "u".into(),
             finished_at: now,
             started_at: now - chrono::TimeDelta::seconds(90),
             project: "demo".into(),

@@ -161,6 +161,7 @@ pub struct Flushed {
 /// `.reason` file beside it; on the first unreachable (or not-tbox) answer the rest stay for
 /// next time.
 pub fn flush(dir: &Path, client: &Client) -> anyhow::Result<Flushed> {
+    let client = &client.once();
     let mut done = Flushed::default();
     if !dir.is_dir() {
         return Ok(done);
@@ -203,7 +204,8 @@ pub fn flush(dir: &Path, client: &Client) -> anyhow::Result<Flushed> {
         let named = serde_json::from_slice::<serde_json::Value>(&body).ok();
         let as_named = named.as_ref().and_then(|v| v["builder"].as_str()).map(|b| client.as_builder(b));
         match as_named.as_ref().unwrap_or(client).submit(&body, &signature) {
-            Sent::Delivered(_) => {
+            Sent::Delivered(v) => {
+                crate::history::delivered(&body, v["url"].as_str());
                 std::fs::remove_file(path)?;
                 let _ = std::fs::remove_file(&sig_path);
                 done.delivered += 1;

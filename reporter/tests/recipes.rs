@@ -739,10 +739,11 @@ fn pause_and_resume_hold_for_run_and_serve() -> TestResult {
     }
     let w = World::new(&["demo"]);
     let key = volunteers_for_requests(&w, 1, 0);
-    // Nonsense durations: a message and exit 1, no pause (and no panic on an overflow).
+    // Nonsense durations: a message and exit 2 (a wrong command line), no pause (and no panic
+    // on an overflow).
     for bad in ["banana", "99999999d", "-1h"] {
         let out = w.volunteer_at("v0", &["pause", &format!("--for={bad}")]).output()?;
-        assert_eq!(out.status.code(), Some(1), "{bad}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
         assert!(stderr(&out).contains("--for") || stderr(&out).contains("duration"), "{bad}: {}", stderr(&out));
     }
     assert!(!w.dir.join("v0/.local/state/tbox/paused").exists());

@@ -424,7 +424,7 @@ fn a_second_concurrent_run_exits_without_building() -> TestResult {
     std::thread::sleep(Duration::from_millis(1000));
     let second = v.cmd(&["run"]);
     assert_eq!(second.status.code(), Some(0));
-    assert!(stderr(&second).contains("another run is building on this machine"), "{}", stderr(&second));
+    assert!(stderr(&second).contains("being built on this machine"), "{}", stderr(&second));
     let first = first.wait_with_output()?;
     assert!(first.status.success());
     assert_eq!(v.builds().len(), 1);

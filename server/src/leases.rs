@@ -18,13 +18,13 @@ use crate::db::{self, Pool, requests};
 /// How often the database is looked at.
 const TICK: Duration = Duration::from_secs(1);
 
-/// A counter that moves whenever there may be new work, the turn to look for it, and how many
-/// long polls each builder has waiting.
+/// A counter that moves whenever there may be new work, the turn to look for it, and for each
+/// builder how many long polls wait and the newest one's ticket.
 #[derive(Debug, Clone)]
 pub struct Work {
     changes: watch::Sender<u64>,
     turn: Arc<Semaphore>,
-    waiting: Arc<Mutex<HashMap<i64, usize>>>,
+    waiting: Arc<Mutex<HashMap<i64, (usize, u64)>>>,
 }
 
 impl Default for Work {
@@ -37,13 +37,25 @@ impl Default for Work {
 #[derive(Debug)]
 pub struct Waiting {
     builder: i64,
-    waiting: Arc<Mutex<HashMap<i64, usize>>>,
+    ticket: u64,
+    waiting: Arc<Mutex<HashMap<i64, (usize, u64)>>>,
+}
+
+impl Waiting {
+    /// Whether a newer poll of the same builder came since: a builder's `serve` asks on one
+    /// connection, so a newer poll means this one was given up (the volunteer paused, or
+    /// `serve` was killed and started again). A lease granted to it would go to nobody and
+    /// cost the request a no-show, and this builder its chance at the request.
+    pub fn superseded(&self) -> bool {
+        let w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.get(&self.builder).is_some_and(|(_, newest)| *newest != self.ticket)
+    }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = w.get_mut(&self.builder) {
+        if let Some((n, _)) = w.get_mut(&self.builder) {
             *n -= 1;
             if *n == 0 {
                 w.remove(&self.builder);
@@ -57,12 +69,13 @@ impl Work {
     /// has `max` waiting.
     pub fn wait_slot(&self, builder: i64, max: usize) -> Option<Waiting> {
         let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = w.entry(builder).or_insert(0);
+        let (n, newest) = w.entry(builder).or_insert((0, 0));
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(Waiting { builder, waiting: Arc::clone(&self.waiting) })
+        *newest += 1;
+        Some(Waiting { builder, ticket: *newest, waiting: Arc::clone(&self.waiting) })
     }
 
     /// Something changed: wake everyone waiting.

@@ -286,6 +286,18 @@ fn a_long_poll_answers_as_soon_as_work_appears(backend: Backend) -> TestResult {
     });
     assert_eq!(answer.0, 200, "{answer:?}");
     assert!(waited < Duration::from_secs(30), "{waited:?}");
+    // A poll given up (the volunteer paused, or serve was killed and started again) and a newer
+    // one of the same builder: the newer gets the work, the older ends at once with nothing,
+    // instead of taking a lease nobody would build.
+    let (older, newer) = std::thread::scope(|scope| {
+        let older = scope.spawn(|| lease(&s, "b0", 60));
+        std::thread::sleep(Duration::from_millis(500));
+        let newer = scope.spawn(|| lease(&s, "b0", 60));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(ask(&s, &json!({"branch": "main"}), key(1)).0, 201);
+        (older.join().unwrap(), newer.join().unwrap())
+    });
+    assert_eq!((older.0, newer.0), (204, 200), "{older:?} {newer:?}");
     Ok(())
 }
 

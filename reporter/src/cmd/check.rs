@@ -17,6 +17,8 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
         key.public_key().fingerprint()
     );
     let mut problems = 0;
+    // The sandbox is tried once per set of limits, not once per project.
+    let mut probed = std::collections::HashSet::new();
     let sites = all.sites();
     for config in &sites {
         if sites.len() > 1 {
@@ -32,7 +34,7 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
             );
             problems += 1;
         }
-        problems += check_site(config, &key);
+        problems += check_site(config, &key, &mut probed);
     }
     if problems > 0 {
         crate::say!("{problems} problem(s) found");
@@ -43,7 +45,11 @@ pub fn run(common: &Common) -> anyhow::Result<u8> {
 }
 
 /// What one server says of this machine, and its projects; the number of problems found.
-fn check_site(config: &Config, key: &tbox_protocol::PrivateKey) -> usize {
+fn check_site(
+    config: &Config,
+    key: &tbox_protocol::PrivateKey,
+    probed: &mut std::collections::HashSet<(u32, u64, u64)>,
+) -> usize {
     let client = Client::new(&config.server, &config.builder, key.clone());
     let mut problems = 0;
     match client.get_as_builder(&format!("/api/v1/builders/{}", config.builder)) {
@@ -129,7 +135,12 @@ fn check_site(config: &Config, key: &tbox_protocol::PrivateKey) -> usize {
                     p.name
                 );
             }
-            config::Mode::Auto => problems += protections(&workdir, config.limits_for(p)),
+            config::Mode::Auto => {
+                let l = config.limits_for(p);
+                if probed.insert((l.processes, l.memory, l.disk)) {
+                    problems += protections(&workdir, l);
+                }
+            }
         }
         match &p.recipe {
             Some(pin) => {

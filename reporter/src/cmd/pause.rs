@@ -43,11 +43,20 @@ pub fn paused() -> Option<Paused> {
 }
 
 pub fn pause(args: &PauseArgs) -> anyhow::Result<u8> {
-    let until = match args.duration.as_deref().map(config::parse_duration).transpose()? {
+    let parsed = match args.duration.as_deref().map(config::parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tbox-report: --for: {e:#}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let until = match parsed {
         None => None,
         Some(d) => {
-            let d = chrono::TimeDelta::from_std(d).ok().filter(|d| *d <= chrono::TimeDelta::days(366));
-            let d = d.context("--for: at most 366 days (without --for, the pause lasts until `resume`)")?;
+            let Some(d) = chrono::TimeDelta::from_std(d).ok().filter(|d| *d <= chrono::TimeDelta::days(366)) else {
+                eprintln!("tbox-report: --for: at most 366 days (without --for, the pause lasts until `resume`)");
+                return Ok(exit::USAGE);
+            };
             Some(Utc::now() + d)
         }
     };

@@ -23,6 +23,8 @@ use crate::{exit, runner};
 
 /// Seconds one long poll may wait for work.
 const WAIT: u64 = 60;
+/// Seconds each server's poll waits when serve asks several in turn.
+const SHORT_WAIT: u64 = 5;
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -59,7 +61,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
                 eprintln!("tbox-report serve: {why}; waiting");
                 said_not_now = Some(why);
             }
-            pause(Duration::from_secs(60));
+            // Looked at again soon: an edit of the schedule takes effect within seconds.
+            pause(Duration::from_secs(10));
             continue;
         }
         said_not_now = None;
@@ -70,7 +73,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
         }
         // Each server in turn, sharing the wait: a lease is taken only when it can be built at
         // once, so never from two servers at the same time.
-        let wait = (WAIT / sites.len().max(1) as u64).max(10);
+        // One server: a long wait. Several: short ones, so that work on the second server is
+        // not kept waiting behind the first one's poll for long.
+        let wait = if sites.len() > 1 { SHORT_WAIT } else { WAIT };
         let mut leased = false;
         for (site, client) in &sites {
             if runner::stopping() || super::pause::paused().is_some() {
@@ -91,20 +96,38 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
                     rest(&mut resting, &site.server, asked_at + Duration::from_secs(wait), None);
                 }
                 Ok(Err(_)) => {
-                    // Nothing there this machine would build now: looked at again in a minute.
-                    rest(&mut resting, &site.server, asked_at + Duration::from_secs(WAIT), None);
+                    // Nothing there this machine would build now: looked at again in a while (a
+                    // join, a recipe published or a budget renewed shows then).
+                    rest(&mut resting, &site.server, asked_at + Duration::from_secs(15), None);
                 }
                 Ok(Ok(Leased::Work(project, job))) => {
                     resting.remove(&site.server);
-                    // The wait may have outlasted the schedule (or the load may have risen):
-                    // the slot goes back at once rather than being built out of hours.
-                    let outcome = match site.not_now() {
+                    // The wait may have outlasted the schedule (or the load may have risen), or
+                    // the volunteer may have left the project meanwhile: the slot goes back at
+                    // once rather than being built out of hours or for a project left.
+                    let left = super::load_sites(&args.common)
+                        .map(|(_, now)| {
+                            !now.iter().any(|(s, _)| s.server == site.server && s.project(&project.name).is_ok())
+                        })
+                        .unwrap_or(false);
+                    let outcome = match site.not_now().or_else(|| left.then(|| "it left the project".to_owned())) {
                         Some(why) => {
                             let why = format!("this machine does not build now: {why}");
                             eprintln!("tbox-report serve: lease {} declined: {why}", job.lease);
                             run::decline(site, client, &project, (job.lease, job.request), &job.branch, &why, false)?
                         }
-                        None => build_leased(site, client, &project, &job, args.common.verbose)?,
+                        None => {
+                            // Said always: serve runs as a service, and its log is where the
+                            // volunteer looks.
+                            eprintln!(
+                                "tbox-report serve: building {} ({}) for {}, request {}",
+                                project.name,
+                                job.branch,
+                                site.server,
+                                job.request.map_or_else(|| "?".to_owned(), |r| r.to_string())
+                            );
+                            build_leased(site, client, &project, &job, true)?
+                        }
                     };
                     code = exit::worst(code, outcome);
                     built += 1;

@@ -77,7 +77,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<u8> {
             "open": closed.is_none(),
             "why_not": closed,
             "next_open": next_open.map(|t| t.to_rfc3339()),
-            "cpu_today_seconds": crate::schedule::cpu::used_on(now.date_naive()).as_secs(),
+            "cpu_today_seconds": (crate::schedule::cpu::used_on(now.date_naive()).as_secs_f64() * 10.0).round() / 10.0,
             "cpu_per_day": config.schedule.cpu_per_day,
         },
         "priority": if config.priority == Priority::Low { "low" } else { "normal" },
@@ -116,7 +116,7 @@ fn show(config: &Config, s: &Value) {
         rules.push("on mains power only".into());
     }
     if let Some(c) = &config.schedule.cpu_per_day {
-        let used = std::time::Duration::from_secs(sch["cpu_today_seconds"].as_u64().unwrap_or(0));
+        let used = std::time::Duration::from_secs_f64(sch["cpu_today_seconds"].as_f64().unwrap_or(0.0));
         rules.push(format!("{c} of CPU a day ({} used today)", crate::schedule::human(used)));
     }
     if let Some(l) = config.max_load {

@@ -156,7 +156,7 @@ pub async fn take(
     }
     // A builder's own `serve` waits on one connection: more is a replayed or runaway client,
     // which must not hold this process's memory and connections.
-    let Some(_waiting) = state.work.wait_slot(builder.id, POLLS_PER_BUILDER) else {
+    let Some(waiting) = state.work.wait_slot(builder.id, POLLS_PER_BUILDER) else {
         return Err(AppError::too_many(
             "too_many_polls",
             format!("builder {:?} already waits for work on {POLLS_PER_BUILDER} connections", builder.name),
@@ -170,6 +170,11 @@ pub async fn take(
         let (pool, projects, capabilities, ttl) =
             (state.pool.clone(), projects.clone(), ask.capabilities.clone(), state.lease_ttl);
         let turn = state.work.turn().await;
+        // Looked at with the turn held: no newer poll of this builder's can take a lease in
+        // this process meanwhile.
+        if waiting.superseded() {
+            return Ok(HttpResponse::NoContent().finish());
+        }
         let granted = web::block(move || -> Result<_, AppError> {
             let _turn = turn;
             let mut conn = pool.get()?;

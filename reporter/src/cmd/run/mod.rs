@@ -25,7 +25,7 @@ use self::plan::{Plan, Skip, plan};
 pub use self::refuse::decline;
 use self::refuse::{forget_refusal, refuse};
 use crate::cli::RunArgs;
-use crate::client::{Client, Sent, printable};
+use crate::client::{self, Client, Sent, printable};
 use crate::config::{self, Config, Mode, Project};
 use crate::runner::{self, Ending, Spec};
 use crate::sandbox::Sandbox;
@@ -52,6 +52,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     anyhow::ensure!(!config.projects.is_empty(), "the config has no [[project]] to build");
+    if let Some(b) = building() {
+        // One line for the run, not one per project: the next run builds what this one would.
+        let what = b["project"].as_str().map(client::printable).unwrap_or_else(|| "a project".into());
+        eprintln!(
+            "tbox-report: {what} is being built on this machine (serve or another run): one build at a time; nothing else starts now"
+        );
+        return Ok(exit::OK);
+    }
     let mut code = exit::OK;
     for (site, client) in &sites {
         let projects: Vec<&Project> =
@@ -64,10 +72,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         for project in projects {
             // Not allowed to report: the build would be thrown away, so it does not run.
             if let Some(why) = standing.as_ref().and_then(|s| s.refusal(site, &project.name)) {
-                eprintln!("tbox-report: {}: not built: {why}", project.name);
+                // Said when it changes (or with -v): while an admin has not approved the machine
+                // yet, cron runs every quarter of an hour and would say the same each time.
+                let marker = site.project_state("not-built", &project.name);
+                if args.common.verbose || std::fs::read_to_string(&marker).ok().as_deref() != Some(why.as_str()) {
+                    eprintln!("tbox-report: {}: not built: {why}", project.name);
+                    if let Some(dir) = marker.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let _ = std::fs::write(&marker, &why);
+                }
                 code = exit::worst(code, exit::REJECTED);
                 continue;
             }
+            let _ = std::fs::remove_file(site.project_state("not-built", &project.name));
             code = exit::worst(code, run_project(site, client, project, args.force, args.common.verbose, None)?);
         }
     }
@@ -296,6 +314,15 @@ fn run_project(
         None => exit::OK,
     };
     let floor = exit::worst(waiting, if flushed.corrupt > 0 { exit::ERROR } else { exit::OK });
+    // The server did not take the spool just now: this build's reports are tried once too and
+    // join the spool, rather than spending the retries' 42 s on every run while it is down.
+    let quick;
+    let client = if flushed.last_error.is_some() {
+        quick = client.once();
+        &quick
+    } else {
+        client
+    };
 
     let workdir = config::expand(&project.workdir);
     // What a report that built nothing names: the revision a leased request asked for (so that
