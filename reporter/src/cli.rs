@@ -34,6 +34,13 @@ Exit codes:
   5  refused: the project's keys or recipe do not check out against the fingerprint given;
      nothing was changed";
 
+/// Exit codes of `keygen`.
+const KEYGEN_EXIT_CODES: &str = "\
+Exit codes:
+  0  the key was written (mode 600), and its public half beside it
+  1  error here: the file exists already (never overwritten), or cannot be written
+  2  wrong command line";
+
 /// Exit codes of `status` and `log`.
 const STATUS_EXIT_CODES: &str = "\
 Exit codes:
@@ -72,8 +79,8 @@ pub struct Common {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make a new RSA key pair for this builder.
-    #[command(after_help = EXIT_CODES)]
+    /// Make a new RSA key pair for this builder (or for a project).
+    #[command(after_help = KEYGEN_EXIT_CODES)]
     Keygen(KeygenArgs),
     /// Ask the server to register this builder (an admin then approves it).
     #[command(after_help = EXIT_CODES)]
