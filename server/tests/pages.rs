@@ -181,6 +181,7 @@ fn pages_show_what_is_red_since_when_and_why(backend: Backend) -> TestResult {
     let (_, carol) = s.get(&format!("/builds/{c3}"));
     let (fail, pass) = (carol.find("TestParse").unwrap(), carol.find("TestLex").unwrap());
     assert!(fail < pass, "failed tests come first");
+    assert!(!carol.contains("fails only on"), "nobody else ran TestParse at rev3 yet: {carol}");
 
     // Builder page: history, success rate, keys.
     let (status, bob) = s.get("/projects/demo/builders/bob");
@@ -196,6 +197,19 @@ fn pages_show_what_is_red_since_when_and_why(backend: Backend) -> TestResult {
     insta::assert_snapshot!("console", normalise(&console));
     insta::assert_snapshot!("build", normalise(&page));
     insta::assert_snapshot!("builder", normalise(&bob));
+
+    // TestParse fails on carol and, once alice runs it too, passes on alice at the same
+    // revision: a platform failure, not a flaky test (DESIGN, "Results a project can trust
+    // from strangers"), said on carol's build page.
+    let passing = json!([{"suite": "parser", "name": "TestParse", "result": "passed", "duration_ms": 9}]);
+    let steps = vec![step("test", "success", "2026-11-02T14:00:00Z", "2026-11-02T14:10:00Z", "PASS\n", Some("test"))];
+    let report = build("alice", "a3-tests", "rev3cccccccc", 14, "success", steps, passing);
+    assert_eq!(s.send_as("alice", key(0), report.to_string().as_bytes()).0, 201);
+    let (_, carol) = s.get(&format!("/builds/{c3}"));
+    assert!(
+        carol.contains("fails only on carol</span> <span class=\"muted\">(passes on alice at this revision)"),
+        "{carol}"
+    );
     Ok(())
 }
 

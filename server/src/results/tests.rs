@@ -193,6 +193,65 @@ pub fn judge(conn: &mut DbConn, b: &Context<'_>, tests: &[(&str, &str, &str)]) -
     Ok(out)
 }
 
+/// For the failing tests `names` of a build: the other builders that passed each of them at
+/// the same revision, by (suite, name). A test failing here and passing there is not flaky: it
+/// "fails only on" this builder (a platform failure), which is what a build farm is for.
+/// Read when a page is shown, so that a builder reporting later counts too; bounded by the
+/// names asked for and by the (few) builds of one revision.
+pub fn passing_elsewhere(
+    conn: &mut DbConn,
+    project_id: i64,
+    revision: &str,
+    builder_id: i64,
+    names: &[(String, String)],
+) -> QueryResult<HashMap<(String, String), Vec<String>>> {
+    use crate::db::schema::builders;
+    let mut out: HashMap<(String, String), Vec<String>> = HashMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let others: HashMap<i64, String> = builds::table
+        .inner_join(builders::table)
+        .filter(builds::project_id.eq(project_id))
+        .filter(builds::revision.eq(revision))
+        .filter(builds::builder_id.ne(builder_id))
+        .select((builds::id, builders::name))
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .collect();
+    if others.is_empty() {
+        return Ok(out);
+    }
+    let ids: Vec<i64> = others.keys().copied().collect();
+    let wanted: HashSet<&(String, String)> = names.iter().collect();
+    let mut just_names: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+    just_names.sort_unstable();
+    just_names.dedup();
+    for chunk in just_names.chunks(CHUNK) {
+        let rows: Vec<(i64, String, String)> = test_results::table
+            .filter(test_results::build_id.eq_any(&ids))
+            .filter(test_results::name.eq_any(chunk))
+            .filter(test_results::result.eq("passed"))
+            .select((test_results::build_id, test_results::suite, test_results::name))
+            .load(conn)?;
+        for (build, suite, name) in rows {
+            let key = (suite, name);
+            if wanted.contains(&key)
+                && let Some(who) = others.get(&build)
+            {
+                let list = out.entry(key).or_default();
+                if !list.contains(who) {
+                    list.push(who.clone());
+                }
+            }
+        }
+    }
+    for list in out.values_mut() {
+        list.sort();
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

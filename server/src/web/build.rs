@@ -40,7 +40,7 @@ struct BriefView {
 pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, PageError> {
     let id = path.into_inner();
     let pool = state.pool.clone();
-    let (full, briefs, (prev, next), since, before, first) = web::block(move || -> Result<_, PageError> {
+    let (full, briefs, (prev, next), since, before, first, elsewhere) = web::block(move || -> Result<_, PageError> {
         let mut conn = pool.get()?;
         let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
         let mut briefs = Vec::new();
@@ -65,6 +65,21 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
                 });
             }
         }
+        // Which failing tests pass on other builders at this revision ("fails only on B").
+        let failing: Vec<(String, String)> = full
+            .tests
+            .iter()
+            .filter(|t| crate::results::tests::failed(&t.result))
+            .take(500)
+            .map(|t| (t.suite.clone(), t.name.clone()))
+            .collect();
+        let elsewhere = crate::results::tests::passing_elsewhere(
+            &mut conn,
+            full.build.project_id,
+            &full.build.revision,
+            full.build.builder_id,
+            &failing,
+        )?;
         let first = super::logs::first_error(&mut conn, id, &full.steps)?;
         let neighbours = builds::neighbours(&mut conn, &full.build)?;
         let red = builds::colour(full.build.result.as_deref()) == Some(false);
@@ -72,7 +87,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         let before = if red { builds::previous_decided(&mut conn, &full.build)? } else { None };
         let already = before.as_ref().is_some_and(|p| builds::colour(p.result.as_deref()) == Some(false));
         let since = if already { builds::failing_since(&mut conn, &full.build)? } else { None };
-        Ok((full, briefs, neighbours, since, before, first))
+        Ok((full, briefs, neighbours, since, before, first, elsewhere))
     })
     .await??;
 
@@ -144,8 +159,10 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         &tests
             .iter()
             .map(|t| {
+                let passes_on = elsewhere.get(&(t.suite.clone(), t.name.clone()));
                 serde_json::json!({"suite": t.suite, "name": t.name, "result": t.result,
                                         "duration_ms": t.duration_ms, "message": t.message,
+                                        "passes_on": passes_on,
                                         "history": super::tests::history_url(&full.project, &t.suite, &t.name)})
             })
             .collect::<Vec<_>>(),
