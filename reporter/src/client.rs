@@ -170,11 +170,7 @@ impl Client {
             // Not followed, and not a delivery: kept in the spool until `server` is fixed.
             return Sent::NotTbox(redirected(&self.base, status, resp.headers()));
         }
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
+        let content_type = content_type(resp.headers());
         let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
         judge(&self.base, status, content_type.as_deref(), &text, id)
     }
@@ -204,6 +200,13 @@ pub fn unreachable(base: &str, e: &ureq::Error) -> String {
         String::new()
     };
     printable(&format!("{text}{hint}"))
+}
+
+/// An answer's media type, without parameters (`application/json; charset=utf-8` →
+/// `application/json`).
+pub fn content_type(headers: &ureq::http::HeaderMap) -> Option<String> {
+    let value = headers.get("content-type")?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_owned())
 }
 
 /// What to say of an answer that is not a tbox server's (an HTML page, a proxy's text): never

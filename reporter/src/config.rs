@@ -371,11 +371,10 @@ impl Config {
     /// The site (see [`Config::sites`]) that builds `project`.
     pub fn site_of(&self, project: &str) -> anyhow::Result<Config> {
         self.project(project)?;
-        Ok(self
-            .sites()
+        self.sites()
             .into_iter()
             .find(|s| s.projects.iter().any(|p| p.name == project))
-            .unwrap_or_else(|| self.clone()))
+            .with_context(|| format!("no server in the config builds {project}"))
     }
 
     /// Why no build should start now, if one should not: the schedule, then the load average.
@@ -387,11 +386,6 @@ impl Config {
         let text = std::fs::read_to_string("/proc/loadavg").ok()?;
         let load: f64 = text.split_whitespace().next()?.parse().ok()?;
         (load > max).then(|| format!("the load average is {load:.2}, above max_load = {max}"))
-    }
-
-    /// Whether this config names more than one server.
-    pub fn several_servers(&self) -> bool {
-        self.projects.iter().any(|p| self.server_of(p) != self.server.trim_end_matches('/'))
     }
 }
 

@@ -401,8 +401,7 @@ pub fn get(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Answer, Fetch> 
     let base = crate::client::base_url(url);
     let mut resp = agent.get(url).call().map_err(|e| Fetch::Down(crate::client::unreachable(&base, &e)))?;
     let status = resp.status().as_u16();
-    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok());
-    let content_type = content_type.map(|c| c.split(';').next().unwrap_or_default().trim().to_owned());
+    let content_type = crate::client::content_type(resp.headers());
     if (400..500).contains(&status) && content_type.as_deref() != Some("application/json") {
         // A tbox server says "not found" in JSON: an HTML 404 is a wrong address, not "no recipe".
         return Err(Fetch::Odd(crate::client::not_tbox(&base, status, content_type.as_deref())));

@@ -182,6 +182,16 @@ fn send_or_spool(
     }
 }
 
+/// What the process holding the lock file `path` wrote into it (`building.lock`,
+/// `serve.lock`), if a process holds it now; Null where it wrote nothing readable yet.
+pub(crate) fn lock_holder(path: &Path) -> Option<serde_json::Value> {
+    let f = std::fs::File::open(path).ok()?;
+    if !matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+        return None;
+    }
+    Some(serde_json::from_str(&std::io::read_to_string(f).unwrap_or_default()).unwrap_or_default())
+}
+
 /// A fresh build id: 128 random bits, as hex.
 pub(crate) fn new_uuid() -> String {
     let mut bytes = [0u8; 16];

@@ -193,7 +193,7 @@ pub(super) fn send_outcome(
         }
     };
     let status = resp.status().as_u16();
-    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = crate::client::content_type(resp.headers());
     let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     match (status, json["message"].as_str()) {
@@ -206,8 +206,10 @@ pub(super) fn send_outcome(
             Ok(exit::REJECTED)
         }
         _ => {
-            let ct = content_type.as_deref().map(|c| c.split(';').next().unwrap_or_default().trim());
-            eprintln!("tbox-report: {}; nothing was changed", crate::client::not_tbox(&base, status, ct));
+            eprintln!(
+                "tbox-report: {}; nothing was changed",
+                crate::client::not_tbox(&base, status, content_type.as_deref())
+            );
             Ok(exit::SPOOLED)
         }
     }

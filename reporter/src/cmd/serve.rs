@@ -205,11 +205,7 @@ fn announce(every: u64) -> Option<std::fs::File> {
 /// The `serve` running for this user, if one is: pid, since, every (seconds between periodic
 /// builds).
 pub fn running() -> Option<serde_json::Value> {
-    let f = std::fs::File::open(crate::config::state_dir().join("serve.lock")).ok()?;
-    if !matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
-        return None;
-    }
-    Some(serde_json::from_str(&std::io::read_to_string(f).unwrap_or_default()).unwrap_or_default())
+    super::lock_holder(&crate::config::state_dir().join("serve.lock"))
 }
 
 /// How long a server that handed out a lease this machine refused is left alone, at first and

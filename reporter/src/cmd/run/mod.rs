@@ -172,13 +172,7 @@ pub fn machine_busy() -> bool {
 
 /// The build running on this machine now, if any: project, server, since, pid, request.
 pub fn building() -> Option<serde_json::Value> {
-    let path = config::state_dir().join("building.lock");
-    let f = File::open(path).ok()?;
-    if !matches!(f.try_lock(), Err(TryLockError::WouldBlock)) {
-        return None;
-    }
-    let text = std::io::read_to_string(f).unwrap_or_default();
-    Some(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    super::lock_holder(&config::state_dir().join("building.lock"))
 }
 
 /// Whether this machine would build `project` now: its recipe's signature, version, expiry,
