@@ -140,7 +140,8 @@ pub fn report_id(body: &[u8]) -> String {
     hex(&Sha256::digest(body))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of bytes: how digests are written everywhere in tbox.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");

@@ -32,13 +32,16 @@ mod validate;
 pub use keylist::{
     KEYS_FORMAT, KeyList, KeyListError, MAX_KEY_LIST_BYTES, is_fingerprint, parse_key_list, verify_key_list,
 };
-pub use keys::{KeyError, PrivateKey, PublicKey, SignatureError, report_id};
+pub use keys::{KeyError, PrivateKey, PublicKey, SignatureError, hex, report_id};
 pub use limits::{DEFAULT_LIMITS, Limits as StepLimits, ResourceLimits, human_size};
 pub use names::{BranchName, MAX_BRANCH_BYTES, Revision, check_branch_pattern};
 pub use recipe::{
-    MAX_EXPIRY_DAYS, MAX_RECIPE_BYTES, MAX_VERSION, RECIPE_FORMAT, Recipe, RecipeError, RecipeStep, branch_matches,
-    parse_duration, parse_recipe, verify_recipe,
+    MAX_ARTIFACT_GLOBS, MAX_EXPIRY_DAYS, MAX_RECIPE_BYTES, MAX_VERSION, RECIPE_FORMAT, Recipe, RecipeError, RecipeStep,
+    branch_matches, check_artifact_globs, parse_duration, parse_recipe, verify_recipe,
 };
-pub use report::{BuildResult, BuildState, FORMAT, Report, SANDBOX_KINDS, Step, StepKind, TestOutcome, TestResult};
-pub use request::{BuildRequest, MAX_REQUEST_AGE_DAYS, MAX_REQUEST_BUILDERS, RequestError, parse_request};
+pub use report::{
+    Artifact, BuildResult, BuildState, FORMAT, MAX_ARTIFACTS, Report, SANDBOX_KINDS, Step, StepKind, TestOutcome,
+    TestResult,
+};
+pub use request::{BuildRequest, Distinct, MAX_REQUEST_AGE_DAYS, MAX_REQUEST_BUILDERS, RequestError, parse_request};
 pub use validate::{Limits, ParseError, ValidationError, name as validate_name, parse_report, parse_report_with};

@@ -59,9 +59,32 @@ pub struct Recipe {
     /// Less than the volunteer's limits, if the project wants (never more).
     #[serde(default)]
     pub limits: ResourceLimits,
+    /// Globs, relative to the workdir, of files whose SHA-256 the report carries: where two
+    /// builders' reports both list one, agreement compares them.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// The steps, in order.
     #[serde(rename = "step")]
     pub steps: Vec<RecipeStep>,
+}
+
+/// Most artifact globs a recipe or project may name.
+pub const MAX_ARTIFACT_GLOBS: usize = 20;
+
+/// Checks artifact globs: relative to the workdir, staying in it, and few.
+pub fn check_artifact_globs(globs: &[String]) -> Result<(), ValidationError> {
+    if globs.len() > MAX_ARTIFACT_GLOBS {
+        return Err(ValidationError::new("artifacts", format!("at most {MAX_ARTIFACT_GLOBS} globs")));
+    }
+    for (i, g) in globs.iter().enumerate() {
+        if g.is_empty() || g.len() > 400 || g.starts_with('/') || g.split('/').any(|part| part == "..") {
+            return Err(ValidationError::new(
+                format!("artifacts[{i}]"),
+                "must be a glob relative to the workdir, without '..' (at most 400 bytes)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One `[[step]]`: the same keys as a volunteer's `[[project.step]]`.
@@ -334,6 +357,7 @@ impl Recipe {
         for (i, r) in self.requires.iter().enumerate() {
             name(&format!("requires[{i}]"), r, 64)?;
         }
+        check_artifact_globs(&self.artifacts)?;
         if self.steps.is_empty() {
             return bad("step", "a recipe has at least one [[step]]");
         }

@@ -65,6 +65,24 @@ pub struct Report {
     /// The lease this build answers (a project's build request); its finished report closes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<u64>,
+    /// Digests of the files the recipe names as artifacts: where two builders' reports both
+    /// list a path, agreement compares them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Most artifacts one report may list.
+pub const MAX_ARTIFACTS: usize = 100;
+
+/// A file a build produced, named by the recipe's `artifacts` globs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Relative to the workdir, `/`-separated.
+    pub path: String,
+    /// Lowercase hex SHA-256 of its bytes.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// One step of a build (checkout, build, test, …).

@@ -7,7 +7,7 @@
 //! the key, then decides nothing.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::names::{BranchName, Revision};
@@ -47,6 +47,35 @@ pub struct BuildRequest {
     /// Makes each request's bytes unique, so a retry of the same body is the same request.
     #[serde(default)]
     pub nonce: Option<String>,
+    /// How many finished builds from distinct owners (or builders) must agree (same result,
+    /// same failing tests, same artifact digests) for the revision to be *agreed*.
+    #[serde(default)]
+    pub quorum: Option<u32>,
+    /// What counts as distinct for the quorum.
+    #[serde(default)]
+    pub distinct: Distinct,
+}
+
+/// What the answers making a quorum must come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distinct {
+    /// Distinct owners: one volunteer's machines count once (a builder without an owner is its
+    /// own owner).
+    #[default]
+    Owner,
+    /// Distinct builders.
+    Builder,
+}
+
+impl Distinct {
+    /// The word in requests and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distinct::Owner => "owner",
+            Distinct::Builder => "builder",
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -105,6 +134,11 @@ impl BuildRequest {
         if !(1..=MAX_REQUEST_BUILDERS).contains(&self.builders) {
             return Err(ValidationError::new("builders", format!("must be 1 to {MAX_REQUEST_BUILDERS}")));
         }
+        if let Some(q) = self.quorum
+            && !(1..=self.builders).contains(&q)
+        {
+            return Err(ValidationError::new("quorum", format!("must be 1 to builders ({})", self.builders)));
+        }
         if self.requires.len() > 20 {
             return Err(ValidationError::new("requires", "at most 20 capabilities"));
         }
@@ -158,7 +192,11 @@ mod tests {
     #[test]
     fn a_fresh_request_for_this_project_is_obeyed() -> Result<(), RequestError> {
         let r = parse_request(GOOD.as_bytes())?;
-        assert_eq!((r.branch.as_str(), r.builders), ("main", 2));
+        assert_eq!((r.branch.as_str(), r.builders, r.quorum, r.distinct), ("main", 2, None, Distinct::Owner));
+        let q = parse_request(
+            GOOD.replace(r#""builders":2"#, r#""builders":2,"quorum":2,"distinct":"builder""#).as_bytes(),
+        )?;
+        assert_eq!((q.quorum, q.distinct), (Some(2), Distinct::Builder));
         r.check("demo", at("2026-12-01T12:00:00Z"))
     }
 
@@ -186,6 +224,10 @@ mod tests {
         assert!(field(r#""project":"demo","#, "").contains("project"));
         assert!(field(r#""created_at":"2026-12-01T10:00:00Z","#, "").contains("created_at"));
         assert_eq!(field(r#""builders":2"#, r#""builders":0"#), "builders");
+        assert_eq!(field(r#""builders":2"#, r#""builders":2,"quorum":3"#), "quorum");
+        assert_eq!(field(r#""builders":2"#, r#""builders":2,"quorum":0"#), "quorum");
+        assert!(field(r#""builders":2"#, r#""builders":2,"quorum":-1"#).starts_with("quorum"));
+        assert!(field(r#""builders":2"#, r#""builders":2,"distinct":"planet""#).starts_with("distinct"));
         assert_eq!(field(r#""deadline":"2026-12-02T10:00:00Z""#, r#""deadline":"2026-11-01T10:00:00Z""#), "deadline");
         assert!(matches!(parse_request(format!("{GOOD} trailing").as_bytes()), Err(RequestError::Malformed(_))));
     }

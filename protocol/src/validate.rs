@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use thiserror::Error;
 
-use crate::report::{BuildState, FORMAT, Report, SANDBOX_KINDS};
+use crate::report::{BuildState, FORMAT, MAX_ARTIFACTS, Report, SANDBOX_KINDS};
 
 /// Why a body is not an acceptable report.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -124,6 +124,25 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
         && !SANDBOX_KINDS.contains(&s.as_str())
     {
         return Err(ValidationError::new("sandbox", format!("must be one of {}, got {s:?}", SANDBOX_KINDS.join(", "))));
+    }
+    if r.artifacts.len() > MAX_ARTIFACTS {
+        return Err(ValidationError::new("artifacts", format!("at most {MAX_ARTIFACTS} artifacts")));
+    }
+    for (i, a) in r.artifacts.iter().enumerate() {
+        let relative = !a.path.starts_with('/') && !a.path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        text(&format!("artifacts[{i}].path"), &a.path, 1, 400)?;
+        if !relative {
+            return Err(ValidationError::new(
+                format!("artifacts[{i}].path"),
+                "must be a relative path inside the workdir",
+            ));
+        }
+        if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(ValidationError::new(format!("artifacts[{i}].sha256"), "must be 64 lowercase hex digits"));
+        }
+        if r.artifacts[..i].iter().any(|b| b.path == a.path) {
+            return Err(ValidationError::new(format!("artifacts[{i}].path"), "listed twice"));
+        }
     }
 
     in_range("started_at", &r.started_at)?;

@@ -129,6 +129,7 @@ mod tests {
             recipe_key: None,
             sandbox: None,
             lease: None,
+            artifacts: Vec::new(),
         }
     }
 

@@ -197,6 +197,16 @@ pub struct RequestArgs {
     /// How long builders may take (e.g. 24h, 3d) [default: no deadline].
     #[arg(long, value_name = "DURATION")]
     pub deadline: Option<String>,
+    /// Ask for agreement: K finished builds from distinct owners (or builders) must report
+    /// the same result, failing tests and artifact digests; a dispute opens another slot (at
+    /// most 3 more). K is at most --builders.
+    #[arg(long, value_name = "K")]
+    pub quorum: Option<u32>,
+    /// What counts as distinct for --quorum: owner (one volunteer's machines count once) or
+    /// builder.
+    #[arg(long, value_name = "owner|builder", default_value = "owner", requires = "quorum",
+          value_parser = ["owner", "builder"])]
+    pub distinct: String,
 }
 
 #[derive(Debug, Args)]

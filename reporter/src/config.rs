@@ -113,6 +113,10 @@ pub struct Project {
     /// Environment for every step, on top of PATH, HOME, LANG and TZ.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Globs (relative to the workdir) of files whose SHA-256 the report carries, for steps
+    /// from this file; a recipe names its own.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// The steps, run in order. Plain data, so that they can one day come from a signed recipe.
     #[serde(default, rename = "step")]
     pub steps: Vec<Step>,
@@ -212,6 +216,11 @@ impl Config {
                     globset::Glob::new(g)
                         .with_context(|| format!("project {:?}, step {:?}: junit glob {g:?}", p.name, s.name))?;
                 }
+            }
+            tbox_protocol::check_artifact_globs(&p.artifacts)
+                .map_err(|e| anyhow::anyhow!("project {:?}: {e}", p.name))?;
+            for g in &p.artifacts {
+                globset::Glob::new(g).with_context(|| format!("project {:?}: artifacts glob {g:?}", p.name))?;
             }
             if let Some(l) = &p.limits {
                 l.validate(&format!("project {:?}: limits", p.name))?;

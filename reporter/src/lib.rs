@@ -19,6 +19,7 @@ macro_rules! say {
     }};
 }
 
+pub mod artifacts;
 pub mod budget;
 pub mod cli;
 pub mod client;

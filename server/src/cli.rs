@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// 2d); a late `finished` report still completes it.
     #[arg(long, env = "TBOX_LOST_AFTER", default_value = "12h", value_parser = parse_age, value_name = "AGE")]
     pub lost_after: chrono::TimeDelta,
+    /// Give this share (0 to 1) of the requests that ask for no quorum a second builder when
+    /// their first answer arrives, and judge them as quorum 2; more often for builders with
+    /// fewer than 10 agreements or with disputes (BOINC's adaptive replication). 0: off.
+    #[arg(long, env = "TBOX_SPOT_CHECK", default_value_t = 0.0, value_parser = parse_fraction, value_name = "F")]
+    pub spot_check: f64,
     /// Seconds between two searches for lost builds and builders gone stale (tests make it short).
     #[arg(long, default_value_t = 30, hide = true, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -261,8 +266,33 @@ pub struct RequestAddArgs {
     /// How long builders may take to answer (e.g. 24h, 3d).
     #[arg(long, value_parser = parse_age, value_name = "AGE")]
     pub deadline: Option<chrono::TimeDelta>,
+    /// Ask for agreement: K finished builds from distinct owners (or builders) must have the
+    /// same result, failing tests and artifact digests; a dispute opens another slot.
+    #[arg(long, value_name = "K")]
+    pub quorum: Option<u32>,
+    /// What counts as distinct for the quorum.
+    #[arg(long, value_enum, default_value_t = DistinctArg::Owner, requires = "quorum")]
+    pub distinct: DistinctArg,
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+/// `--distinct`: what the answers making a quorum must come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistinctArg {
+    /// Distinct owners (a builder without an owner is its own owner).
+    Owner,
+    /// Distinct builders.
+    Builder,
+}
+
+impl From<DistinctArg> for tbox_protocol::Distinct {
+    fn from(d: DistinctArg) -> Self {
+        match d {
+            DistinctArg::Owner => tbox_protocol::Distinct::Owner,
+            DistinctArg::Builder => tbox_protocol::Distinct::Builder,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -549,5 +579,13 @@ mod tests {
         assert!(parse_age("90").is_err());
         assert!(parse_age("d").is_err());
         assert!(parse_age("5y").is_err());
+    }
+}
+
+/// A fraction from 0 to 1 (`--spot-check`).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction from 0 to 1 (such as 0.1)")),
     }
 }

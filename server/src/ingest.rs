@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use sha2::{Digest, Sha256};
-use tbox_protocol::{BuildResult, BuildState, ParseError, Report, parse_report};
+use tbox_protocol::{BuildResult, BuildState, ParseError, Report, hex, parse_report};
 
 use crate::db::models::{BuildFields, Builder, NewLog, NewStep, NewTest};
 use crate::db::{self, DbConn, builders, builds, projects};
@@ -210,15 +210,6 @@ fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Lower-case hex, as report ids are written (`tbox_protocol::report_id`).
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 fn compress_logs(report: &Report) -> Result<Vec<Option<Compressed>>, AppError> {
     report
         .steps
@@ -255,6 +246,10 @@ fn store_build(
         return Ok((build_id, false));
     }
     let properties = serde_json::to_string(&report.properties).map_err(|e| anyhow::anyhow!(e))?;
+    let artifacts = (!report.artifacts.is_empty())
+        .then(|| serde_json::to_string(&report.artifacts))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let fields = BuildFields {
         project_id,
         builder_id,
@@ -271,6 +266,7 @@ fn store_build(
         recipe_version: report.recipe_version.and_then(|v| i64::try_from(v).ok()),
         recipe_key: report.recipe_key.as_deref(),
         sandbox: report.sandbox.as_deref(),
+        artifacts: artifacts.as_deref(),
     };
 
     let build_id = match builds::by_uuid(conn, builder_id, &report.uuid)? {
@@ -384,7 +380,7 @@ fn store_build(
             (result, declined_because(report).as_deref()),
             now,
         )? {
-            Ok(()) => {}
+            Ok(events) => crate::notify::disputed(conn, &events, now)?,
             Err(crate::db::requests::LeaseError::Mismatch(what)) => {
                 return Err(AppError::invalid(
                     "lease_mismatch",

@@ -48,6 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(api::requests::create))
                     .route(read().to(api::requests::list)),
             )
+            .service(api_res("/projects/{project}/requests/{id}", READ).route(read().to(api::requests::one)))
             .service(api_res("/leases", "POST").route(web::post().to(api::leases::take)))
             .service(api_res("/leases/{id}", "PUT").route(web::put().to(api::leases::renew)))
             .service(api_res("/projects/{project}/builds", READ).route(read().to(api::builds::list)))

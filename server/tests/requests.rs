@@ -22,6 +22,11 @@ on_both_backends!(
     a_copied_lease_body_takes_nothing,
     oldest_first_and_fair_across_projects,
     a_request_needs_a_current_recipe,
+    a_liar_is_disputed_then_outvoted,
+    one_owners_machines_are_no_quorum,
+    artifacts_that_differ_are_a_dispute,
+    agreement_asked_wrongly_is_refused_with_the_field_named,
+    spot_checks_give_quorumless_requests_a_second_builder,
 );
 
 /// demo with key 1 as its project key and a recipe it signed, and builders b0..bN (all with
@@ -528,5 +533,283 @@ fn a_request_needs_a_current_recipe(backend: Backend) -> TestResult {
     assert_eq!((status, v["error"].as_str()), (422, Some("recipe_expired")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("(version 1) expired at 2001-01-01"), "{v}");
     assert_eq!(s.get_json("/api/v1/projects/demo/requests").1["requests"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+/// What builder `name` answers to its lease on revision R: a result, failing tests, artifacts.
+const R: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
+
+fn answer(s: &Server, name: &str, lease: &Value, result: &str, failing: &[&str], artifacts: Value) -> (u16, Value) {
+    let mut r = common::report(&format!("{name}-{lease}"));
+    r["builder"] = name.into();
+    r["revision"] = R.into();
+    r["lease"] = lease.clone();
+    r["result"] = result.into();
+    let mut tests: Vec<Value> =
+        failing.iter().map(|t| json!({"suite": "parser", "name": t, "result": "failed", "message": "no"})).collect();
+    tests.push(json!({"suite": "parser", "name": "parses_one", "result": "passed"}));
+    r["tests"] = Value::Array(tests);
+    if result == "success" {
+        r["steps"][1]["result"] = "success".into();
+    }
+    r["artifacts"] = artifacts;
+    s.send_as(name, key(2), r.to_string().as_bytes())
+}
+
+/// Builders b0..bN with owners `owners[i]` (none where empty).
+fn setup_owned(s: &Server, owners: &[&str]) {
+    setup(s, 0);
+    let public = s.pubkey_file(key(2));
+    for (i, owner) in owners.iter().enumerate() {
+        let name = format!("b{i}");
+        let mut args = vec!["builder", "add", &name, "--project", "demo", "--key", &public];
+        if !owner.is_empty() {
+            args.extend(["--owner", owner]);
+        }
+        s.admin_ok(&args);
+    }
+}
+
+fn request(s: &Server, id: &Value) -> Value {
+    let (status, v) = s.get_json(&format!("/api/v1/projects/demo/requests/{id}"));
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn record(s: &Server, builder: &str) -> (i64, i64) {
+    let (_, v) = s.get_json(&format!("/api/v1/builders/{builder}"));
+    (v["agreement"]["agreed"].as_i64().unwrap(), v["agreement"]["disputed"].as_i64().unwrap())
+}
+
+/// Three volunteers of three owners asked for quorum 2: the liar's green is disputed (never
+/// green), a slot more is opened, a third builder settles it, and the records say who lied —
+/// on the pages, the feed and in a notification.
+fn a_liar_is_disputed_then_outvoted(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup_owned(&s, &["Alice <a@example.org>", "Mallory", ""]);
+    // A webhook nobody answers: the log still lists what was to be sent.
+    s.admin_ok(&[
+        "notify",
+        "add",
+        "demo",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--secret",
+        "s3cret",
+        "--allow-private-target",
+    ]);
+    let (status, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2}), key(1));
+    assert_eq!(status, 201, "{created}");
+    let id = &created["id"];
+    assert_eq!(
+        (request(&s, id)["verdict"].as_str(), request(&s, id)["distinct"].as_str()),
+        (Some("pending"), Some("owner"))
+    );
+    let (_, l0) = lease(&s, "b0", 0);
+    let (_, l1) = lease(&s, "b1", 0);
+    assert_eq!(lease(&s, "b2", 0).0, 204, "two slots, both taken");
+    let (status, honest) = answer(&s, "b0", &l0["lease"], "failure", &["parses_empty"], json!([]));
+    assert_eq!(status, 201, "{honest}");
+    assert_eq!(request(&s, id)["verdict"], "pending");
+    let (status, lie) = answer(&s, "b1", &l1["lease"], "success", &[], json!([]));
+    assert_eq!(status, 201, "{lie} {}", s.log_text());
+    let r = request(&s, id);
+    assert_eq!(
+        (r["verdict"].as_str(), r["slots"].as_i64(), r["state"].as_str()),
+        (Some("disputed"), Some(3), Some("open")),
+        "{r}"
+    );
+    assert_eq!(r["answers"].as_array().unwrap().len(), 2, "{r}");
+    // Disputed: neither build is green or red on one builder's word, on any page.
+    let (_, page) = s.get(&format!("/builds/{}", lie["build"]));
+    assert!(page.contains("Other builders disagree with this build"), "{page}");
+    let (_, console) = s.get("/projects/demo/console");
+    assert!(console.contains("⚖ disputed") && !console.contains("✔ success"), "{console}");
+    let (_, waterfall) = s.get("/projects/demo");
+    let cell = format!(r#"class="cell disputed"><a class="result" href="/builds/{}">"#, lie["build"]);
+    assert!(waterfall.contains(&cell), "{waterfall}");
+    let (_, badge) = s.get("/projects/demo/badge.svg");
+    assert!(badge.contains("disputed") && !badge.contains("passing"), "{badge}");
+    let (_, feed) = s.get("/projects/demo/feed.atom");
+    assert!(feed.contains("b1 disputed on main"), "{feed}");
+
+    // The extra slot goes to the third builder; its answer agrees with the honest one.
+    let (status, l2) = lease(&s, "b2", 0);
+    assert_eq!(status, 200, "{l2}");
+    let (status, third) = answer(&s, "b2", &l2["lease"], "failure", &["parses_empty"], json!([]));
+    assert_eq!(status, 201, "{third}");
+    let r = request(&s, id);
+    assert_eq!((r["verdict"].as_str(), r["state"].as_str()), (Some("agreed"), Some("done")), "{r}");
+    assert_eq!(r["agreeing"], json!([honest["build"], third["build"]]), "{r}");
+    let said: Vec<(String, bool)> = r["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["builder"].as_str().unwrap().to_owned(), a["agrees"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(said, [("b0".into(), true), ("b1".into(), false), ("b2".into(), true)], "the dissent stays listed");
+    assert_eq!(r["answers"][0]["failing_tests"], json!(["parser::parses_empty"]));
+    assert_eq!(r["answers"][1]["owner"], "Mallory");
+    assert_eq!((record(&s, "b0"), record(&s, "b1"), record(&s, "b2")), ((1, 0), (0, 1), (1, 0)));
+    let (_, builder_page) = s.get("/projects/demo/builders/b1");
+    assert!(builder_page.contains("disputed 1 time"), "{builder_page}");
+    let (_, page) = s.get(&format!("/builds/{}", lie["build"]));
+    assert!(page.contains("result success (not failure)") && page.contains("passes parser::parses_empty"), "{page}");
+    let (_, list) = s.get_json("/api/v1/projects/demo/requests");
+    assert_eq!(list["requests"][0]["verdict"], "agreed");
+    let log = s.admin_ok(&["notify", "log", "demo"]);
+    assert!(log.contains("demo: builders disagree on main (b1 among them)"), "{log}");
+    Ok(())
+}
+
+/// With `distinct: owner` (the default), a second machine of one owner is not given the
+/// request at all; with `distinct: builder` it is, and counts.
+fn one_owners_machines_are_no_quorum(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup_owned(&s, &["alice", " Alice ", "bob"]);
+    let (_, first) =
+        ask(&s, &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2, "nonce": "1"}), key(1));
+    let (_, l0) = lease(&s, "b0", 0);
+    assert_eq!(l0["request"], first["id"]);
+    assert_eq!(lease(&s, "b1", 0).0, 204, "alice's second machine is no second opinion");
+    let (_, l2) = lease(&s, "b2", 0);
+    assert_eq!(l2["request"], first["id"]);
+    let (_, second) = ask(
+        &s,
+        &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2, "distinct": "builder", "nonce": "2"}),
+        key(1),
+    );
+    let (_, a) = lease(&s, "b0", 0);
+    let (_, b) = lease(&s, "b1", 0);
+    assert_eq!((&a["request"], &b["request"]), (&second["id"], &second["id"]));
+    assert_eq!(answer(&s, "b0", &a["lease"], "success", &[], json!([])).0, 201);
+    assert_eq!(answer(&s, "b1", &b["lease"], "success", &[], json!([])).0, 201);
+    assert_eq!(request(&s, &second["id"])["verdict"], "agreed");
+    Ok(())
+}
+
+/// Artifacts both reports list must have the same digest; one listed by only one is not
+/// compared.
+fn artifacts_that_differ_are_a_dispute(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup_owned(&s, &["", "", ""]);
+    let sha = |c: char| c.to_string().repeat(64);
+    let (_, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2}), key(1));
+    let (_, l0) = lease(&s, "b0", 0);
+    let (_, l1) = lease(&s, "b1", 0);
+    let art = |c: char| json!([{"path": "target/release/demo", "sha256": sha(c), "size": 10}]);
+    let (status, built) = answer(&s, "b0", &l0["lease"], "success", &[], art('a'));
+    assert_eq!(status, 201, "{built}");
+    assert_eq!(answer(&s, "b1", &l1["lease"], "success", &[], art('b')).0, 201);
+    let r = request(&s, &created["id"]);
+    assert_eq!((r["verdict"].as_str(), r["slots"].as_i64()), (Some("disputed"), Some(3)), "{r}");
+    let (_, page) = s.get(&format!("/builds/{}", built["build"]));
+    // (tera writes `/` as `&#x2F;`)
+    assert!(page.contains("release&#x2F;demo differs") && page.contains(&sha('a')), "{page}");
+    let (_, detail) = s.get_json(&format!("/api/v1/builds/{}", built["build"]));
+    assert_eq!(detail["artifacts"][0]["sha256"], sha('a'));
+    // The third lists another file only: compared on what both list, it agrees with b0.
+    let (_, l2) = lease(&s, "b2", 0);
+    let other = json!([{"path": "target/release/demo", "sha256": sha('a'), "size": 10},
+                       {"path": "docs/demo.1", "sha256": sha('c'), "size": 3}]);
+    assert_eq!(answer(&s, "b2", &l2["lease"], "success", &[], other).0, 201);
+    assert_eq!(request(&s, &created["id"])["verdict"], "agreed");
+    Ok(())
+}
+
+fn agreement_asked_wrongly_is_refused_with_the_field_named(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup_owned(&s, &[""]);
+    for (body, field) in [
+        (json!({"branch": "main", "builders": 2, "quorum": 3}), "quorum"),
+        (json!({"branch": "main", "builders": 2, "quorum": 0}), "quorum"),
+        (json!({"branch": "main", "builders": 2, "quorum": -1}), "quorum"),
+        (json!({"branch": "main", "builders": 2, "quorum": 4_000_000_000u64}), "quorum"),
+        (json!({"branch": "main", "builders": 2, "quorum": "two"}), "quorum"),
+        (json!({"branch": "main", "builders": 2, "quorum": 2, "distinct": "planet"}), "distinct"),
+    ] {
+        let (status, v) = ask(&s, &body, key(1));
+        assert_eq!(status, 422, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with(field), "{body}: {v}");
+    }
+    assert!(requests(&s).is_empty(), "nothing recorded");
+    // An artifacts list too long, or a path leaving the workdir: the report is refused.
+    let (_, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 1, "quorum": 1}), key(1));
+    let (_, l0) = lease(&s, "b0", 0);
+    let many: Vec<Value> =
+        (0..101).map(|i| json!({"path": format!("f{i}"), "sha256": "a".repeat(64), "size": 1})).collect();
+    for (artifacts, field) in [
+        (Value::Array(many), "artifacts"),
+        (json!([{"path": "../etc/passwd", "sha256": "a".repeat(64), "size": 1}]), "artifacts[0].path"),
+        (json!([{"path": "bin", "sha256": "A".repeat(64), "size": 1}]), "artifacts[0].sha256"),
+    ] {
+        let (status, v) = answer(&s, "b0", &l0["lease"], "success", &[], artifacts);
+        assert_eq!(status, 422, "{v}");
+        assert!(v["message"].as_str().unwrap().starts_with(field), "{field}: {v}");
+    }
+    assert_eq!(request(&s, &created["id"])["state"], "open", "the lease is still open");
+    let (status, _) = s.get_json("/api/v1/projects/demo/requests/999999");
+    assert_eq!(status, 404);
+    let (status, v) = s.get_json("/api/v1/projects/demo/requests/x");
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_id")));
+    Ok(())
+}
+
+/// `serve --spot-check 1`: every quorum-less request gets a second builder when its first
+/// answer arrives (a new builder has no record), and a verdict as with quorum 2.
+fn spot_checks_give_quorumless_requests_a_second_builder(backend: Backend) -> TestResult {
+    let Some(s) = Server::start_with(backend, &["--spot-check", "1"]) else { return Ok(()) };
+    setup_owned(&s, &["", ""]);
+    let (_, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 1}), key(1));
+    let id = &created["id"];
+    assert_eq!(request(&s, id)["verdict"], Value::Null);
+    let (_, l0) = lease(&s, "b0", 0);
+    assert_eq!(lease(&s, "b1", 0).0, 204);
+    assert_eq!(answer(&s, "b0", &l0["lease"], "success", &[], json!([])).0, 201);
+    let r = request(&s, id);
+    assert_eq!(
+        (r["spot_check"].as_bool(), r["slots"].as_i64(), r["verdict"].as_str()),
+        (Some(true), Some(2), Some("pending")),
+        "{r}"
+    );
+    let (status, l1) = lease(&s, "b1", 0);
+    assert_eq!(status, 200, "{l1}");
+    assert_eq!(answer(&s, "b1", &l1["lease"], "success", &[], json!([])).0, 201);
+    let r = request(&s, id);
+    assert_eq!((r["verdict"].as_str(), r["state"].as_str()), (Some("agreed"), Some("done")), "{r}");
+    assert_eq!((record(&s, "b0"), record(&s, "b1")), ((1, 0), (1, 0)));
+    Ok(())
+}
+
+/// Two server processes on one PostgreSQL database, two disagreeing answers arriving at once,
+/// one through each: exactly one extra slot is opened.
+#[test]
+fn two_servers_on_one_postgres_open_one_extra_slot_per_dispute() -> TestResult {
+    let Some(db) = TestDb::new(Backend::Postgres) else { return Ok(()) };
+    let url = db.url.clone();
+    let a = Server::start_on(db, &url, &[]);
+    setup_owned(&a, &["", "", "", "", "", "", "", "", "", ""]);
+    let b = Server::start_on(TestDb::new(Backend::Sqlite).unwrap(), &url, &[]);
+    for round in 0..5 {
+        let (_, created) = ask(
+            &a,
+            &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2, "nonce": format!("race-{round}")}),
+            key(1),
+        );
+        let (x, y) = (format!("b{}", 2 * round), format!("b{}", 2 * round + 1));
+        let (_, lx) = lease(&a, &x, 0);
+        let (_, ly) = lease(&b, &y, 0);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let one = scope.spawn(|| answer(&a, &x, &lx["lease"], "failure", &["parses_empty"], json!([])).0);
+            let two = scope.spawn(|| answer(&b, &y, &ly["lease"], "success", &[], json!([])).0);
+            vec![one.join().unwrap(), two.join().unwrap()]
+        });
+        assert_eq!(statuses, [201, 201]);
+        let r = request(&a, &created["id"]);
+        assert_eq!((r["verdict"].as_str(), r["slots"].as_i64()), (Some("disputed"), Some(3)), "round {round}: {r}");
+        // Ended without agreement: inconclusive, and its extra slot is nobody's next lease.
+        a.admin_ok(&["request", "cancel", &created["id"].to_string()]);
+        assert_eq!(request(&b, &created["id"])["verdict"], "inconclusive");
+    }
     Ok(())
 }

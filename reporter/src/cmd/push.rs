@@ -86,6 +86,7 @@ pub fn run(args: &PushArgs) -> anyhow::Result<u8> {
         recipe_key: None,
         sandbox: None,
         lease: None,
+        artifacts: Vec::new(),
     };
     super::deliver(&report, &client, Some(&config.spool_dir()), None, true)
 }

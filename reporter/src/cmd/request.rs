@@ -42,7 +42,9 @@ pub fn run(args: &RequestArgs) -> anyhow::Result<u8> {
         "builders": args.builders,
         "requires": args.requires,
         "deadline": deadline,
-        "nonce": nonce.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "nonce": tbox_protocol::hex(&nonce),
+        "quorum": args.quorum,
+        "distinct": args.distinct,
     }))?;
     let url = format!("{}/api/v1/projects/{}/requests", crate::client::base_url(&args.server), args.project);
     let answer = trust::agent()
@@ -52,13 +54,14 @@ pub fn run(args: &RequestArgs) -> anyhow::Result<u8> {
         .send(&body[..]);
     super::recipe::send_outcome(&url, answer, |v| {
         crate::say!(
-            "request {} for {}: {} builder(s) on {}{}{}",
+            "request {} for {}: {} builder(s) on {}{}{}{}",
             v["id"],
             args.project,
             args.builders,
             args.branch,
             args.revision.as_deref().map(|r| format!(" at {r}")).unwrap_or_default(),
-            deadline.as_deref().map(|d| format!(", by {d}")).unwrap_or_default()
+            deadline.as_deref().map(|d| format!(", by {d}")).unwrap_or_default(),
+            args.quorum.map(|k| format!(", {k} of distinct {}s must agree", args.distinct)).unwrap_or_default()
         );
         crate::say!("follow it at {}", crate::client::printable(v["url"].as_str().unwrap_or(&url)));
     })

@@ -34,6 +34,15 @@ pub struct BuilderView {
     pub pending_projects: Vec<String>,
     pub keys: Vec<KeyView>,
     pub last_report_at: Option<String>,
+    /// Its agreement record, all projects: answers that matched a verdict, and that did not.
+    pub agreement: AgreementView,
+}
+
+/// A builder's agreement record.
+#[derive(Debug, Serialize)]
+pub struct AgreementView {
+    pub agreed: i64,
+    pub disputed: i64,
 }
 
 /// A key's fingerprint and whether it still counts.
@@ -256,6 +265,7 @@ fn view(conn: &mut DbConn, name: &str) -> Result<BuilderView, AppError> {
             .map(|k| KeyView { fingerprint: k.fingerprint, revoked: k.revoked_at.is_some() })
             .collect(),
         last_report_at: listed.builder.last_report_at.map(super::views::time),
+        agreement: AgreementView { agreed: listed.builder.agreed, disputed: listed.builder.disputed },
     })
 }
 

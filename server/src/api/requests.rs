@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tbox_protocol::{BranchName, MAX_REQUEST_AGE_DAYS, RequestError, Revision, parse_request, report_id};
+use tbox_protocol::{BranchName, Distinct, MAX_REQUEST_AGE_DAYS, RequestError, Revision, parse_request, report_id};
 
 use super::status::project;
 use super::views::time;
@@ -14,6 +14,8 @@ use crate::db::models::{BuildRequest, NewBuildRequest};
 use crate::db::{self, DbConn, recipes, requests};
 use crate::error::AppError;
 use crate::project_keys;
+use crate::results::agreement::{self, Answer};
+use std::collections::HashMap;
 
 /// What is asked, whoever asks: a project's signed request (`POST .../requests`) or an admin
 /// (`tbox-server request add`). Branch and revision are checked by construction.
@@ -24,6 +26,9 @@ pub struct Ask {
     pub builders: u32,
     pub requires: Vec<String>,
     pub deadline: Option<DateTime<Utc>>,
+    /// Agreement asked for: this many answers from distinct owners (or builders).
+    pub quorum: Option<u32>,
+    pub distinct: Distinct,
 }
 
 /// The furthest deadline: volunteers refuse a request older than this anyway.
@@ -57,6 +62,14 @@ pub fn check(conn: &mut DbConn, project_id: i64, ask: &Ask, now: DateTime<Utc>) 
     }
     if !(1..=tbox_protocol::MAX_REQUEST_BUILDERS).contains(&ask.builders) {
         return bad(format!("builders: must be 1 to {}", tbox_protocol::MAX_REQUEST_BUILDERS));
+    }
+    if let Some(q) = ask.quorum
+        && !(1..=ask.builders).contains(&q)
+    {
+        return bad(format!(
+            "quorum: must be 1 to builders ({}): {q} agreeing answers cannot come from {} builders",
+            ask.builders, ask.builders
+        ));
     }
     let known: Vec<String> = recipes::capabilities(conn, project_id)?.into_iter().map(|c| c.name).collect();
     for (i, r) in ask.requires.iter().enumerate() {
@@ -101,6 +114,9 @@ pub fn record(
         signature: signed.map(|(_, sig)| sig),
         requested_by,
         created_at: db::to_db_time(now),
+        quorum: ask.quorum.map(|q| i32::try_from(q).unwrap_or(i32::MAX)),
+        distinct_by: ask.distinct.as_str(),
+        verdict: ask.quorum.map(|_| "pending"),
     };
     Ok(requests::add(conn, &new)?)
 }
@@ -162,7 +178,15 @@ fn signed_ask(body: &[u8], project: &str, now: DateTime<Utc>) -> Result<Ask, App
         RequestError::PastDeadline(_) => invalid(format!("deadline: {e}")),
         other => invalid(other.to_string()),
     })?;
-    Ok(Ask { branch: r.branch, revision: r.revision, builders: r.builders, requires: r.requires, deadline: r.deadline })
+    Ok(Ask {
+        branch: r.branch,
+        revision: r.revision,
+        builders: r.builders,
+        requires: r.requires,
+        deadline: r.deadline,
+        quorum: r.quorum,
+        distinct: r.distinct,
+    })
 }
 
 fn path_project(req: &HttpRequest) -> String {
@@ -189,6 +213,19 @@ pub struct RequestView {
     /// Attempts their builder declined (the slot stayed open).
     pub declined: usize,
     pub attempts: Vec<AttemptView>,
+    /// Agreement asked for: how many answers from distinct `distinct`s must agree.
+    pub quorum: Option<i32>,
+    pub distinct: String,
+    /// Slots in all: `builders` and those disputes (or a spot check) opened.
+    pub slots: i32,
+    /// Given a second slot by the server's spot check (judged as quorum 2).
+    pub spot_check: bool,
+    /// `pending`, `agreed`, `disputed` or `inconclusive`; none without agreement asked.
+    pub verdict: Option<String>,
+    /// The builds that agree, once agreed.
+    pub agreeing: Vec<i64>,
+    /// Every finished build answering it: who said what, and whether it agrees.
+    pub answers: Vec<Answer>,
 }
 
 /// One attempt: a builder's lease and what became of it.
@@ -208,13 +245,21 @@ pub struct AttemptView {
     pub result: Option<String>,
 }
 
-/// A project's newest requests with their attempts (two queries).
+/// A project's newest requests with their attempts (a few queries).
 pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Result<Vec<RequestView>, AppError> {
     let rows: Vec<BuildRequest> = requests::list(conn, project_id, limit)?;
+    views_of(conn, rows, base)
+}
+
+fn views_of(conn: &mut DbConn, rows: Vec<BuildRequest>, base: &str) -> Result<Vec<RequestView>, AppError> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let attempts = requests::attempts(conn, &ids)?;
     let build_ids: Vec<i64> = attempts.iter().filter_map(|(l, _)| l.build_id).collect();
     let results = crate::db::builds::results(conn, &build_ids)?;
+    let mut answers: HashMap<i64, Vec<Answer>> = HashMap::new();
+    for (request, a) in agreement::answers(conn, &ids)? {
+        answers.entry(request).or_default().push(a);
+    }
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -235,7 +280,16 @@ pub fn views(conn: &mut DbConn, project_id: i64, base: &str, limit: i64) -> Resu
                 })
                 .collect();
             let n = |s: &str| mine.iter().filter(|a| a.state == s).count();
+            let answers = answers.remove(&r.id).unwrap_or_default();
+            let judged = agreement::quorum_of(&r).is_some();
             RequestView {
+                agreeing: answers.iter().filter(|a| a.agrees == Some(true)).map(|a| a.build).collect(),
+                answers: if judged { answers } else { Vec::new() },
+                quorum: r.quorum,
+                distinct: r.distinct_by,
+                slots: r.builders + r.extra_slots,
+                spot_check: r.spot_check,
+                verdict: r.verdict,
                 id: r.id,
                 leased: n("leased"),
                 done: n("done"),
@@ -274,4 +328,31 @@ pub async fn list(
     })
     .await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "project": name, "requests": requests })))
+}
+
+/// `GET /api/v1/projects/{p}/requests/{id}`: one request, with its attempts, verdict and
+/// answers.
+pub async fn one(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (name, id) = path.into_inner();
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| AppError::bad_request("bad_id", format!("request id: {id:?} is not a request number")))?;
+    let pool = state.pool.clone();
+    let base = super::base_url(&req);
+    let view = web::block(move || -> Result<_, AppError> {
+        let mut conn = pool.get()?;
+        let p = project(&mut conn, &name)?;
+        let row = requests::by_id(&mut conn, id)?
+            .filter(|r| r.project_id == p.id)
+            .ok_or_else(|| AppError::not_found(format!("project {name:?} has no request {id}")))?;
+        Ok(views_of(&mut conn, vec![row], &base)?.pop())
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(view))
 }

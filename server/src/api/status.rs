@@ -119,6 +119,7 @@ pub async fn builders(
                 .collect();
             serde_json::json!({
                 "name": b.name, "status": b.status, "owner": b.owner,
+                "agreement": {"agreed": b.agreed, "disputed": b.disputed},
                 "stale": is_stale(b.last_report_at, state.stale_after),
                 "last_seen": b.last_report_at.map(time),
                 "properties": serde_json::from_str::<serde_json::Value>(&b.properties).unwrap_or_default(),

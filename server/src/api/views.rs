@@ -29,6 +29,9 @@ pub struct BuildSummary {
     pub steps: Vec<StepBrief>,
     /// Its test results by outcome.
     pub tests: crate::db::builds::TestCounts,
+    /// As an answer to a request asking for agreement: `pending`, `agreed` or `disputed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<String>,
 }
 
 /// A step in a list: just what a cell shows.
@@ -55,6 +58,7 @@ impl BuildSummary {
             finished_at: b.finished_at.map(time),
             steps: l.steps.into_iter().map(|s| StepBrief { name: s.name, result: s.result }).collect(),
             tests: l.tests,
+            agreement: b.agreement,
         }
     }
 }
@@ -88,6 +92,10 @@ pub struct BuildDetail {
     pub first_error: Option<crate::web::logs::FirstError>,
     pub steps: Vec<StepDetail>,
     pub tests: Vec<TestDetail>,
+    /// As an answer to a request asking for agreement: `pending`, `agreed` or `disputed`.
+    pub agreement: Option<String>,
+    /// The files the recipe named as artifacts: `{path, sha256, size}`.
+    pub artifacts: Vec<tbox_protocol::Artifact>,
 }
 
 /// A step in full.
@@ -135,6 +143,8 @@ impl BuildDetail {
             recipe_version: b.recipe_version,
             recipe_key: b.recipe_key,
             sandbox: b.sandbox,
+            agreement: b.agreement,
+            artifacts: b.artifacts.as_deref().and_then(|a| serde_json::from_str(a).ok()).unwrap_or_default(),
             first_error: None,
             properties: serde_json::from_str(&b.properties).unwrap_or_default(),
             steps: f

@@ -67,6 +67,8 @@ fn add(args: &RequestAddArgs) -> anyhow::Result<()> {
         builders: args.builders,
         requires: args.requires.clone(),
         deadline: args.deadline.map(|d| now + d),
+        quorum: args.quorum,
+        distinct: args.distinct.into(),
     };
     let (r, _) = record(&mut conn, p.id, &ask, None, "admin", now).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::say!(

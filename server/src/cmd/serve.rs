@@ -73,6 +73,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         DatabaseUrl::Postgres(_) => None,
     };
     let work = crate::leases::Work::default();
+    crate::results::agreement::set_spot_check(args.spot_check);
     let state = web::Data::new(AppState {
         pool,
         writer,

@@ -41,6 +41,9 @@ pub struct Builder {
     pub properties: String,
     pub created_at: NaiveDateTime,
     pub last_report_at: Option<NaiveDateTime>,
+    /// Its agreement record (all projects): answers that matched a verdict, and that did not.
+    pub agreed: i64,
+    pub disputed: i64,
 }
 
 #[derive(Debug, Insertable)]
@@ -95,6 +98,10 @@ pub struct Build {
     pub recipe_version: Option<i64>,
     pub recipe_key: Option<String>,
     pub sandbox: Option<String>,
+    /// As an answer to a request asking for agreement: `pending`, `agreed` or `disputed`.
+    pub agreement: Option<String>,
+    /// JSON list of `{path, sha256, size}`, as reported.
+    pub artifacts: Option<String>,
 }
 
 /// The columns a report sets on a build (insert, or update when `finished` completes it).
@@ -116,6 +123,7 @@ pub struct BuildFields<'a> {
     pub recipe_version: Option<i64>,
     pub recipe_key: Option<&'a str>,
     pub sandbox: Option<&'a str>,
+    pub artifacts: Option<&'a str>,
 }
 
 /// One step of a build.
@@ -272,6 +280,17 @@ pub struct BuildRequest {
     pub requested_by: String,
     pub created_at: NaiveDateTime,
     pub closed_at: Option<NaiveDateTime>,
+    /// How many answers from distinct owners (or builders) must agree; none: no agreement
+    /// asked (unless spot-checked).
+    pub quorum: Option<i32>,
+    /// `owner` or `builder`: what counts as distinct for the quorum.
+    pub distinct_by: String,
+    /// Slots opened by disputes (and a spot check), on top of `builders`.
+    pub extra_slots: i32,
+    /// Given a second slot by `serve --spot-check`: judged as with quorum 2.
+    pub spot_check: bool,
+    /// `pending`, `agreed`, `disputed` or `inconclusive`; none without a quorum.
+    pub verdict: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -289,6 +308,9 @@ pub struct NewBuildRequest<'a> {
     pub signature: Option<&'a str>,
     pub requested_by: &'a str,
     pub created_at: NaiveDateTime,
+    pub quorum: Option<i32>,
+    pub distinct_by: &'a str,
+    pub verdict: Option<&'a str>,
 }
 
 /// One builder's attempt at a request.
@@ -305,6 +327,8 @@ pub struct Lease {
     pub ended_at: Option<NaiveDateTime>,
     /// Why its builder declined it (state `declined`).
     pub reason: Option<String>,
+    /// Whether its answer matched the request's verdict, once there is one.
+    pub agrees: Option<bool>,
 }
 
 /// Someone told about a project's status changes: a webhook or an e-mail address.

@@ -15,6 +15,7 @@ use diesel::prelude::*;
 use super::models::{BuildRequest, Lease, NewBuildRequest};
 use super::schema::{build_requests, builders, leases, projects};
 use super::{DbConn, write_transaction};
+use crate::results::agreement;
 
 /// Attempts one slot may take before the request gives up on it.
 pub const ATTEMPTS_PER_SLOT: i64 = 3;
@@ -73,14 +74,9 @@ pub fn attempts(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(Leas
 /// Cancels an open request and ends its leases; false when it was not open.
 pub fn cancel(conn: &mut DbConn, id: i64, now: NaiveDateTime) -> QueryResult<bool> {
     write_transaction(conn, |c| {
-        let n = diesel::update(build_requests::table.find(id).filter(build_requests::state.eq("open")))
-            .set((
-                build_requests::state.eq("cancelled"),
-                build_requests::reason.eq("cancelled by an administrator"),
-                build_requests::closed_at.eq(now),
-            ))
-            .execute(c)?;
-        Ok(n > 0)
+        let was_open = by_id(c, id)?.is_some_and(|r| r.state == "open");
+        close(c, &[id], "cancelled", Some("cancelled by an administrator"), now)?;
+        Ok(was_open)
     })
 }
 
@@ -96,11 +92,18 @@ fn counts(conn: &mut DbConn, request_id: i64) -> QueryResult<(i64, i64, i64)> {
     Ok((n("leased"), n("done"), lost))
 }
 
+/// Slots a request has: the builders it asked for and those disputes opened.
+fn slots(r: &BuildRequest) -> i64 {
+    i64::from(r.builders) + i64::from(r.extra_slots)
+}
+
 /// Closes a request that can take no more attempts: done when enough builds came, expired
-/// when its attempts are used up.
-fn settle(conn: &mut DbConn, r: &BuildRequest, now: NaiveDateTime) -> QueryResult<()> {
+/// when its attempts are used up. Reads the request afresh (an answer may just have opened a
+/// slot).
+fn settle(conn: &mut DbConn, id: i64, now: NaiveDateTime) -> QueryResult<()> {
+    let Some(r) = by_id(conn, id)? else { return Ok(()) };
     let (leased, done, lost) = counts(conn, r.id)?;
-    let wanted = i64::from(r.builders);
+    let wanted = slots(&r);
     let (state, reason) = if done >= wanted {
         ("done", None)
     } else if leased == 0 && leased + done + lost >= wanted * ATTEMPTS_PER_SLOT {
@@ -111,9 +114,24 @@ fn settle(conn: &mut DbConn, r: &BuildRequest, now: NaiveDateTime) -> QueryResul
     } else {
         return Ok(());
     };
-    diesel::update(build_requests::table.find(r.id).filter(build_requests::state.eq("open")))
+    close(conn, &[r.id], state, reason.as_deref(), now)
+}
+
+/// Ends open requests: the state, why, when, and `inconclusive` for those asking for agreement
+/// that none reached.
+fn close(conn: &mut DbConn, ids: &[i64], state: &str, reason: Option<&str>, now: NaiveDateTime) -> QueryResult<()> {
+    let n = diesel::update(build_requests::table.filter(build_requests::id.eq_any(ids)).filter(open()))
         .set((build_requests::state.eq(state), build_requests::reason.eq(reason), build_requests::closed_at.eq(now)))
         .execute(conn)?;
+    if n > 0 {
+        diesel::update(
+            build_requests::table
+                .filter(build_requests::id.eq_any(ids))
+                .filter(build_requests::verdict.eq_any(["pending", "disputed"])),
+        )
+        .set(build_requests::verdict.eq("inconclusive"))
+        .execute(conn)?;
+    }
     Ok(())
 }
 
@@ -142,17 +160,16 @@ pub fn sweep(
             builds_lost(c, &marked)?;
         }
         for id in expired.into_iter().map(|(r, _)| r) {
-            if let Some(r) = by_id(c, id)? {
-                settle(c, &r, now)?;
-            }
+            settle(c, id, now)?;
         }
-        diesel::update(build_requests::table.filter(open()).filter(build_requests::deadline.lt(now)))
-            .set((
-                build_requests::state.eq("expired"),
-                build_requests::reason.eq("its deadline passed"),
-                build_requests::closed_at.eq(now),
-            ))
-            .execute(c)?;
+        let late: Vec<i64> = build_requests::table
+            .filter(open())
+            .filter(build_requests::deadline.lt(now))
+            .select(build_requests::id)
+            .load(c)?;
+        if !late.is_empty() {
+            close(c, &late, "expired", Some("its deadline passed"), now)?;
+        }
         use super::schema::lease_nonces;
         diesel::delete(lease_nonces::table.filter(lease_nonces::seen_at.lt(now - NONCE_MEMORY))).execute(c)?;
         Ok(n)
@@ -219,7 +236,7 @@ pub fn has_work(conn: &mut DbConn, asking: &Asking<'_>, now: NaiveDateTime) -> Q
         .filter(build_requests::deadline.is_null().or(build_requests::deadline.gt(now)))
         .filter(build_requests::id.ne_all(tried))
         .limit(200)
-        .select((build_requests::id, build_requests::builders, build_requests::requires))
+        .select((build_requests::id, build_requests::builders + build_requests::extra_slots, build_requests::requires))
         .load(conn)?;
     let open: Vec<(i64, i32, String)> = open
         .into_iter()
@@ -286,11 +303,36 @@ pub fn grant(
             .collect();
         // Stable: within a project, oldest first.
         candidates.sort_by_key(|r| held.get(&r.project_id).copied().unwrap_or(0));
+        let mut owner: Option<Option<String>> = None;
         for r in candidates {
             let (leased, done, lost) = counts(c, r.id)?;
-            let wanted = i64::from(r.builders);
+            let wanted = slots(r);
             if leased + done >= wanted || leased + done + lost >= wanted * ATTEMPTS_PER_SLOT {
                 continue;
+            }
+            // A request asking for agreement between owners takes one answer per owner: another
+            // machine of an owner already answering would only use up a slot.
+            if r.quorum.is_some() && r.distinct_by == "owner" {
+                let mine = match &owner {
+                    Some(o) => o.clone(),
+                    None => {
+                        let o: Option<String> =
+                            builders::table.find(asking.builder_id).select(builders::owner).first(c)?;
+                        owner = Some(o.clone());
+                        o
+                    }
+                };
+                if let Some(mine) = mine.map(|o| o.trim().to_lowercase()) {
+                    let taken: Vec<Option<String>> = leases::table
+                        .inner_join(builders::table)
+                        .filter(leases::request_id.eq(r.id))
+                        .filter(leases::state.eq_any(["leased", "done"]))
+                        .select(builders::owner)
+                        .load(c)?;
+                    if taken.into_iter().flatten().any(|o| o.trim().to_lowercase() == mine) {
+                        continue;
+                    }
+                }
             }
             diesel::insert_into(leases::table)
                 .values((
@@ -348,8 +390,9 @@ fn mine(conn: &mut DbConn, id: i64, builder_id: i64) -> QueryResult<Option<Lease
 }
 
 /// A report names its lease: link the build to the attempt and, once finished (`result`),
-/// close it (also an attempt given up for lost: the build did happen). Runs inside the
-/// report's transaction.
+/// close it (also an attempt given up for lost: the build did happen), and judge the request's
+/// answers when it asks for agreement. Runs inside the report's transaction; returns what the
+/// agreement found to notify.
 pub fn report(
     conn: &mut DbConn,
     id: i64,
@@ -358,7 +401,7 @@ pub fn report(
     build_id: i64,
     (result, reason): (Option<&str>, Option<&str>),
     now: NaiveDateTime,
-) -> QueryResult<Result<(), LeaseError>> {
+) -> QueryResult<Result<Vec<agreement::Event>, LeaseError>> {
     let Some(lease) = mine(conn, id, builder_id)? else { return Ok(Err(LeaseError::Unknown)) };
     let Some(request) = by_id(conn, lease.request_id)? else { return Ok(Err(LeaseError::Unknown)) };
     if request.project_id != project_id {
@@ -388,11 +431,12 @@ pub fn report(
                 leases::reason.eq(reason),
             ))
             .execute(conn)?;
-        settle(conn, &request, now)?;
-    } else {
-        diesel::update(leases::table.find(id)).set(leases::build_id.eq(build_id)).execute(conn)?;
+        let events = if state == "done" { agreement::after_answer(conn, request.id, builder_id)? } else { Vec::new() };
+        settle(conn, request.id, now)?;
+        return Ok(Ok(events));
     }
-    Ok(Ok(()))
+    diesel::update(leases::table.find(id)).set(leases::build_id.eq(build_id)).execute(conn)?;
+    Ok(Ok(Vec::new()))
 }
 
 /// The projects (id, name) among `names` that this builder may report for.

@@ -38,6 +38,8 @@ diesel::table! {
         created_at -> Timestamp,
         last_report_at -> Nullable<Timestamp>,
         registered_from -> Nullable<Text>,
+        agreed -> Int8,
+        disputed -> Int8,
     }
 }
 
@@ -58,6 +60,11 @@ diesel::table! {
         requested_by -> Text,
         created_at -> Timestamp,
         closed_at -> Nullable<Timestamp>,
+        quorum -> Nullable<Int4>,
+        distinct_by -> Text,
+        extra_slots -> Int4,
+        spot_check -> Bool,
+        verdict -> Nullable<Text>,
     }
 }
 
@@ -79,6 +86,8 @@ diesel::table! {
         recipe_version -> Nullable<Int8>,
         recipe_key -> Nullable<Text>,
         sandbox -> Nullable<Text>,
+        agreement -> Nullable<Text>,
+        artifacts -> Nullable<Text>,
     }
 }
 
@@ -103,6 +112,7 @@ diesel::table! {
         build_id -> Nullable<Int8>,
         ended_at -> Nullable<Timestamp>,
         reason -> Nullable<Text>,
+        agrees -> Nullable<Bool>,
     }
 }
 

@@ -6,7 +6,7 @@ use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use serde_json::json;
 
-use super::{BROKE, FIXED, Facts, LOST, NEW, STALE};
+use super::{BROKE, DISPUTED, FIXED, Facts, LOST, NEW, STALE};
 use crate::api::views::time;
 use crate::db::models::Notification;
 
@@ -30,6 +30,7 @@ pub fn summary(event: &str, f: &Facts) -> String {
         NEW => format!("{p}: {b} reported for the first time{on}"),
         STALE => format!("{p}: {b} has gone stale"),
         LOST => format!("{p}: {b} went silent mid-build{on}"),
+        DISPUTED => format!("{p}: builders disagree{on} ({b} among them)"),
         other => format!("{p}: {b}: {other}{on}"),
     }
 }
@@ -82,6 +83,9 @@ fn details(event: &str, f: &Facts, l: &Links, chat: bool) -> Vec<String> {
             (Some(p), _) => out.push(format!("Revisions: {}..{}", short(&p.revision), short(&b.revision))),
             (None, _) => out.push(format!("Revision: {}", short(&b.revision))),
         }
+    }
+    if let Some(d) = &f.dispute {
+        out.push(format!("Disagreement: {}", code(d)));
     }
     if let Some(e) = &f.first_error {
         out.push(format!("First error (step {} \"{}\", line {}): {}", e.step, e.step_name, e.line, code(&e.text)));

@@ -18,7 +18,8 @@ use crate::api::views::time;
 use crate::db::models::{Build, NewNotification, Project, Subscription};
 use crate::db::schema::{builders, projects};
 use crate::db::{DbConn, builds, notify};
-use crate::web::status::of_build;
+use crate::results::agreement::{Answer, Event, answers};
+use crate::web::status::of;
 
 /// Status changes, as their feed entries and notifications name them.
 pub const BROKE: &str = "broke";
@@ -26,6 +27,7 @@ pub const FIXED: &str = "fixed";
 pub const NEW: &str = "new";
 pub const STALE: &str = "stale";
 pub const LOST: &str = "lost";
+pub const DISPUTED: &str = "disputed";
 
 /// What a notification says, stored with it when the change happens; links are added when it
 /// is sent, from the sending server's public URL.
@@ -51,6 +53,9 @@ pub struct Facts {
     pub new_failures: Vec<TestFacts>,
     /// For a builder gone stale: when it last reported.
     pub last_report_at: Option<String>,
+    /// For a dispute: who said what.
+    #[serde(default)]
+    pub dispute: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +86,12 @@ pub struct TestFacts {
 
 /// Green, red or neither (cancelled, skipped): what broke and fixed are changes between.
 fn colour(b: &Build) -> Option<bool> {
-    if b.state == "finished" { builds::colour(b.result.as_deref()) } else { None }
+    // A disputed answer is neither: other builders disagree with it.
+    if b.state == "finished" && b.agreement.as_deref() != Some("disputed") {
+        builds::colour(b.result.as_deref())
+    } else {
+        None
+    }
 }
 
 fn build_facts(b: &Build) -> BuildFacts {
@@ -97,7 +107,7 @@ fn build_facts(b: &Build) -> BuildFacts {
 /// The word pages use for a build's status.
 fn word(conn: &mut DbConn, b: &Build) -> QueryResult<String> {
     let kind = builds::failing_kinds(conn, &[b.id])?.remove(&b.id);
-    Ok(of_build(&b.state, b.result.as_deref(), kind.as_deref()).2.to_owned())
+    Ok(of(b, kind.as_deref()).2.to_owned())
 }
 
 fn names(conn: &mut DbConn, b: &Build) -> QueryResult<(Project, String)> {
@@ -146,6 +156,56 @@ fn record(conn: &mut DbConn, change: &Change<'_>, facts: &Facts, now: NaiveDateT
             created_at: now,
         },
     )
+}
+
+/// After an answer to a request asking for agreement (same transaction): a new dispute, or a
+/// builder with a long clean record disagreeing for the first time.
+pub fn disputed(conn: &mut DbConn, events: &[Event], now: NaiveDateTime) -> QueryResult<()> {
+    for event in events {
+        let (Event::Disputed { request_id, build_id, .. } | Event::FirstDispute { request_id, build_id, .. }) = event;
+        let Some(b) = builds::by_id(conn, *build_id)? else { continue };
+        if !notify::has_subscribers(conn, b.project_id)? {
+            return Ok(());
+        }
+        let (project, builder) = names(conn, &b)?;
+        let answers: Vec<Answer> = answers(conn, &[*request_id])?.into_iter().map(|(_, a)| a).collect();
+        let said = |a: &Answer| {
+            let tests = if a.failing_tests.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} failing: {})",
+                    a.failing_tests.len(),
+                    a.failing_tests.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            format!("{} says {}{tests}", a.builder, a.result)
+        };
+        let (key, dispute) = match event {
+            Event::Disputed { .. } => (
+                format!("request/{request_id}/disputed"),
+                format!("request {request_id}: {}", answers.iter().map(said).collect::<Vec<_>>().join("; ")),
+            ),
+            Event::FirstDispute { agreed, .. } => (
+                format!("builder/{}/first-dispute", b.builder_id),
+                format!(
+                    "{builder}'s first disagreement after {agreed} agreements (request {request_id}): {}",
+                    answers.iter().map(said).collect::<Vec<_>>().join("; ")
+                ),
+            ),
+        };
+        let facts = Facts {
+            project: project.name,
+            builder,
+            branch: Some(b.branch.clone()),
+            new_status: "disputed".to_owned(),
+            build: Some(build_facts(&b)),
+            dispute: Some(dispute),
+            ..Facts::default()
+        };
+        record(conn, &Change::of_build(DISPUTED, key, &b), &facts, now)?;
+    }
+    Ok(())
 }
 
 /// After a report was stored (same transaction): records the change it makes to its builder's

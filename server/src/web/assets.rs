@@ -16,7 +16,7 @@ pub fn version() -> &'static str {
     VERSION.get_or_init(|| {
         use sha2::{Digest, Sha256};
         let digest = Sha256::new().chain_update(CSS).chain_update(JS).finalize();
-        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+        tbox_protocol::hex(&digest[..6])
     })
 }
 

@@ -87,9 +87,11 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         let before = if red { builds::previous_decided(&mut conn, &full.build)? } else { None };
         let already = before.as_ref().is_some_and(|p| builds::colour(p.result.as_deref()) == Some(false));
         let since = if already { builds::failing_since(&mut conn, &full.build)? } else { None };
-        Ok((full, briefs, neighbours, since, before, first, elsewhere))
+        let agreement = crate::results::agreement::of_build(&mut conn, id)?;
+        Ok((full, briefs, neighbours, since, before, first, (elsewhere, agreement)))
     })
     .await??;
+    let (elsewhere, agreement) = elsewhere;
 
     let b = &full.build;
     let red = builds::colour(b.result.as_deref()) == Some(false);
@@ -98,7 +100,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
     // Red after a green one: this build broke the builder.
     let broke = before.as_ref().filter(|p| builds::colour(p.result.as_deref()) == Some(true)).map(|p| p.id);
     let failing_kind = full.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-    let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
+    let (class, glyph, word) = status::of(&b, failing_kind);
     let properties: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&b.properties).unwrap_or_default();
     let summary = serde_json::json!({
@@ -138,6 +140,10 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
     let nothing_ran = b.result.as_deref() == Some("exception")
         && full.steps.iter().all(|s| s.result == "exception" && s.exit_code.is_none());
     let mut ctx = Context::new();
+    ctx.insert("agreement", &agreement.map(|(r, answers)| agreement_view(b.id, &r, &answers)));
+    let artifacts: Vec<tbox_protocol::Artifact> =
+        b.artifacts.as_deref().and_then(|a| serde_json::from_str(a).ok()).unwrap_or_default();
+    ctx.insert("artifacts", &artifacts);
     ctx.insert("nothing_ran", &nothing_ran);
     ctx.insert("b", &summary);
     ctx.insert("steps", &steps);
@@ -172,4 +178,31 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         &serde_json::json!({"passed": count("passed"), "failed": count("failed"), "error": count("error"), "skipped": count("skipped")}),
     );
     super::html(&super::templates::render("build.html", &ctx).map_err(AppError::from)?)
+}
+
+/// What the build page says of the request this build answered: the verdict, and each answer
+/// with how it differs from the agreed one (or, while disputed, from this build).
+fn agreement_view(
+    build_id: i64,
+    r: &crate::db::models::BuildRequest,
+    answers: &[crate::results::agreement::Answer],
+) -> serde_json::Value {
+    let reference =
+        answers.iter().find(|a| a.agrees == Some(true)).or_else(|| answers.iter().find(|a| a.build == build_id));
+    let rows: Vec<serde_json::Value> = answers
+        .iter()
+        .map(|a| {
+            let differs = reference.filter(|r| r.build != a.build).map(|r| a.differences(r)).unwrap_or_default();
+            serde_json::json!({
+                "build": a.build, "builder": a.builder, "owner": a.owner, "result": a.result,
+                "failing": a.failing_tests.len(), "agrees": a.agrees, "this": a.build == build_id,
+                "differs": differs.join("; "),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "request": r.id, "verdict": r.verdict, "quorum": crate::results::agreement::quorum_of(r),
+        "distinct": r.distinct_by, "spot_check": r.spot_check,
+        "against": reference.map(|a| a.builder.clone()), "answers": rows,
+    })
 }

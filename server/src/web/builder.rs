@@ -64,8 +64,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
     let rows: Vec<HistoryRow> = history
         .iter()
         .map(|x| {
-            let (class, glyph, word) =
-                status::of_build(&x.state, x.result.as_deref(), kinds.get(&x.id).map(String::as_str));
+            let (class, glyph, word) = status::of(x, kinds.get(&x.id).map(String::as_str));
             HistoryRow {
                 id: x.id,
                 time: time(x.started_at),
@@ -108,6 +107,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
         "b",
         &serde_json::json!({
             "name": b.name, "status": b.status, "owner": b.owner, "description": b.description,
+            "agreed": b.agreed, "disputed": b.disputed,
             "registered": time(b.created_at), "registered_label": b.created_at.format("%Y-%m-%d").to_string(),
             "seen_at": b.last_report_at.map(time),
             "seen": b.last_report_at.map(|t| status::age(now - t)),

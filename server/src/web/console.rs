@@ -37,6 +37,8 @@ struct RevisionRow {
     time: String,
     label: String,
     cells: Vec<Option<Cell>>,
+    /// Builders answering a request for it disagree: it is not green, whatever cells say.
+    disputed: bool,
 }
 
 fn is_red(b: &crate::db::models::Build) -> bool {
@@ -99,11 +101,16 @@ pub async fn page(
                     // The newest build of this builder for this revision.
                     let l = of_rev.iter().find(|l| l.build.builder_id == col.id)?;
                     let failing = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-                    let (class, glyph, word) = status::of_build(&l.build.state, l.build.result.as_deref(), failing);
-                    let why = is_red(&l.build).then(|| match previous(l) {
+                    let (class, glyph, word) = status::of(&l.build, failing);
+                    // Red here and green on another builder at this revision: a platform
+                    // failure, the kind a build farm exists to catch (DESIGN's flaky rule).
+                    let only_here = of_rev.iter().any(|o| o.build.builder_id != col.id && is_green(&o.build));
+                    let why = (is_red(&l.build) && class != "disputed").then(|| match previous(l) {
+                        Some(p) if is_green(&p.build) && only_here => "new regression, fails only here",
                         Some(p) if is_green(&p.build) => "new regression",
                         Some(p) if is_red(&p.build) => "already failing",
                         None if whole => "first build",
+                        _ if only_here => "fails only here",
                         _ => "failing",
                     });
                     Some(Cell { id: l.build.id, class, glyph, word, why, failed_tests: l.tests.failed + l.tests.error })
@@ -118,6 +125,7 @@ pub async fn page(
                 time: time(first),
                 label: first.format("%Y-%m-%d %H:%M").to_string(),
                 cells,
+                disputed: of_rev.iter().any(|l| l.build.agreement.as_deref() == Some("disputed")),
             }
         })
         .collect();
@@ -126,7 +134,7 @@ pub async fn page(
     let candidates: Vec<crate::db::models::Build> = revisions
         .iter()
         .flat_map(|r| r.cells.iter().flatten())
-        .filter(|c| c.why == Some("new regression") && c.class == "tests-failed")
+        .filter(|c| c.why.is_some_and(|w| w.starts_with("new regression")) && c.class == "tests-failed")
         .filter_map(|c| builds.iter().find(|l| l.build.id == c.id).map(|l| l.build.clone()))
         .collect();
     if !candidates.is_empty() {

@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::NaiveDateTime;
 use serde::Deserialize;
 
-use super::status::of_build;
+use super::status::of;
 use crate::AppState;
 use crate::api::status::{is_stale, project};
 use crate::api::views::time;
@@ -48,6 +48,9 @@ pub struct FeedQuery {
 
 /// Green, red or neither: what a status change is a change between.
 fn colour(b: &Build) -> Option<&'static str> {
+    if b.agreement.as_deref() == Some("disputed") {
+        return None;
+    }
     crate::db::builds::colour(b.result.as_deref()).map(|green| if green { "green" } else { "red" })
 }
 
@@ -93,7 +96,7 @@ fn changes(
             l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref()).map(|k| (l.build.id, k))
         })
         .collect();
-    let word = |b: &Build| of_build(&b.state, b.result.as_deref(), kinds.get(&b.id).copied()).2;
+    let word = |b: &Build| of(b, kinds.get(&b.id).copied()).2;
     // Oldest first per (builder, branch), so each build is compared with the one before it.
     let mut runs: HashMap<(i64, String), Vec<&Build>> = HashMap::new();
     for l in listed.iter().rev().filter(|l| l.build.state == "finished") {
@@ -151,6 +154,27 @@ fn changes(
                 builder.name,
                 b.revision,
                 time(b.started_at)
+            ),
+        });
+    }
+    // A dispute is news: builders answering one request disagree (DESIGN).
+    for b in listed.iter().map(|l| &l.build).filter(|b| b.agreement.as_deref() == Some("disputed")) {
+        let Some(builder) = cols.iter().find(|c| c.id == b.builder_id) else { continue };
+        entries.push(Entry {
+            id: tag(format!("build/{}/disputed", b.id)),
+            title: format!(
+                "{} disputed on {}: other builders disagree with its {}",
+                builder.name,
+                b.branch,
+                b.result.as_deref().unwrap_or("result")
+            ),
+            updated: b.finished_at.unwrap_or(b.started_at),
+            link: format!("{base}/builds/{}#agreement", b.id),
+            summary: format!(
+                "{} reported {} at revision {}, and builders answering the same request disagree; see who said what.",
+                builder.name,
+                b.result.as_deref().unwrap_or("a result"),
+                b.revision
             ),
         });
     }
@@ -297,7 +321,7 @@ fn verdict(hs: &[Head]) -> Verdict {
     let warned = hs.iter().any(|h| h.build.result.as_deref() == Some("warnings"));
     if hs.len() == 1 {
         let h = &hs[0];
-        let (class, _, word) = of_build(&h.build.state, h.build.result.as_deref(), h.failing_kind.as_deref());
+        let (class, _, word) = of(&h.build, h.failing_kind.as_deref());
         let (colour, hex) = match class {
             "success" => ("brightgreen", "#1a7f37"),
             "warnings" | "tests-failed" => ("orange", "#bc4c00"),
@@ -305,12 +329,17 @@ fn verdict(hs: &[Head]) -> Verdict {
             "exception" => ("blueviolet", "#8250df"),
             "building" => ("yellow", "#bf8700"),
             "lost" => ("475569", "#475569"),
+            "disputed" => ("bf3989", "#bf3989"),
             _ => ("lightgrey", "#9f9f9f"),
         };
         return Verdict { message: if word == "success" { "passing".into() } else { word.into() }, colour, hex };
     }
+    // Another builder disagreed with a head: not passing on that one's word.
+    let disputed = hs.iter().filter(|h| h.build.agreement.as_deref() == Some("disputed")).count();
     if red > 0 {
         Verdict { message: format!("failing on {red} of {}", hs.len()), colour: "red", hex: "#cf222e" }
+    } else if disputed > 0 {
+        Verdict { message: format!("disputed on {disputed} of {}", hs.len()), colour: "bf3989", hex: "#bf3989" }
     } else if building + lost == hs.len() && building > 0 {
         Verdict { message: "building".into(), colour: "yellow", hex: "#bf8700" }
     } else if lost == hs.len() {

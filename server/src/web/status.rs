@@ -29,6 +29,16 @@ pub fn of_build(
     }
 }
 
+/// Class, glyph and word for a build as pages, feeds and messages show it: an answer other
+/// builders disagreed with is "disputed", neither green nor red on its builder's word alone
+/// (DESIGN: a dispute never makes a revision look green).
+pub fn of(b: &crate::db::models::Build, failing_step_kind: Option<&str>) -> (&'static str, &'static str, &'static str) {
+    if b.state == "finished" && b.agreement.as_deref() == Some("disputed") {
+        return ("disputed", "⚖", "disputed");
+    }
+    of_build(&b.state, b.result.as_deref(), failing_step_kind)
+}
+
 /// Glyph for a step's result.
 pub fn glyph(result: &str) -> &'static str {
     of_build("finished", Some(result), None).1

@@ -130,7 +130,7 @@ pub fn headers(cols: &[Builder], latest: &[latest::Latest], state: &AppState) ->
             let l = latest.iter().find(|l| l.builder_id == b.id);
             let build = l.and_then(|l| l.build.as_ref());
             let (class, glyph, word) = match build {
-                Some(x) => status::of_build(&x.state, x.result.as_deref(), l.and_then(|l| l.failing_kind())),
+                Some(x) => status::of(x, l.and_then(|l| l.failing_kind())),
                 None => ("nodata", "?", "no builds"),
             };
             let props: HashMap<String, String> = serde_json::from_str(&b.properties).unwrap_or_default();
@@ -345,7 +345,7 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
             }
             let bottom = bottom.max(top);
             let failing_kind = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-            let (class, glyph, word) = status::of_build(&b.state, b.result.as_deref(), failing_kind);
+            let (class, glyph, word) = status::of(b, failing_kind);
             // "Since" and the compare link are within the build's branch: a release build is not
             // compared with one of main.
             let previous = col[k + 1..]

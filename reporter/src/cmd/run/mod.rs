@@ -473,6 +473,7 @@ fn run_project(
         recipe_key: None,
         sandbox: None,
         lease: None,
+        artifacts: Vec::new(),
     };
     mark(&mut started, &plan, sandbox.as_ref(), config.sandbox_for(project));
     started.lease = lease;
@@ -623,7 +624,24 @@ fn run_project(
         bar.finish_and_clear();
     }
 
+    let mut artifacts = Vec::new();
+    if !plan.artifacts.is_empty() && !stop_before_artifacts(&steps) {
+        let found = crate::artifacts::collect(&workdir, &plan.artifacts);
+        if verbose {
+            eprintln!("tbox-report: {}: {} artifact(s) hashed", project.name, found.artifacts.len());
+        }
+        if !found.problems.is_empty()
+            && let Some(last) = steps.last_mut()
+        {
+            let log = last.log.get_or_insert_with(String::new);
+            for p in &found.problems {
+                log.push_str(&format!("[tbox-report] {p}\n"));
+            }
+        }
+        artifacts = found.artifacts;
+    }
     let mut report = finish(project, config, uuid, revision.clone(), started_at, steps, tests);
+    report.artifacts = artifacts;
     mark(&mut report, &plan, sandbox.as_ref(), config.sandbox_for(project));
     report.lease = lease;
     let delivered = super::deliver(&report, client, Some(&config.spool_dir()), request, verbose)?;
@@ -744,7 +762,13 @@ pub(super) fn finish(
         recipe_key: None,
         sandbox: None,
         lease: None,
+        artifacts: Vec::new(),
     }
+}
+
+/// A build stopped by its volunteer has no artifacts worth comparing (nor time to hash them).
+fn stop_before_artifacts(steps: &[Step]) -> bool {
+    steps.iter().any(|s| s.result == BuildResult::Cancelled)
 }
 
 /// A spinner on a terminal; nothing under cron.

@@ -19,6 +19,8 @@ pub(super) struct Plan {
     pub network: bool,
     /// What each step may use: the volunteer's limits, or less if the recipe asks.
     pub limits: StepLimits,
+    /// Globs of the files whose digests the report carries.
+    pub artifacts: Vec<String>,
 }
 
 /// A build a project asked for (a lease on one of its requests), rather than one of `run`'s
@@ -92,7 +94,8 @@ pub(super) fn plan(config: &Config, project: &Project, verbose: bool) -> Result<
     let Some(pin) = &project.recipe else {
         let steps = project.steps.clone();
         let network = config.network_for(project);
-        return Ok(Plan { steps, source: project.git.clone(), recipe: None, network, limits: mine });
+        let artifacts = project.artifacts.clone();
+        return Ok(Plan { steps, source: project.git.clone(), recipe: None, network, limits: mine, artifacts });
     };
     let name = &project.name;
     let v = match trust::obtain(&trust::agent(), config.server.trim_end_matches('/'), name, pin) {
@@ -168,5 +171,6 @@ pub(super) fn plan(config: &Config, project: &Project, verbose: bool) -> Result<
     }
     let steps = r.steps.clone();
     let limits = mine.within(&r.limits);
-    Ok(Plan { steps, source: Some(r.repo.clone()), network: r.network, limits, recipe: Some(v) })
+    let artifacts = r.artifacts.clone();
+    Ok(Plan { steps, source: Some(r.repo.clone()), network: r.network, limits, recipe: Some(v), artifacts })
 }
