@@ -371,6 +371,31 @@ fn passing_and_failing_steps_with_junit_and_no_leaked_environment() -> TestResul
     Ok(())
 }
 
+/// Issue 21: the files `artifacts` names are in the report with their SHA-256, for agreement;
+/// a symlink the build planted towards the volunteer's key is not followed (its digest would
+/// leak too), and a FIFO does not hold the report up.
+#[test]
+fn artifacts_are_hashed_never_through_a_symlink() -> TestResult {
+    let v = Volunteer::new(
+        "artifacts = [\"out/*\"]\n[[project.step]]\nname = \"build\"\n\
+         run = \"mkdir -p out && printf binary > out/demo.bin && ln -sf $HOME/../../home/builder.pem out/key.pem \
+         && mkfifo out/pipe\"\n",
+    );
+    v.serve();
+    let out = v.cmd(&["run", "-v"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = v.build(&v.builds()[0]["id"]);
+    assert_eq!(b["result"], "success", "{b}");
+    // sha256("binary")
+    assert_eq!(
+        b["artifacts"],
+        serde_json::json!([{"path": "out/demo.bin", "size": 6,
+            "sha256": "9a3a45d01531a20e89ac6ae10b0b0beb0492acd7216a368aa062d1a5fecaf9cd"}]),
+        "{b}"
+    );
+    Ok(())
+}
+
 /// Issue 11: a JUnit file that cannot be read left the build green with 0 tests; a test step
 /// whose globs matched nothing said nothing.
 #[test]

@@ -150,6 +150,7 @@ fn fill(conn: &mut DbConn, n_builders: usize, per_builder: usize) -> i64 {
                         recipe_version: None,
                         recipe_key: None,
                         sandbox: None,
+                        artifacts: None,
                     }
                 })
                 .collect();

@@ -549,6 +549,14 @@ pub fn parse_age(s: &str) -> Result<chrono::TimeDelta, String> {
     d.ok_or_else(bad)
 }
 
+/// A fraction from 0 to 1 (`--spot-check`).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction from 0 to 1 (such as 0.1)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,13 +587,5 @@ mod tests {
         assert!(parse_age("90").is_err());
         assert!(parse_age("d").is_err());
         assert!(parse_age("5y").is_err());
-    }
-}
-
-/// A fraction from 0 to 1 (`--spot-check`).
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-        _ => Err(format!("{s:?} is not a fraction from 0 to 1 (such as 0.1)")),
     }
 }

@@ -170,27 +170,29 @@ pub fn quorum_of(r: &BuildRequest) -> Option<usize> {
     r.quorum.map(|q| usize::try_from(q).unwrap_or(usize::MAX)).or(r.spot_check.then_some(2))
 }
 
+/// (request, lease, build, builder id, agrees, builder, owner, result, artifacts)
+type AnswerRow = (i64, i64, i64, i64, Option<bool>, String, Option<String>, Option<String>, Option<String>);
+
 /// A request's answers: its finished builds that closed one of its leases, oldest first.
 pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, Answer)>> {
-    let rows: Vec<(i64, i64, i64, i64, Option<bool>, String, Option<String>, Option<String>, Option<String>)> =
-        leases::table
-            .inner_join(builds::table.on(builds::id.nullable().eq(leases::build_id)))
-            .inner_join(builders::table.on(builders::id.eq(leases::builder_id)))
-            .filter(leases::request_id.eq_any(request_ids))
-            .filter(leases::state.eq("done"))
-            .order(leases::id)
-            .select((
-                leases::request_id,
-                leases::id,
-                builds::id,
-                builders::id,
-                leases::agrees,
-                builders::name,
-                builders::owner,
-                builds::result,
-                builds::artifacts,
-            ))
-            .load(conn)?;
+    let rows: Vec<AnswerRow> = leases::table
+        .inner_join(builds::table.on(builds::id.nullable().eq(leases::build_id)))
+        .inner_join(builders::table.on(builders::id.eq(leases::builder_id)))
+        .filter(leases::request_id.eq_any(request_ids))
+        .filter(leases::state.eq("done"))
+        .order(leases::id)
+        .select((
+            leases::request_id,
+            leases::id,
+            builds::id,
+            builders::id,
+            leases::agrees,
+            builders::name,
+            builders::owner,
+            builds::result,
+            builds::artifacts,
+        ))
+        .load(conn)?;
     let ids: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let mut failing: HashMap<i64, Vec<(String, bool)>> = HashMap::new();
     for chunk in ids.chunks(500) {
@@ -408,7 +410,7 @@ mod tests {
         let a = answer(1, Some("alice"), "failure", &["s::t"], &[]);
         let b = answer(2, Some("bob"), "failure", &["s::t"], &[]);
         let liar = answer(3, Some("mallory"), "success", &[], &[]);
-        assert_eq!(judge(&[a.clone()], 2, false, None), Standing::Pending);
+        assert_eq!(judge(std::slice::from_ref(&a), 2, false, None), Standing::Pending);
         assert_eq!(judge(&[a.clone(), liar.clone()], 2, false, None), Standing::Disputed);
         assert_eq!(judge(&[a.clone(), liar.clone(), b.clone()], 2, false, None), Standing::Agreed(vec![0, 2]));
         // A verdict stands: a later pair agreeing on something else does not overturn it.

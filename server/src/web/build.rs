@@ -100,7 +100,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
     // Red after a green one: this build broke the builder.
     let broke = before.as_ref().filter(|p| builds::colour(p.result.as_deref()) == Some(true)).map(|p| p.id);
     let failing_kind = full.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-    let (class, glyph, word) = status::of(&b, failing_kind);
+    let (class, glyph, word) = status::of(b, failing_kind);
     let properties: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&b.properties).unwrap_or_default();
     let summary = serde_json::json!({
