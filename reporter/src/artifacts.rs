@@ -50,6 +50,13 @@ pub fn collect(base: &Path, globs: &[String]) -> Found {
             found.problems.push(format!("artifact {} has a name that is not UTF-8; not listed", rel.display()));
             continue;
         };
+        // What the server would refuse (and with it the whole report) is left out, and said.
+        if path.len() > 400 || path.chars().any(char::is_control) {
+            found
+                .problems
+                .push(format!("artifact {path:?}: a name over 400 bytes or with control characters; not listed"));
+            continue;
+        }
         if found.artifacts.len() >= MAX_ARTIFACTS {
             found.problems.push(format!("more than {MAX_ARTIFACTS} artifacts match; the rest are not listed"));
             break;
@@ -110,9 +117,11 @@ mod tests {
         std::fs::write(dir.join("secret"), b"the volunteer's key").unwrap();
         std::os::unix::fs::symlink(dir.join("secret"), dir.join("target/release/link")).unwrap();
         nix::unistd::mkfifo(&dir.join("target/release/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::write(dir.join("target/release/tab\there"), b"x").unwrap();
         let found = collect(&dir, &["target/release/*".to_owned()]);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(found.artifacts.len(), 1, "{found:?}");
+        assert!(found.problems.iter().any(|p| p.contains("control characters")), "{found:?}");
         assert_eq!(found.artifacts[0].path, "target/release/demo");
         assert_eq!(found.artifacts[0].size, 6);
         // sha256("binary")

@@ -381,6 +381,12 @@ fn store_build(
             now,
         )? {
             Ok(events) => crate::notify::disputed(conn, &events, now)?,
+            Err(crate::db::requests::LeaseError::Answered(what)) => {
+                return Err(AppError::conflict(
+                    "lease_answered",
+                    format!("lease: {what}; an answer to a request is not changed once given"),
+                ));
+            }
             Err(crate::db::requests::LeaseError::Mismatch(what)) => {
                 return Err(AppError::invalid(
                     "lease_mismatch",

@@ -659,6 +659,20 @@ fn a_liar_is_disputed_then_outvoted(backend: Backend) -> TestResult {
     assert_eq!(list["requests"][0]["verdict"], "agreed");
     let log = s.admin_ok(&["notify", "log", "demo"]);
     assert!(log.contains("demo: builders disagree on main (b1 among them)"), "{log}");
+
+    // Caught, the liar cannot take its answer back or swap it: a second report, or a started
+    // one, on its answered lease is refused, and nothing changes.
+    let (status, v) = answer(&s, "b1", &l1["lease"], "failure", &["parses_empty"], json!([]));
+    assert_eq!((status, v["error"].as_str()), (409, Some("lease_answered")), "{v}");
+    let mut started = common::started("b1-restart");
+    started["builder"] = "b1".into();
+    started["revision"] = R.into();
+    started["lease"] = l1["lease"].clone();
+    let (status, v) = s.send_as("b1", key(2), started.to_string().as_bytes());
+    assert_eq!((status, v["error"].as_str()), (409, Some("lease_answered")), "{v}");
+    let after = request(&s, id);
+    assert_eq!((&after["agreeing"], &after["answers"]), (&r["agreeing"], &r["answers"]), "{after}");
+    assert_eq!(record(&s, "b1"), (0, 1));
     Ok(())
 }
 

@@ -108,7 +108,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>, path: web::Path<i
     let (full, first) = web::block(move || -> Result<_, AppError> {
         let mut conn = pool.get()?;
         let full = builds::get(&mut conn, id)?.ok_or_else(|| AppError::not_found(format!("no build {id}")))?;
-        let first = crate::web::logs::first_error(&mut conn, id, &full.steps)?;
+        let first = crate::results::errors::first_error(&mut conn, id, &full.steps)?;
         Ok((full, first))
     })
     .await??;

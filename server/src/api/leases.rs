@@ -246,6 +246,7 @@ pub async fn renew(
         }))),
         Err(LeaseError::Unknown) => Err(AppError::not_found(format!("no lease {id} of this builder"))),
         Err(LeaseError::Mismatch(what)) => Err(AppError::invalid("lease_mismatch", what)),
+        Err(LeaseError::Answered(what)) => Err(AppError::conflict("lease_answered", what)),
         Err(LeaseError::Over(state)) => Err(AppError::gone(format!(
             "lease {id} is {state}: build the request again only if a new lease is granted"
         ))),

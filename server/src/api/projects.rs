@@ -3,11 +3,11 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use super::status::summaries;
 use super::views::ProjectView;
 use crate::AppState;
 use crate::db::projects;
 use crate::error::AppError;
+use crate::results::summary::summaries;
 
 #[derive(Debug, Serialize)]
 struct ProjectList {

@@ -1,22 +1,18 @@
 //! Where a project stands, for programs: latest per builder and branch, builders, one
 //! revision across builders, failing tests and one test's history.
 
-use std::collections::HashMap;
-
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::NaiveDateTime;
-use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::views::{BuildSummary, time};
 use crate::AppState;
 use crate::db::builds::{self, Filter};
-use crate::db::models::{Build, Project};
-use crate::db::schema::{builders, builds as builds_t, test_results};
+use crate::db::models::Project;
 use crate::db::status::{Head, heads};
 use crate::db::{DbConn, builders as builders_db, projects};
 use crate::error::AppError;
-use crate::web::status::of_build;
+use crate::results::failing::{failing_tag, failing_tests, test_history};
+use crate::results::verdict::{is_stale, of};
 
 /// Loads a project or answers 404.
 pub fn project(conn: &mut DbConn, name: &str) -> Result<Project, AppError> {
@@ -48,7 +44,7 @@ impl HeadView {
             branch: b.branch.clone(),
             state: b.shown_state().to_owned(),
             result: b.shown_result().map(str::to_owned),
-            status: of_build(&b.state, b.result.as_deref(), h.failing_kind.as_deref()).2,
+            status: of(b, h.failing_kind.as_deref()).2,
             stale: is_stale(h.builder.last_report_at, stale_after),
             build: b.id,
             revision: b.revision.clone(),
@@ -57,11 +53,6 @@ impl HeadView {
             url: format!("{base}/builds/{}", b.id),
         }
     }
-}
-
-/// Not heard from within `stale_after` (or never).
-pub fn is_stale(last: Option<NaiveDateTime>, stale_after: chrono::TimeDelta) -> bool {
-    last.is_none_or(|t| crate::db::now() - t > stale_after)
 }
 
 /// Query narrowing heads.
@@ -152,9 +143,6 @@ pub async fn revision(
     Ok(HttpResponse::Ok().json(serde_json::json!({"revision": rev, "builds": list})))
 }
 
-/// Failing tests whose "since" is worked out at most (each costs two indexed queries).
-const MAX_FAILING: usize = 200;
-
 /// `GET /api/v1/projects/{p}/tests/failing`: tests failing in the newest build of each builder
 /// and branch, and since which build they have been failing there.
 pub async fn failing(
@@ -187,82 +175,6 @@ pub async fn failing(
         Err(tag) => Ok(super::not_modified(&tag)),
     }
 }
-
-/// Tests failing in the newest finished build of each builder and branch, with since when and
-/// whether they are flaky there (the API's `tests/failing` and the tests page): read from the
-/// results as stored (`results::tests` decided at ingest), a bounded number of rows whatever
-/// the history behind them.
-pub fn failing_tests(
-    conn: &mut DbConn,
-    project_id: i64,
-    builder: Option<&str>,
-    branch: Option<&str>,
-    base: &str,
-) -> Result<Vec<serde_json::Value>, AppError> {
-    let hs: Vec<Head> =
-        heads(conn, project_id, builder, branch)?.into_iter().filter(|h| h.build.state == "finished").collect();
-    let ids: Vec<i64> = hs.iter().map(|h| h.build.id).collect();
-    type Row = (i64, String, String, String, Option<String>, Option<i64>, bool);
-    let failing: Vec<Row> = test_results::table
-        .filter(test_results::build_id.eq_any(&ids))
-        .filter(test_results::result.eq_any(["failed", "error"]))
-        .order((test_results::build_id, test_results::suite, test_results::name))
-        .limit(MAX_FAILING as i64)
-        .select((
-            test_results::build_id,
-            test_results::suite,
-            test_results::name,
-            test_results::result,
-            test_results::message,
-            test_results::since_build_id,
-            test_results::flaky,
-        ))
-        .load(conn)?;
-    let mut since_ids: Vec<i64> = failing.iter().filter_map(|r| r.5).collect();
-    since_ids.sort_unstable();
-    since_ids.dedup();
-    let since_builds: HashMap<i64, Build> = builds_t::table
-        .filter(builds_t::id.eq_any(&since_ids))
-        .select(Build::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(|b| (b.id, b))
-        .collect();
-    let by_build: HashMap<i64, &Head> = hs.iter().map(|h| (h.build.id, h)).collect();
-    let mut out = Vec::new();
-    for (build_id, suite, test, result, message, since_id, flaky) in failing {
-        let Some(h) = by_build.get(&build_id) else { continue };
-        // Stored before this was decided at ingest: since this build, as far as is known.
-        let since = since_id.and_then(|id| since_builds.get(&id)).unwrap_or(&h.build);
-        out.push(serde_json::json!({
-            "suite": suite, "name": test, "result": result, "message": message,
-            "builder": h.builder.name, "branch": h.build.branch, "build": build_id,
-            "revision": h.build.revision, "url": format!("{base}/builds/{build_id}"), "flaky": flaky,
-            "since": {"build": since.id, "revision": since.revision,
-                "started_at": time(since.started_at), "url": format!("{base}/builds/{}", since.id)},
-        }));
-    }
-    Ok(out)
-}
-
-/// A validator for the failing tests of a project, from its heads alone (what a build means is
-/// stored with it and never changes): compared before any of the work is done.
-pub fn failing_tag(
-    conn: &mut DbConn,
-    project_id: i64,
-    builder: Option<&str>,
-    branch: Option<&str>,
-) -> Result<String, AppError> {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for head in heads(conn, project_id, builder, branch)? {
-        h.update(format!("{}:{}:{};", head.build.id, head.build.state, head.build.branch).as_bytes());
-    }
-    Ok(format!("W/\"f{}\"", h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()))
-}
-
-/// How many of a project's newest builds a test history looks through.
-pub const HISTORY_WINDOW: i64 = 10_000;
 
 /// Query of the test history.
 #[derive(Debug, Deserialize)]
@@ -305,101 +217,4 @@ pub fn test_name(name: Option<&str>) -> Result<String, AppError> {
     name.filter(|n| !n.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| AppError::bad_request("bad_query", "name: give the test's name"))
-}
-
-/// One test's results across builders, newest first, among the project's newest
-/// [`HISTORY_WINDOW`] builds (the API's `tests/history` and the history page).
-pub fn test_history(
-    conn: &mut DbConn,
-    project_id: i64,
-    test: &str,
-    suite: Option<&str>,
-    builder: Option<&str>,
-    limit: i64,
-    base: &str,
-) -> Result<Vec<serde_json::Value>, AppError> {
-    // The newest builds of the project, each one's tests read through test_results_build:
-    // a history covers the last HISTORY_WINDOW builds, whatever the number stored.
-    let oldest: Option<NaiveDateTime> = builds_t::table
-        .filter(builds_t::project_id.eq(project_id))
-        .order((builds_t::started_at.desc(), builds_t::id.desc()))
-        .offset(HISTORY_WINDOW - 1)
-        .select(builds_t::started_at)
-        .first(conn)
-        .optional()?;
-    let mut query = test_results::table
-        .inner_join(builds_t::table.inner_join(builders::table))
-        .filter(test_results::name.eq(test.to_owned()))
-        .filter(builds_t::project_id.eq(project_id))
-        .filter(builders::status.eq(builders_db::ACTIVE))
-        .order((builds_t::started_at.desc(), builds_t::id.desc()))
-        .limit(limit)
-        .select((
-            builds_t::id,
-            builders::name,
-            builds_t::branch,
-            builds_t::revision,
-            builds_t::started_at,
-            test_results::suite,
-            test_results::result,
-            test_results::duration_ms,
-            test_results::message,
-        ))
-        .into_boxed();
-    if let Some(t) = oldest {
-        query = query.filter(builds_t::started_at.ge(t));
-    }
-    if let Some(s) = suite {
-        query = query.filter(test_results::suite.eq(s.to_owned()));
-    }
-    if let Some(b) = builder {
-        query = query.filter(builders::name.eq(b.to_owned()));
-    }
-    type Row = (i64, String, String, String, NaiveDateTime, String, String, Option<i64>, Option<String>);
-    let rows: Vec<Row> = query.load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, builder, branch, revision, started, suite, result, duration, message)| {
-            serde_json::json!({"build": id, "url": format!("{base}/builds/{id}"), "builder": builder, "branch": branch,
-                "revision": revision, "started_at": time(started), "suite": suite, "result": result,
-                "duration_ms": duration, "message": message})
-        })
-        .collect())
-}
-
-/// Builders of each project by colour: green, red, building, lost, stale, nodata (newest build of each
-/// builder, whatever its branch). Keyed by project id.
-pub fn summaries(
-    conn: &mut DbConn,
-    project: Option<i64>,
-    stale_after: chrono::TimeDelta,
-) -> QueryResult<HashMap<i64, std::collections::BTreeMap<&'static str, usize>>> {
-    let latest = crate::db::status::latest(conn, project)?;
-    let seen = builders_db::last_seen(conn)?;
-    let mut out: HashMap<i64, std::collections::BTreeMap<&'static str, usize>> = HashMap::new();
-    for l in &latest {
-        let stale = is_stale(seen.get(&l.builder_id).copied().flatten(), stale_after);
-        let class = match &l.build {
-            _ if stale => "stale",
-            None => "nodata",
-            Some(b) => of_build(&b.state, b.result.as_deref(), l.failing_kind()).0,
-        };
-        // Red, and which red: the pages colour each as the legend does.
-        let group = match class {
-            "success" | "warnings" => "green",
-            "failure" => "failed",
-            "tests-failed" => "tests_failed",
-            "exception" => "exception",
-            "building" => "building",
-            "lost" => "lost",
-            "stale" => "stale",
-            _ => "nodata",
-        };
-        let counts = out.entry(l.project_id).or_default();
-        *counts.entry(group).or_default() += 1;
-        if matches!(group, "failed" | "tests_failed" | "exception") {
-            *counts.entry("red").or_default() += 1;
-        }
-    }
-    Ok(out)
 }

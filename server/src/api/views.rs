@@ -89,7 +89,7 @@ pub struct BuildDetail {
     pub properties: serde_json::Map<String, serde_json::Value>,
     pub url: String,
     /// A red build's failure in one line: the first error line of its first failed step.
-    pub first_error: Option<crate::web::logs::FirstError>,
+    pub first_error: Option<crate::results::errors::FirstError>,
     pub steps: Vec<StepDetail>,
     pub tests: Vec<TestDetail>,
     /// As an answer to a request asking for agreement: `pending`, `agreed` or `disputed`.
@@ -206,6 +206,8 @@ pub struct StatusCounts {
     pub lost: usize,
     pub stale: usize,
     pub nodata: usize,
+    /// Their newest build's answer is disputed by other builders (neither green nor red).
+    pub disputed: usize,
 }
 
 /// Where a project's feeds are.
@@ -235,6 +237,7 @@ impl ProjectView {
                 lost: c("lost"),
                 stale: c("stale"),
                 nodata: c("nodata"),
+                disputed: c("disputed"),
             },
             feeds: Feeds {
                 builds: format!("{base}/api/v1/projects/{n}/builds"),

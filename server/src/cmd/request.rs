@@ -16,15 +16,19 @@ pub fn run(cmd: RequestCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("no project named {:?}", args.project))?;
             for r in views(&mut conn, p.id, "", 100).map_err(|e| anyhow::anyhow!("{e}"))? {
                 crate::say!(
-                    "{}\t{}\t{}{}\t{} of {} done, {} building, {} lost\tby {}\t{}",
+                    "{}\t{}\t{}{}\t{} of {} done, {} building, {} lost{}\tby {}\t{}",
                     r.id,
                     r.state,
                     r.branch,
                     r.revision.as_deref().map(|v| format!("@{v}")).unwrap_or_default(),
                     r.done,
-                    r.builders,
+                    r.slots,
                     r.leased,
                     r.lost,
+                    r.verdict
+                        .as_deref()
+                        .map(|v| format!(", {v} ({} of distinct {}s)", r.quorum.unwrap_or(2), r.distinct))
+                        .unwrap_or_default(),
                     r.requested_by,
                     r.reason.unwrap_or_default()
                 );

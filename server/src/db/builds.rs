@@ -624,6 +624,8 @@ fn finished_history(b: &Build) -> builds::BoxedQuery<'static, <DbConn as diesel:
         .filter(builds::project_id.eq(b.project_id))
         .filter(builds::branch.eq(b.branch.clone()))
         .filter(builds::state.eq("finished"))
+        // A disputed answer is neither green nor red (`results::verdict::colour`).
+        .filter(builds::agreement.is_null().or(builds::agreement.ne("disputed")))
         .into_boxed()
 }
 

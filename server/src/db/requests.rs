@@ -312,7 +312,7 @@ pub fn grant(
             }
             // A request asking for agreement between owners takes one answer per owner: another
             // machine of an owner already answering would only use up a slot.
-            if r.quorum.is_some() && r.distinct_by == "owner" {
+            if (r.quorum.is_some() || r.spot_check) && r.distinct_by == "owner" {
                 let mine = match &owner {
                     Some(o) => o.clone(),
                     None => {
@@ -322,14 +322,14 @@ pub fn grant(
                         o
                     }
                 };
-                if let Some(mine) = mine.map(|o| o.trim().to_lowercase()) {
+                if let Some(mine) = mine.map(|o| agreement::owner_key(&o)).filter(|o| !o.is_empty()) {
                     let taken: Vec<Option<String>> = leases::table
                         .inner_join(builders::table)
                         .filter(leases::request_id.eq(r.id))
                         .filter(leases::state.eq_any(["leased", "done"]))
                         .select(builders::owner)
                         .load(c)?;
-                    if taken.into_iter().flatten().any(|o| o.trim().to_lowercase() == mine) {
+                    if taken.into_iter().flatten().any(|o| agreement::owner_key(&o) == mine) {
                         continue;
                     }
                 }
@@ -364,6 +364,9 @@ pub enum LeaseError {
     Over(String),
     /// The report is not of what the request asked for: this says what was asked.
     Mismatch(String),
+    /// Another report already answered it (or it was cancelled or declined): an answer, once
+    /// given, is not changed (else a volunteer caught lying could swap its answer).
+    Answered(String),
 }
 
 /// Renews a lease for another `ttl`.
@@ -406,6 +409,18 @@ pub fn report(
     let Some(request) = by_id(conn, lease.request_id)? else { return Ok(Err(LeaseError::Unknown)) };
     if request.project_id != project_id {
         return Ok(Err(LeaseError::Unknown));
+    }
+    // Open (or lost: the build may still come) and not linked to another build: `started`
+    // then `finished` of one build share its id.
+    if !matches!(lease.state.as_str(), "leased" | "lost") {
+        return Ok(Err(LeaseError::Answered(format!(
+            "lease {id} was already {} (build {})",
+            lease.state,
+            lease.build_id.map_or_else(|| "none".to_owned(), |b| b.to_string())
+        ))));
+    }
+    if let Some(other) = lease.build_id.filter(|b| *b != build_id) {
+        return Ok(Err(LeaseError::Answered(format!("lease {id} is being answered by build {other}"))));
     }
     // Only a build of what was asked answers the request: its branch, and its revision when the
     // request named one.

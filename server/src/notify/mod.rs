@@ -19,7 +19,7 @@ use crate::db::models::{Build, NewNotification, Project, Subscription};
 use crate::db::schema::{builders, projects};
 use crate::db::{DbConn, builds, notify};
 use crate::results::agreement::{Answer, Event, answers};
-use crate::web::status::of;
+use crate::results::verdict::{colour, of};
 
 /// Status changes, as their feed entries and notifications name them.
 pub const BROKE: &str = "broke";
@@ -82,16 +82,6 @@ pub struct TestFacts {
     pub name: String,
     /// Flaky by DESIGN's rule: not a new regression, but said so rather than hidden.
     pub flaky: bool,
-}
-
-/// Green, red or neither (cancelled, skipped): what broke and fixed are changes between.
-fn colour(b: &Build) -> Option<bool> {
-    // A disputed answer is neither: other builders disagree with it.
-    if b.state == "finished" && b.agreement.as_deref() != Some("disputed") {
-        builds::colour(b.result.as_deref())
-    } else {
-        None
-    }
 }
 
 fn build_facts(b: &Build) -> BuildFacts {
@@ -263,7 +253,7 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
     if !green {
         // Only for a break, which is rare: scanning a log holds the write lock meanwhile.
         let steps = builds::steps_of(conn, b.id)?;
-        facts.first_error = crate::web::logs::first_error(conn, b.id, &steps)
+        facts.first_error = crate::results::errors::first_error(conn, b.id, &steps)
             .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?
             .map(|f| ErrorFacts { step: f.step, step_name: f.step_name, line: f.line, text: f.text });
         // All of both builds' failures, not a page of each: with a page, a failure the build

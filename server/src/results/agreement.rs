@@ -69,6 +69,8 @@ pub struct Answer {
     pub builder_id: i64,
     pub builder: String,
     pub owner: Option<String>,
+    /// The revision it built (a request for a branch head may get answers at several).
+    pub revision: String,
     pub result: String,
     /// Failing tests (failed or errored), as `suite::name`, sorted.
     pub failing_tests: Vec<String>,
@@ -85,7 +87,8 @@ impl Answer {
     /// Whether two answers say the same: result, failing tests, and the digests of the
     /// artifacts both list (one listed by only one of them is not compared).
     pub fn same(&self, other: &Answer) -> bool {
-        self.result == other.result
+        self.revision == other.revision
+            && self.result == other.result
             && self.failing_tests == other.failing_tests
             && self.artifacts.iter().all(|(path, sha)| other.artifacts.get(path).is_none_or(|o| o == sha))
     }
@@ -94,7 +97,7 @@ impl Answer {
     /// its builder.
     fn voter(&self, by_builder: bool) -> String {
         match (&self.owner, by_builder) {
-            (Some(owner), false) => format!("owner:{}", owner.trim().to_lowercase()),
+            (Some(owner), false) if !owner_key(owner).is_empty() => format!("owner:{}", owner_key(owner)),
             _ => format!("builder:{}", self.builder_id),
         }
     }
@@ -103,6 +106,10 @@ impl Answer {
     /// …").
     pub fn differences(&self, other: &Answer) -> Vec<String> {
         let mut out = Vec::new();
+        if self.revision != other.revision {
+            out.push(format!("built revision {} (not {})", short(&self.revision), short(&other.revision)));
+            return out;
+        }
         if self.result != other.result {
             out.push(format!("result {} (not {})", self.result, other.result));
         }
@@ -125,6 +132,27 @@ impl Answer {
     }
 }
 
+fn short(rev: &str) -> &str {
+    rev.get(..12).unwrap_or(rev)
+}
+
+/// What makes two owners the same owner: case, spaces, punctuation and invisible characters
+/// aside, and fullwidth letters read as the ASCII ones they look like. Owners are what
+/// volunteers declare, so this stops accidents and look-alikes, not a volunteer who declares
+/// another name (README: what agreement cannot catch).
+pub fn owner_key(owner: &str) -> String {
+    owner
+        .chars()
+        .map(|c| match c {
+            // Fullwidth forms of ASCII (U+FF01..U+FF5E).
+            '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xfee0).unwrap_or(c),
+            _ => c,
+        })
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
 /// Where a set of answers stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Standing {
@@ -133,7 +161,7 @@ pub enum Standing {
     /// `quorum` voters agree: the indices of every answer that says the same as the first of
     /// them.
     Agreed(Vec<usize>),
-    /// Answers differ and no `quorum` agree.
+    /// Answers of one revision differ and no `quorum` agree.
     Disputed,
 }
 
@@ -141,28 +169,45 @@ pub enum Standing {
 /// earlier agreement went with, which stands (a later pair agreeing on something else does
 /// not overturn a verdict).
 pub fn judge(answers: &[Answer], quorum: usize, by_builder: bool, settled: Option<usize>) -> Standing {
-    let group = |i: usize| -> Vec<usize> { (0..answers.len()).filter(|&j| answers[j].same(&answers[i])).collect() };
-    let voters = |g: &[usize]| g.iter().map(|&j| answers[j].voter(by_builder)).collect::<HashSet<_>>().len();
     if let Some(i) = settled {
-        return Standing::Agreed(group(i));
+        return Standing::Agreed(group(answers, i));
     }
     for i in 0..answers.len() {
-        let g = group(i);
-        if voters(&g) >= quorum {
+        let g = group(answers, i);
+        if voters(answers, &g, by_builder) >= quorum {
             return Standing::Agreed(g);
         }
     }
-    if answers.iter().all(|a| a.same(&answers[0])) { Standing::Pending } else { Standing::Disputed }
+    // Answers at different revisions (a request for a branch head) are not compared: only a
+    // difference at one revision is a dispute.
+    let differ = answers
+        .iter()
+        .enumerate()
+        .any(|(i, a)| answers[i + 1..].iter().any(|b| a.revision == b.revision && !a.same(b)));
+    if differ { Standing::Disputed } else { Standing::Pending }
+}
+
+/// The answers that say the same as answer `i`, each agreeing with every other: "same"
+/// compares only the artifacts both list, so it is not transitive, and an answer listing none
+/// must not join two that list different digests.
+fn group(answers: &[Answer], i: usize) -> Vec<usize> {
+    let mut g = vec![i];
+    for j in (0..answers.len()).filter(|&j| j != i) {
+        if g.iter().all(|&k| answers[j].same(&answers[k])) {
+            g.push(j);
+        }
+    }
+    g.sort_unstable();
+    g
+}
+
+fn voters(answers: &[Answer], g: &[usize], by_builder: bool) -> usize {
+    g.iter().map(|&j| answers[j].voter(by_builder)).collect::<HashSet<_>>().len()
 }
 
 /// The most voters that agree on one answer.
 fn best(answers: &[Answer], by_builder: bool) -> usize {
-    (0..answers.len())
-        .map(|i| {
-            answers.iter().filter(|a| a.same(&answers[i])).map(|a| a.voter(by_builder)).collect::<HashSet<_>>().len()
-        })
-        .max()
-        .unwrap_or(0)
+    (0..answers.len()).map(|i| voters(answers, &group(answers, i), by_builder)).max().unwrap_or(0)
 }
 
 /// The quorum a request is judged by: its own, or 2 when spot-checked; none: not judged.
@@ -170,8 +215,8 @@ pub fn quorum_of(r: &BuildRequest) -> Option<usize> {
     r.quorum.map(|q| usize::try_from(q).unwrap_or(usize::MAX)).or(r.spot_check.then_some(2))
 }
 
-/// (request, lease, build, builder id, agrees, builder, owner, result, artifacts)
-type AnswerRow = (i64, i64, i64, i64, Option<bool>, String, Option<String>, Option<String>, Option<String>);
+/// (request, lease, build, builder id, agrees, builder, owner, revision, result, artifacts)
+type AnswerRow = (i64, i64, i64, i64, Option<bool>, String, Option<String>, String, Option<String>, Option<String>);
 
 /// A request's answers: its finished builds that closed one of its leases, oldest first.
 pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, Answer)>> {
@@ -189,6 +234,7 @@ pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, 
             leases::agrees,
             builders::name,
             builders::owner,
+            builds::revision,
             builds::result,
             builds::artifacts,
         ))
@@ -207,7 +253,7 @@ pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, 
     }
     Ok(rows
         .into_iter()
-        .map(|(request, lease_id, build, builder_id, agrees, builder, owner, result, artifacts)| {
+        .map(|(request, lease_id, build, builder_id, agrees, builder, owner, revision, result, artifacts)| {
             let mut tests = failing.remove(&build).unwrap_or_default();
             tests.sort();
             tests.dedup();
@@ -219,6 +265,7 @@ pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, 
                 builder_id,
                 builder,
                 owner,
+                revision,
                 result: result.unwrap_or_default(),
                 flaky_tests: tests.iter().filter(|t| t.1).map(|t| t.0.clone()).collect(),
                 failing_tests: tests.into_iter().map(|t| t.0).collect(),
@@ -270,11 +317,17 @@ pub fn after_answer(conn: &mut DbConn, id: i64, answering_builder: i64) -> Query
             .execute(pg)?;
     }
     let Some(mut r) = crate::db::requests::by_id(conn, id)? else { return Ok(Vec::new()) };
+    // A request that ended (deadline, cancelled) keeps the verdict it ended with: a late
+    // answer is recorded, not judged.
+    if r.state != "open" {
+        return Ok(Vec::new());
+    }
     let answers: Vec<Answer> = answers(conn, &[id])?.into_iter().map(|(_, a)| a).collect();
-    if r.quorum.is_none() && !r.spot_check && answers.len() == 1 && maybe_spot_check(conn, answering_builder)? {
-        // The first answer to a quorum-less request, chosen for a check: one more slot when it
-        // asked for one builder (several answers are compared as they are).
-        let extra = i32::from(r.builders == 1);
+    if r.quorum.is_none() && !r.spot_check && maybe_spot_check(conn, answering_builder)? {
+        // An answer to a quorum-less request, chosen for a check by its builder's record (each
+        // answer draws, so a builder with a poor record is not safe answering second): one more
+        // slot when only its answer is there, else the answers there are compared.
+        let extra = i32::from(answers.len() == 1 && r.builders == 1);
         diesel::update(build_requests::table.find(id))
             .set((
                 build_requests::spot_check.eq(true),
@@ -342,9 +395,23 @@ pub fn after_answer(conn: &mut DbConn, id: i64, answering_builder: i64) -> Query
     if r.verdict.as_deref() != Some(verdict) {
         diesel::update(build_requests::table.find(id)).set(build_requests::verdict.eq(verdict)).execute(conn)?;
     }
-    // A dispute the slots left cannot settle opens one more, once: compare-and-set on the
-    // count read under the lock.
-    if standing == Standing::Disputed {
+    // Agreed: slots opened by disputes and not taken are no longer wanted.
+    if matches!(standing, Standing::Agreed(_)) && r.extra_slots > 0 {
+        let leased: i64 = leases::table
+            .filter(leases::request_id.eq(id))
+            .filter(leases::state.eq("leased"))
+            .count()
+            .get_result(conn)?;
+        let taken = i32::try_from(answers.len() as i64 + leased).unwrap_or(i32::MAX);
+        let wanted = (taken - r.builders).clamp(0, r.extra_slots);
+        if wanted < r.extra_slots {
+            diesel::update(build_requests::table.find(id)).set(build_requests::extra_slots.eq(wanted)).execute(conn)?;
+        }
+    }
+    // Answers the slots left cannot bring to a quorum (a dispute, or answers at different
+    // revisions of a branch head) open one more slot, once: compare-and-set on the count read
+    // under the lock.
+    if !matches!(standing, Standing::Agreed(_)) {
         let slots = i64::from(r.builders + r.extra_slots);
         let pending = slots - answers.len() as i64;
         if (best(&answers, by_builder) as i64) + pending < quorum as i64 && r.extra_slots < MAX_EXTRA_SLOTS {
@@ -397,6 +464,7 @@ mod tests {
             builder_id,
             builder: format!("b{builder_id}"),
             owner: owner.map(str::to_owned),
+            revision: "r1".to_owned(),
             result: result.to_owned(),
             failing_tests: failing.iter().map(|s| (*s).to_owned()).collect(),
             flaky_tests: Vec::new(),
@@ -441,6 +509,33 @@ mod tests {
         assert!(!a.same(&other_binary));
         assert_eq!(a.differences(&other_binary), vec!["artifact bin/demo differs".to_owned()]);
         assert_eq!(other_test.differences(&a), vec!["also fails s::u".to_owned(), "passes s::t".to_owned()]);
+    }
+
+    #[test]
+    fn an_answer_without_artifacts_does_not_join_two_that_differ() {
+        let a = answer(1, None, "success", &[], &[("bin/demo", "11")]);
+        let c = answer(2, None, "success", &[], &[("bin/demo", "22")]);
+        let liar = answer(3, None, "success", &[], &[]);
+        assert_eq!(judge(&[a, c, liar], 3, false, None), Standing::Disputed);
+    }
+
+    #[test]
+    fn answers_at_different_revisions_are_not_compared() {
+        let a = answer(1, None, "success", &[], &[]);
+        let mut b = answer(2, None, "failure", &["s::t"], &[]);
+        b.revision = "r2".into();
+        assert_eq!(judge(&[a.clone(), b.clone()], 2, false, None), Standing::Pending);
+        assert_eq!(b.differences(&a), vec!["built revision r2 (not r1)".to_owned()]);
+    }
+
+    #[test]
+    fn look_alike_owners_are_one_owner() {
+        assert_eq!(owner_key("zed@example.org"), owner_key("ZED@example.org\u{200b} "));
+        assert_eq!(owner_key("zed@example.org"), owner_key("\u{ff5a}ed@example.org"));
+        assert_ne!(owner_key("zed@example.org"), owner_key("bob@example.org"));
+        let a = answer(1, Some("zed@example.org"), "success", &[], &[]);
+        let b = answer(2, Some("zed@example.org\u{200b}"), "success", &[], &[]);
+        assert_eq!(judge(&[a, b], 2, false, None), Standing::Pending);
     }
 
     #[test]

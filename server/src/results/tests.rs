@@ -215,6 +215,9 @@ pub fn passing_elsewhere(
         .filter(builds::project_id.eq(project_id))
         .filter(builds::revision.eq(revision))
         .filter(builds::builder_id.ne(builder_id))
+        // A disputed answer is no one's evidence: a liar's "passed" must not make an honest
+        // builder's failure look like its platform's.
+        .filter(builds::agreement.is_null().or(builds::agreement.ne("disputed")))
         .select((builds::id, builders::name))
         .load::<(i64, String)>(conn)?
         .into_iter()

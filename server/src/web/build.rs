@@ -10,6 +10,7 @@ use crate::api::views::time;
 use crate::db::builds;
 use crate::error::{AppError, PageError};
 use crate::logscan;
+use crate::results::verdict;
 
 /// Error lines listed as jump links above a brief.
 const JUMPS: usize = 20;
@@ -47,7 +48,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
         for s in
             full.steps.iter().filter(|s| s.log_digest.is_some() && !matches!(s.result.as_str(), "success" | "skipped"))
         {
-            if let Some(brief) = super::logs::brief(&mut conn, id, s.position)? {
+            if let Some(brief) = crate::results::errors::brief(&mut conn, id, s.position)? {
                 let jumps = brief
                     .blocks
                     .iter()
@@ -80,12 +81,12 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
             full.build.builder_id,
             &failing,
         )?;
-        let first = super::logs::first_error(&mut conn, id, &full.steps)?;
+        let first = crate::results::errors::first_error(&mut conn, id, &full.steps)?;
         let neighbours = builds::neighbours(&mut conn, &full.build)?;
-        let red = builds::colour(full.build.result.as_deref()) == Some(false);
+        let red = verdict::colour(&full.build) == Some(false);
         // One rule with the console and the feed: what the last green-or-red build before it was.
         let before = if red { builds::previous_decided(&mut conn, &full.build)? } else { None };
-        let already = before.as_ref().is_some_and(|p| builds::colour(p.result.as_deref()) == Some(false));
+        let already = before.as_ref().is_some_and(|p| verdict::colour(p) == Some(false));
         let since = if already { builds::failing_since(&mut conn, &full.build)? } else { None };
         let agreement = crate::results::agreement::of_build(&mut conn, id)?;
         Ok((full, briefs, neighbours, since, before, first, (elsewhere, agreement)))
@@ -94,13 +95,13 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
     let (elsewhere, agreement) = elsewhere;
 
     let b = &full.build;
-    let red = builds::colour(b.result.as_deref()) == Some(false);
+    let red = verdict::colour(b) == Some(false);
     // Red with nothing green or red before it on this branch: its first build, not a breakage.
     let first_build = red && before.is_none();
     // Red after a green one: this build broke the builder.
-    let broke = before.as_ref().filter(|p| builds::colour(p.result.as_deref()) == Some(true)).map(|p| p.id);
+    let broke = before.as_ref().filter(|p| verdict::colour(p) == Some(true)).map(|p| p.id);
     let failing_kind = full.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-    let (class, glyph, word) = status::of(b, failing_kind);
+    let (class, glyph, word) = verdict::of(b, failing_kind);
     let properties: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&b.properties).unwrap_or_default();
     let summary = serde_json::json!({
@@ -120,7 +121,7 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<i64>) -> Result<Ht
             name: s.name.clone(),
             kind: s.kind.clone(),
             result: s.result.clone(),
-            glyph: status::glyph(&s.result),
+            glyph: verdict::glyph(&s.result),
             duration: status::duration((s.finished_at - s.started_at).num_seconds()),
             exit_code: s.exit_code,
             has_log: s.log_digest.is_some(),

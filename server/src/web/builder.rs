@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::api::views::time;
 use crate::db::{builders, builds, projects};
 use crate::error::{AppError, PageError};
+use crate::results::verdict;
 
 /// Builds in the history (and in the success rate).
 const HISTORY: i64 = 100;
@@ -58,13 +59,14 @@ pub async fn page(state: web::Data<AppState>, path: web::Path<(String, String)>)
     let now = crate::db::now();
     let b = &listed.builder;
     let finished: Vec<_> = history.iter().filter(|x| x.state == "finished").collect();
-    let green = finished.iter().filter(|x| matches!(x.result.as_deref(), Some("success" | "warnings"))).count();
+    // One rule with every page: a disputed answer is not green.
+    let green = finished.iter().filter(|x| verdict::colour(x) == Some(true)).count();
     let durations: Vec<i64> =
         finished.iter().filter_map(|x| x.finished_at.map(|f| (f - x.started_at).num_seconds())).collect();
     let rows: Vec<HistoryRow> = history
         .iter()
         .map(|x| {
-            let (class, glyph, word) = status::of(x, kinds.get(&x.id).map(String::as_str));
+            let (class, glyph, word) = verdict::of(x, kinds.get(&x.id).map(String::as_str));
             HistoryRow {
                 id: x.id,
                 time: time(x.started_at),

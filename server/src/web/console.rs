@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::api::views::time;
 use crate::db::builds::Listed;
 use crate::error::{AppError, PageError};
+use crate::results::verdict;
 
 /// Builds read to fill the console; revisions shown at most.
 const WINDOW: i64 = 800;
@@ -42,11 +43,11 @@ struct RevisionRow {
 }
 
 fn is_red(b: &crate::db::models::Build) -> bool {
-    crate::db::builds::colour(b.result.as_deref()) == Some(false)
+    verdict::colour(b) == Some(false)
 }
 
 fn is_green(b: &crate::db::models::Build) -> bool {
-    crate::db::builds::colour(b.result.as_deref()) == Some(true)
+    verdict::colour(b) == Some(true)
 }
 
 /// `GET /projects/{p}/console`.
@@ -101,7 +102,7 @@ pub async fn page(
                     // The newest build of this builder for this revision.
                     let l = of_rev.iter().find(|l| l.build.builder_id == col.id)?;
                     let failing = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-                    let (class, glyph, word) = status::of(&l.build, failing);
+                    let (class, glyph, word) = verdict::of(&l.build, failing);
                     // Red here and green on another builder at this revision: a platform
                     // failure, the kind a build farm exists to catch (DESIGN's flaky rule).
                     let only_here = of_rev.iter().any(|o| o.build.builder_id != col.id && is_green(&o.build));
@@ -125,7 +126,10 @@ pub async fn page(
                 time: time(first),
                 label: first.format("%Y-%m-%d %H:%M").to_string(),
                 cells,
-                disputed: of_rev.iter().any(|l| l.build.agreement.as_deref() == Some("disputed")),
+                // Until agreement settles it: then the agreeing builds stand, and the dissenting
+                // answer keeps its own mark.
+                disputed: of_rev.iter().any(|l| l.build.agreement.as_deref() == Some("disputed"))
+                    && !of_rev.iter().any(|l| l.build.agreement.as_deref() == Some("agreed")),
             }
         })
         .collect();

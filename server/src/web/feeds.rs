@@ -9,15 +9,16 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::NaiveDateTime;
 use serde::Deserialize;
 
-use super::status::of;
 use crate::AppState;
-use crate::api::status::{is_stale, project};
+use crate::api::status::project;
 use crate::api::views::time;
 use crate::db::builds::{self, Filter};
 use crate::db::models::{Build, Builder};
 use crate::db::status::{Head, heads};
 use crate::db::{DbConn, builders};
 use crate::error::{AppError, PageError};
+use crate::results::verdict::is_stale;
+use crate::results::verdict::of;
 
 /// Escapes text for XML (tera's HTML escaping would also turn `/` into `&#x2F;`).
 fn esc(s: &str) -> String {
@@ -48,10 +49,7 @@ pub struct FeedQuery {
 
 /// Green, red or neither: what a status change is a change between.
 fn colour(b: &Build) -> Option<&'static str> {
-    if b.agreement.as_deref() == Some("disputed") {
-        return None;
-    }
-    crate::db::builds::colour(b.result.as_deref()).map(|green| if green { "green" } else { "red" })
+    crate::results::verdict::colour(b).map(|green| if green { "green" } else { "red" })
 }
 
 /// One Atom entry.
@@ -539,6 +537,8 @@ pub async fn cctray(
     for h in &hs {
         let b = finished.get(&h.build.id).unwrap_or(&h.build);
         let status = match b.result.as_deref() {
+            // Other builders disagree with it: cctray has no word for that, and it is no success.
+            _ if b.agreement.as_deref() == Some("disputed") => "Unknown",
             // The builder went silent mid-build: not the source's fault, but not a success.
             Some(builds::LOST) => "Exception",
             Some("success" | "warnings") => "Success",

@@ -4,9 +4,9 @@ use actix_web::{HttpResponse, web};
 use tera::Context;
 
 use crate::AppState;
-use crate::api::status::summaries;
 use crate::db::projects;
 use crate::error::{AppError, PageError};
+use crate::results::summary::summaries;
 
 /// `GET /`.
 pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {

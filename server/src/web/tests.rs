@@ -7,8 +7,9 @@ use tera::Context;
 
 use super::waterfall::project_json;
 use crate::AppState;
-use crate::api::status::{failing_tag, failing_tests, project, test_history, test_name};
+use crate::api::status::{project, test_name};
 use crate::error::{AppError, PageError};
+use crate::results::failing::{failing_tag, failing_tests, test_history};
 
 /// `GET /projects/{p}/tests`. Its validator comes first: a client that has the page pays for
 /// one small query (the project's heads), not for the page.

@@ -15,6 +15,7 @@ use crate::db::builds::{self, Cursor, Filter, Listed};
 use crate::db::models::{Builder, Project};
 use crate::db::{DbConn, builders, projects, status as latest};
 use crate::error::{AppError, PageError};
+use crate::results::verdict;
 
 /// Builds on one page by default, and at most.
 const PAGE: i64 = 150;
@@ -130,7 +131,7 @@ pub fn headers(cols: &[Builder], latest: &[latest::Latest], state: &AppState) ->
             let l = latest.iter().find(|l| l.builder_id == b.id);
             let build = l.and_then(|l| l.build.as_ref());
             let (class, glyph, word) = match build {
-                Some(x) => status::of(x, l.and_then(|l| l.failing_kind())),
+                Some(x) => verdict::of(x, l.and_then(|l| l.failing_kind())),
                 None => ("nodata", "?", "no builds"),
             };
             let props: HashMap<String, String> = serde_json::from_str(&b.properties).unwrap_or_default();
@@ -345,7 +346,7 @@ fn layout(project: &Project, cols: &[Builder], builds: Vec<Listed>) -> Vec<Row> 
             }
             let bottom = bottom.max(top);
             let failing_kind = l.steps.iter().find(|s| s.result == "failure").and_then(|s| s.kind.as_deref());
-            let (class, glyph, word) = status::of(b, failing_kind);
+            let (class, glyph, word) = verdict::of(b, failing_kind);
             // "Since" and the compare link are within the build's branch: a release build is not
             // compared with one of main.
             let previous = col[k + 1..]
