@@ -186,7 +186,7 @@ pub struct HistoryQuery {
 }
 
 /// `GET /api/v1/projects/{p}/tests/history?name=…[&suite=…][&builder=…]`: one test's results
-/// across builders, newest first, among the project's newest [`HISTORY_WINDOW`] builds.
+/// across builders, newest first, among the project's newest [`HISTORY_WINDOW`](crate::results::failing::HISTORY_WINDOW) builds.
 pub async fn history(
     req: HttpRequest,
     state: web::Data<AppState>,
