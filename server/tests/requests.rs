@@ -27,6 +27,7 @@ on_both_backends!(
     artifacts_that_differ_are_a_dispute,
     agreement_asked_wrongly_is_refused_with_the_field_named,
     spot_checks_give_quorumless_requests_a_second_builder,
+    a_no_show_keeps_its_place_a_lost_build_does_not,
 );
 
 /// demo with key 1 as its project key and a recipe it signed, and builders b0..bN (all with
@@ -256,6 +257,32 @@ fn an_expired_lease_is_lost_and_its_slot_goes_to_another_builder(backend: Backen
     assert_eq!(second["request"], first["request"]);
     assert_ne!(second["lease"], first["lease"]);
     // One request never gets two attempts from the same builder.
+    assert_eq!(lease(&s, "b0", 0).0, 204);
+    Ok(())
+}
+
+/// A lease granted to a poll its builder had given up (killed, paused) and never started is a
+/// no-show: the builder may take the request again, with the same lease (a dispute's last slot
+/// must not lose its only builder that way). A builder that started and went silent may not.
+fn a_no_show_keeps_its_place_a_lost_build_does_not(backend: Backend) -> TestResult {
+    let Some(s) = Server::start_with(backend, &["--lease-ttl", "2s"]) else { return Ok(()) };
+    setup(&s, 2);
+    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 2}), key(1)).0, 201);
+    let (_, gone) = lease(&s, "b0", 0);
+    let (_, started) = lease(&s, "b1", 0);
+    let mut report = common::started("b1-build");
+    report["builder"] = "b1".into();
+    report["lease"] = started["lease"].clone();
+    assert_eq!(s.send_as("b1", key(2), report.to_string().as_bytes()).0, 201);
+    eventually("both leases are lost", || {
+        requests(&s)[0]["attempts"].as_array().unwrap().iter().all(|a| a["state"] == "lost")
+    });
+    let (status, again) = lease(&s, "b0", 0);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!((&again["request"], &again["lease"]), (&gone["request"], &gone["lease"]));
+    assert_eq!(lease(&s, "b1", 0).0, 204, "it started a build and went silent");
+    // Once: a builder that takes and drops the slot again does not get it a third time.
+    eventually("the lease is lost again", || requests(&s)[0]["attempts"][0]["state"] == "lost");
     assert_eq!(lease(&s, "b0", 0).0, 204);
     Ok(())
 }
@@ -540,7 +567,7 @@ fn a_request_needs_a_current_recipe(backend: Backend) -> TestResult {
 const R: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
 fn answer(s: &Server, name: &str, lease: &Value, result: &str, failing: &[&str], artifacts: Value) -> (u16, Value) {
-    let mut r = common::report(&format!("{name}-{lease}"));
+    let mut r = common::report(&format!("{name}-{lease}-{result}"));
     r["builder"] = name.into();
     r["revision"] = R.into();
     r["lease"] = lease.clone();

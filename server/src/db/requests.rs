@@ -229,7 +229,10 @@ pub struct Granted {
 /// builder yet: the cheap look (no lock) before trying to grant.
 pub fn has_work(conn: &mut DbConn, asking: &Asking<'_>, now: NaiveDateTime) -> QueryResult<bool> {
     let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
-    let tried = leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id);
+    let tried = leases::table
+        .filter(leases::builder_id.eq(asking.builder_id))
+        .filter(not_a_no_show())
+        .select(leases::request_id);
     let open: Vec<(i64, i32, String)> = build_requests::table
         .filter(open())
         .filter(build_requests::project_id.eq_any(ids))
@@ -275,8 +278,11 @@ pub fn grant(
             diesel::sql_query("SELECT pg_advisory_xact_lock(7415001)").execute(pg)?;
         }
         let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
-        let tried: Vec<i64> =
-            leases::table.filter(leases::builder_id.eq(asking.builder_id)).select(leases::request_id).load(c)?;
+        let tried: Vec<i64> = leases::table
+            .filter(leases::builder_id.eq(asking.builder_id))
+            .filter(not_a_no_show())
+            .select(leases::request_id)
+            .load(c)?;
         let open: Vec<BuildRequest> = build_requests::table
             .filter(open())
             .filter(build_requests::project_id.eq_any(&ids))
@@ -334,15 +340,31 @@ pub fn grant(
                     }
                 }
             }
-            diesel::insert_into(leases::table)
-                .values((
-                    leases::request_id.eq(r.id),
-                    leases::builder_id.eq(asking.builder_id),
-                    leases::state.eq("leased"),
-                    leases::granted_at.eq(now),
-                    leases::expires_at.eq(now + ttl),
-                ))
-                .execute(c)?;
+            // A no-show of this builder's (a lease granted to a poll it had given up, or while
+            // it paused) is taken up again, once: it built nothing, so it keeps its place, but
+            // a builder that keeps taking and dropping a slot cannot hold it for ever.
+            let again = diesel::update(
+                leases::table.filter(leases::request_id.eq(r.id)).filter(leases::builder_id.eq(asking.builder_id)),
+            )
+            .set((
+                leases::state.eq("leased"),
+                leases::granted_at.eq(now),
+                leases::expires_at.eq(now + ttl),
+                leases::ended_at.eq(None::<NaiveDateTime>),
+                leases::reason.eq(TAKEN_AGAIN),
+            ))
+            .execute(c)?;
+            if again == 0 {
+                diesel::insert_into(leases::table)
+                    .values((
+                        leases::request_id.eq(r.id),
+                        leases::builder_id.eq(asking.builder_id),
+                        leases::state.eq("leased"),
+                        leases::granted_at.eq(now),
+                        leases::expires_at.eq(now + ttl),
+                    ))
+                    .execute(c)?;
+            }
             let lease = leases::table
                 .filter(leases::request_id.eq(r.id))
                 .filter(leases::builder_id.eq(asking.builder_id))
@@ -471,6 +493,17 @@ pub fn allowed_projects(conn: &mut DbConn, builder_id: i64, names: &[String]) ->
 fn leased() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql::<diesel::sql_types::Bool>("leases.state = 'leased'")
 }
+
+/// Every attempt but a first no-show (lost before any build started): a builder is not
+/// offered a request again once it tried it, unless it never really had it (once).
+fn not_a_no_show() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "NOT (leases.state = 'lost' AND leases.build_id IS NULL AND leases.reason IS NULL)",
+    )
+}
+
+/// The `reason` of a lease given again to its builder after a no-show.
+const TAKEN_AGAIN: &str = "taken again after a no-show";
 
 /// `state = 'open'` written out, for the `build_requests_open` partial index (as `leased`).
 fn open() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
