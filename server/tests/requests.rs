@@ -28,6 +28,7 @@ on_both_backends!(
     agreement_asked_wrongly_is_refused_with_the_field_named,
     spot_checks_give_quorumless_requests_a_second_builder,
     a_no_show_keeps_its_place_a_lost_build_does_not,
+    a_long_clean_record_broken_is_news,
 );
 
 /// demo with key 1 as its project key and a recipe it signed, and builders b0..bN (all with
@@ -852,5 +853,46 @@ fn two_servers_on_one_postgres_open_one_extra_slot_per_dispute() -> TestResult {
         a.admin_ok(&["request", "cancel", &created["id"].to_string()]);
         assert_eq!(request(&b, &created["id"])["verdict"], "inconclusive");
     }
+    Ok(())
+}
+
+/// A builder with a long clean record disagreeing for the first time is worth a notification
+/// of its own (BOINC's trusted host caught out), besides the request's dispute.
+fn a_long_clean_record_broken_is_news(backend: Backend) -> TestResult {
+    use diesel::RunQueryDsl as _;
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup_owned(&s, &["", "", ""]);
+    // Twelve agreements behind it (as if earned), none disputed.
+    let mut conn = diesel::r2d2::ManageConnection::connect(&tbox_server::db::Manager::new(
+        tbox_server::db::DatabaseUrl::parse(&s.db.url)?,
+    ))?;
+    let sql = "UPDATE builders SET agreed = 12 WHERE name = 'b1'";
+    match &mut conn {
+        tbox_server::db::DbConn::Sqlite(c) => diesel::sql_query(sql).execute(c)?,
+        tbox_server::db::DbConn::Pg(c) => diesel::sql_query(sql).execute(c)?,
+    };
+    s.admin_ok(&[
+        "notify",
+        "add",
+        "demo",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--secret",
+        "s",
+        "--allow-private-target",
+    ]);
+    let (_, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2}), key(1));
+    let (_, l0) = lease(&s, "b0", 0);
+    let (_, l1) = lease(&s, "b1", 0);
+    assert_eq!(answer(&s, "b0", &l0["lease"], "failure", &["parses_empty"], json!([])).0, 201);
+    assert_eq!(answer(&s, "b1", &l1["lease"], "success", &[], json!([])).0, 201);
+    let (_, l2) = lease(&s, "b2", 0);
+    assert_eq!(answer(&s, "b2", &l2["lease"], "failure", &["parses_empty"], json!([])).0, 201);
+    assert_eq!(request(&s, &created["id"])["verdict"], "agreed");
+    assert_eq!(record(&s, "b1"), (12, 1));
+    let log = s.admin_ok(&["notify", "log", "demo"]);
+    assert_eq!(log.matches("demo: builders disagree on main").count(), 2, "the dispute, and b1's first: {log}");
+    let (_, feed) = s.get("/projects/demo/feed.atom");
+    assert!(feed.contains("b1 disputed on main"), "{feed}");
     Ok(())
 }
