@@ -134,10 +134,11 @@ impl BuildRequest {
         if !(1..=MAX_REQUEST_BUILDERS).contains(&self.builders) {
             return Err(ValidationError::new("builders", format!("must be 1 to {MAX_REQUEST_BUILDERS}")));
         }
+        // Agreement takes two: a quorum of one would count a lone answer as agreed.
         if let Some(q) = self.quorum
-            && !(1..=self.builders).contains(&q)
+            && !(2..=self.builders).contains(&q)
         {
-            return Err(ValidationError::new("quorum", format!("must be 1 to builders ({})", self.builders)));
+            return Err(ValidationError::new("quorum", format!("must be 2 to builders ({})", self.builders)));
         }
         if self.requires.len() > 20 {
             return Err(ValidationError::new("requires", "at most 20 capabilities"));
@@ -226,6 +227,7 @@ mod tests {
         assert_eq!(field(r#""builders":2"#, r#""builders":0"#), "builders");
         assert_eq!(field(r#""builders":2"#, r#""builders":2,"quorum":3"#), "quorum");
         assert_eq!(field(r#""builders":2"#, r#""builders":2,"quorum":0"#), "quorum");
+        assert_eq!(field(r#""builders":2"#, r#""builders":2,"quorum":1"#), "quorum");
         assert!(field(r#""builders":2"#, r#""builders":2,"quorum":-1"#).starts_with("quorum"));
         assert!(field(r#""builders":2"#, r#""builders":2,"distinct":"planet""#).starts_with("distinct"));
         assert_eq!(field(r#""deadline":"2026-12-02T10:00:00Z""#, r#""deadline":"2026-11-01T10:00:00Z""#), "deadline");

@@ -137,6 +137,11 @@ pub fn validate(r: &Report, now: DateTime<Utc>, limits: &Limits) -> Result<(), V
                 "must be a relative path inside the workdir",
             ));
         }
+        // Printable ASCII only: an invisible or look-alike character would let one path pass
+        // for another on a page, and paths are what digests are compared by.
+        if !a.path.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(ValidationError::new(format!("artifacts[{i}].path"), "must be printable ASCII"));
+        }
         if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(ValidationError::new(format!("artifacts[{i}].sha256"), "must be 64 lowercase hex digits"));
         }

@@ -183,7 +183,9 @@ fn declined_because(report: &Report) -> Option<String> {
         Some(l) => format!("{}: {l}", step.name),
         None => step.name.clone(),
     };
-    Some(why.chars().take(300).collect())
+    // From a log, which may hold anything: no NUL (PostgreSQL text refuses it) nor other
+    // control characters in what pages show.
+    Some(why.chars().filter(|c| !c.is_control()).take(300).collect())
 }
 
 /// A step's log, ready to store: (digest, uncompressed size, zstd bytes).

@@ -29,6 +29,7 @@ on_both_backends!(
     spot_checks_give_quorumless_requests_a_second_builder,
     a_no_show_keeps_its_place_a_lost_build_does_not,
     a_long_clean_record_broken_is_news,
+    one_lease_at_a_time_per_builder,
 );
 
 /// demo with key 1 as its project key and a recipe it signed, and builders b0..bN (all with
@@ -290,7 +291,7 @@ fn a_no_show_keeps_its_place_a_lost_build_does_not(backend: Backend) -> TestResu
 
 fn a_long_poll_answers_as_soon_as_work_appears(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
-    setup(&s, 1);
+    setup(&s, 2);
     // Nothing to do: the poll ends after its wait with 204.
     let t = Instant::now();
     assert_eq!(lease(&s, "b0", 1).0, 204);
@@ -321,11 +322,15 @@ fn a_long_poll_answers_as_soon_as_work_appears(backend: Backend) -> TestResult {
     assert!(waited < Duration::from_secs(30), "{waited:?}");
     // A poll given up (the volunteer paused, or serve was killed and started again) and a newer
     // one of the same builder: the newer gets the work, the older ends at once with nothing,
-    // instead of taking a lease nobody would build.
+    // instead of taking a lease nobody would build. (b1, with the requests above cancelled: b0
+    // holds a lease, which a new ask of b0's would give up and take again.)
+    for r in requests(&s) {
+        s.admin_ok(&["request", "cancel", &r["id"].to_string()]);
+    }
     let (older, newer) = std::thread::scope(|scope| {
-        let older = scope.spawn(|| lease(&s, "b0", 60));
+        let older = scope.spawn(|| lease(&s, "b1", 60));
         std::thread::sleep(Duration::from_millis(500));
-        let newer = scope.spawn(|| lease(&s, "b0", 60));
+        let newer = scope.spawn(|| lease(&s, "b1", 60));
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(ask(&s, &json!({"branch": "main"}), key(1)).0, 201);
         (older.join().unwrap(), newer.join().unwrap())
@@ -716,6 +721,9 @@ fn one_owners_machines_are_no_quorum(backend: Backend) -> TestResult {
     assert_eq!(lease(&s, "b1", 0).0, 204, "alice's second machine is no second opinion");
     let (_, l2) = lease(&s, "b2", 0);
     assert_eq!(l2["request"], first["id"]);
+    assert_eq!(answer(&s, "b0", &l0["lease"], "success", &[], json!([])).0, 201);
+    assert_eq!(answer(&s, "b2", &l2["lease"], "success", &[], json!([])).0, 201);
+    assert_eq!(request(&s, &first["id"])["verdict"], "agreed");
     let (_, second) = ask(
         &s,
         &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2, "distinct": "builder", "nonce": "2"}),
@@ -765,6 +773,7 @@ fn agreement_asked_wrongly_is_refused_with_the_field_named(backend: Backend) -> 
     for (body, field) in [
         (json!({"branch": "main", "builders": 2, "quorum": 3}), "quorum"),
         (json!({"branch": "main", "builders": 2, "quorum": 0}), "quorum"),
+        (json!({"branch": "main", "builders": 2, "quorum": 1}), "quorum"),
         (json!({"branch": "main", "builders": 2, "quorum": -1}), "quorum"),
         (json!({"branch": "main", "builders": 2, "quorum": 4_000_000_000u64}), "quorum"),
         (json!({"branch": "main", "builders": 2, "quorum": "two"}), "quorum"),
@@ -776,7 +785,7 @@ fn agreement_asked_wrongly_is_refused_with_the_field_named(backend: Backend) -> 
     }
     assert!(requests(&s).is_empty(), "nothing recorded");
     // An artifacts list too long, or a path leaving the workdir: the report is refused.
-    let (_, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 1, "quorum": 1}), key(1));
+    let (_, created) = ask(&s, &json!({"branch": "main", "revision": R, "builders": 2, "quorum": 2}), key(1));
     let (_, l0) = lease(&s, "b0", 0);
     let many: Vec<Value> =
         (0..101).map(|i| json!({"path": format!("f{i}"), "sha256": "a".repeat(64), "size": 1})).collect();
@@ -784,6 +793,7 @@ fn agreement_asked_wrongly_is_refused_with_the_field_named(backend: Backend) -> 
         (Value::Array(many), "artifacts"),
         (json!([{"path": "../etc/passwd", "sha256": "a".repeat(64), "size": 1}]), "artifacts[0].path"),
         (json!([{"path": "bin", "sha256": "A".repeat(64), "size": 1}]), "artifacts[0].sha256"),
+        (json!([{"path": "bin/demo\u{200b}", "sha256": "a".repeat(64), "size": 1}]), "artifacts[0].path"),
     ] {
         let (status, v) = answer(&s, "b0", &l0["lease"], "success", &[], artifacts);
         assert_eq!(status, 422, "{v}");
@@ -894,5 +904,39 @@ fn a_long_clean_record_broken_is_news(backend: Backend) -> TestResult {
     assert_eq!(log.matches("demo: builders disagree on main").count(), 2, "the dispute, and b1's first: {log}");
     let (_, feed) = s.get("/projects/demo/feed.atom");
     assert!(feed.contains("b1 disputed on main"), "{feed}");
+    Ok(())
+}
+
+/// A builder holds one lease at a time: asking again gives up one it never started (its slot
+/// goes back), and while it builds one it gets no other — one volunteer cannot sit on every
+/// request.
+fn one_lease_at_a_time_per_builder(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 2);
+    assert_eq!(ask(&s, &json!({"branch": "main", "nonce": "1"}), key(1)).0, 201);
+    assert_eq!(ask(&s, &json!({"branch": "main", "nonce": "2"}), key(1)).0, 201);
+    let (_, first) = lease(&s, "b0", 0);
+    // Asking again gives the unstarted lease up: the oldest request is taken up again (once,
+    // a restarted serve getting its work back), then given up for good.
+    let (_, again) = lease(&s, "b0", 0);
+    assert_eq!((&again["request"], &again["lease"]), (&first["request"], &first["lease"]));
+    let (status, second) = lease(&s, "b0", 0);
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(second["request"], first["request"]);
+    let given_up = requests(&s).into_iter().find(|r| r["id"] == first["request"]).unwrap();
+    assert_eq!(given_up["attempts"][0]["state"], "lost", "{given_up}");
+    let (status, v) = renew(&s, "b0", &first["lease"]);
+    assert_eq!(status, 410, "{v}");
+    // The slot went back: b1 takes it.
+    let (_, other) = lease(&s, "b1", 0);
+    assert_eq!(other["request"], first["request"]);
+    // Building (started): nothing more for b0, and its lease stays.
+    let mut started = common::started("b0-build");
+    started["builder"] = "b0".into();
+    started["lease"] = second["lease"].clone();
+    assert_eq!(s.send_as("b0", key(2), started.to_string().as_bytes()).0, 201);
+    assert_eq!(ask(&s, &json!({"branch": "main", "nonce": "3"}), key(1)).0, 201);
+    assert_eq!(lease(&s, "b0", 0).0, 204);
+    assert_eq!(renew(&s, "b0", &second["lease"]).0, 200);
     Ok(())
 }

@@ -64,10 +64,10 @@ pub fn check(conn: &mut DbConn, project_id: i64, ask: &Ask, now: DateTime<Utc>) 
         return bad(format!("builders: must be 1 to {}", tbox_protocol::MAX_REQUEST_BUILDERS));
     }
     if let Some(q) = ask.quorum
-        && !(1..=ask.builders).contains(&q)
+        && !(2..=ask.builders).contains(&q)
     {
         return bad(format!(
-            "quorum: must be 1 to builders ({}): {q} agreeing answers cannot come from {} builders",
+            "quorum: must be 2 to builders ({}): {q} agreeing answers cannot come from {} builders",
             ask.builders, ask.builders
         ));
     }

@@ -17,6 +17,9 @@ use super::schema::{build_requests, builders, leases, projects};
 use super::{DbConn, write_transaction};
 use crate::results::agreement;
 
+/// How long a lease may be renewed without its build starting (a `started` report naming it).
+pub const UNSTARTED_LIMIT: TimeDelta = TimeDelta::hours(1);
+
 /// Attempts one slot may take before the request gives up on it.
 pub const ATTEMPTS_PER_SLOT: i64 = 3;
 
@@ -277,6 +280,23 @@ pub fn grant(
             // Held until the transaction ends; every server process takes the same one.
             diesel::sql_query("SELECT pg_advisory_xact_lock(7415001)").execute(pg)?;
         }
+        // One lease at a time per builder (a volunteer's machine builds one thing at a time): a
+        // builder building one gets no other, and one asking again while it holds a lease it
+        // never started has given that one up (a poll it abandoned; its `serve` restarted), so
+        // that one builder cannot sit on many requests.
+        let held: Vec<Lease> = leases::table
+            .filter(leases::builder_id.eq(asking.builder_id))
+            .filter(leased())
+            .select(Lease::as_select())
+            .load(c)?;
+        if held.iter().any(|l| l.build_id.is_some()) {
+            return Ok(None);
+        }
+        if !held.is_empty() {
+            diesel::update(leases::table.filter(leases::id.eq_any(held.iter().map(|l| l.id))))
+                .set((leases::state.eq("lost"), leases::ended_at.eq(now)))
+                .execute(c)?;
+        }
         let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
         let tried: Vec<i64> = leases::table
             .filter(leases::builder_id.eq(asking.builder_id))
@@ -329,10 +349,11 @@ pub fn grant(
                     }
                 };
                 if let Some(mine) = mine.map(|o| agreement::owner_key(&o)).filter(|o| !o.is_empty()) {
+                    // Any attempt of theirs, whatever became of it: else an owner's machines could
+                    // take turns cancelling until the request ran out of attempts.
                     let taken: Vec<Option<String>> = leases::table
                         .inner_join(builders::table)
                         .filter(leases::request_id.eq(r.id))
-                        .filter(leases::state.eq_any(["leased", "done"]))
                         .select(builders::owner)
                         .load(c)?;
                     if taken.into_iter().flatten().any(|o| agreement::owner_key(&o) == mine) {
@@ -404,6 +425,13 @@ pub fn renew(
         if lease.state != "leased" || lease.expires_at < now {
             let state = if lease.state == "leased" { "lost" } else { lease.state.as_str() };
             return Ok(Err(LeaseError::Over(state.to_owned())));
+        }
+        // Renewed for an hour and nothing started: a lease held, not built (a slot sat on).
+        if lease.build_id.is_none() && now - lease.granted_at > UNSTARTED_LIMIT {
+            diesel::update(leases::table.find(id))
+                .set((leases::state.eq("lost"), leases::ended_at.eq(now)))
+                .execute(c)?;
+            return Ok(Err(LeaseError::Over("lost: no build started within an hour of the grant".to_owned())));
         }
         diesel::update(leases::table.find(id)).set(leases::expires_at.eq(now + ttl)).execute(c)?;
         Ok(Ok(Lease { expires_at: now + ttl, ..lease }))
@@ -490,7 +518,7 @@ pub fn allowed_projects(conn: &mut DbConn, builder_id: i64, names: &[String]) ->
 /// `state = 'leased'` written out, so that cached plans (SQLite's, which do not look at bound
 /// values, see `.cargo/config.toml`, and PostgreSQL's generic ones) use the `leases_leased`
 /// partial index, which holds only the leases in flight.
-fn leased() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+pub(crate) fn leased() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql::<diesel::sql_types::Bool>("leases.state = 'leased'")
 }
 

@@ -224,7 +224,7 @@ pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, 
         .inner_join(builds::table.on(builds::id.nullable().eq(leases::build_id)))
         .inner_join(builders::table.on(builders::id.eq(leases::builder_id)))
         .filter(leases::request_id.eq_any(request_ids))
-        .filter(leases::state.eq("done"))
+        .filter(done())
         .order(leases::id)
         .select((
             leases::request_id,
@@ -265,7 +265,8 @@ pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, 
                 builder_id,
                 builder,
                 owner,
-                revision,
+                // A lease takes its revision in either case: compare them alike.
+                revision: revision.to_ascii_lowercase(),
                 result: result.unwrap_or_default(),
                 flaky_tests: tests.iter().filter(|t| t.1).map(|t| t.0.clone()).collect(),
                 failing_tests: tests.into_iter().map(|t| t.0).collect(),
@@ -282,7 +283,7 @@ pub fn answers(conn: &mut DbConn, request_ids: &[i64]) -> QueryResult<Vec<(i64, 
 pub fn of_build(conn: &mut DbConn, build_id: i64) -> QueryResult<Option<(BuildRequest, Vec<Answer>)>> {
     let request: Option<i64> = leases::table
         .filter(leases::build_id.eq(build_id))
-        .filter(leases::state.eq("done"))
+        .filter(done())
         .select(leases::request_id)
         .first(conn)
         .optional()?;
@@ -294,6 +295,12 @@ pub fn of_build(conn: &mut DbConn, build_id: i64) -> QueryResult<Option<(BuildRe
     }
     let answers = answers(conn, &[r.id])?.into_iter().map(|(_, a)| a).collect();
     Ok(Some((r, answers)))
+}
+
+/// `state = 'done'` written out: a bound value on a column a partial index names makes SQLite
+/// plan the statement again on every run (see `db::requests::leased`).
+fn done() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("leases.state = 'done'")
 }
 
 /// Something to tell subscribers about.
@@ -317,13 +324,13 @@ pub fn after_answer(conn: &mut DbConn, id: i64, answering_builder: i64) -> Query
             .execute(pg)?;
     }
     let Some(mut r) = crate::db::requests::by_id(conn, id)? else { return Ok(Vec::new()) };
-    // A request that ended (deadline, cancelled) keeps the verdict it ended with: a late
-    // answer is recorded, not judged.
-    if r.state != "open" {
+    // A request that ended keeps the verdict it ended with; a late answer (on a lease given up
+    // for lost) is still held to an agreement reached, else it is recorded, not judged.
+    if r.state != "open" && r.verdict.as_deref() != Some("agreed") {
         return Ok(Vec::new());
     }
     let answers: Vec<Answer> = answers(conn, &[id])?.into_iter().map(|(_, a)| a).collect();
-    if r.quorum.is_none() && !r.spot_check && maybe_spot_check(conn, answering_builder)? {
+    if r.state == "open" && r.quorum.is_none() && !r.spot_check && maybe_spot_check(conn, answering_builder)? {
         // An answer to a quorum-less request, chosen for a check by its builder's record (each
         // answer draws, so a builder with a poor record is not safe answering second): one more
         // slot when only its answer is there, else the answers there are compared.
@@ -358,7 +365,16 @@ pub fn after_answer(conn: &mut DbConn, id: i64, answering_builder: i64) -> Query
     }
     match &standing {
         Standing::Agreed(group) => {
+            let revision = group.first().map(|&i| answers[i].revision.clone()).unwrap_or_default();
             for (i, a) in answers.iter().enumerate().filter(|(_, a)| a.agrees.is_none()) {
+                if a.revision != revision {
+                    // Built another head of the branch: not compared, so neither agreed nor
+                    // disputed, on the build or on its builder's record.
+                    diesel::update(builds::table.find(a.build))
+                        .set(builds::agreement.eq(None::<String>))
+                        .execute(conn)?;
+                    continue;
+                }
                 let agrees = group.contains(&i);
                 diesel::update(leases::table.find(a.lease_id)).set(leases::agrees.eq(agrees)).execute(conn)?;
                 diesel::update(builds::table.find(a.build))
@@ -399,7 +415,7 @@ pub fn after_answer(conn: &mut DbConn, id: i64, answering_builder: i64) -> Query
     if matches!(standing, Standing::Agreed(_)) && r.extra_slots > 0 {
         let leased: i64 = leases::table
             .filter(leases::request_id.eq(id))
-            .filter(leases::state.eq("leased"))
+            .filter(crate::db::requests::leased())
             .count()
             .get_result(conn)?;
         let taken = i32::try_from(answers.len() as i64 + leased).unwrap_or(i32::MAX);
