@@ -196,7 +196,7 @@ pub(crate) fn lock_holder(path: &Path) -> Option<serde_json::Value> {
 pub(crate) fn new_uuid() -> String {
     let mut bytes = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    tbox_protocol::hex(&bytes)
 }
 
 /// The revision checked out in `dir`, if it is a git work tree. Runs outside the sandbox on a

@@ -279,7 +279,7 @@ pub fn stamped(mut body: serde_json::Value) -> Vec<u8> {
     let mut nonce = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     body["at"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    body["nonce"] = json!(nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    body["nonce"] = json!(tbox_protocol::hex(&nonce));
     serde_json::to_vec(&body).unwrap_or_default()
 }
 

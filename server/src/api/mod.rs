@@ -47,7 +47,7 @@ pub fn tag_of(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    tbox_protocol::hex(&h.finalize()[..6])
 }
 
 /// 304 for a validator that matched, with the headers a fresh answer would carry.

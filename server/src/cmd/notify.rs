@@ -147,7 +147,7 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
                 (None, None) => {
                     let mut b = [0u8; 24];
                     openssl::rand::rand_bytes(&mut b).context("cannot make a random secret")?;
-                    let s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                    let s = tbox_protocol::hex(&b);
                     generated = Some(s.clone());
                     s
                 }

@@ -17,7 +17,7 @@ pub fn signature(secret: &str, body: &[u8]) -> Result<String, openssl::error::Er
     let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
     signer.update(body)?;
     let mac = signer.sign_to_vec()?;
-    Ok(format!("sha256={}", mac.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("sha256={}", tbox_protocol::hex(&mac)))
 }
 
 /// The change in a few words: "demo: alice-debian12 broke on main". An e-mail's subject.

@@ -101,7 +101,7 @@ pub fn failing_tag(
     for head in heads(conn, project_id, builder, branch)? {
         h.update(format!("{}:{}:{};", head.build.id, head.build.state, head.build.branch).as_bytes());
     }
-    Ok(format!("W/\"f{}\"", h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("W/\"f{}\"", tbox_protocol::hex(&h.finalize()[..12])))
 }
 
 /// How many of a project's newest builds a test history looks through.

@@ -55,7 +55,7 @@ pub async fn etag(
         return Ok(ServiceResponse::new(req, res));
     }
     let digest = Sha256::digest(&bytes);
-    let tag = format!("W/\"{}\"", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>());
+    let tag = format!("W/\"{}\"", tbox_protocol::hex(&digest[..12]));
     let matches = if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
     if let Ok(v) = HeaderValue::from_str(&tag) {
         res.headers_mut().insert(header::ETAG, v);

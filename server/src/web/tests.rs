@@ -94,16 +94,6 @@ pub async fn history(
 
 /// The history page of one test, its suite and name percent-encoded for the query.
 pub fn history_url(project: &str, suite: &str, name: &str) -> String {
+    let encode = super::waterfall::urlencode;
     format!("/projects/{project}/tests/history?suite={}&name={}", encode(suite), encode(name))
-}
-
-/// Percent-encodes all but the unreserved characters (RFC 3986): test names hold spaces,
-/// `&`, `#` and worse.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
