@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// 2d); a late `finished` report still completes it.
     #[arg(long, env = "TBOX_LOST_AFTER", default_value = "12h", value_parser = parse_age, value_name = "AGE")]
     pub lost_after: chrono::TimeDelta,
+    /// How log lines are written: `text` for people, `json` (one object per line: time, level,
+    /// target, message) for log collectors.
+    #[arg(long, env = "TBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     /// Give this share (0 to 1) of the requests that ask for no quorum a second builder when
     /// their first answer arrives, and judge them as quorum 2; more often for builders with
     /// fewer than 10 agreements or with disputes (BOINC's adaptive replication). 0: off.
@@ -275,6 +279,25 @@ pub struct RequestAddArgs {
     pub distinct: DistinctArg,
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+/// `serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// env_logger's lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// The log format the command asks for (only `serve` has a choice).
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(args) => args.log_format,
+            _ => LogFormat::Text,
+        }
+    }
 }
 
 /// `--distinct`: what the answers making a quorum must come from.

@@ -26,6 +26,7 @@ pub mod cmd;
 pub mod connections;
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod ingest;
 pub mod leases;
 pub mod logging;

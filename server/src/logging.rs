@@ -1,4 +1,5 @@
-//! The server's log: env_logger (`RUST_LOG`, default `info`), with two corrections.
+//! The server's log: env_logger (`RUST_LOG`, default `info`; `serve --log-format json` writes
+//! one JSON object per line), with two corrections.
 //!
 //! actix-http logs a request it cannot parse (a bad header, garbage instead of HTTP) at ERROR,
 //! as "stream error: request parse error: …". That is the client's mistake, answered with a
@@ -137,8 +138,21 @@ impl Log for Demoting {
 static LOGGER: std::sync::OnceLock<&'static Demoting> = std::sync::OnceLock::new();
 
 /// Installs the logger; call once, first thing.
-pub fn init() {
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+pub fn init(format: crate::cli::LogFormat) {
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == crate::cli::LogFormat::Json {
+        builder.format(|buf, record| {
+            use std::io::Write as _;
+            let line = serde_json::json!({
+                "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "message": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    let inner = builder.build();
     let max = inner.filter();
     let logger: &'static Demoting = Box::leak(Box::new(Demoting { inner, repeats: Repeats::default() }));
     if log::set_logger(logger).is_ok() {

@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tbox_server::logging::init();
+    tbox_server::logging::init(cli.log_format());
     match tbox_server::cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

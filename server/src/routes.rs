@@ -82,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(page("/projects/{project}/builders/{builder}/feed.atom", pages::feeds::builder_atom))
             .service(page("/projects/{project}/builders/{builder}/badge.svg", pages::feeds::builder_badge))
             .service(page("/metrics", crate::metrics::get))
+            .service(page("/healthz", crate::health::healthz))
             .service(page("/projects/{project}/builders/{builder}", pages::builder::page))
             .service(page("/builds/{id}", pages::build::page))
             .service(page("/builds/{id}/steps/{position}/log", pages::logs::raw))

@@ -218,6 +218,13 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     );
     assert_eq!((v["message"].as_str(), v["color"].as_str()), (Some("passing"), Some("brightgreen")));
     assert!(v["cacheSeconds"].as_i64() >= Some(300));
+    // Unknown: still in shields' own schema, so a README's badge says "unknown", not garbage.
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/shields.json", "/api/v1/projects/nope/shields.json", 404);
+    assert_eq!((v["message"].as_str(), v["isError"].as_bool()), (Some("unknown"), Some(true)), "{v}");
+    // `cursor=` (empty) is the first page, as the document allows.
+    let v = get_checked(&s, &doc, "/api/v1/projects/{project}/builds", "/api/v1/projects/demo/builds?cursor=", 200);
+    assert!(!v["builds"].as_array().unwrap().is_empty());
+    get_checked(&s, &doc, "/api/v1/projects/{project}/requests/{id}", "/api/v1/projects/demo/requests/1", 404);
     Ok(())
 }
 

@@ -32,6 +32,7 @@ on_both_backends!(
     pending_builders_are_listed_rejected_and_pruned,
     unparseable_requests_are_not_logged_as_errors,
     uploads_share_a_memory_budget,
+    health_check_and_json_logs_for_operators,
 );
 
 #[test]
@@ -101,7 +102,13 @@ fn a_database_outage_is_said_once_then_counted() -> TestResult {
     let s = Server::start_on(db, &url, &[]);
     s.setup();
     assert_eq!(s.send(&report("before")).0, 201);
+    assert_eq!(s.get_json("/healthz"), (200, serde_json::json!({"status": "ok"})));
     proxy.down.store(true, Ordering::SeqCst);
+    // The health check says so at once (a load balancer takes this server out), cheaply.
+    let t = std::time::Instant::now();
+    let (status, v) = s.get_json("/healthz");
+    assert_eq!((status, v["error"].as_str()), (503, Some("database_unavailable")), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     let until = std::time::Instant::now() + Duration::from_secs(8);
     let mut answered = Vec::new();
     let mut n = 0;
@@ -122,6 +129,7 @@ fn a_database_outage_is_said_once_then_counted() -> TestResult {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(back, "{}", s.log_text());
+    assert_eq!(s.get_json("/healthz").0, 200, "back");
     let log = s.log_text();
     let trouble: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
     // Each distinct line at most once per minute (timestamps and the level's padding aside).
@@ -824,5 +832,30 @@ fn uploads_share_a_memory_budget(backend: Backend) -> TestResult {
     // Unsigned uploads are refused before their body is read at all.
     let (status, v) = s.post(&[b' '; 100], &[("Content-Type", "application/json"), ("Tbox-Builder", "alice")]);
     assert_eq!((status, v["error"].as_str()), (401, Some("unsigned")), "{v}");
+    Ok(())
+}
+
+/// `/healthz` answers without authentication, never cached, and takes HEAD; `--log-format
+/// json` writes one JSON object per line, access log included, for a log collector.
+fn health_check_and_json_logs_for_operators(backend: Backend) -> TestResult {
+    let Some(s) = Server::start_logging(backend, &["--log-format", "json"], "info") else { return Ok(()) };
+    let (status, v) = s.get_json("/healthz");
+    assert_eq!((status, v), (200, serde_json::json!({"status": "ok"})));
+    let resp = s.agent.head(s.url("/healthz")).call()?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = s.agent.get(s.url("/healthz")).call()?;
+    assert_eq!(resp.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    let resp = s.agent.post(s.url("/healthz")).send("")?;
+    assert_eq!(resp.status().as_u16(), 405);
+    let log = s.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
+        for field in ["time", "level", "target", "message"] {
+            assert!(v[field].is_string(), "{field} in {line}");
+        }
+    }
+    assert!(lines.iter().any(|l| l.contains("GET /healthz")), "the access log too: {log}");
     Ok(())
 }

@@ -53,7 +53,8 @@ pub async fn list(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(AppError::bad_request("bad_query", format!("limit must be 1 to {MAX_LIMIT}")));
     }
-    let after = match &query.cursor {
+    // `cursor=` (empty) is the first page, as the OpenAPI document allows.
+    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(
             Cursor::decode(c)
                 .ok_or_else(|| AppError::bad_request("bad_query", "cursor is not one this server gave"))?,

@@ -244,6 +244,11 @@ pub fn redo_all(conn: &mut DbConn) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the database answers: one trivial query (the health check's).
+pub fn ping(conn: &mut DbConn) -> diesel::QueryResult<()> {
+    dispatch!(conn, |c| diesel::sql_query("SELECT 1").execute(c)).map(drop)
+}
+
 /// The current time as stored: UTC, microsecond precision (PostgreSQL's), so a value read
 /// back compares equal to the one written on both backends.
 pub fn now() -> chrono::NaiveDateTime {

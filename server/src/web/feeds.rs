@@ -311,7 +311,8 @@ struct Verdict {
 
 fn verdict(hs: &[Head]) -> Verdict {
     if hs.is_empty() {
-        return Verdict { message: "no data".into(), colour: "lightgrey", hex: "#9f9f9f" };
+        // Grey that white text reads on (4.6:1; the old #9f9f9f was 2.65:1).
+        return Verdict { message: "no data".into(), colour: "lightgrey", hex: "#6e7781" };
     }
     let red = hs.iter().filter(|h| colour(&h.build) == Some("red")).count();
     let building = hs.iter().filter(|h| h.build.is_running()).count();
@@ -328,7 +329,7 @@ fn verdict(hs: &[Head]) -> Verdict {
             "building" => ("yellow", "#bf8700"),
             "lost" => ("475569", "#475569"),
             "disputed" => ("bf3989", "#bf3989"),
-            _ => ("lightgrey", "#9f9f9f"),
+            _ => ("lightgrey", "#6e7781"),
         };
         return Verdict { message: if word == "success" { "passing".into() } else { word.into() }, colour, hex };
     }
@@ -471,7 +472,17 @@ pub async fn shields(
     path: web::Path<String>,
     q: web::Query<FeedQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let (label, v) = verdict_for(&state, path.into_inner(), q.into_inner()).await?;
+    let name = path.into_inner();
+    let (label, v) = match verdict_for(&state, name.clone(), q.into_inner()).await {
+        Ok(found) => found,
+        // Shields reads its own schema, also for a project or builder it does not know.
+        Err(AppError::Client { code: "not_found", .. }) => {
+            return Ok(HttpResponse::NotFound().insert_header((CACHE_CONTROL, "no-cache")).json(serde_json::json!({
+                "schemaVersion": 1, "label": name, "message": "unknown", "color": "lightgrey", "isError": true,
+            })));
+        }
+        Err(e) => return Err(e),
+    };
     Ok(HttpResponse::Ok().insert_header((CACHE_CONTROL, "public, max-age=300")).json(serde_json::json!({
         "schemaVersion": 1,
         "label": label,

@@ -114,10 +114,19 @@ impl Server {
         Some(Self::start_on(db, &url, extra))
     }
 
+    /// Starts a server logging at `level` (`RUST_LOG`; the others log warnings and errors).
+    pub fn start_logging(backend: Backend, extra: &[&str], level: &str) -> Option<Server> {
+        let db = TestDb::new(backend)?;
+        let log = db.dir.join("server.log");
+        let (child, base) = spawn(&db.url.clone(), &log, extra, level);
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Some(Server { child, base, db, agent, log })
+    }
+
     /// Starts a server on `db`, reached through `url` (e.g. through a proxy).
     pub fn start_on(db: TestDb, url: &str, extra: &[&str]) -> Server {
         let log = db.dir.join("server.log");
-        let (child, base) = spawn(url, &log, extra);
+        let (child, base) = spawn(url, &log, extra, "warn");
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         Server { child, base, db, agent, log }
     }
@@ -126,7 +135,7 @@ impl Server {
     pub fn restart(&mut self, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, base) = spawn(&self.db.url, &self.log, extra);
+        let (child, base) = spawn(&self.db.url, &self.log, extra, "warn");
         self.child = child;
         self.base = base;
     }
@@ -231,12 +240,12 @@ impl Drop for Server {
 
 /// Starts `tbox-server serve` on 127.0.0.1:0 and reads the address it listens on. The log
 /// file is appended to, so a restarted server's log follows the first one's.
-fn spawn(url: &str, log: &std::path::Path, extra: &[&str]) -> (Child, String) {
+fn spawn(url: &str, log: &std::path::Path, extra: &[&str], level: &str) -> (Child, String) {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--bind", "127.0.0.1:0", "--database", url, "--pool-size", "4", "--workers", "2"])
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
         .stderr(file)
         .spawn()
