@@ -236,7 +236,8 @@ fn repo_url_allowed(url: &str) -> bool {
     }
 }
 
-/// Reads `30m`, `2h`, `90s`, `1d` or a sum such as `1h30m`.
+/// Reads `30m`, `2h`, `90s`, `1d`, `2w` or a sum such as `1h30m`: the one duration grammar of
+/// recipes, configs and both programs' command lines.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     let mut num: Option<u64> = None;
@@ -250,6 +251,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             'm' => 60,
             'h' => 3600,
             'd' => 86400,
+            'w' => 7 * 86400,
             _ => return None,
         };
         total = total.checked_add(num.take()?.checked_mul(unit)?)?;
@@ -540,6 +542,7 @@ env = { CFLAGS = "-O2" }
     fn durations_and_globs() {
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2w"), Some(Duration::from_secs(14 * 86400)));
         for bad in ["", "30", "m", "0s", "3x", "99999999999999999999d"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }

@@ -106,6 +106,12 @@ pub struct ServeArgs {
     /// 2d); a late `finished` report still completes it.
     #[arg(long, env = "TBOX_LOST_AFTER", default_value = "12h", value_parser = parse_age, value_name = "AGE")]
     pub lost_after: chrono::TimeDelta,
+    /// A reverse proxy's address or network (e.g. 127.0.0.1/32, 10.0.0.0/8; repeat or separate
+    /// with commas): only from these peers are `X-Forwarded-For`, `-Proto` and `-Host` believed,
+    /// for rate limits, registration allowances, the access log and links.
+    #[arg(long = "trusted-proxy", env = "TBOX_TRUSTED_PROXY", value_delimiter = ',', value_name = "CIDR",
+          value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How log lines are written: `text` for people, `json` (one object per line: time, level,
     /// target, message) for log collectors.
     #[arg(long, env = "TBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
@@ -556,20 +562,20 @@ pub fn parse_smtp_url(url: &str) -> Result<String, String> {
     Ok(url.to_owned())
 }
 
-/// Reads `90d`, `12h`, `30m`, `2w` or `45s`.
+/// Reads `90d`, `12h`, `30m`, `2w`, `45s` or a sum such as `1h30m`.
 pub fn parse_age(s: &str) -> Result<chrono::TimeDelta, String> {
-    let bad = || format!("{s:?} is not an age like 90d, 12h, 30m or 2w");
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: i64 = s[..split].parse().map_err(|_| bad())?;
-    let d = match &s[split..] {
-        "s" => chrono::TimeDelta::try_seconds(n),
-        "m" => chrono::TimeDelta::try_minutes(n),
-        "h" => chrono::TimeDelta::try_hours(n),
-        "d" => chrono::TimeDelta::try_days(n),
-        "w" => chrono::TimeDelta::try_weeks(n),
-        _ => None,
-    };
-    d.ok_or_else(bad)
+    // The protocol's grammar, the one recipes and the volunteer's config use.
+    tbox_protocol::parse_duration(s)
+        .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+        .ok_or_else(|| format!("{s:?} is not an age like 90d, 12h, 1h30m or 2w"))
+}
+
+/// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`) for `--trusted-proxy`.
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an address or network like 10.0.0.0/8 or ::1"))
 }
 
 /// A fraction from 0 to 1 (`--spot-check`).
@@ -607,6 +613,8 @@ mod tests {
         assert_eq!(parse_age("90d"), Ok(chrono::TimeDelta::days(90)));
         assert_eq!(parse_age("2w"), Ok(chrono::TimeDelta::weeks(2)));
         assert_eq!(parse_age("1s"), Ok(chrono::TimeDelta::seconds(1)));
+        assert_eq!(parse_age("1h30m"), Ok(chrono::TimeDelta::minutes(90)));
+        assert!(parse_age("0s").is_err());
         assert!(parse_age("90").is_err());
         assert!(parse_age("d").is_err());
         assert!(parse_age("5y").is_err());

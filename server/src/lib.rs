@@ -34,6 +34,7 @@ pub mod logscan;
 pub mod metrics;
 pub mod notify;
 pub mod project_keys;
+pub mod proxy;
 pub mod ratelimit;
 pub mod results;
 pub mod routes;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub lease_ttl: chrono::TimeDelta,
     /// Moves when there may be new work for builders waiting on a lease (long polls).
     pub work: leases::Work,
+    /// Reverse proxies whose `X-Forwarded-*` headers are believed (`serve --trusted-proxy`).
+    pub proxies: proxy::TrustedProxies,
 }
 
 impl AppState {

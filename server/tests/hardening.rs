@@ -33,6 +33,7 @@ on_both_backends!(
     unparseable_requests_are_not_logged_as_errors,
     uploads_share_a_memory_budget,
     health_check_and_json_logs_for_operators,
+    forwarded_headers_count_only_from_trusted_proxies,
 );
 
 #[test]
@@ -857,5 +858,66 @@ fn health_check_and_json_logs_for_operators(backend: Backend) -> TestResult {
         }
     }
     assert!(lines.iter().any(|l| l.contains("GET /healthz")), "the access log too: {log}");
+    Ok(())
+}
+
+/// Registers through a proxy that says the client is `forwarded_for`.
+fn register_via(s: &Server, forwarded_for: &str, body: &Value) -> u16 {
+    let text = body.to_string();
+    let sig = key(1).sign(text.as_bytes());
+    s.agent
+        .post(s.url("/api/v1/builders"))
+        .header("Content-Type", "application/json")
+        .header("Tbox-Signature", &sig)
+        .header("X-Forwarded-For", forwarded_for)
+        .send(text.as_bytes())
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// `serve --trusted-proxy`: behind a proxy, each client has its own registration allowance and
+/// line in the access log, and links use the host and scheme it was asked for; without it,
+/// `X-Forwarded-*` are anyone's to write and count for nothing.
+fn forwarded_headers_count_only_from_trusted_proxies(backend: Backend) -> TestResult {
+    let builds_url = |s: &Server| -> String {
+        let mut resp = s
+            .agent
+            .get(s.url("/api/v1/projects/demo/builds"))
+            .header("X-Forwarded-Host", "ci.example.org")
+            .header("X-Forwarded-Proto", "https")
+            .call()
+            .unwrap();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        v["builds"][0]["url"].as_str().unwrap_or_default().to_owned()
+    };
+    // Not trusted: every registration is 127.0.0.1's, whatever the header says.
+    let Some(open) = Server::start(backend) else { return Ok(()) };
+    open.setup();
+    assert_eq!(open.send(&report("b1")).0, 201);
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| register_via(&open, &format!("198.51.{i}.1"), &registration(&format!("o-{i}"), &["demo"])))
+        .collect();
+    assert_eq!(statuses, [201, 201, 201, 429, 429, 429]);
+    assert!(builds_url(&open).starts_with("http://127.0.0.1:"), "{}", builds_url(&open));
+    drop(open);
+
+    let Some(s) = Server::start_logging(backend, &["--trusted-proxy", "127.0.0.1"], "info") else { return Ok(()) };
+    s.setup();
+    assert_eq!(s.send(&report("b1")).0, 201);
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| {
+            // The client's own claim (left) is not believed; the proxy's (right) is.
+            register_via(&s, &format!("10.9.9.9, 198.51.{i}.1"), &registration(&format!("t-{i}"), &["demo"]))
+        })
+        .collect();
+    assert_eq!(statuses, [201; 6], "each client network its own allowance");
+    // One network still has one allowance: its fourth waiting registration is refused.
+    let same: Vec<u16> =
+        (0..4).map(|i| register_via(&s, "203.0.113.7", &registration(&format!("n-{i}"), &["demo"]))).collect();
+    assert_eq!(same, [201, 201, 201, 429]);
+    assert_eq!(builds_url(&s).split("/builds/").next(), Some("https://ci.example.org"));
+    let log = s.log_text();
+    assert!(log.contains("198.51.3.1 \"POST /api/v1/builders"), "{log}");
+    assert!(!log.contains("10.9.9.9 \""), "{log}");
     Ok(())
 }

@@ -64,8 +64,10 @@ pub async fn register(
     // The address's allowance before anything costly (reading the body, RSA), so refused floods
     // are cheap; everyone's allowance only once the signature is shown to verify, so junk cannot
     // use it up.
-    if let Some(addr) = req.peer_addr() {
-        state.registrations.check_address(addr.ip(), std::time::Instant::now()).map_err(throttled)?;
+    // The client's address: through a trusted proxy, the one it forwards.
+    let client = state.proxies.client(req.peer_addr().map(|a| a.ip()), req.headers());
+    if let Some(ip) = client {
+        state.registrations.check_address(ip, std::time::Instant::now()).map_err(throttled)?;
     }
     let body = crate::body::read(req.headers(), payload, state.body_limits(64 << 10)).await?;
     let signature = req
@@ -77,7 +79,7 @@ pub async fn register(
     let pool = state.pool.clone();
     let max_pending = state.max_pending;
     let registrations = state.registrations.clone();
-    let network = req.peer_addr().map(|a| crate::ratelimit::network(a.ip()));
+    let network = client.map(crate::ratelimit::network);
     let (created, view) = web::block(move || -> Result<_, AppError> {
         let reg: Registration = serde_json::from_slice(&body)
             .map_err(|e| AppError::bad_request("malformed", format!("not a registration: {e}")))?;

@@ -23,8 +23,14 @@ pub fn base_url(req: &HttpRequest) -> String {
     if let Some(url) = req.app_data::<actix_web::web::Data<crate::AppState>>().and_then(|s| s.public_url.clone()) {
         return url;
     }
-    let info = req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
+    // Forwarded scheme and host only from a trusted proxy (actix's own connection info would
+    // take them from anyone).
+    let peer = req.peer_addr().map(|a| a.ip());
+    let (scheme, host) = match req.app_data::<actix_web::web::Data<crate::AppState>>() {
+        Some(s) => s.proxies.origin(peer, req.headers()),
+        None => crate::proxy::TrustedProxies::default().origin(peer, req.headers()),
+    };
+    format!("{scheme}://{host}")
 }
 
 /// The request's `If-None-Match`, for a handler that checks its validator before the work.

@@ -226,17 +226,11 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
 
 /// A URL with any password in it replaced by `***`, for listing.
 fn without_password(target: &str) -> String {
-    match target.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) if userinfo.contains(':') => {
-                    let user = userinfo.split(':').next().unwrap_or_default();
-                    format!("{scheme}://{user}:***@{host}{path}")
-                }
-                _ => target.to_owned(),
-            }
+    match url::Url::parse(target) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
         }
-        None => target.to_owned(),
+        _ => target.to_owned(),
     }
 }

@@ -88,6 +88,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         public_url,
         lease_ttl: args.lease_ttl,
         work: work.clone(),
+        proxies: crate::proxy::TrustedProxies::new(args.trusted_proxies.clone()),
     });
     crate::leases::start(state.pool.clone(), work).context("starting the lease sweeper")?;
     let notify_pool = state.pool.clone();
@@ -102,6 +103,7 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
         let per_address = crate::connections::PerAddress::new(
             usize::try_from(args.max_connections_per_address).unwrap_or(usize::MAX),
         );
+        let proxies = state.proxies.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -109,7 +111,15 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
                 .wrap(security_headers())
                 .wrap(actix_web::middleware::Compress::default())
                 .wrap(actix_web::middleware::from_fn(routes::reject_nul))
-                .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+                // The client's address: the peer's, or through a trusted proxy the one it forwards.
+                .wrap(Logger::new("%{client}xi \"%r\" %s %b %Dms").custom_request_replace("client", |req| {
+                    let peer = req.peer_addr().map(|a| a.ip());
+                    let client = match req.app_data::<web::Data<AppState>>() {
+                        Some(s) => s.proxies.client(peer, req.headers()),
+                        None => peer,
+                    };
+                    client.map_or_else(|| "-".to_owned(), |ip| ip.to_string())
+                }))
                 .wrap(actix_web::middleware::from_fn(crate::metrics::track))
                 .wrap(actix_web::middleware::from_fn(crate::connections::share))
                 .configure(routes::configure)
@@ -120,7 +130,14 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 let _ = tcp.set_nodelay(true);
             }
-            per_address.on_connect(conn, ext);
+            // A trusted proxy carries many clients' connections: not counted as one address's.
+            let from_proxy = conn
+                .downcast_ref::<actix_web::rt::net::TcpStream>()
+                .and_then(|tcp| tcp.peer_addr().ok())
+                .is_some_and(|p| proxies.trusts(p.ip()));
+            if !from_proxy {
+                per_address.on_connect(conn, ext);
+            }
         });
         // The cap is per worker; a full server stops accepting until connections close, rather
         // than failing on "Too many open files" for everyone.

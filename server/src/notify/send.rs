@@ -69,35 +69,34 @@ impl Mail {
 /// The URL lettre is given: `tls=required` with `--smtp-starttls` (replacing any `tls=` the URL
 /// had, since lettre reads the first), and no password over plain SMTP to another machine.
 fn relay_url(url: &str, starttls: bool) -> anyhow::Result<String> {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    anyhow::ensure!(
-        matches!(scheme, "smtp" | "smtps"),
-        "--smtp must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25"
-    );
+    let bad = || anyhow::anyhow!("--smtp must be an smtp:// or smtps:// URL, e.g. smtp://127.0.0.1:25");
+    let mut u = url::Url::parse(url).map_err(|_| bad())?;
+    let scheme = u.scheme().to_owned();
+    anyhow::ensure!(matches!(scheme.as_str(), "smtp" | "smtps") && u.host().is_some(), bad());
     anyhow::ensure!(
         !(starttls && scheme == "smtps"),
         "--smtp-starttls needs an smtp:// URL (smtps:// is TLS from the start)"
     );
-    let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let authority = base.split('/').next().unwrap_or_default();
-    let (userinfo, host_port) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     };
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if scheme == "smtp" && !starttls && !loopback && userinfo.is_some_and(|u| u.contains(':')) {
+    if scheme == "smtp" && !starttls && !loopback && u.password().is_some() {
         anyhow::bail!(
             "--smtp: a password on smtp:// would cross the network unencrypted; use smtps:// or add --smtp-starttls"
         );
     }
+    let query = u.query().unwrap_or_default().to_owned();
     let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("tls=")).collect();
     if starttls {
         params.push("tls=required");
     } else if let Some(tls) = query.split('&').find(|p| p.starts_with("tls=")) {
         params.push(tls);
     }
-    Ok(if params.is_empty() { format!("{scheme}://{base}") } else { format!("{scheme}://{base}?{}", params.join("&")) })
+    u.set_query((!params.is_empty()).then(|| params.join("&")).as_deref());
+    Ok(u.to_string())
 }
 
 /// Subscribers served at once, each by a thread of its own.

@@ -590,12 +590,11 @@ pub async fn cctray(
 /// The authority of this server's `tag:` URIs: the host of `--public-url` (RFC 4151 allows no
 /// port and no path there), else a fixed name, so that ids never depend on the Host header.
 fn tag_authority(public_url: Option<&str>) -> String {
-    let host = public_url
-        .and_then(|u| u.split("://").nth(1))
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .map(str::to_ascii_lowercase)
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
-    host.unwrap_or_else(|| "tbox.invalid".to_owned())
+    public_url
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+        .unwrap_or_else(|| "tbox.invalid".to_owned())
 }
 
 #[cfg(test)]
