@@ -130,6 +130,18 @@ pub enum Command {
     /// What this machine built: project, request, when, how long, result, link (kept here).
     #[command(after_help = STATUS_EXIT_CODES)]
     Log(LogArgs),
+    /// Print the completion script of tbox-report for a shell (bash, zsh, fish, elvish, powershell),
+    /// e.g. `tbox-report completions bash > /etc/bash_completion.d/tbox-report`.
+    Completions(CompletionsArgs),
+    /// Print tbox-report's manual page (roff), e.g. `tbox-report manpage | man -l -`.
+    Manpage,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

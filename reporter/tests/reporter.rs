@@ -282,6 +282,23 @@ fn stderr(o: &Output) -> String {
 
 const JUNIT: &str = r#"<testsuite name="unit"><testcase classname="unit" name="adds" time="0.01"/><testcase classname="unit" name="divides" time="0.02"><failure message="division by zero">at calc.c:7</failure></testcase></testsuite>"#;
 
+/// tbox-report prints its shell completions and manual page, from the same definitions as
+/// `--help` (what a package installs); a shell clap does not know is a usage error.
+#[test]
+fn completions_and_manual_page() -> TestResult {
+    let out = Command::new(BIN).args(["completions", "bash"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("_tbox__report()") && text.contains("join"), "{text}");
+    let out = Command::new(BIN).args(["completions", "zsh"]).output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("#compdef tbox-report"));
+    let out = Command::new(BIN).arg("manpage").output()?;
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.contains(".TH tbox-report") && man.contains("serve"), "{man}");
+    let out = Command::new(BIN).args(["completions", "cmd.exe"]).output()?;
+    assert_eq!(out.status.code(), Some(2));
+    Ok(())
+}
+
 #[test]
 fn keygen_writes_a_private_key_only_its_owner_can_read() -> TestResult {
     use std::os::unix::fs::PermissionsExt as _;

@@ -50,6 +50,18 @@ pub enum Command {
     /// Delete builds that started before a given age, and logs no build uses any more.
     #[command(after_help = EXIT_CODES)]
     Prune(PruneArgs),
+    /// Print the completion script of tbox-server for a shell (bash, zsh, fish, elvish, powershell),
+    /// e.g. `tbox-server completions bash > /etc/bash_completion.d/tbox-server`.
+    Completions(CompletionsArgs),
+    /// Print tbox-server's manual page (roff), e.g. `tbox-server manpage | man -l -`.
+    Manpage,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

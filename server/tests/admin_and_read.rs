@@ -226,3 +226,17 @@ fn test_names_keep_their_spaces(backend: Backend) -> TestResult {
     assert_eq!(b["tests"][0]["name"], "  padded name ");
     Ok(())
 }
+
+/// tbox-server prints its shell completions and manual page (what a package installs).
+#[test]
+fn completions_and_manual_page() -> TestResult {
+    let run = |args: &[&str]| std::process::Command::new(common::BIN).args(args).output();
+    let out = run(&["completions", "bash"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("_tbox__server()") && text.contains("builder"), "{text}");
+    let out = run(&["manpage"])?;
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.contains(".TH tbox-server") && man.contains("serve"), "{man}");
+    assert_eq!(run(&["completions", "cmd.exe"])?.status.code(), Some(2));
+    Ok(())
+}

@@ -44,6 +44,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Resume(a) => pause::resume(&a),
         Command::Status(a) => status::run(&a),
         Command::Log(a) => log::run(&a),
+        Command::Completions(a) => {
+            let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cli, "tbox-report", &mut std::io::stdout());
+            Ok(crate::exit::OK)
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(<crate::cli::Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())?;
+            Ok(crate::exit::OK)
+        }
     }
 }
 

@@ -27,6 +27,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Request(cmd) => request::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
         Command::Prune(args) => prune::run(&args),
+        Command::Completions(a) => {
+            let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cli, "tbox-server", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(<crate::cli::Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 
