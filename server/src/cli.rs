@@ -47,6 +47,10 @@ pub enum Command {
     /// and e-mail.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Post commit statuses to GitHub, GitLab or Gitea/Forgejo: pending as soon as a revision
+    /// is asked for or a build starts, one status per builder and a summary per revision.
+    #[command(subcommand)]
+    Forge(ForgeCommand),
     /// Delete builds that started before a given age, and logs no build uses any more.
     #[command(after_help = EXIT_CODES)]
     Prune(PruneArgs),
@@ -222,6 +226,69 @@ pub struct NotifyAddArgs {
     /// Let this webhook reach a loopback, private or link-local address (a receiver inside your
     /// own network); without it such targets are refused, now and at every delivery.
     #[arg(long, requires = "webhook")]
+    pub allow_private_target: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForgeCommand {
+    /// Post a project's commit statuses to a repository on a forge.
+    #[command(after_help = EXIT_CODES)]
+    Add(ForgeAddArgs),
+    /// List forges told of commit statuses (of one project, or all); tokens are never shown.
+    List(NotifyListArgs),
+    /// Stop posting to a forge (its queued statuses and their log go with it).
+    #[command(after_help = EXIT_CODES)]
+    Remove(NotifyRemoveArgs),
+}
+
+/// Which forge's API a repository lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForgeKind {
+    /// GitHub or GitHub Enterprise (`--api https://api.github.com`).
+    Github,
+    /// GitLab (`--api https://gitlab.com/api/v4`).
+    Gitlab,
+    /// Gitea or Forgejo (`--api https://codeberg.org/api/v1`).
+    Gitea,
+}
+
+impl ForgeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "github",
+            ForgeKind::Gitlab => "gitlab",
+            ForgeKind::Gitea => "gitea",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ForgeAddArgs {
+    /// The project whose builds are posted.
+    pub project: String,
+    /// Which forge's API.
+    #[arg(long, value_enum)]
+    pub kind: ForgeKind,
+    /// The API's base URL, e.g. https://api.github.com, https://gitlab.com/api/v4,
+    /// https://codeberg.org/api/v1.
+    #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
+    pub api: String,
+    /// The repository: OWNER/NAME (on GitLab also a group path, or the numeric project id).
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub repo: String,
+    /// A file holding the token (its first line): a GitHub token with "commit statuses: write",
+    /// a GitLab token with the `api` scope, a Gitea/Forgejo token with repository write access.
+    /// It is stored in the server's database and never printed.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: std::path::PathBuf,
+    /// The summary's context; each builder's is CONTEXT/BUILDER.
+    #[arg(long, default_value = "tbox", value_name = "CONTEXT")]
+    pub context: String,
+    /// Let the API URL be a loopback, private or link-local address (a forge inside your own
+    /// network); without it such targets are refused, now and at every delivery.
+    #[arg(long)]
     pub allow_private_target: bool,
     #[command(flatten)]
     pub db: DbArgs,

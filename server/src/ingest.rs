@@ -413,6 +413,8 @@ fn store_build(
     if report.state == BuildState::Finished {
         crate::notify::after_report(conn, project_id, build_id, now)?;
     }
+    // A build started or finished: the revision's commit statuses, if the project has a forge.
+    crate::notify::forge::sync(conn, project_id, &report.revision, now)?;
     Ok((build_id, true))
 }
 

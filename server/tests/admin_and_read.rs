@@ -113,7 +113,7 @@ fn migrations_redo_cleanly(backend: Backend) -> TestResult {
         return Ok(());
     };
     let mut conn = diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&test_db.url)?))?;
-    assert_eq!(db::migrate(&mut conn)?.len(), 16);
+    assert_eq!(db::migrate(&mut conn)?.len(), 17);
     assert!(db::migrate(&mut conn)?.is_empty(), "a second migrate does nothing");
     // Every down.sql runs, and up again gives a working schema.
     db::redo_all(&mut conn)?;

@@ -246,6 +246,48 @@ fn pages_are_valid_html(backend: Backend) -> TestResult {
     Ok(())
 }
 
+/// Under a sub-path (`--public-url http://host/ci`, a proxy taking `/ci` off on the way in),
+/// every link, stylesheet, script, image and form of every page starts with `/ci/` or is a full
+/// URL: none is root-relative. (scripts/a11y follows them all behind a real nginx.)
+#[test]
+fn pages_under_a_sub_path_link_under_it() -> TestResult {
+    let Some(s) = Server::start_with(Backend::Sqlite, &["--public-url", "https://example.org/ci/"]) else {
+        return Ok(());
+    };
+    fixture(&s);
+    let b3 = id_of(&s, "b3");
+    let attr = regex::Regex::new(r#"(?:href|src|action)="([^"]*)""#).unwrap();
+    let mut seen = 0;
+    for path in [
+        "/".to_owned(),
+        "/projects/demo".into(),
+        "/projects/demo/console".into(),
+        "/projects/demo/tests".into(),
+        "/projects/demo/tests/history?suite=parser&name=parses_empty".into(),
+        "/projects/demo/requests".into(),
+        "/projects/demo/builders/bob".into(),
+        format!("/builds/{b3}"),
+        "/projects/nope".into(),
+    ] {
+        let (_, html) = s.get(&path);
+        // As a browser reads the attribute (tera writes `/` in values as `&#x2F;`).
+        for link in attr.captures_iter(&html).map(|c| c[1].replace("&#x2F;", "/").replace("&amp;", "&")) {
+            seen += 1;
+            let fine = link.starts_with("/ci/")
+                || link.starts_with('#')
+                || link.starts_with('?')
+                || link.starts_with("https://")
+                || link.starts_with("http://");
+            assert!(fine, "{path}: the link {link:?} leaves the sub-path");
+        }
+    }
+    assert!(seen > 100, "only {seen} links looked at");
+    // JSON links and feeds name it too.
+    let (_, v) = s.get_json("/api/v1/projects/demo");
+    assert!(v.to_string().contains("https://example.org/ci/"), "{v}");
+    Ok(())
+}
+
 /// Headless Chromium loads the pages: the builders and results are in the DOM once scripts
 /// have run, and payloads in logs, names, messages, properties, branches and revisions did
 /// nothing.

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 mod builder;
+mod forge;
 mod migrate;
 mod notify;
 mod project;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Builder(cmd) => builder::run(cmd),
         Command::Request(cmd) => request::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
+        Command::Forge(cmd) => forge::run(cmd),
         Command::Prune(args) => prune::run(&args),
         Command::Completions(a) => {
             let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

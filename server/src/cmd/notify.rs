@@ -204,6 +204,9 @@ fn add(args: &NotifyAddArgs) -> anyhow::Result<()> {
             secret: secret.as_deref(),
             created_at: db::now(),
             allow_private: args.allow_private_target,
+            forge: None,
+            repo: None,
+            context: None,
         },
     )?;
     crate::say!(

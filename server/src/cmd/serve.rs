@@ -27,7 +27,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr])) -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(&args.db.database)?;
     if let Some(p) = &args.public_url {
-        anyhow::ensure!(p.starts_with("http://") || p.starts_with("https://"), "--public-url must be an http(s) URL");
+        anyhow::ensure!(
+            (p.starts_with("http://") || p.starts_with("https://")) && url::Url::parse(p).is_ok(),
+            "--public-url must be an http(s) URL, e.g. https://ci.example.org or https://example.org/ci"
+        );
+        pages::templates::set_root(p)?;
     }
     pages::templates::init().context("loading templates")?;
     let mail = match (&args.smtp, &args.mail_from) {

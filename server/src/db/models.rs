@@ -331,23 +331,46 @@ pub struct Lease {
     pub agrees: Option<bool>,
 }
 
-/// Someone told about a project's status changes: a webhook or an e-mail address.
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// Someone told about a project's status changes: a webhook, an e-mail address, or a forge
+/// told of commit statuses.
+#[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = subscriptions)]
 pub struct Subscription {
     pub id: i64,
     pub project_id: i64,
     pub builder_id: Option<i64>,
     pub branch: Option<String>,
-    /// `webhook` or `email`.
+    /// `webhook`, `email` or `forge`.
     pub kind: String,
-    /// The webhook's URL or the e-mail address.
+    /// The webhook's URL, the e-mail address, or the forge's API URL.
     pub target: String,
+    /// The webhook's HMAC secret or the forge's token: never printed (see `Debug`).
     pub secret: Option<String>,
     pub created_at: NaiveDateTime,
     pub failing_since: Option<NaiveDateTime>,
     /// The operator allowed this webhook to reach a private or loopback address.
     pub allow_private: bool,
+    /// For a forge: `github`, `gitlab` or `gitea`.
+    pub forge: Option<String>,
+    /// For a forge: the repository, `OWNER/NAME` (or GitLab's numeric id).
+    pub repo: Option<String>,
+    /// For a forge: the summary's context; a builder's is `{context}/{builder}`.
+    pub context: Option<String>,
+}
+
+/// Everything but the secret, which must not reach a log by way of `{:?}`.
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("project_id", &self.project_id)
+            .field("kind", &self.kind)
+            .field("target", &self.target)
+            .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
+            .field("forge", &self.forge)
+            .field("repo", &self.repo)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -361,6 +384,9 @@ pub struct NewSubscription<'a> {
     pub secret: Option<&'a str>,
     pub created_at: NaiveDateTime,
     pub allow_private: bool,
+    pub forge: Option<&'a str>,
+    pub repo: Option<&'a str>,
+    pub context: Option<&'a str>,
 }
 
 /// A status change, recorded once.
@@ -371,11 +397,14 @@ pub struct Notification {
     pub project_id: i64,
     pub event_key: String,
     pub event: String,
-    pub builder_id: i64,
+    /// None only for a revision's summary status.
+    pub builder_id: Option<i64>,
     pub branch: Option<String>,
     pub build_id: Option<i64>,
     pub facts: String,
     pub created_at: NaiveDateTime,
+    /// For `status`: the revision it is of.
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -384,11 +413,12 @@ pub struct NewNotification<'a> {
     pub project_id: i64,
     pub event_key: &'a str,
     pub event: &'a str,
-    pub builder_id: i64,
+    pub builder_id: Option<i64>,
     pub branch: Option<&'a str>,
     pub build_id: Option<i64>,
     pub facts: &'a str,
     pub created_at: NaiveDateTime,
+    pub revision: Option<&'a str>,
 }
 
 /// One notification to one subscriber, and how sending it went.

@@ -53,19 +53,34 @@ pub fn list(conn: &mut DbConn, project_id: Option<i64>) -> QueryResult<Vec<Liste
         .collect())
 }
 
-/// Whether anyone is told about this project: if not, status changes are not even worked out.
+/// The kind of subscriber told of commit statuses, and of nothing else.
+pub const FORGE: &str = "forge";
+
+/// Whether anyone is told about this project's status changes (a webhook, an address): if
+/// not, they are not even worked out.
 pub fn has_subscribers(conn: &mut DbConn, project_id: i64) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(subscriptions::table.filter(subscriptions::project_id.eq(project_id))))
-        .get_result(conn)
+    diesel::select(diesel::dsl::exists(
+        subscriptions::table.filter(subscriptions::project_id.eq(project_id)).filter(subscriptions::kind.ne(FORGE)),
+    ))
+    .get_result(conn)
 }
 
-/// Projects somebody is told about.
+/// Whether this project posts commit statuses to a forge.
+pub fn has_forges(conn: &mut DbConn, project_id: i64) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        subscriptions::table.filter(subscriptions::project_id.eq(project_id)).filter(subscriptions::kind.eq(FORGE)),
+    ))
+    .get_result(conn)
+}
+
+/// Projects somebody is told about status changes of.
 pub fn subscribed_projects(conn: &mut DbConn) -> QueryResult<Vec<i64>> {
-    subscriptions::table.select(subscriptions::project_id).distinct().load(conn)
+    subscriptions::table.filter(subscriptions::kind.ne(FORGE)).select(subscriptions::project_id).distinct().load(conn)
 }
 
 /// Records a status change and queues a delivery to each subscriber it concerns, unless the
-/// same change (same key) was recorded before. Returns how many deliveries were queued.
+/// same change (same key) was recorded before: commit statuses to forges, everything else to
+/// webhooks and addresses. Returns how many deliveries were queued.
 pub fn record(conn: &mut DbConn, new: &NewNotification<'_>) -> QueryResult<usize> {
     let id: Option<i64> = crate::dispatch!(conn, |c| diesel::insert_into(notifications::table)
         .values(new)
@@ -79,6 +94,11 @@ pub fn record(conn: &mut DbConn, new: &NewNotification<'_>) -> QueryResult<usize
         .filter(subscriptions::builder_id.is_null().or(subscriptions::builder_id.eq(new.builder_id)))
         .select(subscriptions::id)
         .into_boxed();
+    subs = if new.event == crate::notify::forge::STATUS {
+        subs.filter(subscriptions::kind.eq(FORGE))
+    } else {
+        subs.filter(subscriptions::kind.ne(FORGE))
+    };
     // A change of a whole builder (gone stale) concerns every branch.
     if let Some(branch) = new.branch {
         subs = subs.filter(subscriptions::branch.is_null().or(subscriptions::branch.eq(branch.to_owned())));

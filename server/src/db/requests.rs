@@ -37,6 +37,10 @@ pub fn add(conn: &mut DbConn, new: &NewBuildRequest<'_>) -> QueryResult<(BuildRe
             .order(build_requests::id.desc())
             .select(BuildRequest::as_select())
             .first(c)?;
+        // A pull request shows "pending" from the moment its revision is asked for.
+        if let Some(rev) = &created.revision {
+            crate::notify::forge::sync(c, created.project_id, rev, created.created_at)?;
+        }
         Ok((created, true))
     })
 }
@@ -121,7 +125,7 @@ fn settle(conn: &mut DbConn, id: i64, now: NaiveDateTime) -> QueryResult<()> {
 }
 
 /// Ends open requests: the state, why, when, and `inconclusive` for those asking for agreement
-/// that none reached.
+/// that none reached; their revisions' commit statuses follow.
 fn close(conn: &mut DbConn, ids: &[i64], state: &str, reason: Option<&str>, now: NaiveDateTime) -> QueryResult<()> {
     let n = diesel::update(build_requests::table.filter(build_requests::id.eq_any(ids)).filter(open()))
         .set((build_requests::state.eq(state), build_requests::reason.eq(reason), build_requests::closed_at.eq(now)))
@@ -134,6 +138,16 @@ fn close(conn: &mut DbConn, ids: &[i64], state: &str, reason: Option<&str>, now:
         )
         .set(build_requests::verdict.eq("inconclusive"))
         .execute(conn)?;
+        // A revision no longer waited for may stop being "pending" on its forge.
+        let revisions: Vec<(i64, Option<String>)> = build_requests::table
+            .filter(build_requests::id.eq_any(ids))
+            .select((build_requests::project_id, build_requests::revision))
+            .load(conn)?;
+        for (project_id, revision) in revisions {
+            if let Some(rev) = revision {
+                crate::notify::forge::sync(conn, project_id, &rev, now)?;
+            }
+        }
     }
     Ok(())
 }

@@ -252,11 +252,12 @@ diesel::table! {
         project_id -> Int8,
         event_key -> Text,
         event -> Text,
-        builder_id -> Int8,
+        builder_id -> Nullable<Int8>,
         branch -> Nullable<Text>,
         build_id -> Nullable<Int8>,
         facts -> Text,
         created_at -> Timestamp,
+        revision -> Nullable<Text>,
     }
 }
 
@@ -272,6 +273,9 @@ diesel::table! {
         created_at -> Timestamp,
         failing_since -> Nullable<Timestamp>,
         allow_private -> Bool,
+        forge -> Nullable<Text>,
+        repo -> Nullable<Text>,
+        context -> Nullable<Text>,
     }
 }
 

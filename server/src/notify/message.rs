@@ -31,6 +31,16 @@ pub fn summary(event: &str, f: &Facts) -> String {
         STALE => format!("{p}: {b} has gone stale"),
         LOST => format!("{p}: {b} went silent mid-build{on}"),
         DISPUTED => format!("{p}: builders disagree{on} ({b} among them)"),
+        super::forge::STATUS => match &f.status {
+            Some(s) => format!(
+                "{p}: {} at {}: {} ({})",
+                s.builder.as_deref().map_or_else(|| "summary".to_owned(), |b| format!("builder {b}")),
+                s.revision.get(..12).unwrap_or(&s.revision),
+                s.state,
+                s.description
+            ),
+            None => format!("{p}: commit status"),
+        },
         other => format!("{p}: {b}: {other}{on}"),
     }
 }

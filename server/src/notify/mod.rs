@@ -4,8 +4,10 @@
 //! A change is recorded in the database in the same transaction as what caused it (a report,
 //! builds marked lost) with one delivery per subscriber concerned; `send.rs` then delivers
 //! them from a thread of each server process, retrying for a day. `message.rs` says what a
-//! webhook body and an e-mail look like.
+//! webhook body and an e-mail look like; `forge.rs` records and posts commit statuses through
+//! the same queue.
 
+pub mod forge;
 pub mod message;
 pub mod send;
 pub mod target;
@@ -56,6 +58,9 @@ pub struct Facts {
     /// For a dispute: who said what.
     #[serde(default)]
     pub dispute: Option<String>,
+    /// For a commit status on a forge: what it says, of which revision.
+    #[serde(default)]
+    pub status: Option<forge::StatusFacts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,11 +144,12 @@ fn record(conn: &mut DbConn, change: &Change<'_>, facts: &Facts, now: NaiveDateT
             project_id: change.project_id,
             event_key: &change.key,
             event: change.event,
-            builder_id: change.builder_id,
+            builder_id: Some(change.builder_id),
             branch: change.branch,
             build_id: change.build_id,
             facts: &json,
             created_at: now,
+            revision: None,
         },
     )
 }
@@ -273,10 +279,12 @@ pub fn after_report(conn: &mut DbConn, project_id: i64, build_id: i64, now: Naiv
     record(conn, &Change::of_build(event, format!("build/{}/{event}", b.id), &b), &facts, now).map(drop)
 }
 
-/// After builds were marked lost (same transaction): one change each.
+/// After builds were marked lost (same transaction): one change each, and their revisions'
+/// commit statuses.
 pub fn after_lost(conn: &mut DbConn, build_ids: &[i64], now: NaiveDateTime) -> QueryResult<()> {
     for id in build_ids {
         let Some(b) = builds::by_id(conn, *id)? else { continue };
+        forge::sync(conn, b.project_id, &b.revision, now)?;
         if !notify::has_subscribers(conn, b.project_id)? {
             continue;
         }

@@ -16,6 +16,7 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::{SmtpTransport, Transport as _};
 
 use super::Facts;
+use super::forge::Failure;
 use super::message;
 use crate::db::notify::{self as queue, Claimed};
 use crate::db::{self, Pool};
@@ -205,7 +206,7 @@ fn round(pool: &Pool, config: &Config, agent: &Agents, busy: &Arc<Mutex<HashSet<
     if room == 0 {
         return Ok(false);
     }
-    let kinds: &[&str] = if config.mail.is_some() { &["webhook", "email"] } else { &["webhook"] };
+    let kinds: &[&str] = if config.mail.is_some() { &["webhook", "email", "forge"] } else { &["webhook", "forge"] };
     let limit = i64::try_from(room).unwrap_or(1);
     let mut conn = pool.get()?;
     let now = db::now();
@@ -259,13 +260,24 @@ fn attempt(pool: &Pool, config: &Config, agent: &Agents, c: &Claimed) -> anyhow:
     let facts: Result<Facts, _> = serde_json::from_str(&c.notification.facts);
     let answer = match &facts {
         Ok(facts) => send(config, agent, c, facts),
-        Err(e) => Err(format!("stored notification is unreadable: {e}")),
+        Err(e) => Err(Failure::transient(format!("stored notification is unreadable: {e}"))),
     };
     let facts = facts.unwrap_or_default();
     let now = db::now();
     let (d, s) = (&c.delivery, &c.subscription);
-    // When to try again, if this attempt failed; `None` gives up.
-    let next = next_attempt(config.first_retry, d.attempts, d.created_at, now);
+    // When to try again, if this attempt failed; `None` gives up: at once after an error
+    // retrying cannot mend, never before a rate limit's wait is over.
+    let next = match &answer {
+        Err(f) if f.permanent => None,
+        Err(f) => next_attempt(config.first_retry, d.attempts, d.created_at, now).map(|at| match f.retry_after {
+            Some(wait) => {
+                at.max(now + TimeDelta::from_std(wait).unwrap_or(TimeDelta::hours(1))).min(d.created_at + RETRY_FOR)
+            }
+            None => at,
+        }),
+        Ok(_) => None,
+    };
+    let answer = answer.map_err(|f| f.answer);
     let what =
         format!("\"{}\" to subscription #{} ({})", message::summary(&c.notification.event, &facts), s.id, s.kind);
     // The answer came: record it, trying a few times (a busy pool, a database restarting), or
@@ -295,11 +307,12 @@ fn attempt(pool: &Pool, config: &Config, agent: &Agents, c: &Claimed) -> anyhow:
                     d.attempts,
                     (at - now).num_seconds()
                 ),
-                None => log::warn!(
+                None if now >= d.created_at + RETRY_FOR => log::warn!(
                     "notification {what} given up after {} attempts over a day: {answer} \
                      (the project page shows the subscription as failing)",
                     d.attempts
                 ),
+                None => log::warn!("notification {what} given up: {answer}"),
             }
         }
     }
@@ -331,30 +344,40 @@ struct Agents {
 }
 
 /// One attempt: the answer on success, what went wrong otherwise.
-fn send(config: &Config, agent: &Agents, c: &Claimed, facts: &Facts) -> Result<String, String> {
+fn send(config: &Config, agent: &Agents, c: &Claimed, facts: &Facts) -> Result<String, Failure> {
+    let agent_for = |s: &crate::db::models::Subscription| if s.allow_private { &agent.inside } else { &agent.public };
     match c.subscription.kind.as_str() {
+        "forge" => {
+            let Some(status) = &facts.status else {
+                return Err(Failure { answer: "not a commit status".to_owned(), retry_after: None, permanent: true });
+            };
+            super::forge::post(agent_for(&c.subscription), &c.subscription, &config.base, &c.project, status)
+        }
         "webhook" => {
             let body = message::webhook_body(&c.notification, facts, &config.base);
             post(
-                if c.subscription.allow_private { &agent.inside } else { &agent.public },
+                agent_for(&c.subscription),
                 &c.subscription.target,
                 c.subscription.secret.as_deref(),
                 &body,
                 &c.notification.event,
                 &c.delivery.uid,
             )
+            .map_err(Failure::transient)
         }
         "email" => {
-            let Some(mail) = &config.mail else { return Err("this server process has no --smtp".to_owned()) };
+            let Some(mail) = &config.mail else {
+                return Err(Failure::transient("this server process has no --smtp".to_owned()));
+            };
             let (subject, body) = message::email(&c.notification, facts, &config.base, c.subscription.id);
-            send_mail(mail, &c.subscription.target, subject, body, &c.delivery.uid)
+            send_mail(mail, &c.subscription.target, subject, body, &c.delivery.uid).map_err(Failure::transient)
         }
-        other => Err(format!("unknown subscription kind {other:?}")),
+        other => Err(Failure::transient(format!("unknown subscription kind {other:?}"))),
     }
 }
 
 /// Longest part of an answer's body kept in the log.
-const ANSWER_BYTES: u64 = 300;
+pub(super) const ANSWER_BYTES: u64 = 300;
 
 fn post(
     agent: &ureq::Agent,

@@ -8,12 +8,14 @@
 //! - [`summary`]: each project's builders counted by colour.
 //! - [`agreement`]: whether the builders answering a request agree, the verdict, and each
 //!   builder's record.
+//! - [`revision`]: a revision's commit status, per builder and in summary, for forges.
 //! - [`tests`]: for a failing test, since which build it fails and whether it is flaky on its
 //!   builder, decided when its report is stored and kept with the result.
 
 pub mod agreement;
 pub mod errors;
 pub mod failing;
+pub mod revision;
 pub mod summary;
 pub mod tests;
 pub mod verdict;

@@ -7,6 +7,28 @@ use tera::{Context, Tera};
 
 static TERA: OnceLock<Tera> = OnceLock::new();
 
+/// The path the pages live under (`/ci` for `--public-url https://host/ci`), empty at the root.
+static ROOT: OnceLock<String> = OnceLock::new();
+
+/// Sets the path every link of the pages starts with, from `--public-url` (once, at start).
+/// The templates put it in unescaped, so it may hold only what a URL path spells plainly.
+pub fn set_root(public_url: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(public_url)?;
+    let path = url.path().trim_end_matches('/');
+    anyhow::ensure!(
+        path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~/%".contains(&b)),
+        "--public-url: the path {path:?} may hold letters, digits, '-', '.', '_', '~', '/' and %-escapes only"
+    );
+    let _ = ROOT.set(path.to_owned());
+    Ok(())
+}
+
+/// The path every link of the pages starts with: a page's links hold no bare `/`, so that the
+/// pages work behind a proxy that serves them under a sub-path.
+pub fn root() -> &'static str {
+    ROOT.get().map_or("", String::as_str)
+}
+
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../templates/base.html")),
     ("index.html", include_str!("../../templates/index.html")),
@@ -40,6 +62,7 @@ pub fn render(name: &str, ctx: &Context) -> anyhow::Result<String> {
     // content does, so browsers may cache them for long.
     let mut ctx = ctx.clone();
     ctx.insert("asset_version", super::assets::version());
+    ctx.insert("root", root());
     tera.render(name, &ctx).map_err(|e| anyhow::anyhow!("rendering {name}: {e:?}"))
 }
 

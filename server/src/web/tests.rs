@@ -95,5 +95,10 @@ pub async fn history(
 /// The history page of one test, its suite and name percent-encoded for the query.
 pub fn history_url(project: &str, suite: &str, name: &str) -> String {
     let encode = super::waterfall::urlencode;
-    format!("/projects/{project}/tests/history?suite={}&name={}", encode(suite), encode(name))
+    format!(
+        "{}/projects/{project}/tests/history?suite={}&name={}",
+        super::templates::root(),
+        encode(suite),
+        encode(name)
+    )
 }
