@@ -271,8 +271,8 @@ pub struct ForgeAddArgs {
     /// Which forge's API.
     #[arg(long, value_enum)]
     pub kind: ForgeKind,
-    /// The API's base URL, e.g. https://api.github.com, https://gitlab.com/api/v4,
-    /// https://codeberg.org/api/v1.
+    /// The API's base URL, e.g. `https://api.github.com`, `https://gitlab.com/api/v4`,
+    /// `https://codeberg.org/api/v1`.
     #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
     pub api: String,
     /// The repository: OWNER/NAME (on GitLab also a group path, or the numeric project id).

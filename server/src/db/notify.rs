@@ -122,17 +122,7 @@ pub fn record(conn: &mut DbConn, new: &NewNotification<'_>) -> QueryResult<usize
 
 /// A random UUID (version 4): the delivery id receivers see.
 fn uid() -> String {
-    let mut b = [0u8; 16];
-    // OpenSSL's generator only fails when the system has no entropy at all; then a clock-based
-    // id (unique enough within one server) beats refusing to record the report.
-    if openssl::rand::rand_bytes(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        b = nanos.to_le_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = tbox_protocol::hex(&b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Whether a delivery this sender could take is due (a read, so that an idle server does not

@@ -519,17 +519,9 @@ pub async fn cctray(
         }
         Err(e) => return Err(e.into()),
     };
-    // Builders that never reported are listed too, as Unknown (as Jenkins does).
-    let (pool, pid, only) = (state.pool.clone(), p.id, q.builder.clone());
-    let silent: Vec<Builder> = web::block(move || -> Result<_, AppError> {
-        let mut conn = pool.get()?;
-        Ok(builders::for_project(&mut conn, pid)?)
-    })
-    .await??
-    .into_iter()
-    .filter(|b| only.as_ref().is_none_or(|o| o == &b.name))
-    .filter(|b| !hs.iter().any(|h| h.builder.id == b.id))
-    .collect();
+    // Only builders that have built: cctray's lastBuildTime is required, and a builder that
+    // never built has none to give (its registration time was shown there once, as if it had).
+    // Jenkins' cc.xml leaves out jobs never built, too.
     // For a running build, cctray wants the status of the last finished one.
     let pool = state.pool.clone();
     let running: Vec<Build> = hs.iter().filter(|h| h.build.is_running()).map(|h| h.build.clone()).collect();
@@ -572,15 +564,6 @@ pub async fn cctray(
             b.id,
             time(b.finished_at.unwrap_or(b.started_at)),
             esc(&url),
-        );
-    }
-    for b in &silent {
-        let _ = writeln!(
-            x,
-            "  <Project name=\"{}\" activity=\"Sleeping\" lastBuildStatus=\"Unknown\" lastBuildLabel=\"\" lastBuildTime=\"{}\" webUrl=\"{}\"/>",
-            esc(&format!("{}/{}", p.name, b.name)),
-            time(b.created_at),
-            esc(&format!("{base}/projects/{}/builders/{}", p.name, b.name)),
         );
     }
     x.push_str("</Projects>\n");
