@@ -114,7 +114,7 @@ pub enum Command {
     #[command(after_help = MAINTAINER_EXIT_CODES)]
     Request(RequestArgs),
     /// Stay running: take leases on the projects' build requests and build them, and do the
-    /// periodic builds of `run` (for systemd; see scripts/tbox-report-serve.service).
+    /// periodic builds of `run` (for systemd: the package's user unit `tbox-report-serve`).
     #[command(after_help = EXIT_CODES)]
     Serve(ServeArgs),
     /// Start no new build until a time or until `resume` (for every config of this user).
@@ -133,8 +133,9 @@ pub enum Command {
     /// Print the completion script of tbox-report for a shell (bash, zsh, fish, elvish, powershell),
     /// e.g. `tbox-report completions bash > /etc/bash_completion.d/tbox-report`.
     Completions(CompletionsArgs),
-    /// Print tbox-report's manual page (roff), e.g. `tbox-report manpage | man -l -`.
-    Manpage,
+    /// Print tbox-report's manual page (roff), e.g. `tbox-report manpage | man -l -`; with `--dir`,
+    /// write it and one page per subcommand (`tbox-report-serve.1`, …) there.
+    Manpage(ManpageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +143,14 @@ pub struct CompletionsArgs {
     /// The shell.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write `tbox-report.1` and a page per subcommand into DIR (which must exist) instead of
+    /// printing the main page: the main page's "see also" names those pages.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

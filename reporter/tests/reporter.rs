@@ -294,6 +294,14 @@ fn completions_and_manual_page() -> TestResult {
     let out = Command::new(BIN).arg("manpage").output()?;
     let man = String::from_utf8_lossy(&out.stdout);
     assert!(man.contains(".TH tbox-report") && man.contains("serve"), "{man}");
+    // A page per subcommand, as the main page's SEE ALSO promises (the package installs them).
+    let dir = std::env::temp_dir().join(format!("tbox-report-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    assert!(Command::new(BIN).arg("manpage").arg("--dir").arg(&dir).status()?.success());
+    for page in ["tbox-report.1", "tbox-report-join.1", "tbox-report-serve.1"] {
+        assert!(std::fs::read_to_string(dir.join(page))?.contains(".TH"), "{page}");
+    }
+    std::fs::remove_dir_all(&dir)?;
     let out = Command::new(BIN).args(["completions", "cmd.exe"]).output()?;
     assert_eq!(out.status.code(), Some(2));
     Ok(())

@@ -57,8 +57,9 @@ pub enum Command {
     /// Print the completion script of tbox-server for a shell (bash, zsh, fish, elvish, powershell),
     /// e.g. `tbox-server completions bash > /etc/bash_completion.d/tbox-server`.
     Completions(CompletionsArgs),
-    /// Print tbox-server's manual page (roff), e.g. `tbox-server manpage | man -l -`.
-    Manpage,
+    /// Print tbox-server's manual page (roff), e.g. `tbox-server manpage | man -l -`; with `--dir`,
+    /// write it and one page per subcommand (`tbox-server-serve.1`, …) there.
+    Manpage(ManpageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +67,14 @@ pub struct CompletionsArgs {
     /// The shell.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write `tbox-server.1` and a page per subcommand into DIR (which must exist) instead of
+    /// printing the main page: the main page's "see also" names those pages.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -273,7 +282,7 @@ pub struct ForgeAddArgs {
     pub kind: ForgeKind,
     /// The API's base URL, e.g. `https://api.github.com`, `https://gitlab.com/api/v4`,
     /// `https://codeberg.org/api/v1`.
-    #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
+    #[arg(long, value_name = "URL", value_parser = parse_forge_api)]
     pub api: String,
     /// The repository: OWNER/NAME (on GitLab also a group path, or the numeric project id).
     #[arg(long, value_name = "OWNER/NAME")]
@@ -343,8 +352,9 @@ pub struct RequestAddArgs {
     /// The branch to build.
     #[arg(long, default_value = "main")]
     pub branch: String,
-    /// A commit to build [default: the branch's head when each builder fetches].
-    #[arg(long, value_name = "SHA")]
+    /// Refused: volunteers build a named commit only when the project's key signed the
+    /// request (`tbox-report request --revision`); an admin's request builds the branch's head.
+    #[arg(long, value_name = "SHA", hide = true)]
     pub revision: Option<String>,
     /// How many distinct builders should build it.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -619,6 +629,26 @@ pub fn parse_webhook_url(url: &str) -> Result<String, String> {
         return Err(format!("{url:?}: port {port} is not a port number (1 to 65535)"));
     }
     Ok(url.to_owned())
+}
+
+/// A forge's API base URL: http(s) with a host, no credentials (the token goes in a header),
+/// no query or fragment (the status path is appended to it), without a trailing `/` (so that
+/// `https://h/api/v1` and `https://h/api/v1/` are one forge).
+pub fn parse_forge_api(url: &str) -> Result<String, String> {
+    let example = "e.g. https://api.github.com, https://gitlab.com/api/v4 or https://codeberg.org/api/v1";
+    if url.contains(['?', '#']) {
+        return Err(format!("{url:?}: the API's base URL takes no query or fragment ({example})"));
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?}: the forge's API is an https:// URL with a host ({example})"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "no user or password in the URL (`forge list` shows the URL); the token file authenticates".to_owned()
+        );
+    }
+    parse_webhook_url(url).map(|u| u.trim_end_matches('/').to_owned())
 }
 
 /// An e-mail address, plain (`dev@example.org`) or with a name (`Dev <dev@example.org>`).

@@ -113,7 +113,7 @@ fn migrations_redo_cleanly(backend: Backend) -> TestResult {
         return Ok(());
     };
     let mut conn = diesel::r2d2::ManageConnection::connect(&Manager::new(DatabaseUrl::parse(&test_db.url)?))?;
-    assert_eq!(db::migrate(&mut conn)?.len(), 17);
+    assert_eq!(db::migrate(&mut conn)?.len(), 18);
     assert!(db::migrate(&mut conn)?.is_empty(), "a second migrate does nothing");
     // Every down.sql runs, and up again gives a working schema.
     db::redo_all(&mut conn)?;
@@ -237,6 +237,14 @@ fn completions_and_manual_page() -> TestResult {
     let out = run(&["manpage"])?;
     let man = String::from_utf8_lossy(&out.stdout);
     assert!(man.contains(".TH tbox-server") && man.contains("serve"), "{man}");
+    // A page per subcommand, as the main page's SEE ALSO promises (the package installs them).
+    let dir = std::env::temp_dir().join(format!("tbox-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    assert!(run(&["manpage", "--dir", dir.to_str().unwrap()])?.status.success());
+    for page in ["tbox-server.1", "tbox-server-serve.1", "tbox-server-forge-add.1"] {
+        assert!(std::fs::read_to_string(dir.join(page))?.contains(".TH"), "{page}");
+    }
+    std::fs::remove_dir_all(&dir)?;
     assert_eq!(run(&["completions", "cmd.exe"])?.status.code(), Some(2));
     Ok(())
 }

@@ -126,6 +126,8 @@ fn json_api_answers_match_the_openapi_document(backend: Backend) -> TestResult {
     let (status, doc) = s.get_json("/api/v1/openapi.json");
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
+    // The paths are relative to this server (under a sub-path, its prefix: see pages.rs).
+    assert_eq!(doc["servers"][0]["url"], s.base.as_str(), "{}", doc["servers"]);
 
     let v = get_checked(&s, &doc, "/api/v1/projects", "/api/v1/projects", 200);
     let counts = &v["projects"][0]["status"];

@@ -101,6 +101,20 @@ impl Forge {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Waits until the summary context's latest status says `description`.
+    fn wait_for_summary(&self, description: &str, secs: u64) -> Vec<Got> {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.got();
+            let last = got.iter().rev().find(|g| g.context() == "tbox" && g.answer < 300);
+            if last.is_some_and(|g| g.body["description"] == description) {
+                return got;
+            }
+            assert!(Instant::now() < until, "no summary {description:?} within {secs}s: {:#?}", summary(&got));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Forge {
@@ -268,7 +282,20 @@ fn a_pull_request_is_pending_from_the_request_on_then_per_builder_and_summary(ba
     // Requests are built from the project's signed recipe.
     s.admin_ok(&["project", "key", "add", "demo", "--key", &s.pubkey_file(key(1))]);
     assert_eq!(common::publish(&s, "demo", &common::recipe("demo", 1, ""), 1).0, 201);
-    s.admin_ok(&["request", "add", "demo", "--revision", SHA, "--builders", "2"]);
+    // An admin cannot ask for a revision (no volunteer would build it unsigned) ...
+    let out = s.admin(&["request", "add", "demo", "--revision", SHA, "--builders", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tbox-report request"));
+    // ... the project does, signed with its key.
+    let body = json!({"project": "demo", "branch": "main", "revision": SHA, "builders": 2,
+        "created_at": chrono::Utc::now().to_rfc3339()})
+    .to_string();
+    let mut resp = ureq::Agent::from(ureq::Agent::config_builder().http_status_as_error(false).build())
+        .post(s.url("/api/v1/projects/demo/requests"))
+        .header("Content-Type", "application/json")
+        .header("Tbox-Signature", &key(1).sign(body.as_bytes()))
+        .send(&body)?;
+    assert_eq!(resp.status().as_u16(), 201, "{}", resp.body_mut().read_to_string()?);
     let got = forge.wait_for("tbox", "pending", 20);
     assert!(got[0].body["description"].as_str().unwrap().contains("waiting for builders"), "{:?}", got[0].body);
     assert!(got[0].body["target_url"].as_str().unwrap().ends_with("/projects/demo/requests"));
@@ -373,6 +400,76 @@ fn retries_rate_limits_and_refusals(backend: Backend) -> TestResult {
     Ok(())
 }
 
+/// A cancelled build, or one that could not run, does not turn the summary red when another
+/// builder answered; a dispute is `error` until the builders agree, then the verdict stands
+/// and the outvoted builder is named, not counted.
+fn only_answers_about_the_code_decide_the_summary(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    let forge = Forge::start("github");
+    setup(&s, &forge);
+    send(&s, 0, &report("alice", "finished", "success", 1));
+    send(&s, 1, &report("bob", "finished", "cancelled", 2));
+    forge.wait_for("tbox/bob", "error", 20);
+    let got = forge.wait_for_summary("success on 1 builder; not counted: bob cancelled", 20);
+    assert_eq!(got.iter().rev().find(|g| g.context() == "tbox").unwrap().state(), "success");
+
+    // carol fails and her build is disputed by a request asking for agreement: error ...
+    sql(
+        &s,
+        &format!(
+            "INSERT INTO build_requests (project_id, branch, revision, builders, state, requested_by, created_at, \
+             quorum, verdict) VALUES (1, 'main', '{SHA}', 2, 'open', 'test', '2026-11-01 10:00:00', 2, 'disputed')"
+        ),
+    );
+    let carol = send(&s, 2, &report("carol", "finished", "failure", 3));
+    sql(&s, &format!("UPDATE builds SET agreement = 'disputed' WHERE id = {carol}"));
+    send(&s, 0, &report("alice", "finished", "success", 4));
+    let got = forge.wait_for("tbox", "error", 20);
+    let last = got.iter().rev().find(|g| g.context() == "tbox").unwrap();
+    assert!(last.body["description"].as_str().unwrap().starts_with("disputed: builders disagree"), "{last:?}");
+    // ... until alice and bob agree on success: carol is outvoted.
+    sql(&s, "UPDATE build_requests SET verdict = 'agreed', state = 'done'");
+    send(&s, 1, &report("bob", "finished", "success", 5));
+    let got = forge.wait_for_summary("success on 2 builders; not counted: carol outvoted", 20);
+    assert_eq!(got.iter().rev().find(|g| g.context() == "tbox").unwrap().state(), "success");
+    Ok(())
+}
+
+/// `forge add --api`: the token never crosses the internet in clear, the URL holds no
+/// credentials, query or fragment, and one forge is one forge however its URL is written.
+fn forge_api_urls_that_would_leak_or_break_are_refused(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    s.admin_ok(&["project", "add", "demo"]);
+    let token_file = s.db.dir.join("forge-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let token = token_file.display().to_string();
+    let add = |api: &str, private: bool| {
+        let mut args =
+            vec!["forge", "add", "demo", "--kind", "github", "--api", api, "--repo", "o/r", "--token-file", &token];
+        if private {
+            args.push("--allow-private-target");
+        }
+        let out = s.admin(&args);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = add("http://8.8.8.8", false);
+    assert!(code == Some(2) && err.contains("unencrypted"), "{code:?} {err}");
+    let (code, err) = add("http://user:s3cret@127.0.0.1:1", true);
+    assert!(code == Some(2) && err.contains("no user or password"), "{code:?} {err}");
+    for api in ["http://127.0.0.1:1/x?y=1", "http://127.0.0.1:1/x#frag"] {
+        let (code, err) = add(api, true);
+        assert!(code == Some(2) && err.contains("no query or fragment"), "{api}: {code:?} {err}");
+    }
+    let (code, err) = add("ftp://127.0.0.1/", true);
+    assert!(code == Some(2) && err.contains("forge") && !err.contains("webhook"), "{code:?} {err}");
+    assert_eq!(add("http://127.0.0.1:1/api/v1/", true).0, Some(0));
+    let (code, err) = add("http://127.0.0.1:1/api/v1", true);
+    assert!(code != Some(0) && err.contains("already"), "{code:?} {err}");
+    let list = s.admin_ok(&["forge", "list"]);
+    assert!(list.contains("http://127.0.0.1:1/api/v1") && !list.contains("/api/v1/"), "{list}");
+    Ok(())
+}
+
 /// GitHub keeps 1,000 statuses per SHA and context: past that, only the summary changes.
 fn a_context_takes_a_thousand_statuses_then_only_the_summary_changes(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
@@ -416,6 +513,8 @@ on_both_backends!(
     gitlab_and_gitea_get_their_own_words,
     retries_rate_limits_and_refusals,
     a_context_takes_a_thousand_statuses_then_only_the_summary_changes,
+    only_answers_about_the_code_decide_the_summary,
+    forge_api_urls_that_would_leak_or_break_are_refused,
 );
 
 /// Two server processes on one PostgreSQL, reports of one revision to both at once: every

@@ -285,6 +285,9 @@ fn pages_under_a_sub_path_link_under_it() -> TestResult {
     // JSON links and feeds name it too.
     let (_, v) = s.get_json("/api/v1/projects/demo");
     assert!(v.to_string().contains("https://example.org/ci/"), "{v}");
+    // A client generated from the OpenAPI document calls under the sub-path.
+    let (_, doc) = s.get_json("/api/v1/openapi.json");
+    assert_eq!(doc["servers"][0]["url"], "https://example.org/ci", "{}", doc["servers"]);
     Ok(())
 }
 

@@ -284,8 +284,8 @@ pub fn join(args: &JoinArgs) -> anyhow::Result<u8> {
     crate::say!("and let cron do the rest (crontab -e):");
     crate::say!("  */15 * * * * {me} run --config {cfg} 2>>{cron_log}");
     crate::say!("or, to build also what the project requests as soon as it asks, keep `{me} serve --config {cfg}`");
-    crate::say!("running, instead or beside (a systemd unit: scripts/tbox-report-serve.service in tbox's source;");
-    crate::say!("one build at a time on this machine either way)");
+    crate::say!("running, instead or beside (the package's systemd user unit: `systemctl --user enable --now");
+    crate::say!("tbox-report-serve`; one build at a time on this machine either way)");
     // Joined, but not registered: say so in the exit code too (as for a spooled report).
     Ok(if registration.is_some() { exit::OK } else { exit::SPOOLED })
 }

@@ -49,9 +49,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             clap_complete::generate(a.shell, &mut cli, "tbox-report", &mut std::io::stdout());
             Ok(crate::exit::OK)
         }
-        Command::Manpage => {
-            clap_mangen::Man::new(<crate::cli::Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())?;
+        Command::Manpage(a) => {
+            let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+            match &a.dir {
+                Some(dir) => clap_mangen::generate_to(cli, dir)?,
+                None => clap_mangen::Man::new(cli).render(&mut std::io::stdout())?,
+            }
             Ok(crate::exit::OK)
         }
     }

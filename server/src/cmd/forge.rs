@@ -71,8 +71,9 @@ fn add(args: &ForgeAddArgs) -> anyhow::Result<()> {
         return Err(Usage("--context: 1 to 100 characters, none of them control characters".to_owned()).into());
     }
     let token = read_token(&args.token_file)?;
+    let target = crate::notify::target::check_url(&args.api);
     if !args.allow_private_target {
-        match crate::notify::target::check_url(&args.api) {
+        match &target {
             Ok(None) => {}
             Ok(Some(note)) => crate::say!("note: {note}"),
             Err(why) => {
@@ -84,6 +85,16 @@ fn add(args: &ForgeAddArgs) -> anyhow::Result<()> {
                 .into());
             }
         }
+    }
+    // The token travels in a header: over plain http only to a forge on this machine or the
+    // operator's own network (a private address, allowed explicitly), never across the internet.
+    if args.api.starts_with("http://") && !(args.allow_private_target && target.is_err()) {
+        return Err(Usage(format!(
+            "--api {}: the token would cross the network unencrypted; use https:// (plain http:// only for a \
+             forge at a private address, with --allow-private-target)",
+            args.api
+        ))
+        .into());
     }
     let mut conn = super::connect(&args.db)?;
     let p =

@@ -34,9 +34,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(a.shell, &mut cli, "tbox-server", &mut std::io::stdout());
             Ok(())
         }
-        Command::Manpage => {
-            clap_mangen::Man::new(<crate::cli::Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())?;
+        Command::Manpage(a) => {
+            let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+            match &a.dir {
+                Some(dir) => clap_mangen::generate_to(cli, dir)?,
+                None => clap_mangen::Man::new(cli).render(&mut std::io::stdout())?,
+            }
             Ok(())
         }
     }

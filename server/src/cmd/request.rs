@@ -5,6 +5,7 @@ use anyhow::{Context as _, bail};
 
 use crate::api::requests::{Ask, record, views};
 use crate::cli::{RequestAddArgs, RequestCommand};
+use crate::cmd::Usage;
 use crate::db::{self, projects, requests};
 
 pub fn run(cmd: RequestCommand) -> anyhow::Result<()> {
@@ -55,6 +56,18 @@ pub fn run(cmd: RequestCommand) -> anyhow::Result<()> {
 }
 
 fn add(args: &RequestAddArgs) -> anyhow::Result<()> {
+    // Volunteers build a named revision only when a key they trust signed the request: one
+    // made here, unsigned, would be refused by every one of them (and a forge would show each
+    // refusal on the pull request). Say so now rather than let it fail on their machines.
+    if let Some(rev) = &args.revision {
+        return Err(Usage(format!(
+            "--revision {rev}: volunteers build a named revision only when the project's key signed the request; \
+             ask with `tbox-report request --project {} --key PROJECT.pem --revision {rev} ...` (an admin's request \
+             builds a branch's head)",
+            args.project
+        ))
+        .into());
+    }
     let mut conn = super::connect(&args.db)?;
     let p =
         projects::by_name(&mut conn, &args.project)?.with_context(|| format!("no project named {:?}", args.project))?;
@@ -62,12 +75,7 @@ fn add(args: &RequestAddArgs) -> anyhow::Result<()> {
     let ask = Ask {
         branch: tbox_protocol::BranchName::parse(&args.branch)
             .map_err(|e| anyhow::anyhow!("--branch: {}", e.message))?,
-        revision: args
-            .revision
-            .as_deref()
-            .map(tbox_protocol::Revision::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--revision: {}", e.message))?,
+        revision: None,
         builders: args.builders,
         requires: args.requires.clone(),
         deadline: args.deadline.map(|d| now + d),

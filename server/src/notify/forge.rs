@@ -273,6 +273,15 @@ pub fn post(
             permanent: false,
         });
     }
+    // A redirect is not followed (the token would go where the answer says): the API has moved
+    // or --api is wrong, which retrying for a day does not mend.
+    if (300..400).contains(&status) {
+        return Err(Failure {
+            answer: format!("{answer} (a redirect: not followed; check the forge's --api)"),
+            retry_after: None,
+            permanent: true,
+        });
+    }
     let permanent = (400..500).contains(&status) && status != 408;
     Err(Failure {
         answer: if permanent { format!("{answer} (a client error: not retried)") } else { answer },

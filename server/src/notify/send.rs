@@ -269,10 +269,12 @@ fn attempt(pool: &Pool, config: &Config, agent: &Agents, c: &Claimed) -> anyhow:
     // retrying cannot mend, never before a rate limit's wait is over.
     let next = match &answer {
         Err(f) if f.permanent => None,
+        // A rate limit says when to come back: then, not later (our own back-off would keep
+        // growing over a burst of rate-limited statuses), but never sooner than the first
+        // retry, so that `Retry-After: 0` cannot make a busy loop.
         Err(f) => next_attempt(config.first_retry, d.attempts, d.created_at, now).map(|at| match f.retry_after {
-            Some(wait) => {
-                at.max(now + TimeDelta::from_std(wait).unwrap_or(TimeDelta::hours(1))).min(d.created_at + RETRY_FOR)
-            }
+            Some(wait) => (now + TimeDelta::from_std(wait.max(config.first_retry)).unwrap_or(TimeDelta::hours(1)))
+                .min(d.created_at + RETRY_FOR),
             None => at,
         }),
         Ok(_) => None,

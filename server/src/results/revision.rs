@@ -5,8 +5,9 @@
 //!
 //! The summary is `pending` while a requested slot is open or a build is running — a pull
 //! request must never look all-green while builders have not begun — `error` for a disputed
-//! revision (a dispute never looks green), and otherwise the worst of the builders' newest
-//! results.
+//! revision (a dispute never looks green) until its builders agree, and otherwise the worst of
+//! the builders' newest results that say something about the code (a cancelled build, or one
+//! that could not run, counts only when no builder has a success or a failure).
 
 use std::collections::HashSet;
 
@@ -99,7 +100,18 @@ fn badness(state: &str) -> u8 {
     }
 }
 
+/// Whether a builder's state says something about the code: a success or a failure does; a
+/// cancelled build, or one that could not run (the volunteer's sandbox, a refusal), does not,
+/// and must not turn a pull request red when other builders have answered.
+fn decisive(state: &str) -> bool {
+    matches!(state, "success" | "failure")
+}
+
 /// The revision's summary, or None when there is nothing to say (no build, no request).
+///
+/// A dispute still open is `error`. Once a request's builders have agreed, its verdict stands:
+/// the builders who dissented are named, not counted. Otherwise the worst of the decisive
+/// results; only when no builder has one, the worst of the others (cancelled, error).
 pub fn summary(conn: &mut DbConn, project_id: i64, revision: &str, latest: &[Latest]) -> QueryResult<Option<Status>> {
     let requests: Vec<(i64, String, Option<String>)> = build_requests::table
         .filter(build_requests::project_id.eq(project_id))
@@ -108,29 +120,42 @@ pub fn summary(conn: &mut DbConn, project_id: i64, revision: &str, latest: &[Lat
         .limit(100)
         .select((build_requests::id, build_requests::state, build_requests::verdict))
         .load(conn)?;
-    let open: Vec<i64> = requests.iter().filter(|(_, s, _)| s == "open").map(|(id, ..)| *id).collect();
-    let disputed_request = requests.iter().find(|(.., v)| v.as_deref() == Some("disputed")).map(|(id, ..)| *id);
-    let states: Vec<(Status, &Latest)> = latest.iter().map(|l| (of_builder(l), l)).collect();
+    Ok(summarise(&requests, latest))
+}
+
+/// [`summary`] once the revision's requests (id, state, verdict; newest first) are read.
+fn summarise(requests: &[(i64, String, Option<String>)], latest: &[Latest]) -> Option<Status> {
     if latest.is_empty() && requests.is_empty() {
-        return Ok(None);
+        return None;
     }
+    let open = requests.iter().any(|(_, s, _)| s == "open");
+    let verdict = |v: &str| requests.iter().any(|(.., r)| r.as_deref() == Some(v));
+    let states: Vec<(Status, &Latest)> = latest.iter().map(|l| (of_builder(l), l)).collect();
+    let is_dissent = |l: &Latest| l.build.agreement.as_deref() == Some("disputed");
     let first_build = |pred: &dyn Fn(&Status) -> bool| states.iter().find(|(s, _)| pred(s)).map(|(_, l)| l.build.id);
-    let names = |pred: &dyn Fn(&Status) -> bool| {
-        states.iter().filter(|(s, _)| pred(s)).map(|(_, l)| l.builder.as_str()).collect::<Vec<_>>()
-    };
-    let disputed = names(&|s| s.description.starts_with("disputed"));
-    if disputed_request.is_some() || !disputed.is_empty() {
-        let who = if disputed.is_empty() { String::new() } else { format!(" ({})", disputed.join(", ")) };
-        let asked = if open.is_empty() { "" } else { "; another builder is asked" };
-        return Ok(Some(status(
+    let dissenters: Vec<&str> = states.iter().filter(|(_, l)| is_dissent(l)).map(|(_, l)| l.builder.as_str()).collect();
+    // Disputed: a request says so, or a builder's build was disputed and no agreement settled it.
+    if verdict("disputed") || (!dissenters.is_empty() && !verdict("agreed")) {
+        let who = if dissenters.is_empty() { String::new() } else { format!(" ({})", dissenters.join(", ")) };
+        let asked = if open { "; another builder is asked" } else { "" };
+        return Some(status(
             "error",
             format!("disputed: builders disagree on this revision{who}{asked}"),
-            first_build(&|s| s.description.starts_with("disputed")).or_else(|| latest.first().map(|l| l.build.id)),
-        )));
+            states
+                .iter()
+                .find(|(_, l)| is_dissent(l))
+                .map(|(_, l)| l.build.id)
+                .or_else(|| latest.first().map(|l| l.build.id)),
+        ));
     }
+    // From here, dissenters were outvoted: their word is not counted.
+    let counted: Vec<&(Status, &Latest)> = states.iter().filter(|(_, l)| !is_dissent(l)).collect();
+    let names = |pred: &dyn Fn(&Status) -> bool| {
+        counted.iter().filter(|(s, _)| pred(s)).map(|(_, l)| l.builder.as_str()).collect::<Vec<_>>()
+    };
     let running = names(&|s| s.state == "running" || s.state == "pending");
-    if !open.is_empty() || !running.is_empty() {
-        let done = states.len() - running.len();
+    if open || !running.is_empty() {
+        let done = counted.len() - running.len();
         let mut parts = Vec::new();
         if done > 0 {
             parts.push(format!("{done} done"));
@@ -138,26 +163,41 @@ pub fn summary(conn: &mut DbConn, project_id: i64, revision: &str, latest: &[Lat
         if !running.is_empty() {
             parts.push(format!("building on {}", running.join(", ")));
         }
-        if !open.is_empty() {
+        if open {
             parts.push("waiting for builders".to_owned());
         }
-        return Ok(Some(status("pending", parts.join(", "), first_build(&|s| s.state == "running"))));
+        return Some(status("pending", parts.join(", "), first_build(&|s| s.state == "running")));
     }
-    let Some(worst) = states.iter().map(|(s, _)| s.state).max_by_key(|s| badness(s)) else {
+    let any_decisive = counted.iter().any(|(s, _)| decisive(s.state));
+    let judged: Vec<&&(Status, &Latest)> = counted.iter().filter(|(s, _)| !any_decisive || decisive(s.state)).collect();
+    let Some(worst) = judged.iter().map(|(s, _)| s.state).max_by_key(|s| badness(s)) else {
         // Requests, all ended, and no build: nobody answered.
         let ended = requests.first().map(|(id, ..)| *id).unwrap_or_default();
-        return Ok(Some(status("error", format!("no builds: request {ended} ended without any"), None)));
+        return Some(status("error", format!("no builds: request {ended} ended without any"), None));
     };
-    let by_worst = names(&|s| s.state == worst);
-    let total = states.len();
+    let by_worst: Vec<&str> =
+        judged.iter().filter(|(s, _)| s.state == worst).map(|(_, l)| l.builder.as_str()).collect();
+    let total = judged.len();
     let of_total = if total == 1 { String::new() } else { format!(" ({} of {total} builders)", by_worst.len()) };
-    let description = match worst {
+    let mut description = match worst {
         "success" => format!("success on {total} builder{}", if total == 1 { "" } else { "s" }),
         "failure" => format!("failed on {}{of_total}", by_worst.join(", ")),
         "error" => format!("error on {}{of_total}", by_worst.join(", ")),
         _ => format!("cancelled on {}{of_total}", by_worst.join(", ")),
     };
-    Ok(Some(status(worst, description, first_build(&|s| s.state == worst))))
+    // What was left out, and why: a reader of the pull request sees every builder accounted for.
+    let mut aside: Vec<String> = counted
+        .iter()
+        .filter(|(s, _)| any_decisive && !decisive(s.state))
+        .map(|(s, l)| format!("{} {}", l.builder, if s.state == "cancelled" { "cancelled" } else { "could not build" }))
+        .collect();
+    aside.extend(dissenters.iter().map(|b| format!("{b} outvoted")));
+    if !aside.is_empty() {
+        description.push_str("; not counted: ");
+        description.push_str(&aside.join(", "));
+    }
+    let at = judged.iter().find(|(s, _)| s.state == worst).map(|(_, l)| l.build.id);
+    Some(status(worst, description, at))
 }
 
 fn status(state: &'static str, description: String, build_id: Option<i64>) -> Status {
