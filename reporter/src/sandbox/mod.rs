@@ -333,6 +333,7 @@ fn sandbox_args(
                     a.push([OsString::from("--symlink"), target.into(), path.into()]);
                 }
             }
+            Ok(m) if m.is_dir() && *dir == "/etc" => etc_entries(&mut a, etc, masks),
             Ok(m) if m.is_dir() => a.bind("--ro-bind", path, path),
             _ => {}
         }
@@ -353,6 +354,9 @@ fn sandbox_args(
     // Who and where the step is: neutral names instead of the volunteer's.
     for (file, at) in etc {
         a.bind("--ro-bind", file, Path::new(at));
+    }
+    if Path::new("/etc").is_dir() {
+        a.push(["--remount-ro", "/etc"]);
     }
     a.push(["--proc", "/proc"]);
     // Only those the host has: bwrap cannot create a mount point inside /proc.
@@ -394,6 +398,35 @@ fn sandbox_args(
     // silently, better that it fails.
     a.push(["--remount-ro", "/"]);
     a.0
+}
+
+/// /etc as a directory of the sandbox's own (a tmpfs, read-only once filled) holding each of the
+/// host's entries, bound one by one, rather than the host's /etc bound whole. A mount on a
+/// path of the host's /etc (the neutral /etc/passwd, a masked /etc/shadow) goes away when the
+/// host replaces that file (`useradd`, `passwd`, a package install write a new file and rename
+/// it over the old one, which detaches mounts on it in other namespaces): mid-build, the step
+/// would see the machine's users or its shadow file. On a directory of the sandbox's own, the
+/// host's renames change nothing the step sees, and entries made after the step started are
+/// not there at all. The identity files and masks are mounted over these afterwards.
+fn etc_entries(a: &mut Args, identity: &[(PathBuf, &str)], masks: &[PathBuf]) {
+    a.push(["--tmpfs", "/etc"]);
+    let Ok(entries) = std::fs::read_dir("/etc") else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Those are mounted later, each on a mount point bwrap makes for it.
+        if identity.iter().any(|(_, at)| Path::new(at) == path) || masks.contains(&path) {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(t) if t.is_symlink() => {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    a.push([OsString::from("--symlink"), target.into(), path.into()]);
+                }
+            }
+            Ok(_) => a.bind("--ro-bind", &path, &path),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Builds bwrap's argv.
@@ -454,13 +487,47 @@ fn write_identity(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
     Ok(out)
 }
 
-/// Entries of the bound system directories that not everyone may read (shadow, TLS and SSH
-/// private keys, a volunteer's mode-600 files under /opt or /usr/local…): a build sees only
-/// what any user of the machine could. A directory others cannot enter hides everything below.
+/// Entries of the bound system directories a build must not see: what not everyone may read
+/// (shadow, TLS and SSH private keys, a volunteer's mode-600 files under /opt or /usr/local…),
+/// so that a build sees only what any user of the machine could; and, for a volunteer who is
+/// not root, what is theirs: entries they own and directories they may write to. The step runs
+/// with the volunteer's uid, so a file of theirs made or replaced there while it runs (a new
+/// mode-600 config in their /opt/app) would be readable by it, and mounts cannot hide what
+/// does not exist yet. A directory hidden hides everything below.
 fn private_entries() -> Vec<PathBuf> {
+    let uid = nix::unistd::getuid().as_raw();
+    let who = (uid != 0).then(|| Who {
+        uid,
+        gids: nix::unistd::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .chain([nix::unistd::getegid().as_raw()])
+            .collect(),
+    });
+    let roots: Vec<&Path> = SYSTEM_DIRS.iter().map(Path::new).collect();
+    private_entries_in(&roots, who.as_ref())
+}
+
+/// A volunteer who is not root: their uid and groups.
+struct Who {
+    uid: u32,
+    gids: Vec<u32>,
+}
+
+impl Who {
+    /// Whether this entry is theirs: they own it, or (a directory) they may add entries to it.
+    fn owns(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode();
+        meta.uid() == self.uid
+            || (meta.is_dir() && (mode & 0o002 != 0 || (mode & 0o020 != 0 && self.gids.contains(&meta.gid()))))
+    }
+}
+
+fn private_entries_in(roots: &[&Path], who: Option<&Who>) -> Vec<PathBuf> {
     let mut hidden = Vec::new();
-    for dir in SYSTEM_DIRS {
-        let path = Path::new(dir);
+    for path in roots {
         if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
@@ -470,12 +537,13 @@ fn private_entries() -> Vec<PathBuf> {
             // Symbolic links lead nowhere private: what they point to is masked where it is.
             let Ok(meta) = entry.metadata() else { continue };
             let mode = meta.permissions().mode();
+            let theirs = who.is_some_and(|w| w.owns(&meta)) && !entry.path_is_symlink();
             if meta.is_dir() {
-                if mode & 0o005 != 0o005 {
+                if mode & 0o005 != 0o005 || theirs {
                     hidden.push(entry.into_path());
                     walk.skip_current_dir();
                 }
-            } else if (meta.is_file() || meta.file_type().is_socket_like()) && mode & 0o004 == 0 {
+            } else if (meta.is_file() || meta.file_type().is_socket_like()) && (mode & 0o004 == 0 || theirs) {
                 hidden.push(entry.into_path());
             }
         }
@@ -767,6 +835,92 @@ mod tests {
         assert!(!out.contains("PRIVATE"), "a private file was read:\n{out}");
         // The check can fail: what anyone may read is there.
         assert_eq!(out.matches("anyone may read this").count(), made.len(), "{out}");
+        std::fs::remove_dir_all(&l.base)?;
+        Ok(())
+    }
+
+    /// The red team's way in: a file of the volunteer's made or replaced while a step runs is
+    /// readable by it (same uid) unless the whole of what is theirs is hidden.
+    #[test]
+    fn what_is_the_volunteers_under_system_directories_is_hidden() -> Result {
+        use std::os::unix::fs::chown;
+        if !nix::unistd::getuid().is_root() {
+            println!("skipped: making files of another user's needs root");
+            return Ok(());
+        }
+        let root = base("theirs")?;
+        let (uid, gid) = (4242, 4343);
+        for d in ["mine", "shared", "sticky", "sys/deeper"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        for f in ["mine/config", "sys/their-file", "sys/public", "sys/deeper/public"] {
+            std::fs::write(root.join(f), "x")?;
+            std::fs::set_permissions(root.join(f), std::fs::Permissions::from_mode(0o644))?;
+        }
+        chown(root.join("mine"), Some(uid), None)?;
+        chown(root.join("sys/their-file"), Some(uid), None)?;
+        chown(root.join("shared"), None, Some(gid))?;
+        std::fs::set_permissions(root.join("shared"), std::fs::Permissions::from_mode(0o2775))?;
+        std::fs::set_permissions(root.join("sticky"), std::fs::Permissions::from_mode(0o1777))?;
+        let who = Who { uid, gids: vec![gid] };
+        let hidden = private_entries_in(&[root.as_path()], Some(&who));
+        let rel: Vec<String> =
+            hidden.iter().map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string()).collect::<Vec<_>>();
+        for theirs in ["mine", "shared", "sticky", "sys/their-file"] {
+            assert!(rel.contains(&theirs.to_owned()), "{theirs} is not hidden: {rel:?}");
+        }
+        for public in ["sys", "sys/public", "sys/deeper", "sys/deeper/public", "mine/config"] {
+            assert!(!rel.contains(&public.to_owned()), "{public} is hidden: {rel:?}");
+        }
+        // Root's builds (warned against) see what root installed: the rule is for volunteers.
+        assert!(private_entries_in(&[root.as_path()], None).is_empty());
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
+    }
+
+    /// The host rewriting /etc mid-step (useradd, passwd, a package install: a new file renamed
+    /// over the old) detached the masks and the neutral passwd from the step's /etc; and a
+    /// private file made there then was there for the step too.
+    #[test]
+    fn the_host_rewriting_etc_mid_step_changes_nothing_the_step_sees() -> Result {
+        let Some(bwrap) = bwrap_or_skip() else { return Ok(()) };
+        let tag = format!("tbox-test-{}", std::process::id());
+        let (private, fresh) =
+            (Path::new("/etc").join(format!("{tag}-private")), Path::new("/etc").join(format!("{tag}-new")));
+        let write_private = |path: &Path, text: &str| -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&tmp, path)
+        };
+        if write_private(&private, "OLD-SECRET").is_err() {
+            println!("skipped: cannot write under /etc here");
+            return Ok(());
+        }
+        let l = layout("etc-rename")?;
+        let sandbox = make(&bwrap, &l.workdir, &l.scratch, false)?;
+        let changer = std::thread::spawn({
+            let (private, fresh) = (private.clone(), fresh.clone());
+            move || {
+                std::thread::sleep(Duration::from_millis(700));
+                write_private(&private, "NEW-SECRET").and_then(|()| write_private(&fresh, "FRESH-SECRET"))
+            }
+        });
+        let script = format!(
+            "sleep 3; cat {p} {f} 2>&1; grep -c . /etc/passwd; ls -l {p}; echo end",
+            p = private.display(),
+            f = fresh.display()
+        );
+        let (ending, out) = run_in(&sandbox, &l.workdir, &script, &BTreeMap::new());
+        let changed = changer.join().expect("the thread changing /etc panicked");
+        let _ = std::fs::remove_file(&private);
+        let _ = std::fs::remove_file(&fresh);
+        changed?;
+        assert!(matches!(ending, Ending::Exited(_)), "{ending:?}\n{out}");
+        assert!(out.contains("end"), "{out}");
+        assert!(!out.contains("SECRET"), "the step read what the host wrote mid-step:\n{out}");
+        // The neutral passwd is still the one the step sees: root, build (or not, as root), nobody.
+        assert!(out.lines().any(|l| l == "2" || l == "3"), "{out}");
         std::fs::remove_dir_all(&l.base)?;
         Ok(())
     }
