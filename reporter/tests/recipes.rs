@@ -819,6 +819,16 @@ fn sigterm_during_a_build_reports_it_cancelled_and_frees_the_slot() -> TestResul
     assert_eq!(r["leased"], 0, "the slot is free for another builder");
     let left = Command::new("pgrep").args(["-f", "sleep 120"]).output()?;
     assert!(left.stdout.is_empty(), "the step was left running");
+    // A cancelled build said nothing about the code: the revision is not marked as reported,
+    // so the next periodic run builds it (a machine stopped every night mid-build would
+    // otherwise leave it cancelled for good).
+    let reported: Vec<_> = walkdir::WalkDir::new(w.dir.join("v0/.local/state/tbox/last-revision"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().display().to_string())
+        .collect();
+    assert!(reported.is_empty(), "a cancelled build marked its revision reported: {reported:?}");
     Ok(())
 }
 

@@ -646,7 +646,11 @@ fn run_project(
     report.lease = lease;
     let delivered = super::deliver(&report, client, Some(&config.spool_dir()), request, verbose)?;
     let code = exit::worst(floor, delivered);
-    if delivered == exit::OK || delivered == exit::SPOOLED {
+    // A cancelled build (SIGTERM: a shutdown, `systemctl stop`) said nothing about the code:
+    // the next run builds the revision again, or a machine stopped every night mid-build would
+    // leave that revision cancelled for good.
+    let cancelled = report.result == Some(tbox_protocol::BuildResult::Cancelled);
+    if (delivered == exit::OK || delivered == exit::SPOOLED) && !cancelled {
         // Delivered or safely spooled: this revision is reported. (Refused: it is not, and a
         // report lost on a full disk is not either: the next run builds it again.)
         let path = config.project_state("last-revision", &project.name);
