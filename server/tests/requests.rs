@@ -28,6 +28,7 @@ on_both_backends!(
     agreement_asked_wrongly_is_refused_with_the_field_named,
     spot_checks_give_quorumless_requests_a_second_builder,
     a_no_show_keeps_its_place_a_lost_build_does_not,
+    asking_again_takes_back_a_lease_never_started,
     a_long_clean_record_broken_is_news,
     one_lease_at_a_time_per_builder,
 );
@@ -289,6 +290,23 @@ fn a_no_show_keeps_its_place_a_lost_build_does_not(backend: Backend) -> TestResu
     Ok(())
 }
 
+/// A volunteer whose poll was answered while it no longer listened (paused, `serve`
+/// restarted) asks again: it gets the slot back at once, not after the lease time.
+fn asking_again_takes_back_a_lease_never_started(backend: Backend) -> TestResult {
+    let Some(s) = Server::start(backend) else { return Ok(()) };
+    setup(&s, 1);
+    assert_eq!(ask(&s, &json!({"branch": "main", "builders": 1}), key(1)).0, 201);
+    let (status, first) = lease(&s, "b0", 0);
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = lease(&s, "b0", 0);
+    assert_eq!(status, 200, "the slot it never started is its own again: {again}");
+    assert_eq!(again["request"], first["request"]);
+    let attempts = &request(&s, &first["request"])["attempts"];
+    assert_eq!(attempts.as_array().map(Vec::len), Some(1), "{attempts}");
+    assert_eq!(attempts[0]["state"], "leased", "{attempts}");
+    Ok(())
+}
+
 fn a_long_poll_answers_as_soon_as_work_appears(backend: Backend) -> TestResult {
     let Some(s) = Server::start(backend) else { return Ok(()) };
     setup(&s, 2);
@@ -470,6 +488,9 @@ fn a_copied_lease_body_takes_nothing(backend: Backend) -> TestResult {
     assert_eq!(put(&renewal).0, 401);
     // One builder holds at most a couple of long polls, however many fresh bodies it signs.
     assert_eq!(lease(&s, "b1", 0).0, 200, "the second slot: no work is left");
+    // (b1 asking again takes its unstarted lease back once, then gives it up: out of the way.)
+    assert_eq!(lease(&s, "b1", 0).0, 200);
+    assert_eq!(lease(&s, "b1", 0).0, 204);
     let waiting: Vec<u16> = std::thread::scope(|scope| {
         let polls: Vec<_> = (0..5)
             .map(|_| scope.spawn(|| post_lease(&s, "b1", &stamped(json!({"projects": ["demo"], "wait": 3}))).0))
@@ -491,18 +512,22 @@ fn two_servers_on_one_postgres_grant_each_slot_once() -> TestResult {
     setup(&a, 16);
     let b = Server::start_on(TestDb::new(Backend::Sqlite).unwrap(), &url, &[]);
     assert_eq!(ask(&a, &json!({"branch": "main", "builders": 5}), key(1)).0, 201);
+    // Those who got a slot build it; the others ask again, and again get nothing.
+    let mut asking: Vec<usize> = (0..16).collect();
     for round in 0..3 {
-        let granted: Vec<u16> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..16)
-                .map(|i| {
+        let granted: Vec<(usize, u16)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = asking
+                .iter()
+                .map(|&i| {
                     let server = if i % 2 == 0 { &a } else { &b };
-                    scope.spawn(move || lease(server, &format!("b{i}"), 0).0)
+                    scope.spawn(move || (i, lease(server, &format!("b{i}"), 0).0))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let expected = if round == 0 { 5 } else { 0 };
-        assert_eq!(granted.iter().filter(|s| **s == 200).count(), expected, "round {round}: {granted:?}");
+        assert_eq!(granted.iter().filter(|(_, s)| *s == 200).count(), expected, "round {round}: {granted:?}");
+        asking = granted.iter().filter(|(_, s)| *s != 200).map(|(i, _)| *i).collect();
     }
     let r = &requests(&b)[0];
     assert_eq!(r["leased"], 5);

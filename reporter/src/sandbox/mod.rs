@@ -504,6 +504,7 @@ fn private_entries() -> Vec<PathBuf> {
             .map(|g| g.as_raw())
             .chain([nix::unistd::getegid().as_raw()])
             .collect(),
+        ask_kernel: true,
     });
     let roots: Vec<&Path> = SYSTEM_DIRS.iter().map(Path::new).collect();
     private_entries_in(&roots, who.as_ref())
@@ -513,15 +514,22 @@ fn private_entries() -> Vec<PathBuf> {
 struct Who {
     uid: u32,
     gids: Vec<u32>,
+    /// Whether they are this process, so that the kernel can be asked whether they may write
+    /// to a directory: it also knows the ACLs (`setfacl -m u:vol:rwx`), which mode bits do not
+    /// show.
+    ask_kernel: bool,
 }
 
 impl Who {
     /// Whether this entry is theirs: they own it, or (a directory) they may add entries to it.
-    fn owns(&self, meta: &std::fs::Metadata) -> bool {
+    fn owns(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt as _;
         let mode = meta.mode();
         meta.uid() == self.uid
-            || (meta.is_dir() && (mode & 0o002 != 0 || (mode & 0o020 != 0 && self.gids.contains(&meta.gid()))))
+            || (meta.is_dir()
+                && (mode & 0o002 != 0
+                    || (mode & 0o020 != 0 && self.gids.contains(&meta.gid()))
+                    || (self.ask_kernel && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok())))
     }
 }
 
@@ -537,7 +545,7 @@ fn private_entries_in(roots: &[&Path], who: Option<&Who>) -> Vec<PathBuf> {
             // Symbolic links lead nowhere private: what they point to is masked where it is.
             let Ok(meta) = entry.metadata() else { continue };
             let mode = meta.permissions().mode();
-            let theirs = who.is_some_and(|w| w.owns(&meta)) && !entry.path_is_symlink();
+            let theirs = who.is_some_and(|w| w.owns(entry.path(), &meta)) && !entry.path_is_symlink();
             if meta.is_dir() {
                 if mode & 0o005 != 0o005 || theirs {
                     hidden.push(entry.into_path());
@@ -862,7 +870,7 @@ mod tests {
         chown(root.join("shared"), None, Some(gid))?;
         std::fs::set_permissions(root.join("shared"), std::fs::Permissions::from_mode(0o2775))?;
         std::fs::set_permissions(root.join("sticky"), std::fs::Permissions::from_mode(0o1777))?;
-        let who = Who { uid, gids: vec![gid] };
+        let who = Who { uid, gids: vec![gid], ask_kernel: false };
         let hidden = private_entries_in(&[root.as_path()], Some(&who));
         let rel: Vec<String> =
             hidden.iter().map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string()).collect::<Vec<_>>();

@@ -245,6 +245,19 @@ pub struct Granted {
 /// Whether some open request of these projects has a free slot and no attempt from this
 /// builder yet: the cheap look (no lock) before trying to grant.
 pub fn has_work(conn: &mut DbConn, asking: &Asking<'_>, now: NaiveDateTime) -> QueryResult<bool> {
+    // A lease this builder holds and never started is given up by asking again, and [`grant`]
+    // may give it straight back: work to look at. (Seen as none, because the builder "tried"
+    // that request and its slot is busy, the volunteer who paused during a poll, or restarted
+    // `serve`, waited out the whole lease time for a slot that was theirs.)
+    let abandoned: i64 = leases::table
+        .filter(leases::builder_id.eq(asking.builder_id))
+        .filter(leased())
+        .filter(leases::build_id.is_null())
+        .count()
+        .get_result(conn)?;
+    if abandoned > 0 {
+        return Ok(true);
+    }
     let ids: Vec<i64> = asking.projects.iter().map(|p| p.0).collect();
     let tried = leases::table
         .filter(leases::builder_id.eq(asking.builder_id))
