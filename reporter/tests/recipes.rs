@@ -897,9 +897,9 @@ fn a_requested_revision_is_built_only_when_the_project_signed_it() -> TestResult
     git(&repo, &["commit", "-qm", "second"]);
     let head = rev(&repo);
     assert_ne!(head, old);
-    // Unsigned: an admin's request on the server, as a taken-over server could make. Only the
-    // project chooses a commit: nothing is built, and the request hears why.
-    w.admin(&["request", "add", "demo", "--revision", &old]);
+    // Unsigned: a request as a taken-over server could make (an admin's `request add` refuses
+    // to). Only the project chooses a commit: nothing is built, and the request hears why.
+    w.unsigned_request("demo", &old);
     let out = w.volunteer_at("v0", &["serve", "--every", "100000", "--max-builds", "1"]).output()?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("no key you trust signed a request for it"), "{}", stderr(&out));

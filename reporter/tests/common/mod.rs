@@ -95,6 +95,25 @@ impl World {
         w
     }
 
+    /// Records a request no key signed, naming a revision: what a taken-over server could do
+    /// (`tbox-server request add` refuses to).
+    pub fn unsigned_request(&self, project: &str, revision: &str) {
+        use tbox_server::db;
+        let pool = db::pool(&db::DatabaseUrl::parse(&self.db).unwrap(), 1).unwrap();
+        let mut conn = pool.get().unwrap();
+        let p = db::projects::by_name(&mut conn, project).unwrap().unwrap();
+        let ask = tbox_server::api::requests::Ask {
+            branch: tbox_protocol::BranchName::parse("main").unwrap(),
+            revision: Some(tbox_protocol::Revision::parse(revision).unwrap()),
+            builders: 1,
+            requires: Vec::new(),
+            deadline: None,
+            quorum: None,
+            distinct: tbox_protocol::Distinct::default(),
+        };
+        tbox_server::api::requests::record(&mut conn, p.id, &ask, None, "admin", chrono::Utc::now()).unwrap();
+    }
+
     pub fn admin(&self, args: &[&str]) {
         let mut argv = vec!["tbox-server"];
         argv.extend_from_slice(args);
