@@ -129,9 +129,11 @@ pub fn revoke_key(conn: &mut DbConn, builder_id: i64, fingerprint: &str) -> Quer
 
 /// Records that a builder reported, with the properties it reported.
 pub fn touch(conn: &mut DbConn, builder_id: i64, properties: &str, at: NaiveDateTime) -> QueryResult<()> {
-    diesel::update(builders::table.find(builder_id))
-        .set((builders::last_report_at.eq(Some(at)), builders::properties.eq(properties)))
-        .execute(conn)?;
+    use super::fixed::{Bind, Fixed, Sql};
+    enum Touch {}
+    const SQL: Sql<3> = Sql::new("UPDATE builders SET last_report_at = ?, properties = ? WHERE id = ?");
+    let touch = Fixed::<Touch, 3>::new(&SQL, [Bind::Time(at), Bind::Text(properties), Bind::Int(builder_id)]);
+    dispatch!(conn, |c| touch.execute(c))?;
     Ok(())
 }
 

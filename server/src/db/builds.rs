@@ -154,21 +154,28 @@ pub fn insert_steps(conn: &mut DbConn, rows: &[NewStep<'_>]) -> QueryResult<()> 
 pub fn insert_tests(conn: &mut DbConn, rows: &[NewTest<'_>]) -> QueryResult<()> {
     match conn {
         DbConn::Sqlite(c) => {
+            use super::fixed::{Bind, Fixed, Sql};
+            enum InsertTest {}
             for r in rows {
-                // Every column bound, NULLs as values: one SQL text, prepared once and cached
-                // (a struct's `None` becomes DEFAULT, a different statement diesel will not cache).
-                let row = (
-                    test_results::build_id.eq(r.build_id),
-                    test_results::suite.eq(r.suite),
-                    test_results::name.eq(r.name),
-                    test_results::result.eq(r.result),
-                    test_results::duration_ms.eq(r.duration_ms),
-                    test_results::message.eq(r.message),
-                    test_results::since_build_id.eq(r.since_build_id),
-                    test_results::flaky.eq(r.flaky),
-                    test_results::history.eq(r.history),
+                const SQL: Sql<9> = Sql::new(
+                    "INSERT INTO test_results (build_id, suite, name, result, duration_ms, message, since_build_id, flaky, history) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 );
-                diesel::insert_into(test_results::table).values(row).execute(c)?;
+                let row = Fixed::<InsertTest, 9>::new(
+                    &SQL,
+                    [
+                        Bind::Int(r.build_id),
+                        Bind::Text(r.suite),
+                        Bind::Text(r.name),
+                        Bind::Text(r.result),
+                        Bind::OptInt(r.duration_ms),
+                        Bind::OptText(r.message),
+                        Bind::OptInt(r.since_build_id),
+                        Bind::Bool(r.flaky),
+                        Bind::OptInt(r.history),
+                    ],
+                );
+                row.execute(c)?;
             }
         }
         DbConn::Pg(c) => {
@@ -499,7 +506,7 @@ pub fn neighbours(conn: &mut DbConn, b: &Build) -> QueryResult<(Option<i64>, Opt
 /// "already failing" and "first build" are decided by, on every page. Cancelled, skipped and
 /// lost builds say nothing about the source and are passed over.
 pub fn previous_decided(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>> {
-    let decided = || finished_history(b).filter(builds::result.eq_any(DECIDED));
+    let decided = || finished_history(b).filter(is_decided());
     // Two seeks along (started_at, id), not one range with an OR: builds that share a start time
     // (a builder may send many) would otherwise all be read, for every report.
     let same_time = decided()
@@ -568,23 +575,19 @@ fn upsert_head(
     build_id: i64,
     started_at: NaiveDateTime,
 ) -> QueryResult<()> {
-    use diesel::sql_types::{BigInt, Text, Timestamp};
-    const UPSERT: &str = "INSERT INTO heads (project_id, builder_id, branch, build_id, started_at) VALUES ($1, $2, $3, $4, $5) \
+    use super::fixed::{Bind, Fixed, Sql};
+    enum UpsertHead {}
+    const SQL: Sql<5> = Sql::new(
+        "INSERT INTO heads (project_id, builder_id, branch, build_id, started_at) VALUES (?, ?, ?, ?, ?) \
          ON CONFLICT (project_id, builder_id, branch) DO UPDATE SET build_id = excluded.build_id, started_at = excluded.started_at \
          WHERE excluded.started_at > heads.started_at \
-            OR (excluded.started_at = heads.started_at AND excluded.build_id >= heads.build_id)";
-    let sqlite = UPSERT.replace("$1", "?").replace("$2", "?").replace("$3", "?").replace("$4", "?").replace("$5", "?");
-    let sql = match conn {
-        DbConn::Sqlite(_) => sqlite.as_str(),
-        DbConn::Pg(_) => UPSERT,
-    };
-    dispatch!(conn, |c| diesel::sql_query(sql)
-        .bind::<BigInt, _>(project_id)
-        .bind::<BigInt, _>(builder_id)
-        .bind::<Text, _>(branch)
-        .bind::<BigInt, _>(build_id)
-        .bind::<Timestamp, _>(started_at)
-        .execute(c))?;
+            OR (excluded.started_at = heads.started_at AND excluded.build_id >= heads.build_id)",
+    );
+    let upsert = Fixed::<UpsertHead, 5>::new(
+        &SQL,
+        [Bind::Int(project_id), Bind::Int(builder_id), Bind::Text(branch), Bind::Int(build_id), Bind::Time(started_at)],
+    );
+    dispatch!(conn, |c| upsert.execute(c))?;
     Ok(())
 }
 
@@ -618,6 +621,16 @@ pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
 
 /// The finished builds of `b`'s builder, project and branch: the history "broke", "fixed"
 /// and "first build" are read from.
+/// `result IN DECIDED`, written as comparisons: diesel prepares a statement with an `IN` list
+/// again every time it runs, and these run for every report (`db::fixed`).
+fn is_decided() -> diesel::dsl::Or<
+    diesel::dsl::Or<diesel::dsl::Eq<builds::result, &'static str>, diesel::dsl::Eq<builds::result, &'static str>>,
+    diesel::dsl::Eq<builds::result, &'static str>,
+> {
+    let [a, b, c] = DECIDED;
+    builds::result.eq(a).or(builds::result.eq(b)).or(builds::result.eq(c))
+}
+
 fn finished_history(b: &Build) -> builds::BoxedQuery<'static, <DbConn as diesel::Connection>::Backend> {
     builds::table
         .filter(builds::builder_id.eq(b.builder_id))
@@ -632,7 +645,7 @@ fn finished_history(b: &Build) -> builds::BoxedQuery<'static, <DbConn as diesel:
 /// Whether a green or red build of `b`'s builder and branch started after it: then `b` (a
 /// report that arrived late) is not what anyone sees as that builder's status now.
 pub fn later_decided(conn: &mut DbConn, b: &Build) -> QueryResult<bool> {
-    let decided = || finished_history(b).filter(builds::result.eq_any(DECIDED));
+    let decided = || finished_history(b).filter(is_decided());
     // Two seeks, as in `previous_decided`.
     let same_time = decided()
         .filter(builds::started_at.eq(b.started_at))

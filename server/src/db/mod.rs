@@ -12,6 +12,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub mod builders;
 pub mod builds;
+pub mod fixed;
 pub mod models;
 pub mod notify;
 pub mod projects;
