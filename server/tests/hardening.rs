@@ -836,6 +836,29 @@ fn uploads_share_a_memory_budget(backend: Backend) -> TestResult {
     Ok(())
 }
 
+/// A SQLite file removed, or replaced by another (a restore moved into place), under a running
+/// server: its connections go on working on the old file, so `SELECT 1` answered and the health
+/// check said 200 while every report went where nobody would read it.
+#[test]
+fn a_sqlite_file_removed_or_replaced_is_unhealthy() -> TestResult {
+    let Some(s) = Server::start(Backend::Sqlite) else { return Ok(()) };
+    s.setup();
+    assert_eq!(s.send(&report("before")).0, 201);
+    assert_eq!(s.get_json("/healthz").0, 200);
+    let file = s.db.dir.join("tbox.db");
+    let copy = s.db.dir.join("copy.db");
+    std::fs::copy(&file, &copy)?;
+    std::fs::rename(&copy, &file)?;
+    let (status, v) = s.get_json("/healthz");
+    assert_eq!((status, v["error"].as_str()), (503, Some("database_unavailable")), "{v}");
+    assert!(s.log_text().contains("was replaced"), "{}", s.log_text());
+    std::fs::remove_file(&file)?;
+    let (status, v) = s.get_json("/healthz");
+    assert_eq!((status, v["error"].as_str()), (503, Some("database_unavailable")), "{v}");
+    assert!(s.log_text().contains("is gone"), "{}", s.log_text());
+    Ok(())
+}
+
 /// `/healthz` answers without authentication, never cached, and takes HEAD; `--log-format
 /// json` writes one JSON object per line, access log included, for a log collector.
 fn health_check_and_json_logs_for_operators(backend: Backend) -> TestResult {

@@ -40,6 +40,8 @@ pub fn run_with(args: ServeArgs, on_bound: impl FnOnce(&[std::net::SocketAddr]))
     };
     let pool = db::pool(&url, args.pool_size)?;
     let applied = db::migrate(&mut *pool.get()?)?;
+    // Remembers which SQLite file this is, so the health check sees it removed or replaced.
+    db::ping(&mut *pool.get()?)?;
     for m in applied {
         log::info!("applied migration {m}");
     }

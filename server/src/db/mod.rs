@@ -247,7 +247,49 @@ pub fn redo_all(conn: &mut DbConn) -> anyhow::Result<()> {
 
 /// Whether the database answers: one trivial query (the health check's).
 pub fn ping(conn: &mut DbConn) -> diesel::QueryResult<()> {
-    dispatch!(conn, |c| diesel::sql_query("SELECT 1").execute(c)).map(drop)
+    dispatch!(conn, |c| diesel::sql_query("SELECT 1").execute(c)).map(drop)?;
+    if let DbConn::Sqlite(c) = conn {
+        sqlite_file_in_place(c)?;
+    }
+    Ok(())
+}
+
+/// Whether the SQLite file this server opened is still the one at its path.
+///
+/// A connection keeps working on a file removed or replaced under it (its descriptor holds the
+/// old inode), so `SELECT 1` still answers while every report goes into a file nobody will
+/// read again: an operator's `rm`, or a restore copied over with `mv`, must show as unhealthy.
+/// The file's identity (device, inode) is remembered the first time it is seen.
+fn sqlite_file_in_place(c: &mut diesel::SqliteConnection) -> diesel::QueryResult<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::sync::{Mutex, OnceLock};
+
+    #[derive(diesel::QueryableByName)]
+    struct Attached {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    static SEEN: OnceLock<Mutex<std::collections::HashMap<String, (u64, u64)>>> = OnceLock::new();
+    let attached: Vec<Attached> = diesel::sql_query("PRAGMA database_list").load(c)?;
+    let Some(main) = attached.into_iter().find(|a| a.name == "main") else { return Ok(()) };
+    if main.file.is_empty() {
+        return Ok(()); // in memory
+    }
+    let gone = |why: String| diesel::result::Error::QueryBuilderError(why.into());
+    let meta = std::fs::metadata(&main.file)
+        .map_err(|e| gone(format!("the database file {} is gone: {e}", main.file)))?;
+    let now = (meta.dev(), meta.ino());
+    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let first = *seen.entry(main.file.clone()).or_insert(now);
+    if first != now {
+        return Err(gone(format!(
+            "the database file {} was replaced while the server had it open; restart the server to use the new one",
+            main.file
+        )));
+    }
+    Ok(())
 }
 
 /// The current time as stored: UTC, microsecond precision (PostgreSQL's), so a value read
