@@ -48,6 +48,22 @@ fn main() {
     })
     .unwrap();
 
+    // Requests are built only from a recipe the project signed: publish one.
+    let recipe = format!(
+        "format = \"tbox-recipe/1\"\nproject = \"bench\"\nrepo = \"https://example.org/bench.git\"\n\
+         branches = [\"main\"]\nversion = 1\nexpires = \"{}\"\n[[step]]\nname = \"build\"\nrun = \"make\"\n",
+        (chrono::Utc::now() + chrono::TimeDelta::days(30)).to_rfc3339()
+    );
+    let put: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = put
+        .put(format!("{base}/api/v1/projects/bench/recipe"))
+        .header("Content-Type", "application/toml")
+        .header("Tbox-Signature", &project_key.sign(recipe.as_bytes()))
+        .send(recipe.as_bytes())
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert!(status < 300, "the recipe was refused ({status}): {}", resp.body_mut().read_to_string().unwrap());
+
     let rss_before = status_field(pid, "VmRSS").unwrap_or(0);
     let fds_before = open_fds(pid);
 
@@ -55,10 +71,12 @@ fn main() {
     // clock and a nonce, as tbox-report sends them.
     let builder_key = Arc::new(builder_key);
     let grants: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let seen: Arc<Mutex<std::collections::HashSet<i64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let pollers: Vec<_> = (0..n)
         .map(|i| {
             let (base, key, grants, stop) = (base.clone(), builder_key.clone(), grants.clone(), stop.clone());
+            let seen = seen.clone();
             std::thread::Builder::new()
                 .stack_size(128 << 10)
                 .spawn(move || {
@@ -89,7 +107,13 @@ fn main() {
                             let at = Instant::now();
                             let v: serde_json::Value =
                                 serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-                            grants.lock().unwrap().push((v["request"].as_i64().unwrap(), at));
+                            // A builder asking again gets back the lease it has not started:
+                            // count each lease once, when first granted.
+                            let lease = v["lease"].as_i64().unwrap();
+                            let mut grants = grants.lock().unwrap();
+                            if seen.lock().unwrap().insert(lease) {
+                                grants.push((v["request"].as_i64().unwrap(), at));
+                            }
                         } else {
                             let _ = resp.body_mut().read_to_vec();
                         }
@@ -131,7 +155,7 @@ fn main() {
             .send(body.as_bytes())
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-        (v["id"].as_i64().expect("request id"), at)
+        (v["id"].as_i64().unwrap_or_else(|| panic!("the request was refused: {v}")), at)
     };
     let granted =
         |ids: &[(i64, Instant)]| grants.lock().unwrap().iter().filter(|(r, _)| ids.iter().any(|(i, _)| i == r)).count();

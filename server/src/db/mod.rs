@@ -278,8 +278,8 @@ fn sqlite_file_in_place(c: &mut diesel::SqliteConnection) -> diesel::QueryResult
         return Ok(()); // in memory
     }
     let gone = |why: String| diesel::result::Error::QueryBuilderError(why.into());
-    let meta = std::fs::metadata(&main.file)
-        .map_err(|e| gone(format!("the database file {} is gone: {e}", main.file)))?;
+    let meta =
+        std::fs::metadata(&main.file).map_err(|e| gone(format!("the database file {} is gone: {e}", main.file)))?;
     let now = (meta.dev(), meta.ino());
     let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     let first = *seen.entry(main.file.clone()).or_insert(now);
