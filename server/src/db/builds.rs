@@ -621,12 +621,12 @@ pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
 
 /// The finished builds of `b`'s builder, project and branch: the history "broke", "fixed"
 /// and "first build" are read from.
+/// `builds.result = 'x'`.
+type ResultIs = diesel::dsl::Eq<builds::result, &'static str>;
+
 /// `result IN DECIDED`, written as comparisons: diesel prepares a statement with an `IN` list
 /// again every time it runs, and these run for every report (`db::fixed`).
-fn is_decided() -> diesel::dsl::Or<
-    diesel::dsl::Or<diesel::dsl::Eq<builds::result, &'static str>, diesel::dsl::Eq<builds::result, &'static str>>,
-    diesel::dsl::Eq<builds::result, &'static str>,
-> {
+fn is_decided() -> diesel::dsl::Or<diesel::dsl::Or<ResultIs, ResultIs>, ResultIs> {
     let [a, b, c] = DECIDED;
     builds::result.eq(a).or(builds::result.eq(b)).or(builds::result.eq(c))
 }
