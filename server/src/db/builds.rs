@@ -156,11 +156,11 @@ pub fn insert_tests(conn: &mut DbConn, rows: &[NewTest<'_>]) -> QueryResult<()> 
         DbConn::Sqlite(c) => {
             use super::fixed::{Bind, Fixed, Sql};
             enum InsertTest {}
+            const SQL: Sql<9> = Sql::new(
+                "INSERT INTO test_results (build_id, suite, name, result, duration_ms, message, since_build_id, flaky, history) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            );
             for r in rows {
-                const SQL: Sql<9> = Sql::new(
-                    "INSERT INTO test_results (build_id, suite, name, result, duration_ms, message, since_build_id, flaky, history) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                );
                 let row = Fixed::<InsertTest, 9>::new(
                     &SQL,
                     [
@@ -619,8 +619,6 @@ pub fn last_finished(conn: &mut DbConn, b: &Build) -> QueryResult<Option<Build>>
         .optional()
 }
 
-/// The finished builds of `b`'s builder, project and branch: the history "broke", "fixed"
-/// and "first build" are read from.
 /// `builds.result = 'x'`.
 type ResultIs = diesel::dsl::Eq<builds::result, &'static str>;
 
@@ -631,6 +629,8 @@ fn is_decided() -> diesel::dsl::Or<diesel::dsl::Or<ResultIs, ResultIs>, ResultIs
     builds::result.eq(a).or(builds::result.eq(b)).or(builds::result.eq(c))
 }
 
+/// The finished builds of `b`'s builder, project and branch: the history "broke", "fixed"
+/// and "first build" are read from.
 fn finished_history(b: &Build) -> builds::BoxedQuery<'static, <DbConn as diesel::Connection>::Backend> {
     builds::table
         .filter(builds::builder_id.eq(b.builder_id))
